@@ -17,6 +17,7 @@ from hybrid_pg.estimator import (
     pooled_estimate,
     score_gradients,
 )
+from hybrid_pg.hybrid_pg import HybridPG
 from hybrid_pg.window import WindowedLambda
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_FALLBACK",
     "BatchMoments",
     "LambdaEstimate",
+    "HybridPG",
     "WindowedLambda",
     "excess_variance",
     "lambda_from_moments",

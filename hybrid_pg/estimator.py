@@ -274,11 +274,46 @@ class BatchMoments:
         cp, cm = gp - mp, gm - mm
         return cls(
             n=int(gp.shape[0]),
-            mean_path=mp,
-            mean_score=mm,
+            mean_path=mp.cpu(),
+            mean_score=mm.cpu(),
             ss_path=float((cp * cp).sum()),
             ss_score=float((cm * cm).sum()),
             ss_cross=float((cp * cm).sum()),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence["BatchMoments"]) -> "BatchMoments":
+        """Moments of the concatenated coordinates of the same samples (e.g. parameter groups).
+
+        Trace moments add over coordinates, so the whole gradient's moments are the groups' sums.
+        """
+        if not parts or len({p.n for p in parts}) != 1:
+            raise ValueError("concat needs at least one part, all over the same samples")
+        return cls(
+            n=parts[0].n,
+            mean_path=th.cat([p.mean_path for p in parts]),
+            mean_score=th.cat([p.mean_score for p in parts]),
+            ss_path=sum(p.ss_path for p in parts),
+            ss_score=sum(p.ss_score for p in parts),
+            ss_cross=sum(p.ss_cross for p in parts),
+        )
+
+    def merge(self, other: "BatchMoments") -> "BatchMoments":
+        """Moments of the union of two disjoint chunks of the *same* batch (Chan et al.'s update).
+
+        The sums of squares about the joint mean add the between-chunk term
+        n_a n_b / (n_a + n_b) * <delta_P, delta_M>, so chunked computation equals one pass exactly.
+        """
+        n = self.n + other.n
+        dp, dm = other.mean_path - self.mean_path, other.mean_score - self.mean_score
+        k = self.n * other.n / n
+        return BatchMoments(
+            n=n,
+            mean_path=self.mean_path + dp * (other.n / n),
+            mean_score=self.mean_score + dm * (other.n / n),
+            ss_path=self.ss_path + other.ss_path + k * float(dp @ dp),
+            ss_score=self.ss_score + other.ss_score + k * float(dm @ dm),
+            ss_cross=self.ss_cross + other.ss_cross + k * float(dp @ dm),
         )
 
 

@@ -233,6 +233,13 @@ class WindowedLambda:
         self._batches, self._weights = restored, [float(w) for w in weights]
         self.n_updates = n_updates
 
+    # pickling goes through the state dict, so saved models do not depend on private attributes
+    def __getstate__(self) -> Dict[str, Any]:
+        return self.state_dict()
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.load_state_dict(state)
+
     def __repr__(self) -> str:
         return (
             f"WindowedLambda(window={self.window}, mode={self.mode!r}, batches={len(self)}, "

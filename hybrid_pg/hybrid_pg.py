@@ -1,0 +1,669 @@
+"""HybridPG: an on-policy actor-critic whose policy gradient mixes pathwise and score estimators.
+
+Per update (one rollout):
+
+1. eps = (a - mu_old(s)) / sigma_old recovers the noise behind every stored action.
+2. Per-sample policy-parameter gradients of the score and pathwise surrogates
+   (:mod:`hybrid_pg.surrogates`) are reduced to moments (:mod:`hybrid_pg.per_sample`).
+3. The weight applied to this rollout comes from the window of *previous* rollouts only (a weight
+   estimated on the batch it weights is correlated with that batch's noise); this rollout's moments
+   join the window afterwards. ``hybrid/lambda_batch`` reports this rollout's own estimate.
+4. One loss, lam * pathwise + (1 - lam) * score (+ entropy, + V and A_phi regression), and
+   ``n_epochs`` passes of minibatch SGD. The score surrogate is the likelihood ratio
+   pi_theta / pi_old * A (PPO-clipped if ``clip_range`` is set), whose gradient at theta_old is
+   exactly A * dlog pi / dtheta; the pathwise surrogate keeps the rollout's eps, so it stays a valid
+   reparameterised gradient at every theta.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_wrapper
+from torch.nn import functional as F
+
+from hybrid_pg.estimator import DEFAULT_BOUNDS, LambdaEstimate, _check_bounds, mixed_variance, pooled_estimate
+from hybrid_pg.per_sample import GROUPS, all_finite, per_sample_group_moments, single_sample_surrogates
+from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy
+from hybrid_pg.surrogates import (
+    ActorHead,
+    FrozenModule,
+    ValueHead,
+    gaussian_entropy,
+    gaussian_log_prob,
+    pathwise_value,
+    scale_gradient,
+)
+from hybrid_pg.window import WINDOW_MODES, WindowedLambda
+
+SelfHybridPG = TypeVar("SelfHybridPG", bound="HybridPG")
+
+ESTIMATORS = ("hybrid", "reinforce", "pathwise")
+PATHWISE_SOURCES = ("auto", "critic", "model")
+LAMBDA_GROUPS = ("global", "per_group")
+
+
+class HybridPG(OnPolicyAlgorithm):
+    """Hybrid policy gradient (pathwise + score function, adaptive variance-optimal weight).
+
+    Paper (estimator): Oden, "Malliavin Calculus as Stochastic Backpropagation", arXiv 2602.17013.
+
+    :param policy: the policy model (``"MlpPolicy"``, ``"CnnPolicy"``, ``"MultiInputPolicy"`` or a class).
+    :param env: the environment (a Box action space with finite bounds is required).
+    :param learning_rate: learning rate, constant or a schedule of the remaining progress (1 -> 0).
+    :param n_steps: steps per environment per rollout (rollout size = n_steps * n_envs).
+    :param batch_size: minibatch size; None uses the whole rollout (one step per epoch, like A2C).
+    :param n_epochs: passes over each rollout.
+    :param gamma: discount factor.
+    :param gae_lambda: GAE lambda (the advantage estimator of the score term).
+    :param clip_range: PPO clipping of the likelihood ratio in the score surrogate (float or
+        schedule); None for the plain ratio (with ``n_epochs=1`` and ``batch_size=None`` the update
+        is then exactly the REINFORCE/A2C gradient at lam = 0).
+    :param normalize_advantage: divide the advantages by their rollout standard deviation (after
+        centring); the pathwise term is divided by the same factor so both stay on one scale.
+    :param ent_coef: entropy bonus coefficient.
+    :param vf_coef: weight of the V regression loss.
+    :param q_coef: weight of the advantage-critic A_phi(s, a) regression loss.
+    :param max_grad_norm: gradient clipping norm.
+    :param target_kl: stop the epochs of an update early once the approximate KL to the rollout
+        policy exceeds 1.5 * target_kl (None: never).
+    :param estimator: ``"hybrid"`` (adaptive lam), ``"reinforce"`` (lam = 0) or ``"pathwise"`` (lam = 1).
+    :param fixed_lambda: with ``estimator="hybrid"``, use this constant weight instead of the
+        adaptive one (ablations).
+    :param pathwise_source: ``"critic"`` (learned A_phi(s, a)), ``"model"`` (exact pathwise through
+        the env's differentiable model, see :mod:`hybrid_pg_envs`) or ``"auto"`` (model if the env
+        provides one, else critic).
+    :param model_horizon: k of the model source's k-step return.
+    :param lambda_window: number of previous rollouts pooled for lam (EMA: its span).
+    :param lambda_mode: ``"sliding"`` or ``"ema"`` window.
+    :param lambda_decay: EMA forgetting factor (default from ``lambda_window``).
+    :param lambda_bounds: clip range of lam (default (0, 1): never worse than the worse estimator).
+    :param bias_correction: minimise the MSE of the minibatch gradient instead of its variance,
+        treating the score estimator as the unbiased reference (the critic's or model's pathwise
+        gradient can be biased).
+    :param lambda_groups: ``"global"`` (one lam) or ``"per_group"`` (one lam for the mean network,
+        one for log_std).
+    :param lambda_warmup: number of first updates with lam held at 0 (hybrid only) while the
+        critic is fitted; their statistics do not enter the window.
+    :param stats_chunk_size: samples per chunk of the per-sample gradient computation (memory bound).
+    :param rms_prop_eps: RMSprop epsilon (only with ``use_rms_prop``; accepted for A2C parity).
+    :param use_rms_prop: use RMSprop (A2C's optimizer) instead of Adam.
+    :param use_sde: not supported (there is no per-step eps with gSDE); must be False.
+    :param sde_sample_freq: accepted for API parity, unused.
+    :param rollout_buffer_class: rollout buffer class (default chosen from the observation space).
+    :param rollout_buffer_kwargs: keyword arguments for the rollout buffer.
+    :param stats_window_size: episodes averaged in the rollout logs.
+    :param tensorboard_log: tensorboard log directory (None: no tensorboard).
+    :param policy_kwargs: keyword arguments for the policy (e.g. ``net_arch``, ``q_net_arch``).
+    :param verbose: 0 silent, 1 info, 2 debug.
+    :param seed: random seed.
+    :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    :param _init_setup_model: build the networks now.
+    """
+
+    policy_aliases: ClassVar[Dict[str, Type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    policy: HybridActorCriticPolicy
+
+    def __init__(
+        self,
+        policy: Union[str, Type[HybridActorCriticPolicy]],
+        env: Union[GymEnv, str],
+        learning_rate: Union[float, Schedule] = 3e-4,
+        n_steps: int = 2048,
+        batch_size: Optional[int] = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: Union[None, float, Schedule] = 0.2,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        q_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        target_kl: Optional[float] = None,
+        estimator: str = "hybrid",
+        fixed_lambda: Optional[float] = None,
+        pathwise_source: str = "auto",
+        model_horizon: int = 1,
+        lambda_window: int = 8,
+        lambda_mode: str = "sliding",
+        lambda_decay: Optional[float] = None,
+        lambda_bounds: Optional[Tuple[float, float]] = DEFAULT_BOUNDS,
+        bias_correction: bool = True,
+        lambda_groups: str = "global",
+        lambda_warmup: int = 2,
+        stats_chunk_size: int = 256,
+        rms_prop_eps: float = 1e-5,
+        use_rms_prop: bool = False,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: Optional[Type[RolloutBuffer]] = None,
+        rollout_buffer_kwargs: Optional[Dict[str, Any]] = None,
+        stats_window_size: int = 100,
+        tensorboard_log: Optional[str] = None,
+        policy_kwargs: Optional[Dict[str, Any]] = None,
+        verbose: int = 0,
+        seed: Optional[int] = None,
+        device: Union[th.device, str] = "auto",
+        _init_setup_model: bool = True,
+    ):
+        _validate_hyperparameters(
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            estimator=estimator,
+            fixed_lambda=fixed_lambda,
+            pathwise_source=pathwise_source,
+            model_horizon=model_horizon,
+            lambda_window=lambda_window,
+            lambda_mode=lambda_mode,
+            lambda_bounds=lambda_bounds,
+            lambda_groups=lambda_groups,
+            lambda_warmup=lambda_warmup,
+            stats_chunk_size=stats_chunk_size,
+            use_sde=use_sde,
+            clip_range=clip_range,
+            target_kl=target_kl,
+        )
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=None,  # checked below, with a ValueError that says why
+        )
+        if self.action_space is not None:
+            _check_action_space(self.action_space)
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.clip_range = clip_range
+        self.normalize_advantage = normalize_advantage
+        self.q_coef = q_coef
+        self.target_kl = target_kl
+        self.estimator = estimator
+        self.fixed_lambda = fixed_lambda
+        self.pathwise_source = pathwise_source
+        self.model_horizon = model_horizon
+        self.lambda_window = lambda_window
+        self.lambda_mode = lambda_mode
+        self.lambda_decay = lambda_decay
+        self.lambda_bounds = None if lambda_bounds is None else (float(lambda_bounds[0]), float(lambda_bounds[1]))
+        self.bias_correction = bias_correction
+        self.lambda_groups = lambda_groups
+        self.lambda_warmup = lambda_warmup
+        self.stats_chunk_size = stats_chunk_size
+        self.rms_prop_eps = rms_prop_eps
+        self.use_rms_prop = use_rms_prop
+        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
+            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
+            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)
+        # Created here, not in _setup_model: `load` restores these from the saved data and then
+        # calls _setup_model, which must not wipe them.
+        self.lambda_windows: Dict[str, WindowedLambda] = {
+            name: WindowedLambda(
+                window=lambda_window,
+                mode=lambda_mode,
+                decay=lambda_decay,
+                bounds=self.lambda_bounds,
+                bias_correction=bias_correction,
+            )
+            for name in ("global", *GROUPS)
+        }
+        self._n_rollouts_trained = 0
+        self.last_lambda: Dict[str, float] = {"global": 0.0, **{g: 0.0 for g in GROUPS}}
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------------------------------
+    # setup
+    # ------------------------------------------------------------------------------------------
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if self.clip_range is not None:
+            self.clip_range = FloatSchedule(self.clip_range)
+        self._actor_head = ActorHead(self.policy.mlp_extractor.policy_net, self.policy.action_net)
+        self._frozen_value = FrozenModule(ValueHead(self.policy.mlp_extractor.value_net, self.policy.value_net))
+        self._frozen_advantage = FrozenModule(self.policy.q_net)
+        self._dynamics_model = None
+        self._resolved_source = self._resolve_pathwise_source()
+
+    def _resolve_pathwise_source(self) -> str:
+        """'critic' or 'model'. Needs the env for 'model'/'auto'; without one (load(env=None))
+        the decision is deferred to the first update."""
+        if self.pathwise_source == "critic" or (self.estimator == "reinforce" and self.pathwise_source == "auto"):
+            return "critic"
+        if self.env is None:
+            return "unresolved"
+        from hybrid_pg_envs.differentiable import find_differentiable_model
+
+        normalized = unwrap_vec_wrapper(self.env, VecNormalize)
+        model = find_differentiable_model(self.env)
+        if model is not None and normalized is not None and (normalized.norm_obs or normalized.norm_reward):
+            msg = (
+                "the differentiable model works in raw observation and reward units, but the env is "
+                "wrapped in VecNormalize(norm_obs or norm_reward)"
+            )
+            if self.pathwise_source == "model":
+                raise ValueError(f"pathwise_source='model' is not supported here: {msg}")
+            warnings.warn(f"pathwise_source='auto' falls back to the critic: {msg}")
+            model = None
+        if model is None:
+            if self.pathwise_source == "model":
+                raise ValueError(
+                    "pathwise_source='model' needs an env that provides a differentiable model "
+                    "(get_differentiable_model(), see hybrid_pg_envs); this env has none"
+                )
+            return "critic"
+        if not isinstance(self.observation_space, spaces.Box) or len(self.observation_space.shape) != 1:
+            raise ValueError("pathwise_source='model' needs a flat Box observation space")
+        self._dynamics_model = model.to(self.device)
+        return "model"
+
+    def _excluded_save_params(self) -> list[str]:
+        return [
+            *super()._excluded_save_params(),
+            "_actor_head",
+            "_frozen_value",
+            "_frozen_advantage",
+            "_dynamics_model",
+            "_resolved_source",
+        ]
+
+    # ------------------------------------------------------------------------------------------
+    # the weight
+    # ------------------------------------------------------------------------------------------
+
+    def _weights_for_this_update(self) -> Dict[str, float]:
+        """lam per group for the rollout about to be used, from previous rollouts only."""
+        if self.estimator == "reinforce":
+            lam = {g: 0.0 for g in ("global", *GROUPS)}
+        elif self.estimator == "pathwise":
+            lam = {g: 1.0 for g in ("global", *GROUPS)}
+        elif self.fixed_lambda is not None:
+            lam = {g: float(self.fixed_lambda) for g in ("global", *GROUPS)}
+        elif self._n_rollouts_trained < self.lambda_warmup:
+            lam = {g: 0.0 for g in ("global", *GROUPS)}
+        else:
+            lam = {g: self.lambda_windows[g].estimate(batch_size=self._gradient_batch_size()).lam for g in ("global", *GROUPS)}
+        if self.lambda_groups == "global":
+            return {"mean": lam["global"], "log_std": lam["global"], "global": lam["global"]}
+        return lam
+
+    def _gradient_batch_size(self) -> int:
+        """B of the bias-aware rule: the number of samples in each gradient step."""
+        return self.batch_size if self.batch_size is not None else self.n_steps * self.n_envs
+
+    # ------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """One update from the rollout buffer (see the module docstring)."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        if self._resolved_source == "unresolved":
+            self._resolved_source = self._resolve_pathwise_source()
+        clip_range = self.clip_range(self._current_progress_remaining) if self.clip_range is not None else None
+
+        data = next(self.rollout_buffer.get(batch_size=None))
+        obs, actions = data.observations, data.actions.reshape(len(data.actions), -1)
+        n_samples = len(actions)
+        adv_raw = data.advantages
+        if self.normalize_advantage and n_samples > 1:
+            scale = 1.0 / (adv_raw.std().item() + 1e-8)
+            adv = (adv_raw - adv_raw.mean()) * scale
+        else:
+            scale, adv = 1.0, adv_raw
+        # A_phi is regressed on the advantages in the units the score term uses, so the critic's
+        # pathwise term needs no further scaling; the model's return is in reward units and is
+        # divided by the same factor as the advantages.
+        path_scale = scale if self._resolved_source == "model" else 1.0
+
+        with th.no_grad():
+            mean_old = self.policy.actor_mean(obs)
+            eps = (actions - mean_old) * th.exp(-self.policy.log_std)
+            pi_features = self.policy.extract_features(obs, self.policy.pi_features_extractor)
+            q_features = self.policy.q_features(obs)
+        future_eps = th.randn(n_samples, max(self.model_horizon - 1, 1), actions.shape[1], device=self.device)
+        raw_obs = obs if isinstance(obs, th.Tensor) else pi_features  # model source needs flat Box obs
+
+        lam = self._weights_for_this_update()
+
+        # -- statistics of this rollout at theta_old (they join the window after lam is chosen) --
+        t_stats = time.perf_counter()
+        moments = self._rollout_moments(pi_features, q_features, raw_obs, eps, actions, adv, future_eps, path_scale)
+        stats_time = time.perf_counter() - t_stats
+        stats_ok = moments is not None and all_finite(moments.values())
+        if not stats_ok and self.estimator == "hybrid" and self.fixed_lambda is None:
+            # a diverged critic (NaN/inf gradients): fall back to the score estimator for this update
+            lam = {g: 0.0 for g in lam}
+
+        # -- the update --------------------------------------------------------------------------
+        t_update = time.perf_counter()
+        batch_size = self.batch_size or n_samples
+        continue_training = True
+        logs: Dict[str, list] = {k: [] for k in ("policy_loss", "path", "score", "value_loss", "q_loss", "entropy", "approx_kl", "clip_fraction")}
+        for _epoch in range(self.n_epochs):
+            for idx in _minibatches(n_samples, batch_size, self.device):
+                mb_obs = _index_obs(obs, idx)
+                mean = self.policy.actor_mean(mb_obs)
+                log_std = self.policy.log_std
+                log_prob = gaussian_log_prob(mean, log_std, actions[idx])
+                # score surrogate: likelihood ratio, gradient at theta_old = A dlog pi
+                log_prob_s = gaussian_log_prob(
+                    scale_gradient(mean, 1.0 - lam["mean"]), scale_gradient(log_std, 1.0 - lam["log_std"]), actions[idx]
+                )
+                ratio = th.exp(log_prob_s - data.old_log_prob[idx])
+                score_obj = ratio * adv[idx]
+                if clip_range is not None:
+                    score_obj = th.min(score_obj, th.clamp(ratio, 1 - clip_range, 1 + clip_range) * adv[idx])
+                score_term = score_obj.mean()
+                if lam["mean"] == 0.0 and lam["log_std"] == 0.0:
+                    path_term = th.zeros((), device=self.device)
+                else:
+                    path_term = path_scale * self._pathwise(
+                        scale_gradient(mean, lam["mean"]),
+                        scale_gradient(log_std, lam["log_std"]),
+                        eps[idx],
+                        q_features[idx],
+                        raw_obs[idx],
+                        future_eps[idx],
+                        mean_weight=lam["mean"],
+                    ).mean()
+                entropy = gaussian_entropy(log_std)
+                values = self.policy.predict_values(mb_obs).flatten()
+                value_loss = F.mse_loss(data.returns[idx], values)
+                q_pred = self.policy.advantage(self.policy.q_features(mb_obs), self.policy.clip_action(actions[idx]))
+                q_loss = F.mse_loss(q_pred, adv[idx])
+                policy_loss = -(path_term + score_term)
+                loss = policy_loss - self.ent_coef * entropy + self.vf_coef * value_loss + self.q_coef * q_loss
+
+                with th.no_grad():
+                    log_ratio = log_prob - data.old_log_prob[idx]
+                    approx_kl = th.mean((th.exp(log_ratio) - 1) - log_ratio).item()
+                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at epoch {_epoch} due to reaching max kl: {approx_kl:.2f}")
+                    break
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+
+                logs["policy_loss"].append(policy_loss.item())
+                logs["path"].append(path_term.item())
+                logs["score"].append(score_term.item())
+                logs["value_loss"].append(value_loss.item())
+                logs["q_loss"].append(q_loss.item())
+                logs["entropy"].append(entropy.item())
+                logs["approx_kl"].append(approx_kl)
+                if clip_range is not None:
+                    logs["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+            if not continue_training:
+                break
+        update_time = time.perf_counter() - t_update
+
+        # -- the window learns from this rollout only now (no circularity) -------------------------
+        warming_up = self._n_rollouts_trained < self.lambda_warmup and self.estimator == "hybrid"
+        if stats_ok and not warming_up:
+            for name in ("global", *GROUPS):
+                self.lambda_windows[name].add(moments[name])
+        self._n_rollouts_trained += 1
+        self._n_updates += self.n_epochs
+        self.last_lambda = dict(lam)
+
+        self._log_update(logs, lam, moments if stats_ok else None, stats_ok, stats_time, update_time, clip_range)
+
+    def _pathwise(
+        self,
+        mean: th.Tensor,
+        log_std: th.Tensor,
+        eps: th.Tensor,
+        q_features: th.Tensor,
+        obs: th.Tensor,
+        future_eps: th.Tensor,
+        mean_weight: float = 1.0,
+    ) -> th.Tensor:
+        """Batched Q~ for the training loss (future actions' means get the same gradient weight)."""
+        if self._resolved_source == "model":
+
+            def mean_fn(observations: th.Tensor) -> th.Tensor:
+                return scale_gradient(self.policy.actor_mean(observations), mean_weight)
+
+            return self._pathwise_value(mean, log_std, eps, q_features=q_features, obs=obs, mean_fn=mean_fn, future_eps=future_eps)
+        return self._pathwise_value(mean, log_std, eps, q_features=q_features)
+
+    def _pathwise_value(self, mean, log_std, eps, **kwargs) -> th.Tensor:
+        """:func:`hybrid_pg.surrogates.pathwise_value` bound to this algorithm's critic or model."""
+        if self._resolved_source == "model":
+            return pathwise_value(
+                mean,
+                log_std,
+                eps,
+                clip_action=self.policy.clip_action,
+                model=self._dynamics_model,
+                obs=kwargs["obs"],
+                mean_fn=kwargs["mean_fn"],
+                value_fn=lambda o: self._frozen_value(self.policy.extract_features(o, self.policy.vf_features_extractor)),
+                future_eps=kwargs["future_eps"],
+                gamma=self.gamma,
+                horizon=self.model_horizon,
+            )
+        return pathwise_value(
+            mean,
+            log_std,
+            eps,
+            clip_action=self.policy.clip_action,
+            advantage=self._frozen_advantage,
+            q_features=kwargs["q_features"],
+        )
+
+    def _rollout_moments(self, pi_features, q_features, raw_obs, eps, actions, adv, future_eps, scale):
+        """Per-group moments of the per-sample parameter gradients of both surrogates."""
+        extract = lambda o: self.policy.extract_features(o, self.policy.pi_features_extractor)  # noqa: E731
+        fn = single_sample_surrogates(
+            self._actor_head,
+            extract_features=extract,
+            pathwise=lambda m, s, e, **kw: self._pathwise_value(m, s, e, **kw),
+            log_prob=gaussian_log_prob,
+        )
+        scale_t = th.tensor(scale, dtype=th.float32, device=self.device)
+        try:
+            return per_sample_group_moments(
+                lambda hp, ls, *sample: fn(hp, ls, *sample, scale_t),
+                self._actor_head,
+                self.policy.log_std,
+                [pi_features, q_features, raw_obs, eps, actions, adv, future_eps],
+                chunk_size=self.stats_chunk_size,
+            )
+        except ValueError:
+            # BatchMoments rejects non-finite gradients (e.g. a diverged critic)
+            return None
+
+    # ------------------------------------------------------------------------------------------
+    # logging
+    # ------------------------------------------------------------------------------------------
+
+    def _log_update(self, logs, lam, moments, stats_ok, stats_time, update_time, clip_range) -> None:
+        record = self.logger.record
+        for key in ("policy_loss", "value_loss", "q_loss", "approx_kl"):
+            if logs[key]:
+                record(f"train/{key}", float(np.mean(logs[key])))
+        if logs["entropy"]:
+            record("train/entropy_loss", -float(np.mean(logs["entropy"])))
+        if logs["clip_fraction"]:
+            record("train/clip_fraction", float(np.mean(logs["clip_fraction"])))
+        if clip_range is not None:
+            record("train/clip_range", clip_range)
+        record("train/explained_variance", explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
+        record("train/n_updates", self._n_updates, exclude="tensorboard")
+        record("train/std", th.exp(self.policy.log_std).mean().item())
+
+        record("hybrid/lambda", lam["global"] if self.lambda_groups == "global" else float("nan"))
+        record("hybrid/lambda_mean", lam["mean"])
+        record("hybrid/lambda_log_std", lam["log_std"])
+        record("hybrid/stats_valid", float(stats_ok))
+        record("hybrid/stats_time_fraction", stats_time / max(stats_time + update_time, 1e-12))
+        window = self.lambda_windows["global"]
+        win_est = window.estimate(batch_size=self._gradient_batch_size())
+        record("hybrid/lambda_window", win_est.lam)
+        record("hybrid/window_size", len(window))
+        record("hybrid/effective_sample_size", window.effective_sample_size)
+        health = window.between_within()
+        record("hybrid/window_f_path", health["path"])
+        record("hybrid/window_f_score", health["score"])
+        if moments is None:
+            return
+        batch = pooled_estimate([moments["global"]], bias_correction=self.bias_correction, batch_size=self._gradient_batch_size(), bounds=self.lambda_bounds)
+        record("hybrid/lambda_batch", batch.lam)
+        record("hybrid/var_path", batch.var_path)
+        record("hybrid/var_score", batch.var_score)
+        record("hybrid/cov", batch.cov)
+        record("hybrid/corr", batch.corr)
+        record("hybrid/bias_sq", batch.bias_sq)
+        applied = _applied_variance(moments, lam)
+        record("hybrid/var_applied", applied)
+        record("hybrid/variance_ratio_vs_score", applied / batch.var_score if batch.var_score > 0 else float("nan"))
+        record("hybrid/variance_reduction", win_est.variance_reduction)
+        if win_est.var_score > 0:
+            record("hybrid/variance_reduction_vs_score", 1.0 - win_est.var_hybrid / win_est.var_score)
+        # how much one weight per group would lower this rollout's variance vs one global weight
+        per_group = [pooled_estimate([moments[g]], bounds=self.lambda_bounds) for g in GROUPS]
+        best_global = pooled_estimate([moments["global"]], bounds=self.lambda_bounds).var_hybrid
+        if best_global > 0:
+            record("hybrid/per_group_gain", 1.0 - sum(p.var_hybrid for p in per_group) / best_global)
+
+    def learn(
+        self: SelfHybridPG,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "HybridPG",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfHybridPG:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+
+def _applied_variance(moments: Dict[str, Any], lam: Dict[str, float]) -> float:
+    """This rollout's per-sample variance of the gradient actually applied (sum over groups)."""
+    total = 0.0
+    for g in GROUPS:
+        est = pooled_estimate([moments[g]], bounds=None)
+        total += mixed_variance(lam[g], est.var_path, est.var_score, est.cov)
+    return total
+
+
+def _minibatches(n: int, batch_size: int, device: th.device):
+    perm = th.as_tensor(np.random.permutation(n), device=device)
+    for start in range(0, n, batch_size):
+        yield perm[start : start + batch_size]
+
+
+def _index_obs(obs, idx):
+    if isinstance(obs, dict):
+        return {k: v[idx] for k, v in obs.items()}
+    return obs[idx]
+
+
+def _check_action_space(action_space: spaces.Space) -> None:
+    if not isinstance(action_space, spaces.Box):
+        raise ValueError(
+            f"HybridPG trains Gaussian policies on continuous (Box) action spaces; got {action_space}. "
+            "Use A2C/PPO for discrete actions."
+        )
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+        raise ValueError(
+            "HybridPG needs finite action bounds (the pathwise term clips actions to the Box like "
+            f"SB3 does before env.step); got low={action_space.low}, high={action_space.high}"
+        )
+
+
+def _validate_hyperparameters(**hp: Any) -> None:
+    """Fail at construction, naming the parameter, before any env or network is built."""
+
+    def bad(name: str, why: str) -> None:
+        raise ValueError(f"{name}={hp[name]!r}: {why}")
+
+    def positive_int(name: str) -> None:
+        if not isinstance(hp[name], (int, np.integer)) or isinstance(hp[name], bool) or hp[name] < 1:
+            bad(name, "must be an integer >= 1")
+
+    for name in ("n_steps", "n_epochs", "lambda_window", "model_horizon", "stats_chunk_size"):
+        positive_int(name)
+    if hp["batch_size"] is not None:
+        positive_int("batch_size")
+    if not isinstance(hp["lambda_warmup"], (int, np.integer)) or hp["lambda_warmup"] < 0:
+        bad("lambda_warmup", "must be an integer >= 0")
+    if not 0.0 <= hp["gamma"] <= 1.0:
+        bad("gamma", "must lie in [0, 1]")
+    if not 0.0 <= hp["gae_lambda"] <= 1.0:
+        bad("gae_lambda", "must lie in [0, 1]")
+    if hp["estimator"] not in ESTIMATORS:
+        bad("estimator", f"must be one of {ESTIMATORS}")
+    if hp["pathwise_source"] not in PATHWISE_SOURCES:
+        bad("pathwise_source", f"must be one of {PATHWISE_SOURCES}")
+    if hp["lambda_mode"] not in WINDOW_MODES:
+        bad("lambda_mode", f"must be one of {WINDOW_MODES}")
+    if hp["lambda_groups"] not in LAMBDA_GROUPS:
+        bad("lambda_groups", f"must be one of {LAMBDA_GROUPS}")
+    bounds = hp["lambda_bounds"]
+    if bounds is not None:
+        try:
+            _check_bounds(bounds)
+        except (ValueError, TypeError) as exc:
+            bad("lambda_bounds", str(exc))
+        if not (0.0 <= bounds[0] <= bounds[1] <= 1.0):
+            bad("lambda_bounds", "must satisfy 0 <= lo <= hi <= 1 (or None for the unclipped weight)")
+    if hp["fixed_lambda"] is not None:
+        if hp["estimator"] != "hybrid":
+            bad("fixed_lambda", f"only applies to estimator='hybrid' (got estimator={hp['estimator']!r})")
+        if not (isinstance(hp["fixed_lambda"], (int, float)) and 0.0 <= hp["fixed_lambda"] <= 1.0):
+            bad("fixed_lambda", "must be a number in [0, 1]")
+    if hp["use_sde"]:
+        bad("use_sde", "gSDE is not supported: the pathwise term needs the per-step Gaussian noise eps")
+    if isinstance(hp["clip_range"], (int, float)) and hp["clip_range"] <= 0:
+        bad("clip_range", "must be > 0 (or None to disable clipping)")
+    if hp["target_kl"] is not None and hp["target_kl"] <= 0:
+        bad("target_kl", "must be > 0 (or None)")

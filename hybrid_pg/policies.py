@@ -1,0 +1,120 @@
+"""Policies for HybridPG: SB3's actor-critic policies plus an action-value critic head.
+
+The pathwise estimator needs dQ/da. With ``pathwise_source="critic"`` it comes from a learned
+advantage head A_phi(s, a): Q_phi(s, a) = V(s) + A_phi(s, a), and only A_phi depends on the action,
+so only A_phi is needed for the pathwise gradient and only A_phi is regressed on the rollout's
+advantages (V already explains the state-dependent part, which makes the regression easier than
+fitting Q from scratch).
+
+The actions the critic sees are the actions the environment saw: clipped to the Box bounds, then
+rescaled to [-1, 1] for conditioning.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Type
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN, create_mlp
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+
+class AdvantageHead(nn.Module):
+    """A_phi(features, a): an MLP on [features, a rescaled from the Box bounds to [-1, 1]]."""
+
+    def __init__(self, features_dim: int, action_space: spaces.Box, net_arch: List[int], activation_fn: Type[nn.Module]) -> None:
+        super().__init__()
+        action_dim = int(np.prod(action_space.shape))
+        self.mlp = nn.Sequential(*create_mlp(features_dim + action_dim, 1, net_arch, activation_fn))
+        self.register_buffer("action_low", th.as_tensor(action_space.low, dtype=th.float32).flatten(), persistent=False)
+        self.register_buffer("action_high", th.as_tensor(action_space.high, dtype=th.float32).flatten(), persistent=False)
+
+    def clip_action(self, actions: th.Tensor) -> th.Tensor:
+        return th.maximum(th.minimum(actions, self.action_high), self.action_low)
+
+    def forward(self, features: th.Tensor, clipped_actions: th.Tensor) -> th.Tensor:
+        actions = clipped_actions.reshape(clipped_actions.shape[0], -1)
+        scaled = 2.0 * (actions - self.action_low) / (self.action_high - self.action_low) - 1.0
+        return self.mlp(th.cat([features, scaled], dim=1)).squeeze(-1)
+
+
+class HybridActorCriticPolicy(ActorCriticPolicy):
+    """Diagonal-Gaussian actor, V critic (for GAE) and advantage critic A_phi(s, a).
+
+    Accepts every argument of :class:`stable_baselines3.common.policies.ActorCriticPolicy`, plus:
+
+    :param q_net_arch: hidden layer sizes of the advantage head A_phi(s, a).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        *args: Any,
+        q_net_arch: Optional[List[int]] = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(action_space, spaces.Box):
+            raise ValueError(f"HybridPG policies need a Box action space, got {action_space}")
+        self.q_net_arch = [64, 64] if q_net_arch is None else list(q_net_arch)
+        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        self.q_net = AdvantageHead(self.features_dim, self.action_space, self.q_net_arch, self.activation_fn)
+        # the optimizer built by the parent does not know the new head
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    def _get_constructor_parameters(self) -> Dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(q_net_arch=self.q_net_arch)
+        return data
+
+    # -- pieces the algorithm differentiates through ------------------------------------------------
+
+    def clip_action(self, actions: th.Tensor) -> th.Tensor:
+        """The action the environment sees (SB3 clips to the Box bounds before ``env.step``).
+
+        Gradients pass where the action is inside the bounds and are zero where it is clipped,
+        exactly like the environment's response.
+        """
+        return self.q_net.clip_action(actions)
+
+    def q_features(self, obs: th.Tensor) -> th.Tensor:
+        """Features the advantage head conditions on (the value branch's extractor)."""
+        return self.extract_features(obs, self.vf_features_extractor)  # type: ignore[arg-type]
+
+    def advantage(self, features: th.Tensor, clipped_actions: th.Tensor) -> th.Tensor:
+        """A_phi(s, a) for already-clipped actions, shape (B,)."""
+        return self.q_net(features, clipped_actions)
+
+    def actor_mean(self, obs: th.Tensor) -> th.Tensor:
+        """Mean action mu(s), shape (B, action_dim)."""
+        features = self.extract_features(obs, self.pi_features_extractor)  # type: ignore[arg-type]
+        return self.action_net(self.mlp_extractor.forward_actor(features))
+
+
+class HybridActorCriticCnnPolicy(HybridActorCriticPolicy):
+    """:class:`HybridActorCriticPolicy` with a NatureCNN features extractor (image observations)."""
+
+    def __init__(self, *args: Any, features_extractor_class: Type[nn.Module] = NatureCNN, **kwargs: Any) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class HybridMultiInputActorCriticPolicy(HybridActorCriticPolicy):
+    """:class:`HybridActorCriticPolicy` for Dict observations (CombinedExtractor)."""
+
+    def __init__(
+        self, *args: Any, features_extractor_class: Type[nn.Module] = CombinedExtractor, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+MlpPolicy = HybridActorCriticPolicy
+CnnPolicy = HybridActorCriticCnnPolicy
+MultiInputPolicy = HybridMultiInputActorCriticPolicy

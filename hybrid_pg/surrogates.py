@@ -1,0 +1,141 @@
+"""The two RL surrogates whose gradients HybridPG mixes, written once for batches.
+
+Per rollout sample i (state s_i, stored action a_i, GAE advantage A_i):
+
+    eps_i   = (a_i - mu_old(s_i)) / sigma_old            the noise that produced a_i
+    score_i = A_i * log pi_theta(a_i | s_i)              gradient: A_i dlog pi / dtheta  (REINFORCE)
+    path_i  = c * Q~(s_i, clip(mu_theta(s_i) + sigma_theta * eps_i))
+                                                         gradient: c dQ~/da da/dtheta    (pathwise)
+
+At theta = theta_old both gradients estimate the same thing, the policy gradient of E[Q(s, a)] at
+state s_i, and the pathwise action is exactly the action the environment saw (same clip). c is the
+factor the advantages were divided by when normalised (1 otherwise), so both terms stay on the same
+scale.
+
+Q~ is either the learned advantage head A_phi (its parameters frozen in these surrogates) or the
+k-step return through a differentiable model of the environment,
+    r(s, a) + gamma r(s1, a1) + ... + gamma^(k-1) r(s_{k-1}, a_{k-1}) + gamma^k V(s_k),
+with future actions a_j = clip(mu_theta(s_j) + sigma_theta * eps_j), eps_j fresh N(0, I) draws, and
+V frozen. The function :func:`pathwise_value` computes both; the batched training loss and the
+per-sample statistics (:mod:`hybrid_pg.per_sample`) call the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch as th
+from torch import nn
+from torch.func import functional_call
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def gaussian_log_prob(mean: th.Tensor, log_std: th.Tensor, actions: th.Tensor) -> th.Tensor:
+    """log N(actions; mean, diag exp(log_std)^2), summed over action dimensions -> (B,)."""
+    z = (actions - mean) * th.exp(-log_std)
+    return (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(-1)
+
+
+def gaussian_entropy(log_std: th.Tensor) -> th.Tensor:
+    """Entropy of a diagonal Gaussian (state-independent std): sum(log_std + 0.5 log(2 pi e))."""
+    return (log_std + _LOG_SQRT_2PI + 0.5).sum(-1)
+
+
+def scale_gradient(x: th.Tensor, weight: float) -> th.Tensor:
+    """Same value as ``x``; the gradient flowing back through it is multiplied by ``weight``.
+
+    This is how one loss, path(mu_p, log_std_p) + score(mu_s, log_std_s), yields the mixed gradient
+    lam * g_P + (1 - lam) * g_M in a single backward pass, with a separate lam per parameter group
+    (the mean network reaches the loss only through mu, log_std only through log_std).
+    """
+    if weight == 1.0:
+        return x
+    if weight == 0.0:
+        return x.detach()
+    return x * weight + x.detach() * (1.0 - weight)
+
+
+class FrozenModule:
+    """Call ``module`` with its parameters detached: gradients reach the inputs, never the weights.
+
+    The pathwise surrogate differentiates Q~ with respect to the *action* only; without this, the
+    actor's objective would push the critic's weights towards larger Q.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args: th.Tensor) -> th.Tensor:
+        params = {k: v.detach() for k, v in self.module.named_parameters()}
+        buffers = dict(self.module.named_buffers())
+        return functional_call(self.module, {**params, **buffers}, args)
+
+
+class ValueHead(nn.Module):
+    """V(features) = value_net(mlp_extractor.value_net(features)) as one module (for FrozenModule)."""
+
+    def __init__(self, latent_value_net: nn.Module, value_net: nn.Module) -> None:
+        super().__init__()
+        self.latent_value_net = latent_value_net
+        self.value_net = value_net
+
+    def forward(self, features: th.Tensor) -> th.Tensor:
+        return self.value_net(self.latent_value_net(features)).squeeze(-1)
+
+
+class ActorHead(nn.Module):
+    """mu(features) = action_net(mlp_extractor.policy_net(features)) as one module.
+
+    Its parameters are the 'mean network' parameter group of the statistics.
+    """
+
+    def __init__(self, latent_policy_net: nn.Module, action_net: nn.Module) -> None:
+        super().__init__()
+        self.latent_policy_net = latent_policy_net
+        self.action_net = action_net
+
+    def forward(self, features: th.Tensor) -> th.Tensor:
+        return self.action_net(self.latent_policy_net(features))
+
+
+def pathwise_value(
+    mean: th.Tensor,
+    log_std: th.Tensor,
+    eps: th.Tensor,
+    *,
+    clip_action: Callable[[th.Tensor], th.Tensor],
+    advantage: Optional[Callable[[th.Tensor, th.Tensor], th.Tensor]] = None,
+    q_features: Optional[th.Tensor] = None,
+    model: Optional[nn.Module] = None,
+    obs: Optional[th.Tensor] = None,
+    mean_fn: Optional[Callable[[th.Tensor], th.Tensor]] = None,
+    value_fn: Optional[Callable[[th.Tensor], th.Tensor]] = None,
+    future_eps: Optional[th.Tensor] = None,
+    gamma: float = 0.99,
+    horizon: int = 1,
+) -> th.Tensor:
+    """Q~(s, clip(mean + exp(log_std) * eps)) for a batch, shape (B,).
+
+    Critic source: pass ``advantage`` (frozen A_phi) and ``q_features``. Model source: pass
+    ``model`` (``step(obs, action) -> (next_obs, reward)``), raw ``obs``, ``mean_fn`` (observations ->
+    mean action, for the future actions), ``value_fn`` (frozen V of observations), ``future_eps``
+    (B, horizon - 1, action_dim) and ``horizon``.
+    """
+    std = th.exp(log_std)
+    action = clip_action(mean + std * eps)
+    if model is None:
+        assert advantage is not None and q_features is not None
+        return advantage(q_features, action)
+    assert obs is not None and value_fn is not None
+    total = th.zeros(action.shape[0], dtype=action.dtype, device=action.device)
+    state, discount = obs, 1.0
+    for step in range(horizon):
+        state, reward = model.step(state, action)
+        total = total + discount * reward
+        discount *= gamma
+        if step + 1 < horizon:
+            assert mean_fn is not None and future_eps is not None
+            action = clip_action(mean_fn(state) + std * future_eps[:, step])
+    return total + discount * value_fn(state)

@@ -1,0 +1,290 @@
+"""HybridPG: construction errors, exact gradients of the mixed update, statistics, persistence."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+
+from hybrid_pg import BatchMoments, HybridPG
+from hybrid_pg.per_sample import GROUPS
+
+# lr = 0 leaves the parameters at theta_old, so after one full-batch update .grad holds the
+# update's gradient at theta_old; no clipping of norms, ratios or advantages interferes.
+EXACT_GRADIENT_KWARGS = dict(
+    n_steps=64,
+    batch_size=None,
+    n_epochs=1,
+    learning_rate=0.0,
+    clip_range=None,
+    normalize_advantage=False,
+    max_grad_norm=1e12,
+    vf_coef=0.0,
+    q_coef=0.0,
+    ent_coef=0.0,
+    pathwise_source="critic",
+    seed=3,
+)
+
+
+def _actor_params(model):
+    head = list(model.policy.mlp_extractor.policy_net.parameters()) + list(model.policy.action_net.parameters())
+    return head + [model.policy.log_std]
+
+
+def _one_update(**kwargs):
+    model = HybridPG("MlpPolicy", "Pendulum-v1", **{**EXACT_GRADIENT_KWARGS, **kwargs})
+    model.learn(EXACT_GRADIENT_KWARGS["n_steps"])
+    return model
+
+
+def _rollout_tensors(model):
+    buf = model.rollout_buffer
+    obs = th.as_tensor(buf.observations, dtype=th.float32).reshape(-1, *model.observation_space.shape)
+    actions = th.as_tensor(buf.actions, dtype=th.float32).reshape(len(obs), -1)
+    adv = th.as_tensor(buf.advantages, dtype=th.float32).flatten()
+    return obs, actions, adv
+
+
+def _score_gradient_via_sb3(model):
+    """-(A * log pi).mean() with SB3's own distribution code: an independent implementation."""
+    obs, actions, adv = _rollout_tensors(model)
+    _, log_prob, _ = model.policy.evaluate_actions(obs, actions)
+    return th.autograd.grad(-(adv * log_prob).mean(), _actor_params(model))
+
+
+def _pathwise_gradient_by_hand(model):
+    obs, actions, _ = _rollout_tensors(model)
+    with th.no_grad():
+        mean_old = model.policy.actor_mean(obs)
+    std = th.exp(model.policy.log_std)
+    eps = (actions - mean_old) / std.detach()
+    low = th.as_tensor(model.action_space.low)
+    high = th.as_tensor(model.action_space.high)
+    a = th.clamp(model.policy.actor_mean(obs) + std * eps, low, high)
+    features = model.policy.extract_features(obs, model.policy.vf_features_extractor)
+    scaled = 2 * (a - low) / (high - low) - 1
+    q = model.policy.q_net.mlp(th.cat([features, scaled], 1)).squeeze(-1)
+    return th.autograd.grad(-q.mean(), _actor_params(model))
+
+
+def _grads(model):
+    return [p.grad.clone() for p in _actor_params(model)]
+
+
+def _assert_close(a, b, rtol=1e-4, atol=1e-6):
+    for x, y in zip(a, b):
+        assert th.allclose(x, y, rtol=rtol, atol=atol), (x, y)
+
+
+# ------------------------------------------------------------------------------------------------
+# the update's gradient
+# ------------------------------------------------------------------------------------------------
+
+
+def test_lambda_zero_is_exactly_the_likelihood_ratio_gradient():
+    model = _one_update(estimator="reinforce")
+    _assert_close(_grads(model), _score_gradient_via_sb3(model))
+    assert model.last_lambda["global"] == 0.0
+
+
+def test_lambda_one_is_exactly_the_pathwise_gradient_and_the_critic_is_frozen():
+    model = _one_update(estimator="pathwise")
+    _assert_close(_grads(model), _pathwise_gradient_by_hand(model))
+    # q_coef = 0: the actor's pathwise objective must not reach the critic's weights
+    for p in model.policy.q_net.parameters():
+        assert p.grad is None or float(p.grad.abs().max()) == 0.0
+
+
+def test_fixed_lambda_mixes_the_two_gradients():
+    lam = 0.3
+    model = _one_update(estimator="hybrid", fixed_lambda=lam)
+    expected = [lam * p + (1 - lam) * s for p, s in zip(_pathwise_gradient_by_hand(model), _score_gradient_via_sb3(model))]
+    _assert_close(_grads(model), expected)
+
+
+def test_per_group_weights_mix_each_group_separately(monkeypatch):
+    weights = {"mean": 0.2, "log_std": 0.9, "global": float("nan")}
+    monkeypatch.setattr(HybridPG, "_weights_for_this_update", lambda self: dict(weights))
+    model = _one_update(estimator="hybrid", lambda_groups="per_group")
+    path, score = _pathwise_gradient_by_hand(model), _score_gradient_via_sb3(model)
+    expected = [0.2 * p + 0.8 * s for p, s in zip(path[:-1], score[:-1])] + [0.9 * path[-1] + 0.1 * score[-1]]
+    _assert_close(_grads(model), expected)
+
+
+def test_per_sample_moments_equal_a_naive_per_sample_autograd_loop():
+    model = _one_update(estimator="hybrid", fixed_lambda=0.5)
+    obs, actions, adv = _rollout_tensors(model)
+    with th.no_grad():
+        mean_old = model.policy.actor_mean(obs)
+        eps = (actions - mean_old) / th.exp(model.policy.log_std)
+        features = model.policy.extract_features(obs, model.policy.pi_features_extractor)
+    moments = model._rollout_moments(features, features, obs, eps, actions, adv, th.zeros(len(obs), 1, 1), 1.0)
+    rows_p, rows_s = [], []
+    for i in range(len(obs)):
+        gp = _pathwise_gradient_by_hand_single(model, obs[i : i + 1], actions[i : i + 1])
+        _, log_prob, _ = model.policy.evaluate_actions(obs[i : i + 1], actions[i : i + 1])
+        gs = th.autograd.grad((adv[i] * log_prob).sum(), _actor_params(model))
+        rows_p.append(th.cat([g.flatten() for g in gp]))
+        rows_s.append(th.cat([g.flatten() for g in gs]))
+    naive = BatchMoments.from_samples(th.stack(rows_p).double(), th.stack(rows_s).double())
+    got = moments["global"]
+    assert got.n == naive.n
+    for attr in ("ss_path", "ss_score", "ss_cross"):
+        assert getattr(got, attr) == pytest.approx(getattr(naive, attr), rel=1e-4)
+    assert th.allclose(got.mean_path, naive.mean_path, atol=1e-6, rtol=1e-4)
+    assert th.allclose(got.mean_score, naive.mean_score, atol=1e-6, rtol=1e-4)
+    # the batch mean of the per-sample score gradients is the batch gradient
+    batch = _score_gradient_via_sb3(model)
+    assert th.allclose(got.mean_score.float(), -th.cat([g.flatten() for g in batch]), atol=1e-5, rtol=1e-4)
+
+
+def _pathwise_gradient_by_hand_single(model, obs, actions):
+    with th.no_grad():
+        mean_old = model.policy.actor_mean(obs)
+    std = th.exp(model.policy.log_std)
+    eps = (actions - mean_old) / std.detach()
+    low, high = th.as_tensor(model.action_space.low), th.as_tensor(model.action_space.high)
+    a = th.clamp(model.policy.actor_mean(obs) + std * eps, low, high)
+    features = model.policy.extract_features(obs, model.policy.vf_features_extractor)
+    q = model.policy.q_net.mlp(th.cat([features, 2 * (a - low) / (high - low) - 1], 1)).sum()
+    return th.autograd.grad(q, _actor_params(model))
+
+
+def test_pathwise_term_sees_the_clipped_action():
+    """Actions outside the Box bounds: the env saw the bound, so dQ/da must be zero there."""
+    model = _one_update(estimator="pathwise", policy_kwargs=dict(log_std_init=1.5))
+    obs, actions, _ = _rollout_tensors(model)
+    outside = (actions.abs() > 2.0).any(1)
+    assert outside.any() and (~outside).any()
+    grads_out = _pathwise_gradient_by_hand_single(model, obs[outside][:1], actions[outside][:1])
+    assert all(float(g.abs().max()) == 0.0 for g in grads_out)
+
+
+# ------------------------------------------------------------------------------------------------
+# the weight: window of previous rollouts, warmup, logging
+# ------------------------------------------------------------------------------------------------
+
+
+def test_weight_comes_from_previous_rollouts_only(monkeypatch):
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=1, lambda_warmup=1, seed=0)
+    applied, window_before = [], []
+    original = HybridPG._weights_for_this_update
+
+    def spy(self):
+        window_before.append(self.lambda_windows["global"].estimate(batch_size=self._gradient_batch_size()).lam if len(self.lambda_windows["global"]) else None)
+        out = original(self)
+        applied.append(out["global"])
+        return out
+
+    monkeypatch.setattr(HybridPG, "_weights_for_this_update", spy)
+    model.learn(64 * 4)
+    assert applied[0] == 0.0 and window_before[0] is None  # warmup
+    assert window_before[1] is None and applied[1] == 0.0  # the warmup rollout never entered the window
+    assert applied[2] == window_before[2] and applied[3] == window_before[3]
+    assert len(model.lambda_windows["global"]) == 3
+
+
+def test_learn_logs_every_hybrid_scalar():
+    from stable_baselines3.common.logger import Logger, KVWriter
+
+    class Capture(KVWriter):
+        def __init__(self):
+            self.rows = []
+
+        def write(self, key_values, key_excluded, step=0):
+            self.rows.append(dict(key_values))
+
+    cap = Capture()
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, lambda_warmup=0, seed=0)
+    model.set_logger(Logger(folder=None, output_formats=[cap]))
+    model.learn(64 * 3)
+    last = cap.rows[-1]
+    for key in ("lambda", "lambda_batch", "lambda_window", "var_path", "var_score", "cov", "corr", "variance_reduction", "bias_sq", "window_size", "var_applied", "effective_sample_size"):
+        assert f"hybrid/{key}" in last, key
+        assert math.isfinite(last[f"hybrid/{key}"]), key
+    assert last["hybrid/window_size"] == 3
+    assert 0.0 <= last["hybrid/lambda"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# construction errors
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"estimator": "ddpg"}, "estimator"),
+        ({"pathwise_source": "oracle"}, "pathwise_source"),
+        ({"lambda_window": 0}, "lambda_window"),
+        ({"lambda_mode": "adaptive-please"}, "lambda_mode"),
+        ({"lambda_bounds": (0.8, 0.2)}, "lambda_bounds"),
+        ({"lambda_bounds": (-0.5, 1.0)}, "lambda_bounds"),
+        ({"lambda_groups": "per_layer"}, "lambda_groups"),
+        ({"fixed_lambda": 1.5}, "fixed_lambda"),
+        ({"fixed_lambda": 0.5, "estimator": "reinforce"}, "fixed_lambda"),
+        ({"use_sde": True}, "use_sde"),
+        ({"n_steps": 0}, "n_steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"model_horizon": 0}, "model_horizon"),
+        ({"gamma": 1.5}, "gamma"),
+    ],
+)
+def test_invalid_hyperparameters_fail_at_construction_naming_the_parameter(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        HybridPG("MlpPolicy", "Pendulum-v1", **kwargs)
+
+
+def test_non_box_and_unbounded_action_spaces_are_rejected():
+    with pytest.raises(ValueError, match="Box"):
+        HybridPG("MlpPolicy", "CartPole-v1")
+
+    class Unbounded(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (2,))
+        action_space = gym.spaces.Box(-np.inf, np.inf, (1,))
+
+        def reset(self, seed=None, options=None):
+            return np.zeros(2, dtype=np.float32), {}
+
+        def step(self, action):
+            return np.zeros(2, dtype=np.float32), 0.0, False, False, {}
+
+    with pytest.raises(ValueError, match="finite action bounds"):
+        HybridPG("MlpPolicy", Unbounded())
+
+
+def test_model_source_without_a_model_is_rejected():
+    with pytest.raises(ValueError, match="differentiable model"):
+        HybridPG("MlpPolicy", "Pendulum-v1", pathwise_source="model")
+
+
+# ------------------------------------------------------------------------------------------------
+# persistence and an end-to-end run
+# ------------------------------------------------------------------------------------------------
+
+
+def test_save_load_keeps_the_window_and_lambda(tmp_path):
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, lambda_warmup=0, lambda_mode="ema", seed=0)
+    model.learn(64 * 3)
+    model.save(tmp_path / "m.zip")
+    loaded = HybridPG.load(tmp_path / "m.zip", env=make_vec_env("Pendulum-v1", n_envs=1, seed=0))
+    for name in ("global", *GROUPS):
+        assert loaded.lambda_windows[name].estimate() == model.lambda_windows[name].estimate()
+        assert loaded.lambda_windows[name].mode == "ema"
+    assert loaded.last_lambda == model.last_lambda
+    assert loaded._n_rollouts_trained == 3
+    loaded.learn(64, reset_num_timesteps=False)
+    assert len(loaded.lambda_windows["global"]) == 4
+
+
+def test_short_end_to_end_learning_run_on_pendulum():
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
+    model = HybridPG("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=2, seed=0)
+    model.learn(128 * 2 * 4)
+    for p in model.policy.parameters():
+        assert th.isfinite(p).all()
+    action, _ = model.predict(env.observation_space.sample(), deterministic=True)
+    assert env.action_space.contains(action.astype(np.float32))

@@ -1,0 +1,188 @@
+"""WindowedLambda: pooled within-batch statistics, forgetting, health statistic, persistence."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch as th
+
+from hybrid_pg import WindowedLambda, optimal_lambda
+
+
+def _batch(rng, n, d=4, shift=0.0, scale_m=2.0):
+    common = rng.normal(size=(n, d))
+    g_p = common + 0.5 * rng.normal(size=(n, d)) + shift
+    g_m = scale_m * common + rng.normal(size=(n, d)) - shift
+    return g_p, g_m
+
+
+def _pooled_by_hand(batches, weights=None):
+    """Centre each batch on its own mean, weight it, divide by the weighted degrees of freedom."""
+    weights = weights or [1.0] * len(batches)
+    ss = np.zeros(3)
+    dof = 0.0
+    for w, (gp, gm) in zip(weights, batches):
+        cp, cm = gp - gp.mean(0), gm - gm.mean(0)
+        ss += w * np.array([(cp * cp).sum(), (cm * cm).sum(), (cp * cm).sum()])
+        dof += w * (len(gp) - 1)
+    return ss / dof
+
+
+def test_sliding_window_equals_pooled_within_batch_statistics():
+    rng = np.random.default_rng(0)
+    # batches with very different means: pooling must not count the mean shift as variance
+    batches = [_batch(rng, n, shift=s) for n, s in ((50, 0.0), (80, 5.0), (65, -3.0))]
+    win = WindowedLambda(window=3)
+    for gp, gm in batches:
+        win.update(gp, gm)
+    est = win.estimate()
+    var_p, var_m, cov = _pooled_by_hand(batches)
+    assert est.var_path == pytest.approx(var_p, rel=1e-12)
+    assert est.var_score == pytest.approx(var_m, rel=1e-12)
+    assert est.cov == pytest.approx(cov, rel=1e-12)
+    assert est.lam == pytest.approx(np.clip((var_m - cov) / (var_p + var_m - 2 * cov), 0, 1))
+    assert est.n == 50 + 80 + 65 == win.effective_sample_size
+    # centring on the window's grand mean instead would inflate the variances a lot
+    all_p = np.concatenate([b[0] for b in batches])
+    assert np.var(all_p, axis=0, ddof=1).sum() > 3 * var_p
+
+
+def test_single_batch_window_equals_optimal_lambda():
+    rng = np.random.default_rng(1)
+    gp, gm = _batch(rng, 200)
+    win = WindowedLambda(window=1)
+    assert win.update(gp, gm) == optimal_lambda(gp, gm)
+
+
+def test_sliding_window_forgets_the_oldest_batch():
+    rng = np.random.default_rng(2)
+    batches = [_batch(rng, 40 + 10 * i, scale_m=1.0 + i) for i in range(5)]
+    win = WindowedLambda(window=2)
+    for gp, gm in batches:
+        win.update(gp, gm)
+    assert len(win) == 2 and win.n_updates == 5
+    ref = WindowedLambda(window=2)
+    for gp, gm in batches[-2:]:
+        ref.update(gp, gm)
+    assert win.estimate() == ref.estimate()
+
+
+def test_ema_weights_match_the_pooled_formula_and_bound_memory():
+    rng = np.random.default_rng(3)
+    batches = [_batch(rng, 30, scale_m=1.0 + 0.3 * i) for i in range(6)]
+    win = WindowedLambda(window=3, mode="ema")
+    assert win.decay == pytest.approx(0.5)
+    for gp, gm in batches:
+        win.update(gp, gm)
+    weights = [0.5**k for k in range(5, -1, -1)]
+    var_p, var_m, cov = _pooled_by_hand(batches, weights)
+    est = win.estimate()
+    assert est.var_path == pytest.approx(var_p) and est.cov == pytest.approx(cov)
+    assert est.n == pytest.approx(sum(w * 30 for w in weights) ** 2 / sum(w * w * 30 for w in weights))
+    for _ in range(200):
+        win.update(*_batch(rng, 30))
+    # 0.5 ** 10 < 1e-3: at most 10 batches are ever held
+    assert len(win) <= 10
+
+
+def test_between_within_ratio_is_about_one_when_stationary_and_large_under_drift():
+    rng = np.random.default_rng(4)
+    stationary = []
+    for _ in range(200):
+        win = WindowedLambda(window=4)
+        for _ in range(4):
+            win.update(*_batch(rng, 25))
+        stationary.append(win.between_within()["path"])
+    # E[F] = 1 exactly under the null (numerator and denominator unbiased for the same trace),
+    # F has a sd of about sqrt(2/(3*4)) ~ 0.4 here: the mean over 200 windows is within ~0.1
+    assert np.mean(stationary) == pytest.approx(1.0, abs=0.12)
+
+    drift = WindowedLambda(window=4)
+    for s in range(4):
+        drift.update(*_batch(rng, 25, shift=2.0 * s))
+    health = drift.between_within()
+    assert health["path"] > 10 and health["score"] > 10
+    assert math.isnan(WindowedLambda().between_within()["path"])
+
+
+def test_reset_keeps_the_newest_batches():
+    rng = np.random.default_rng(5)
+    win = WindowedLambda(window=8)
+    data = [_batch(rng, 20) for _ in range(5)]
+    for gp, gm in data:
+        win.update(gp, gm)
+    win.reset(keep_last=1)
+    assert len(win) == 1
+    assert win.estimate() == optimal_lambda(*data[-1])
+    win.reset()
+    assert len(win) == 0 and win.estimate().degenerate and win.lam == 0.0
+
+
+def test_state_dict_round_trip_is_exact_and_continues_identically():
+    rng = np.random.default_rng(6)
+    win = WindowedLambda(window=3, mode="ema", bias_correction=True, bounds=(0.1, 0.9))
+    for _ in range(4):
+        win.update(*_batch(rng, 30))
+    state = copy.deepcopy(win.state_dict())
+    restored = WindowedLambda()
+    restored.load_state_dict(state)
+    assert restored.estimate() == win.estimate()
+    assert (restored.mode, restored.decay, restored.bounds, restored.bias_correction) == ("ema", 0.5, (0.1, 0.9), True)
+    nxt = _batch(rng, 30)
+    assert restored.update(*nxt) == win.update(*nxt)
+    # survives torch.save / torch.load (how the algorithm stores it)
+    import io
+
+    buf = io.BytesIO()
+    th.save(win.state_dict(), buf)
+    buf.seek(0)
+    again = WindowedLambda()
+    again.load_state_dict(th.load(buf, weights_only=True))
+    assert again.estimate() == win.estimate()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"window": 0}, "window must be an integer >= 1"),
+        ({"window": 2.5}, "window must be an integer"),
+        ({"mode": "adaptive-ish"}, "mode must be one of"),
+        ({"decay": 1.0, "mode": "ema"}, "decay must lie in"),
+        ({"bounds": (0.8, 0.2)}, "lo <= hi"),
+    ],
+)
+def test_invalid_configuration_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WindowedLambda(**kwargs)
+
+
+def test_bad_updates_raise_and_leave_the_window_untouched():
+    rng = np.random.default_rng(7)
+    win = WindowedLambda(window=4)
+    win.update(*_batch(rng, 20))
+    before = win.estimate()
+    gp, gm = _batch(rng, 20)
+    gp[0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        win.update(gp, gm)
+    with pytest.raises(ValueError, match="dimension changed"):
+        win.update(*_batch(rng, 20, d=3))
+    assert win.estimate() == before and len(win) == 1
+    with pytest.raises(ValueError, match="not a WindowedLambda state"):
+        win.load_state_dict({"weights": []})
+
+
+def test_chunked_moments_merge_to_the_one_pass_moments():
+    from hybrid_pg import BatchMoments
+
+    rng = np.random.default_rng(8)
+    gp, gm = _batch(rng, 103, shift=4.0)
+    whole = BatchMoments.from_samples(gp, gm)
+    merged = BatchMoments.from_samples(gp[:40], gm[:40])
+    for lo, hi in ((40, 41), (41, 90), (90, 103)):
+        merged = merged.merge(BatchMoments.from_samples(gp[lo:hi], gm[lo:hi]))
+    assert merged.n == whole.n
+    for attr in ("ss_path", "ss_score", "ss_cross"):
+        assert getattr(merged, attr) == pytest.approx(getattr(whole, attr), rel=1e-12)
+    assert th.allclose(merged.mean_path, whole.mean_path) and th.allclose(merged.mean_score, whole.mean_score)
