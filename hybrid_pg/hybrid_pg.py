@@ -33,7 +33,14 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_wr
 from torch.nn import functional as F
 
 from hybrid_pg.estimator import DEFAULT_BOUNDS, LambdaEstimate, _check_bounds, mixed_variance, pooled_estimate
-from hybrid_pg.per_sample import GROUPS, all_finite, per_sample_group_moments, single_sample_surrogates
+from hybrid_pg.per_sample import (
+    GROUPS,
+    all_finite,
+    outer_product_group_moments,
+    per_sample_group_moments,
+    single_sample_surrogates,
+    supports_outer_product_moments,
+)
 from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy
 from hybrid_pg.surrogates import (
     ActorHead,
@@ -181,6 +188,9 @@ class HybridPG(OnPolicyAlgorithm):
             clip_range=clip_range,
             target_kl=target_kl,
         )
+        if getattr(env, "action_space", None) is not None:
+            # before SB3's own (bare assert) check, so the user gets the reason
+            _check_action_space(env.action_space)
         super().__init__(
             policy,
             env,
@@ -323,8 +333,14 @@ class HybridPG(OnPolicyAlgorithm):
         return lam
 
     def _gradient_batch_size(self) -> int:
-        """B of the bias-aware rule: the number of samples in each gradient step."""
-        return self.batch_size if self.batch_size is not None else self.n_steps * self.n_envs
+        """B of the bias-aware rule: the rollout size.
+
+        Every minibatch step of an update carries the same pathwise bias, while each sample's noise
+        enters the update once per epoch: over the update the noise averages over the whole
+        rollout, so the rollout size (not the minibatch size) is the B that trades bias against
+        variance.
+        """
+        return self.n_steps * self.n_envs
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -357,6 +373,7 @@ class HybridPG(OnPolicyAlgorithm):
             eps = (actions - mean_old) * th.exp(-self.policy.log_std)
             pi_features = self.policy.extract_features(obs, self.policy.pi_features_extractor)
             q_features = self.policy.q_features(obs)
+            clipped_actions = self.policy.clip_action(actions)
         future_eps = th.randn(n_samples, max(self.model_horizon - 1, 1), actions.shape[1], device=self.device)
         raw_obs = obs if isinstance(obs, th.Tensor) else pi_features  # model source needs flat Box obs
 
@@ -381,12 +398,12 @@ class HybridPG(OnPolicyAlgorithm):
                 mb_obs = _index_obs(obs, idx)
                 mean = self.policy.actor_mean(mb_obs)
                 log_std = self.policy.log_std
-                log_prob = gaussian_log_prob(mean, log_std, actions[idx])
                 # score surrogate: likelihood ratio, gradient at theta_old = A dlog pi
-                log_prob_s = gaussian_log_prob(
+                log_prob = gaussian_log_prob(
                     scale_gradient(mean, 1.0 - lam["mean"]), scale_gradient(log_std, 1.0 - lam["log_std"]), actions[idx]
                 )
-                ratio = th.exp(log_prob_s - data.old_log_prob[idx])
+                log_ratio = log_prob - data.old_log_prob[idx]
+                ratio = th.exp(log_ratio)
                 score_obj = ratio * adv[idx]
                 if clip_range is not None:
                     score_obj = th.min(score_obj, th.clamp(ratio, 1 - clip_range, 1 + clip_range) * adv[idx])
@@ -406,33 +423,35 @@ class HybridPG(OnPolicyAlgorithm):
                 entropy = gaussian_entropy(log_std)
                 values = self.policy.predict_values(mb_obs).flatten()
                 value_loss = F.mse_loss(data.returns[idx], values)
-                q_pred = self.policy.advantage(self.policy.q_features(mb_obs), self.policy.clip_action(actions[idx]))
-                q_loss = F.mse_loss(q_pred, adv[idx])
+                q_loss = F.mse_loss(self.policy.advantage(q_features[idx], clipped_actions[idx]), adv[idx])
                 policy_loss = -(path_term + score_term)
                 loss = policy_loss - self.ent_coef * entropy + self.vf_coef * value_loss + self.q_coef * q_loss
 
                 with th.no_grad():
-                    log_ratio = log_prob - data.old_log_prob[idx]
-                    approx_kl = th.mean((th.exp(log_ratio) - 1) - log_ratio).item()
-                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    approx_kl = th.mean((ratio - 1) - log_ratio)
+                if self.target_kl is not None and approx_kl.item() > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
-                        print(f"Early stopping at epoch {_epoch} due to reaching max kl: {approx_kl:.2f}")
+                        print(f"Early stopping at epoch {_epoch} due to reaching max kl: {approx_kl.item():.2f}")
                     break
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
 
-                logs["policy_loss"].append(policy_loss.item())
-                logs["path"].append(path_term.item())
-                logs["score"].append(score_term.item())
-                logs["value_loss"].append(value_loss.item())
-                logs["q_loss"].append(q_loss.item())
-                logs["entropy"].append(entropy.item())
-                logs["approx_kl"].append(approx_kl)
+                # kept as tensors: one host sync per update instead of several per minibatch
+                for key, value in (
+                    ("policy_loss", policy_loss),
+                    ("path", path_term),
+                    ("score", score_term),
+                    ("value_loss", value_loss),
+                    ("q_loss", q_loss),
+                    ("entropy", entropy),
+                    ("approx_kl", approx_kl),
+                ):
+                    logs[key].append(value.detach())
                 if clip_range is not None:
-                    logs["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                    logs["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()).detach())
             if not continue_training:
                 break
         update_time = time.perf_counter() - t_update
@@ -493,7 +512,30 @@ class HybridPG(OnPolicyAlgorithm):
         )
 
     def _rollout_moments(self, pi_features, q_features, raw_obs, eps, actions, adv, future_eps, scale):
-        """Per-group moments of the per-sample parameter gradients of both surrogates."""
+        """Per-group moments of the per-sample parameter gradients of both surrogates.
+
+        MLP heads with one-step surrogates use the exact outer-product factorisation (two backward
+        passes); anything else (k-step model returns, heads with non-Linear weights) the general
+        ``torch.func`` path. Both give the same numbers (tested). Returns None when the gradients
+        are not finite (e.g. a diverged critic).
+        """
+        one_step = self._resolved_source != "model" or self.model_horizon == 1
+        try:
+            if one_step and supports_outer_product_moments(self._actor_head):
+                return outer_product_group_moments(
+                    self._actor_head,
+                    pi_features,
+                    self.policy.log_std,
+                    path_fn=lambda m, s: scale
+                    * self._pathwise_value(m, s, eps, q_features=q_features, obs=raw_obs, mean_fn=None, future_eps=future_eps),
+                    score_fn=lambda m, s: adv * gaussian_log_prob(m, s, actions),
+                )
+            return self._rollout_moments_vmap(pi_features, q_features, raw_obs, eps, actions, adv, future_eps, scale)
+        except ValueError:
+            # BatchMoments rejects non-finite gradients
+            return None
+
+    def _rollout_moments_vmap(self, pi_features, q_features, raw_obs, eps, actions, adv, future_eps, scale):
         extract = lambda o: self.policy.extract_features(o, self.policy.pi_features_extractor)  # noqa: E731
         fn = single_sample_surrogates(
             self._actor_head,
@@ -502,17 +544,13 @@ class HybridPG(OnPolicyAlgorithm):
             log_prob=gaussian_log_prob,
         )
         scale_t = th.tensor(scale, dtype=th.float32, device=self.device)
-        try:
-            return per_sample_group_moments(
-                lambda hp, ls, *sample: fn(hp, ls, *sample, scale_t),
-                self._actor_head,
-                self.policy.log_std,
-                [pi_features, q_features, raw_obs, eps, actions, adv, future_eps],
-                chunk_size=self.stats_chunk_size,
-            )
-        except ValueError:
-            # BatchMoments rejects non-finite gradients (e.g. a diverged critic)
-            return None
+        return per_sample_group_moments(
+            lambda hp, ls, *sample: fn(hp, ls, *sample, scale_t),
+            self._actor_head,
+            self.policy.log_std,
+            [pi_features, q_features, raw_obs, eps, actions, adv, future_eps],
+            chunk_size=self.stats_chunk_size,
+        )
 
     # ------------------------------------------------------------------------------------------
     # logging
@@ -520,13 +558,12 @@ class HybridPG(OnPolicyAlgorithm):
 
     def _log_update(self, logs, lam, moments, stats_ok, stats_time, update_time, clip_range) -> None:
         record = self.logger.record
-        for key in ("policy_loss", "value_loss", "q_loss", "approx_kl"):
-            if logs[key]:
-                record(f"train/{key}", float(np.mean(logs[key])))
-        if logs["entropy"]:
-            record("train/entropy_loss", -float(np.mean(logs["entropy"])))
-        if logs["clip_fraction"]:
-            record("train/clip_fraction", float(np.mean(logs["clip_fraction"])))
+        logs = {k: th.stack(v).mean().item() for k, v in logs.items() if v}
+        for key in ("policy_loss", "value_loss", "q_loss", "approx_kl", "clip_fraction"):
+            if key in logs:
+                record(f"train/{key}", logs[key])
+        if "entropy" in logs:
+            record("train/entropy_loss", -logs["entropy"])
         if clip_range is not None:
             record("train/clip_range", clip_range)
         record("train/explained_variance", explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))

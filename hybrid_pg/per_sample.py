@@ -103,3 +103,87 @@ def single_sample_surrogates(
         return th.stack([path, score])
 
     return fn
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast exact path for MLP heads: per-sample gradients of Linear layers are outer products
+# ----------------------------------------------------------------------------------------------
+
+
+def supports_outer_product_moments(head: nn.Module) -> bool:
+    """True when every parameter of ``head`` belongs to an ``nn.Linear`` (an MLP head)."""
+    for module in head.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not isinstance(module, nn.Linear):
+            return False
+    return True
+
+
+def outer_product_group_moments(
+    head: nn.Module,
+    features: th.Tensor,
+    log_std: th.Tensor,
+    path_fn: Callable[[th.Tensor, th.Tensor], th.Tensor],
+    score_fn: Callable[[th.Tensor, th.Tensor], th.Tensor],
+) -> Dict[str, BatchMoments]:
+    """The same moments as :func:`per_sample_group_moments`, without materialising per-sample grads.
+
+    Valid when sample i's surrogates depend on the parameters only through (mu(s_i), log_std), i.e.
+    the critic source and the one-step model source. Then the per-sample gradient is the chain
+    rule J_i^T u_i, and for a Linear layer with input h_i and output cotangent delta_i it is the
+    outer product delta_i h_i^T (bias: delta_i), whose norms and inner products factor:
+        <delta_i h_i^T, delta'_i h_i^T> = <delta_i, delta'_i> ||h_i||^2.
+    Two backward passes through the head (one per surrogate) give every delta; sums of squares are
+    then sum_i <g_i, g'_i> - n <mean g, mean g'> in float64.
+    """
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    inputs: list = []
+    outputs: list = []
+
+    def capture(_module: nn.Module, inp: tuple, out: th.Tensor) -> None:  # must return None
+        inputs.append(inp[0])
+        outputs.append(out)
+
+    hooks = [m.register_forward_hook(capture) for m in linears]
+    try:
+        mean = head(features.detach())
+    finally:
+        for h in hooks:
+            h.remove()
+    n, act_dim = mean.shape
+    mean_leaf = mean.detach().requires_grad_(True)
+    log_std_leaf = log_std.detach().expand(n, act_dim).clone().requires_grad_(True)
+    u_path, v_path = th.autograd.grad(path_fn(mean_leaf, log_std_leaf).sum(), [mean_leaf, log_std_leaf], allow_unused=True)
+    u_score, v_score = th.autograd.grad(score_fn(mean_leaf, log_std_leaf).sum(), [mean_leaf, log_std_leaf], allow_unused=True)
+    u_path = th.zeros_like(mean_leaf) if u_path is None else u_path
+    v_path = th.zeros_like(log_std_leaf) if v_path is None else v_path
+    deltas_path = th.autograd.grad(mean, outputs, grad_outputs=u_path, retain_graph=True)
+    deltas_score = th.autograd.grad(mean, outputs, grad_outputs=u_score)
+
+    means_p, means_m = [], []
+    sum_pp = sum_mm = sum_pm = 0.0
+    for layer, h, dp, dm in zip(linears, inputs, deltas_path, deltas_score):
+        h, dp, dm = h.detach().double(), dp.double(), dm.double()
+        h_sq = (h * h).sum(1) + (1.0 if layer.bias is not None else 0.0)
+        sum_pp += float(((dp * dp).sum(1) * h_sq).sum())
+        sum_mm += float(((dm * dm).sum(1) * h_sq).sum())
+        sum_pm += float(((dp * dm).sum(1) * h_sq).sum())
+        means_p.append((dp.T @ h / n).flatten())
+        means_m.append((dm.T @ h / n).flatten())
+        if layer.bias is not None:
+            means_p.append(dp.mean(0))
+            means_m.append(dm.mean(0))
+    mean_part = _moments_from_sums(n, th.cat(means_p), th.cat(means_m), sum_pp, sum_mm, sum_pm)
+    std_part = BatchMoments.from_samples(v_path.double(), v_score.double())
+    return {"mean": mean_part, "log_std": std_part, "global": BatchMoments.concat([mean_part, std_part])}
+
+
+def _moments_from_sums(n: int, mean_p: th.Tensor, mean_m: th.Tensor, sum_pp: float, sum_mm: float, sum_pm: float) -> BatchMoments:
+    values = th.tensor([sum_pp, sum_mm, sum_pm], dtype=th.float64)
+    if not (th.isfinite(values).all() and th.isfinite(mean_p).all() and th.isfinite(mean_m).all()):
+        raise ValueError("per-sample gradients contain non-finite values")
+    # raw second moments minus n * mean products; tiny negative values are rounding
+    ss_pp = max(sum_pp - n * float(mean_p @ mean_p), 0.0)
+    ss_mm = max(sum_mm - n * float(mean_m @ mean_m), 0.0)
+    ss_pm = sum_pm - n * float(mean_p @ mean_m)
+    return BatchMoments(n=n, mean_path=mean_p.cpu(), mean_score=mean_m.cpu(), ss_path=ss_pp, ss_score=ss_mm, ss_cross=ss_pm)

@@ -61,16 +61,18 @@ class FrozenModule:
     """Call ``module`` with its parameters detached: gradients reach the inputs, never the weights.
 
     The pathwise surrogate differentiates Q~ with respect to the *action* only; without this, the
-    actor's objective would push the critic's weights towards larger Q.
+    actor's objective would push the critic's weights towards larger Q. ``torch.func.functional_call``
+    with detached copies does it for any module; the copies share storage with the live weights, so
+    they are made once and stay current through in-place optimizer steps.
     """
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+        self._frozen = {k: v.detach() for k, v in module.named_parameters()}
+        self._frozen.update(dict(module.named_buffers()))
 
     def __call__(self, *args: th.Tensor) -> th.Tensor:
-        params = {k: v.detach() for k, v in self.module.named_parameters()}
-        buffers = dict(self.module.named_buffers())
-        return functional_call(self.module, {**params, **buffers}, args)
+        return functional_call(self.module, self._frozen, args)
 
 
 class ValueHead(nn.Module):
@@ -130,12 +132,15 @@ def pathwise_value(
         return advantage(q_features, action)
     assert obs is not None and value_fn is not None
     total = th.zeros(action.shape[0], dtype=action.dtype, device=action.device)
-    state, discount = obs, 1.0
+    # alive: 1 until the model reports a terminal state; rewards after it and the bootstrap
+    # value of a terminal state are dropped, as GAE drops them on the score side.
+    state, discount, alive = obs, 1.0, th.ones_like(total)
     for step in range(horizon):
         state, reward = model.step(state, action)
-        total = total + discount * reward
+        total = total + discount * alive * reward
+        alive = alive * (1.0 - model.terminal(state))
         discount *= gamma
         if step + 1 < horizon:
             assert mean_fn is not None and future_eps is not None
             action = clip_action(mean_fn(state) + std * future_eps[:, step])
-    return total + discount * value_fn(state)
+    return total + discount * alive * value_fn(state)
