@@ -47,6 +47,7 @@ from hybrid_pg.surrogates import (
     FrozenModule,
     ValueHead,
     gaussian_entropy,
+    gaussian_kl,
     gaussian_log_prob,
     pathwise_value,
     scale_gradient,
@@ -84,6 +85,13 @@ class HybridPG(OnPolicyAlgorithm):
     :param max_grad_norm: gradient clipping norm.
     :param target_kl: stop the epochs of an update early once the approximate KL to the rollout
         policy exceeds 1.5 * target_kl (None: never).
+    :param pathwise_kl_limit: trust region of the pathwise term. PPO's ratio clip stops a sample's
+        score term once the policy has moved far on it; the pathwise term has no ratio, so without a
+        limit ten epochs of low-noise pathwise steps can walk the policy far into the critic's
+        errors. A sample's pathwise term is dropped once KL(pi_old(.|s) || pi(.|s)) at its state
+        exceeds this limit. ``"auto"``: clip_range^2 / 2 (the KL at which a mean shift moves a
+        typical ratio by about clip_range) when ``clip_range`` is set, else no limit; None: no limit.
+        The first minibatch step is at theta_old, where no sample is dropped.
     :param estimator: ``"hybrid"`` (adaptive lam), ``"reinforce"`` (lam = 0) or ``"pathwise"`` (lam = 1).
     :param fixed_lambda: with ``estimator="hybrid"``, use this constant weight instead of the
         adaptive one (ablations).
@@ -142,6 +150,7 @@ class HybridPG(OnPolicyAlgorithm):
         q_coef: float = 0.5,
         max_grad_norm: float = 0.5,
         target_kl: Optional[float] = None,
+        pathwise_kl_limit: Union[str, float, None] = "auto",
         estimator: str = "hybrid",
         fixed_lambda: Optional[float] = None,
         pathwise_source: str = "auto",
@@ -187,6 +196,7 @@ class HybridPG(OnPolicyAlgorithm):
             use_sde=use_sde,
             clip_range=clip_range,
             target_kl=target_kl,
+            pathwise_kl_limit=pathwise_kl_limit,
         )
         if getattr(env, "action_space", None) is not None:
             # before SB3's own (bare assert) check, so the user gets the reason
@@ -219,6 +229,7 @@ class HybridPG(OnPolicyAlgorithm):
         self.batch_size = batch_size
         self.n_epochs = n_epochs
         self.clip_range = clip_range
+        self.pathwise_kl_limit = pathwise_kl_limit
         self.normalize_advantage = normalize_advantage
         self.q_coef = q_coef
         self.target_kl = target_kl
@@ -267,6 +278,7 @@ class HybridPG(OnPolicyAlgorithm):
         self._actor_head = ActorHead(self.policy.mlp_extractor.policy_net, self.policy.action_net)
         self._frozen_value = FrozenModule(ValueHead(self.policy.mlp_extractor.value_net, self.policy.value_net))
         self._frozen_advantage = FrozenModule(self.policy.q_net)
+        self._frozen_actor = FrozenModule(self._actor_head)
         self._dynamics_model = None
         self._resolved_source = self._resolve_pathwise_source()
 
@@ -308,6 +320,7 @@ class HybridPG(OnPolicyAlgorithm):
             "_actor_head",
             "_frozen_value",
             "_frozen_advantage",
+            "_frozen_actor",
             "_dynamics_model",
             "_resolved_source",
         ]
@@ -353,6 +366,7 @@ class HybridPG(OnPolicyAlgorithm):
         if self._resolved_source == "unresolved":
             self._resolved_source = self._resolve_pathwise_source()
         clip_range = self.clip_range(self._current_progress_remaining) if self.clip_range is not None else None
+        kl_limit = self._pathwise_kl_limit(clip_range)
 
         data = next(self.rollout_buffer.get(batch_size=None))
         obs, actions = data.observations, data.actions.reshape(len(data.actions), -1)
@@ -374,6 +388,7 @@ class HybridPG(OnPolicyAlgorithm):
             pi_features = self.policy.extract_features(obs, self.policy.pi_features_extractor)
             q_features = self.policy.q_features(obs)
             clipped_actions = self.policy.clip_action(actions)
+            log_std_old = self.policy.log_std.detach().clone()
         future_eps = th.randn(n_samples, max(self.model_horizon - 1, 1), actions.shape[1], device=self.device)
         raw_obs = obs if isinstance(obs, th.Tensor) else pi_features  # model source needs flat Box obs
 
@@ -392,7 +407,7 @@ class HybridPG(OnPolicyAlgorithm):
         t_update = time.perf_counter()
         batch_size = self.batch_size or n_samples
         continue_training = True
-        logs: Dict[str, list] = {k: [] for k in ("policy_loss", "path", "score", "value_loss", "q_loss", "entropy", "approx_kl", "clip_fraction")}
+        logs: Dict[str, list] = {k: [] for k in ("policy_loss", "path", "score", "value_loss", "q_loss", "entropy", "approx_kl", "clip_fraction", "path_dropped")}
         for _epoch in range(self.n_epochs):
             for idx in _minibatches(n_samples, batch_size, self.device):
                 mb_obs = _index_obs(obs, idx)
@@ -411,15 +426,20 @@ class HybridPG(OnPolicyAlgorithm):
                 if lam["mean"] == 0.0 and lam["log_std"] == 0.0:
                     path_term = th.zeros((), device=self.device)
                 else:
-                    path_term = path_scale * self._pathwise(
+                    path_values = self._pathwise(
                         scale_gradient(mean, lam["mean"]),
                         scale_gradient(log_std, lam["log_std"]),
                         eps[idx],
                         q_features[idx],
                         raw_obs[idx],
                         future_eps[idx],
-                        mean_weight=lam["mean"],
-                    ).mean()
+                    )
+                    if kl_limit is not None:
+                        with th.no_grad():
+                            inside = gaussian_kl(mean_old[idx], log_std_old, mean, log_std) <= kl_limit
+                        logs["path_dropped"].append(1.0 - inside.float().mean())
+                        path_values = path_values * inside
+                    path_term = path_scale * path_values.mean()
                 entropy = gaussian_entropy(log_std)
                 values = self.policy.predict_values(mb_obs).flatten()
                 value_loss = F.mse_loss(data.returns[idx], values)
@@ -467,6 +487,11 @@ class HybridPG(OnPolicyAlgorithm):
 
         self._log_update(logs, lam, moments if stats_ok else None, stats_ok, stats_time, update_time, clip_range)
 
+    def _pathwise_kl_limit(self, clip_range: Optional[float]) -> Optional[float]:
+        if self.pathwise_kl_limit == "auto":
+            return None if clip_range is None else 0.5 * clip_range**2
+        return self.pathwise_kl_limit
+
     def _pathwise(
         self,
         mean: th.Tensor,
@@ -475,13 +500,12 @@ class HybridPG(OnPolicyAlgorithm):
         q_features: th.Tensor,
         obs: th.Tensor,
         future_eps: th.Tensor,
-        mean_weight: float = 1.0,
     ) -> th.Tensor:
-        """Batched Q~ for the training loss (future actions' means get the same gradient weight)."""
+        """Batched Q~ for the training loss."""
         if self._resolved_source == "model":
 
             def mean_fn(observations: th.Tensor) -> th.Tensor:
-                return scale_gradient(self.policy.actor_mean(observations), mean_weight)
+                return self._frozen_actor(self.policy.extract_features(observations, self.policy.pi_features_extractor))
 
             return self._pathwise_value(mean, log_std, eps, q_features=q_features, obs=obs, mean_fn=mean_fn, future_eps=future_eps)
         return self._pathwise_value(mean, log_std, eps, q_features=q_features)
@@ -562,6 +586,8 @@ class HybridPG(OnPolicyAlgorithm):
         for key in ("policy_loss", "value_loss", "q_loss", "approx_kl", "clip_fraction"):
             if key in logs:
                 record(f"train/{key}", logs[key])
+        if "path_dropped" in logs:
+            record("hybrid/pathwise_dropped_fraction", logs["path_dropped"])
         if "entropy" in logs:
             record("train/entropy_loss", -logs["entropy"])
         if clip_range is not None:
@@ -704,3 +730,6 @@ def _validate_hyperparameters(**hp: Any) -> None:
         bad("clip_range", "must be > 0 (or None to disable clipping)")
     if hp["target_kl"] is not None and hp["target_kl"] <= 0:
         bad("target_kl", "must be > 0 (or None)")
+    limit = hp["pathwise_kl_limit"]
+    if not (limit is None or limit == "auto" or (isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0)):
+        bad("pathwise_kl_limit", f"must be 'auto', None or a number > 0, got {limit!r}")

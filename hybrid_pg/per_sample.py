@@ -86,8 +86,10 @@ def single_sample_surrogates(
     """
 
     def fn(head_params, log_std, pi_features, q_features, obs, eps, action, adv, future_eps, scale):
-        def mean_fn(observations: th.Tensor) -> th.Tensor:
-            return functional_call(head, head_params, (extract_features(observations),))
+        frozen = {k: v.detach() for k, v in head_params.items()}
+
+        def mean_fn(observations: th.Tensor) -> th.Tensor:  # future actions: no theta-gradient
+            return functional_call(head, frozen, (extract_features(observations),))
 
         mean = functional_call(head, head_params, (pi_features[None],))
         path = scale * pathwise(

@@ -43,6 +43,12 @@ def gaussian_entropy(log_std: th.Tensor) -> th.Tensor:
     return (log_std + _LOG_SQRT_2PI + 0.5).sum(-1)
 
 
+def gaussian_kl(mean_p: th.Tensor, log_std_p: th.Tensor, mean_q: th.Tensor, log_std_q: th.Tensor) -> th.Tensor:
+    """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)) per row, summed over action dimensions."""
+    var_ratio = th.exp(2.0 * (log_std_p - log_std_q))
+    return (log_std_q - log_std_p + 0.5 * (var_ratio + (mean_p - mean_q) ** 2 * th.exp(-2.0 * log_std_q)) - 0.5).sum(-1)
+
+
 def scale_gradient(x: th.Tensor, weight: float) -> th.Tensor:
     """Same value as ``x``; the gradient flowing back through it is multiplied by ``weight``.
 
@@ -122,7 +128,7 @@ def pathwise_value(
 
     Critic source: pass ``advantage`` (frozen A_phi) and ``q_features``. Model source: pass
     ``model`` (``step(obs, action) -> (next_obs, reward)``), raw ``obs``, ``mean_fn`` (observations ->
-    mean action, for the future actions), ``value_fn`` (frozen V of observations), ``future_eps``
+    mean action of the policy *frozen* at its current parameters, for the future actions), ``value_fn`` (frozen V of observations), ``future_eps``
     (B, horizon - 1, action_dim) and ``horizon``.
     """
     std = th.exp(log_std)
@@ -142,5 +148,8 @@ def pathwise_value(
         discount *= gamma
         if step + 1 < horizon:
             assert mean_fn is not None and future_eps is not None
-            action = clip_action(mean_fn(state) + std * future_eps[:, step])
+            # Future actions respond to the state they reach but carry no theta-gradient of their
+            # own: d/da_t of Q^pi(s_t, a_t) holds the policy fixed after t. Letting theta flow into
+            # a_{t+j} would count sample t+j's own pathwise term again inside sample t's.
+            action = clip_action(mean_fn(state) + std.detach() * future_eps[:, step])
     return total + discount * alive * value_fn(state)

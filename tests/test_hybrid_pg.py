@@ -307,3 +307,77 @@ def test_outer_product_moments_equal_the_torch_func_moments():
             assert getattr(fast[group], attr) == pytest.approx(getattr(slow[group], attr), rel=1e-5, abs=1e-9), (group, attr)
         assert th.allclose(fast[group].mean_path, slow[group].mean_path, rtol=1e-5, atol=1e-8)
         assert th.allclose(fast[group].mean_score, slow[group].mean_score, rtol=1e-5, atol=1e-8)
+
+
+def test_sb3_machinery_subproc_vecnormalize_callbacks_tensorboard_progress_bar(tmp_path):
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
+
+    class Count(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.steps = self.rollouts = 0
+
+        def _on_step(self):
+            self.steps += 1
+            return True
+
+        def _on_rollout_end(self):
+            self.rollouts += 1
+
+    pytest.importorskip("tensorboard")
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork")))
+    try:
+        model = HybridPG("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, lambda_warmup=0, seed=0, tensorboard_log=str(tmp_path))
+        counter = Count()
+        model.learn(32 * 2 * 3, callback=counter, progress_bar=True)
+        assert counter.steps == 32 * 3 and counter.rollouts == 3
+        assert list(tmp_path.glob("HybridPG_1/events.out.tfevents.*"))
+        obs = env.reset()
+        actions, _ = model.predict(obs, deterministic=True)
+        assert actions.shape == (2, 1)
+    finally:
+        env.close()
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    from torch.distributions import Normal, kl_divergence
+
+    from hybrid_pg.surrogates import gaussian_kl
+
+    gen = th.Generator().manual_seed(0)
+    mp, mq = th.randn(5, 3, generator=gen), th.randn(5, 3, generator=gen)
+    sp, sq = 0.3 * th.randn(3, generator=gen), 0.3 * th.randn(3, generator=gen)
+    expected = kl_divergence(Normal(mp, sp.exp()), Normal(mq, sq.exp())).sum(-1)
+    assert th.allclose(gaussian_kl(mp, sp, mq, sq), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("limit, dropped", [(1e-8, True), (None, False)])
+def test_pathwise_trust_region_drops_samples_whose_state_moved_beyond_the_kl_limit(limit, dropped):
+    from stable_baselines3.common.logger import KVWriter, Logger
+
+    class Capture(KVWriter):
+        rows = []
+
+        def write(self, key_values, key_excluded, step=0):
+            self.rows.append(dict(key_values))
+
+    model = HybridPG(
+        "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=16, n_epochs=3, learning_rate=1e-2,
+        estimator="pathwise", pathwise_source="critic", pathwise_kl_limit=limit, seed=0,
+    )
+    model.set_logger(Logger(folder=None, output_formats=[Capture()]))
+    model.learn(64 * 2)
+    rows = [r for r in Capture.rows if "hybrid/pathwise_dropped_fraction" in r]
+    if dropped:
+        assert rows and 0.0 < rows[-1]["hybrid/pathwise_dropped_fraction"] < 1.0
+    else:
+        assert not rows
+
+
+def test_pathwise_kl_limit_auto_follows_the_clip_range():
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, clip_range=0.3)
+    assert model._pathwise_kl_limit(0.3) == pytest.approx(0.045)
+    assert HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, clip_range=None)._pathwise_kl_limit(None) is None
+    with pytest.raises(ValueError, match="pathwise_kl_limit"):
+        HybridPG("MlpPolicy", "Pendulum-v1", pathwise_kl_limit=-1.0)
