@@ -8,7 +8,8 @@ gSDE and without it, so the effect of the estimator is separable from the effect
 A2C uses the zoo's "almost tuned" Pendulum settings (tuned for 1e6 steps, reported at this budget).
 
     python examples/benchmark_pendulum.py                 # 3 seeds, 100k steps, all cores
-    python examples/benchmark_pendulum.py --seeds 5 --steps 50000 --only hybrid reinforce
+    python examples/benchmark_pendulum.py --seeds 5 --steps 50000 --only hybrid_critic reinforce_critic
+    python examples/benchmark_pendulum.py --ablations --only hybrid_critic hybrid_critic_no_trust_region
 
 Results (one JSON per run, resumable) and ``summary.md`` / ``summary.json`` go to ``--out``.
 """
@@ -38,7 +39,7 @@ A2C_ZOO = dict(
 )
 
 
-def build_specs(seeds: int, steps: int, only: List[str]) -> List[RunSpec]:
+def build_specs(seeds: int, steps: int, only: List[str], ablations: bool = False) -> List[RunSpec]:
     candidates: Dict[str, dict] = {
         "ppo_zoo_gsde": dict(algo="ppo", env_id="Pendulum-v1", n_envs=4, algo_kwargs=dict(PPO_ZOO, use_sde=True, sde_sample_freq=4)),
         "ppo_zoo": dict(algo="ppo", env_id="Pendulum-v1", n_envs=4, algo_kwargs=PPO_ZOO),
@@ -53,7 +54,16 @@ def build_specs(seeds: int, steps: int, only: List[str]) -> List[RunSpec]:
         )
     # reinforce never uses the pathwise source: one reinforce run per env is enough
     candidates.pop("reinforce_model")
-    selected = {k: v for k, v in candidates.items() if not only or any(o in k for o in only)}
+    if ablations:
+        # design choices of the hybrid, each switched off alone (critic source, Pendulum-v1)
+        base = candidates["hybrid_critic"]
+        for suffix, change in (
+            ("no_bias_correction", dict(bias_correction=False)),
+            ("no_trust_region", dict(pathwise_kl_limit=None)),
+            ("per_group", dict(lambda_groups="per_group")),
+        ):
+            candidates[f"hybrid_critic_{suffix}"] = dict(base, algo_kwargs=dict(base["algo_kwargs"], **change))
+    selected = {k: v for k, v in candidates.items() if not only or k in only}
     return [RunSpec(label=label, seed=seed, total_timesteps=steps, **cfg) for label, cfg in selected.items() for seed in range(seeds)]
 
 
@@ -62,11 +72,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: all cores)")
-    parser.add_argument("--only", nargs="*", default=[], help="keep labels containing any of these words")
+    parser.add_argument("--only", nargs="*", default=[], help="run only these labels (e.g. hybrid_critic ppo_zoo)")
+    parser.add_argument("--ablations", action="store_true", help="add hybrid_critic variants with one design choice switched off")
     parser.add_argument("--out", default="results/benchmark_pendulum")
     args = parser.parse_args()
 
-    specs = build_specs(args.seeds, args.steps, args.only)
+    specs = build_specs(args.seeds, args.steps, args.only, args.ablations)
     results = run_all(specs, args.out, workers=args.workers)
     rows = summarize(results)
     table = markdown_table(rows)

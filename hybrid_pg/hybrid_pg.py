@@ -224,7 +224,7 @@ class HybridPG(OnPolicyAlgorithm):
             _init_setup_model=False,
             supported_action_spaces=None,  # checked below, with a ValueError that says why
         )
-        if self.action_space is not None:
+        if getattr(self, "action_space", None) is not None:  # unset by SB3 when load(env=None)
             _check_action_space(self.action_space)
         self.batch_size = batch_size
         self.n_epochs = n_epochs

@@ -381,3 +381,15 @@ def test_pathwise_kl_limit_auto_follows_the_clip_range():
     assert HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, clip_range=None)._pathwise_kl_limit(None) is None
     with pytest.raises(ValueError, match="pathwise_kl_limit"):
         HybridPG("MlpPolicy", "Pendulum-v1", pathwise_kl_limit=-1.0)
+
+
+def test_load_without_an_env_predicts_and_learns_after_set_env(tmp_path):
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, lambda_warmup=0, seed=0)
+    model.learn(64 * 2)
+    model.save(tmp_path / "m.zip")
+    loaded = HybridPG.load(tmp_path / "m.zip")
+    obs = np.zeros((3, 3), dtype=np.float32)
+    np.testing.assert_allclose(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    loaded.set_env(make_vec_env("Pendulum-v1", n_envs=1, seed=1))
+    loaded.learn(64, reset_num_timesteps=False)
+    assert len(loaded.lambda_windows["global"]) == 3

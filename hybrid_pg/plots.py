@@ -1,0 +1,192 @@
+"""Plots of finished (or running) ``hybrid-pg`` runs, from their ``diagnostics.csv`` and ``evaluations.csv``.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas directly, so importing
+this module never switches the process-wide pyplot backend. Every function tolerates missing files and
+columns (a REINFORCE run logs lam = 0 and no windowed estimate worth plotting, an old run may lack
+newer keys): what is absent is left out or marked "not logged".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from hybrid_pg.diagnostics import DIAGNOSTICS_FILE, EVALUATIONS_FILE, read_csv_columns
+
+__all__ = ["plot_lambda", "plot_returns"]
+
+PathLike = Union[str, Path]
+Columns = Dict[str, np.ndarray]
+
+
+def _read(run_dir: Path, name: str) -> Columns:
+    path = run_dir / name
+    return read_csv_columns(path) if path.is_file() else {}
+
+
+def _series(columns: Columns, key: str, x_key: str = "timesteps") -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(x, y) of ``key`` with NaN rows dropped, or None when the column is absent or all NaN."""
+    if key not in columns:
+        return None
+    y = columns[key]
+    x = columns.get(x_key, np.arange(1, len(y) + 1, dtype=float))
+    keep = np.isfinite(y) & np.isfinite(x)
+    if not keep.any():
+        return None
+    return x[keep], y[keep]
+
+
+def _save(fig: Figure, out_png: PathLike) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(out, dpi=120)
+    return out
+
+
+def _mark_empty(ax: Axes, what: str) -> None:
+    ax.text(0.5, 0.5, f"{what}: not logged in this run", ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def plot_returns(run_dirs: Sequence[PathLike], out_png: PathLike, labels: Optional[Sequence[str]] = None) -> Path:
+    """Training return (``rollout/ep_rew_mean``, solid) and deterministic evaluation return (mean,
+    dashed, +- std band) against env steps, one colour per run. Returns the written path.
+
+    :param run_dirs: run directories (each with ``diagnostics.csv`` and/or ``evaluations.csv``).
+    :param out_png: the PNG to write (parent folders are created).
+    :param labels: legend label per run (default: the directory names).
+    """
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("plot_returns needs at least one run directory")
+    names = list(labels) if labels is not None else [d.name for d in dirs]
+    if len(names) != len(dirs):
+        raise ValueError(f"got {len(names)} labels for {len(dirs)} run directories")
+    fig = Figure(figsize=(8, 4.8))
+    ax = fig.add_subplot()
+    plotted = False
+    for i, (run_dir, name) in enumerate(zip(dirs, names)):
+        diag, evals = _read(run_dir, DIAGNOSTICS_FILE), _read(run_dir, EVALUATIONS_FILE)
+        if not diag and not evals:
+            raise FileNotFoundError(f"{run_dir}: neither {DIAGNOSTICS_FILE} nor {EVALUATIONS_FILE} found (not a run directory?)")
+        color = f"C{i % 10}"
+        train = _series(diag, "rollout/ep_rew_mean")
+        if train is not None:
+            ax.plot(*train, color=color, lw=1.6, label=f"{name}: train (episode mean)")
+            plotted = True
+        mean, std = _series(evals, "mean"), _series(evals, "std")
+        if mean is not None:
+            ax.plot(*mean, color=color, ls="--", marker="o", ms=3.5, label=f"{name}: eval (deterministic)")
+            if std is not None and len(std[1]) == len(mean[1]):
+                ax.fill_between(mean[0], mean[1] - std[1], mean[1] + std[1], color=color, alpha=0.15, lw=0)
+            plotted = True
+    if not plotted:
+        _mark_empty(ax, "episode returns")
+    else:
+        ax.legend(fontsize="small", loc="best")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return")
+    ax.set_title("returns" if len(dirs) > 1 else f"returns: {names[0]}", fontsize="medium")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _plot_keys(ax: Axes, columns: Columns, keys: Sequence[Tuple[str, str, dict]]) -> List[np.ndarray]:
+    """Plot each present (key, label, style); returns the y arrays drawn."""
+    drawn = []
+    for key, label, style in keys:
+        series = _series(columns, key)
+        if series is not None:
+            ax.plot(*series, label=label, **style)
+            drawn.append(series[1])
+    return drawn
+
+
+def _symlog_threshold(values: Sequence[np.ndarray]) -> float:
+    """A linear-region width for symlog: the power of ten at or below a low percentile of the
+    nonzero magnitudes (a round number keeps the tick labels apart)."""
+    flat = np.abs(np.concatenate([np.asarray(v, dtype=float) for v in values]))
+    flat = flat[np.isfinite(flat) & (flat > 0)]
+    if flat.size == 0:
+        return 1.0
+    return float(10.0 ** np.floor(np.log10(max(np.percentile(flat, 5), 1e-30))))
+
+
+def plot_lambda(run_dir: PathLike, out_png: PathLike) -> Path:
+    """The weight and the moments behind it, against env steps (three panels):
+
+    1. lam applied to each update (the window of previous rollouts; per-group runs show the mean
+       network's and log_std's weights), the window's estimate after the update, and this
+       rollout's own ``lambda_batch``;
+    2. ``var_path``, ``var_score`` and ``cov`` (trace moments per sample) on a symlog axis (cov can
+       be negative);
+    3. the window's predicted ``variance_reduction`` (1 - var_hybrid / min(var_path, var_score);
+       negative when a bias-corrected weight trades variance for less bias) and, when logged,
+       the reduction versus the score estimator (symlog beyond -1).
+
+    Returns the written path.
+    """
+    run_dir = Path(run_dir)
+    diag = _read(run_dir, DIAGNOSTICS_FILE)
+    if not diag:
+        raise FileNotFoundError(f"{run_dir}: {DIAGNOSTICS_FILE} not found or empty")
+    fig = Figure(figsize=(8, 9))
+    ax_lam, ax_var, ax_red = fig.subplots(3, 1, sharex=True)
+
+    lam_keys = [("hybrid/lambda", "lam applied (window of previous rollouts)", dict(lw=1.8))]
+    if _series(diag, "hybrid/lambda") is None:  # per-group weights: the global one is NaN
+        lam_keys = [
+            ("hybrid/lambda_mean", "lam applied, mean network", dict(lw=1.8)),
+            ("hybrid/lambda_log_std", "lam applied, log_std", dict(lw=1.8)),
+        ]
+    lam_keys += [
+        ("hybrid/lambda_window", "lam window after the update", dict(lw=1.0, ls=":")),
+        ("hybrid/lambda_batch", "lam_batch (this rollout alone)", dict(lw=0, marker=".", ms=4, alpha=0.7)),
+    ]
+    if _plot_keys(ax_lam, diag, lam_keys):
+        ax_lam.legend(fontsize="small", loc="best")
+    else:
+        _mark_empty(ax_lam, "lambda")
+    ax_lam.set_ylabel("lambda")
+
+    var_keys = [
+        ("hybrid/var_path", "var_path", dict()),
+        ("hybrid/var_score", "var_score", dict()),
+        ("hybrid/cov", "cov", dict(ls="--")),
+    ]
+    drawn = _plot_keys(ax_var, diag, var_keys)
+    if drawn:
+        ax_var.set_yscale("symlog", linthresh=_symlog_threshold(drawn))
+        ax_var.legend(fontsize="small", loc="best")
+    else:
+        _mark_empty(ax_var, "gradient variances")
+    ax_var.set_ylabel("per-sample trace moment")
+
+    red_keys = [
+        ("hybrid/variance_reduction", "variance_reduction (vs the better estimator)", dict()),
+        ("hybrid/variance_reduction_vs_score", "variance_reduction_vs_score", dict(ls="--")),
+    ]
+    drawn = _plot_keys(ax_red, diag, red_keys)
+    if drawn:
+        ax_red.axhline(0.0, color="0.5", lw=0.8)
+        if min(float(np.min(y)) for y in drawn) < -1.0:
+            # an MSE-optimal (bias-corrected) weight can cost many times the better variance:
+            # keep [-1, 1] linear and compress the rest
+            ax_red.set_yscale("symlog", linthresh=1.0)
+        ax_red.legend(fontsize="small", loc="best")
+    else:
+        _mark_empty(ax_red, "variance reduction")
+    ax_red.set_ylabel("predicted reduction")
+    ax_red.set_xlabel("env steps")
+
+    for ax in (ax_lam, ax_var, ax_red):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"lambda diagnostics: {run_dir.name}", fontsize="medium")
+    fig.tight_layout()
+    return _save(fig, out_png)
