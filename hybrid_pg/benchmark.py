@@ -9,6 +9,7 @@ every ``hybrid/`` scalar per update (the gradient-variance figures come from tho
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -62,7 +63,9 @@ def _linear_schedule(initial: float) -> Callable[[float], float]:
 
 
 def _resolve_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    out = dict(kwargs)
+    # a deep copy: SB3 algorithms write into policy_kwargs (A2C adds its optimizer class), which
+    # would otherwise change the spec and make its result unserialisable
+    out = copy.deepcopy(dict(kwargs))
     for name in ("learning_rate", "clip_range"):
         value = out.get(name)
         if isinstance(value, str) and value.startswith("lin_"):
