@@ -52,6 +52,7 @@ from hybrid_pg.surrogates import (
     pathwise_value,
     scale_gradient,
 )
+from hybrid_pg.change_detection import CusumDetector
 from hybrid_pg.window import WINDOW_MODES, WindowedLambda
 
 SelfHybridPG = TypeVar("SelfHybridPG", bound="HybridPG")
@@ -100,8 +101,11 @@ class HybridPG(OnPolicyAlgorithm):
         provides one, else critic).
     :param model_horizon: k of the model source's k-step return.
     :param lambda_window: number of previous rollouts pooled for lam (EMA: its span).
-    :param lambda_mode: ``"sliding"`` or ``"ema"`` window.
+    :param lambda_mode: ``"sliding"``, ``"ema"`` or ``"adaptive"`` (sliding, shortened to the rollouts
+        after a detected change of the gradient statistics; see :mod:`hybrid_pg.change_detection`).
     :param lambda_decay: EMA forgetting factor (default from ``lambda_window``).
+    :param lambda_detector: settings of the change detector of ``lambda_mode="adaptive"``
+        (``drift``, ``threshold``, ``warmup``; see :class:`hybrid_pg.change_detection.CusumDetector`).
     :param lambda_bounds: clip range of lam (default (0, 1): never worse than the worse estimator).
     :param bias_correction: minimise the MSE of the minibatch gradient instead of its variance,
         treating the score estimator as the unbiased reference (the critic's or model's pathwise
@@ -158,6 +162,7 @@ class HybridPG(OnPolicyAlgorithm):
         lambda_window: int = 8,
         lambda_mode: str = "sliding",
         lambda_decay: Optional[float] = None,
+        lambda_detector: Optional[Dict[str, Any]] = None,
         lambda_bounds: Optional[Tuple[float, float]] = DEFAULT_BOUNDS,
         bias_correction: bool = True,
         lambda_groups: str = "global",
@@ -189,6 +194,7 @@ class HybridPG(OnPolicyAlgorithm):
             model_horizon=model_horizon,
             lambda_window=lambda_window,
             lambda_mode=lambda_mode,
+            lambda_detector=lambda_detector,
             lambda_bounds=lambda_bounds,
             lambda_groups=lambda_groups,
             lambda_warmup=lambda_warmup,
@@ -240,6 +246,7 @@ class HybridPG(OnPolicyAlgorithm):
         self.lambda_window = lambda_window
         self.lambda_mode = lambda_mode
         self.lambda_decay = lambda_decay
+        self.lambda_detector = lambda_detector
         self.lambda_bounds = None if lambda_bounds is None else (float(lambda_bounds[0]), float(lambda_bounds[1]))
         self.bias_correction = bias_correction
         self.lambda_groups = lambda_groups
@@ -259,6 +266,7 @@ class HybridPG(OnPolicyAlgorithm):
                 decay=lambda_decay,
                 bounds=self.lambda_bounds,
                 bias_correction=bias_correction,
+                detector=lambda_detector,
             )
             for name in ("global", *GROUPS)
         }
@@ -605,6 +613,9 @@ class HybridPG(OnPolicyAlgorithm):
         win_est = window.estimate(batch_size=self._gradient_batch_size())
         record("hybrid/lambda_window", win_est.lam)
         record("hybrid/window_size", len(window))
+        if window.detector is not None:
+            record("hybrid/change_alarm", float(window.last_alarm is not None))
+            record("hybrid/change_alarms_total", window.detector.n_alarms)
         record("hybrid/effective_sample_size", window.effective_sample_size)
         health = window.between_within()
         record("hybrid/window_f_path", health["path"])
@@ -709,6 +720,14 @@ def _validate_hyperparameters(**hp: Any) -> None:
         bad("pathwise_source", f"must be one of {PATHWISE_SOURCES}")
     if hp["lambda_mode"] not in WINDOW_MODES:
         bad("lambda_mode", f"must be one of {WINDOW_MODES}")
+    detector = hp["lambda_detector"]
+    if detector is not None:
+        if hp["lambda_mode"] != "adaptive":
+            bad("lambda_detector", "only applies to lambda_mode='adaptive'")
+        try:
+            CusumDetector(2, **detector)
+        except (TypeError, ValueError) as exc:
+            bad("lambda_detector", str(exc))
     if hp["lambda_groups"] not in LAMBDA_GROUPS:
         bad("lambda_groups", f"must be one of {LAMBDA_GROUPS}")
     bounds = hp["lambda_bounds"]

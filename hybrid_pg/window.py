@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch as th
 
+from hybrid_pg.change_detection import Alarm, CusumDetector, lambda_coordinates
 from hybrid_pg.estimator import (
     DEFAULT_BOUNDS,
     DEFAULT_FALLBACK,
@@ -25,7 +26,7 @@ from hybrid_pg.estimator import (
     pooled_estimate,
 )
 
-WINDOW_MODES = ("sliding", "ema")
+WINDOW_MODES = ("sliding", "ema", "adaptive")
 
 
 class WindowedLambda:
@@ -34,8 +35,13 @@ class WindowedLambda:
     :param window: in ``"sliding"`` mode, the number of batches kept (the oldest is dropped). In
         ``"ema"`` mode it sets the default forgetting factor ``decay = (window - 1) / (window + 1)``,
         which gives batches the same mean age as a sliding window of that length.
-    :param mode: ``"sliding"`` (equal weights, last ``window`` batches) or ``"ema"`` (batch k back
-        weighted by decay**k).
+    :param mode: ``"sliding"`` (equal weights, last ``window`` batches), ``"ema"`` (batch k back
+        weighted by decay**k) or ``"adaptive"`` (sliding, plus a change detector on each new batch's
+        (log Var_P/Var_M, corr), see :mod:`hybrid_pg.change_detection`: on an alarm the batches
+        before the estimated change point are dropped, so the window restarts in the new regime
+        without waiting ``window`` batches).
+    :param detector: keyword arguments of :class:`hybrid_pg.change_detection.CusumDetector`
+        (``drift``, ``threshold``, ``warmup``) for ``"adaptive"`` mode.
     :param decay: EMA forgetting factor in [0, 1); overrides the default derived from ``window``.
     :param bounds: clip range for lam (see :data:`hybrid_pg.estimator.DEFAULT_BOUNDS`).
     :param bias_correction: use the MSE-optimal (bias-aware) weight.
@@ -53,6 +59,7 @@ class WindowedLambda:
         bias_correction: bool = False,
         fallback: float = DEFAULT_FALLBACK,
         min_weight: float = 1e-3,
+        detector: Optional[Dict[str, Any]] = None,
     ) -> None:
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
@@ -75,6 +82,11 @@ class WindowedLambda:
         self._batches: List[BatchMoments] = []
         self._weights: List[float] = []
         self.n_updates = 0
+        self.detector_config = dict(detector or {})
+        if self.detector_config and mode != "adaptive":
+            raise ValueError("detector settings only apply to mode='adaptive'")
+        self.detector = CusumDetector(2, **self.detector_config) if mode == "adaptive" else None
+        self.last_alarm: Optional[Alarm] = None
 
     # -- feeding ---------------------------------------------------------------------------------
 
@@ -94,7 +106,12 @@ class WindowedLambda:
             self._weights = [w * self.decay for w in self._weights]
         self._batches.append(moments)
         self._weights.append(1.0)
-        if self.mode == "sliding":
+        if self.detector is not None:
+            single = pooled_estimate([moments], bounds=None)
+            self.last_alarm = self.detector.update(lambda_coordinates(single.var_path, single.var_score, single.cov))
+            if self.last_alarm is not None:
+                self.reset(keep_last=max(1, self.last_alarm.steps_since_change))
+        if self.mode in ("sliding", "adaptive"):
             del self._batches[: -self.window], self._weights[: -self.window]
         else:
             keep = [i for i, w in enumerate(self._weights) if w >= self.min_weight]
@@ -192,8 +209,10 @@ class WindowedLambda:
                 "bias_correction": self.bias_correction,
                 "fallback": self.fallback,
                 "min_weight": self.min_weight,
+                "detector": self.detector_config or None,
             },
             "n_updates": self.n_updates,
+            "detector_state": None if self.detector is None else self.detector.state_dict(),
             "weights": list(self._weights),
             "batches": [
                 {
@@ -232,6 +251,8 @@ class WindowedLambda:
         self.__dict__.update(fresh.__dict__)
         self._batches, self._weights = restored, [float(w) for w in weights]
         self.n_updates = n_updates
+        if self.detector is not None and state.get("detector_state") is not None:
+            self.detector.load_state_dict(state["detector_state"])
 
     # pickling goes through the state dict, so saved models do not depend on private attributes
     def __getstate__(self) -> Dict[str, Any]:

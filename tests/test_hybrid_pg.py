@@ -393,3 +393,37 @@ def test_load_without_an_env_predicts_and_learns_after_set_env(tmp_path):
     loaded.set_env(make_vec_env("Pendulum-v1", n_envs=1, seed=1))
     loaded.learn(64, reset_num_timesteps=False)
     assert len(loaded.lambda_windows["global"]) == 3
+
+
+def test_adaptive_lambda_mode_logs_alarms_and_survives_save_load(tmp_path):
+    from stable_baselines3.common.logger import KVWriter, Logger
+
+    class Capture(KVWriter):
+        rows = []
+
+        def write(self, key_values, key_excluded, step=0):
+            self.rows.append(dict(key_values))
+
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, lambda_warmup=0, lambda_mode="adaptive",
+                     lambda_detector=dict(threshold=4.0, warmup=2), seed=0)
+    model.set_logger(Logger(folder=None, output_formats=[Capture()]))
+    model.learn(64 * 6)
+    assert "hybrid/change_alarm" in Capture.rows[-1] and "hybrid/change_alarms_total" in Capture.rows[-1]
+    model.save(tmp_path / "m.zip")
+    loaded = HybridPG.load(tmp_path / "m.zip")
+    window, restored = model.lambda_windows["global"], loaded.lambda_windows["global"]
+    assert restored.mode == "adaptive" and restored.detector.threshold == 4.0
+    assert restored.detector.state_dict() == window.detector.state_dict()
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(lambda_detector=dict(threshold=3.0)), "lambda_detector"),
+        (dict(lambda_mode="adaptive", lambda_detector=dict(threshold=-1.0)), "lambda_detector"),
+        (dict(lambda_mode="adaptive", lambda_detector=dict(bogus=1)), "lambda_detector"),
+    ],
+)
+def test_detector_settings_are_validated(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        HybridPG("MlpPolicy", "Pendulum-v1", **kwargs)

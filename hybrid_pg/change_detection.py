@@ -1,0 +1,193 @@
+"""Change detection on the per-rollout gradient statistics (for ``lambda_mode="adaptive"``).
+
+lam* depends on the moments only through two scale-free numbers: the variance ratio
+r = Var_P / Var_M and the correlation rho = Cov / sqrt(Var_P Var_M),
+
+    lam* = (1 - rho sqrt(r)) / (1 + r - 2 rho sqrt(r)).
+
+So the detector watches the stream (log r, rho) of each new rollout, not lam-hat itself (bounded,
+skewed and noisier) and not the raw variances (which grow with the reward scale without moving
+lam*). Each component is standardised online by its own running mean and standard deviation since
+the last alarm (with the exact small-sample correction: a spread learnt from a few rollouts
+would otherwise make every early point look extreme), and a two-sided Page CUSUM (the recursive form of the Page-Hinkley test)
+
+    S+_t = max(0, S+_{t-1} + z_t - k),   S-_t = max(0, S-_{t-1} - z_t - k)
+
+raises an alarm when either side exceeds h. The most likely start of the shift within the alarming
+run estimates the change point, so the window can keep the rollouts after it instead of starting
+from scratch.
+
+Defaults (k = 0.5, h = 6): on a stationary Gaussian stream one side of one component alarms about
+once in 2,400 steps (Siegmund's approximation), so about once in 600 rollouts for the four sides;
+a shift of 2 standard deviations is found after about 5 rollouts, a shift of 4 after about 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+
+@dataclass
+class _Stream:
+    """Running moments and the two CUSUM sides of one scalar stream."""
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    up: float = 0.0
+    down: float = 0.0
+    up_zero: int = 0  # index (in steps since reset) after which the upper side last left 0
+    down_zero: int = 0
+    recent: List[float] = field(default_factory=list)  # standardised scores since the warmup
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else math.nan
+
+
+@dataclass
+class Alarm:
+    """An alarm: which component, which side, and how many of the newest steps follow the change."""
+
+    component: int
+    direction: str
+    steps_since_change: int
+
+
+class CusumDetector:
+    """Two-sided CUSUM on each component of a vector stream, standardised online.
+
+    :param n_components: length of the vectors fed to :meth:`update`.
+    :param drift: k, the allowance per step in standard deviations (detects shifts > 2k best).
+    :param threshold: h, the alarm level in standard deviations.
+    :param warmup: steps after a reset used only to learn the stream's mean and spread.
+    :param min_std: floor of the standardising deviation (a constant stream must not alarm on
+        rounding noise).
+    """
+
+    def __init__(self, n_components: int, drift: float = 0.5, threshold: float = 6.0, warmup: int = 4, min_std: float = 1e-6) -> None:
+        if not isinstance(n_components, int) or n_components < 1:
+            raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}")
+        if drift < 0:
+            raise ValueError(f"drift must be >= 0, got {drift}")
+        if threshold <= 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        if not isinstance(warmup, int) or warmup < 2:
+            raise ValueError(f"warmup must be an integer >= 2 (a spread needs two points), got {warmup!r}")
+        self.n_components = n_components
+        self.drift = float(drift)
+        self.threshold = float(threshold)
+        self.warmup = warmup
+        self.min_std = float(min_std)
+        self.n_alarms = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream (after an alarm the new regime's spread is learnt afresh)."""
+        self._streams: List[_Stream] = [_Stream() for _ in range(self.n_components)]
+        self.steps = 0
+
+    def update(self, values: Sequence[float]) -> Optional[Alarm]:
+        """Feed one vector; return an :class:`Alarm` (and reset) or None.
+
+        Non-finite components are skipped for this step (a degenerate rollout says nothing).
+        """
+        if len(values) != self.n_components:
+            raise ValueError(f"expected {self.n_components} values, got {len(values)}")
+        self.steps += 1
+        alarm: Optional[Alarm] = None
+        for i, (stream, x) in enumerate(zip(self._streams, values)):
+            x = float(x)
+            if not math.isfinite(x):
+                continue
+            if stream.count >= self.warmup and alarm is None:
+                z = _predictive_z(x, stream.mean, max(stream.std, self.min_std), stream.count)
+                stream.up = max(0.0, stream.up + z - self.drift)
+                stream.down = max(0.0, stream.down - z - self.drift)
+                if stream.up == 0.0:
+                    stream.up_zero = self.steps
+                if stream.down == 0.0:
+                    stream.down_zero = self.steps
+                stream.recent = (stream.recent + [z])[-_MAX_RECENT:]
+                if stream.up > self.threshold:
+                    alarm = Alarm(i, "up", _change_point(stream.recent, self.steps - stream.up_zero))
+                elif stream.down > self.threshold:
+                    alarm = Alarm(i, "down", _change_point(stream.recent, self.steps - stream.down_zero))
+            else:
+                stream.up_zero = stream.down_zero = self.steps
+            # Welford; after the warmup the CUSUM compares x with the moments *before* it
+            stream.count += 1
+            delta = x - stream.mean
+            stream.mean += delta / stream.count
+            stream.m2 += delta * (x - stream.mean)
+        if alarm is not None:
+            self.n_alarms += 1
+            self.reset()
+        return alarm
+
+    @property
+    def statistics(self) -> List[float]:
+        """max(S+, S-) per component (0 during warmup): how close each is to an alarm."""
+        return [max(s.up, s.down) for s in self._streams]
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "config": dict(n_components=self.n_components, drift=self.drift, threshold=self.threshold, warmup=self.warmup, min_std=self.min_std),
+            "steps": self.steps,
+            "n_alarms": self.n_alarms,
+            "streams": [{**vars(s), "recent": list(s.recent)} for s in self._streams],
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        fresh = CusumDetector(**state["config"])
+        self.__dict__.update(fresh.__dict__)
+        self.steps = int(state["steps"])
+        self.n_alarms = int(state["n_alarms"])
+        self._streams = [_Stream(**s) for s in state["streams"]]
+
+
+_MAX_RECENT = 256
+
+
+def _change_point(scores: List[float], since_zero: int) -> int:
+    """How many of the newest steps belong to the new regime.
+
+    The CUSUM's "last time at 0" is the textbook estimate, but noise keeps the statistic above 0
+    for a while before a change, so it reaches too far back. Among the last ``since_zero`` steps
+    this picks the tail length m that maximises the likelihood ratio of a mean shift, (sum of the
+    last m scores)^2 / m.
+    """
+    span = max(1, min(since_zero, len(scores)))
+    best_m, best = 1, -1.0
+    total = 0.0
+    for m in range(1, span + 1):
+        total += scores[-m]
+        score = total * total / m
+        if score > best:
+            best_m, best = m, score
+    return best_m
+
+
+def _predictive_z(x: float, mean: float, std: float, n: int) -> float:
+    """Standard-normal score of a new point against n earlier ones with estimated mean and std.
+
+    (x - mean) / (std sqrt(1 + 1/n)) is Student-t with n - 1 degrees of freedom for a Gaussian
+    stream; mapping it through the t and normal CDFs gives an exact N(0, 1) score. A plain z with a
+    spread estimated from a handful of rollouts is heavy-tailed and raises false alarms early on.
+    """
+    from scipy.stats import norm, t
+
+    tail = (x - mean) / (std * math.sqrt(1.0 + 1.0 / n))
+    # sf/isf on the far side keep precision in the tails (cdf -> 1.0 would give z = inf)
+    return float(-norm.isf(t.cdf(tail, df=n - 1))) if tail < 0 else float(norm.isf(t.sf(tail, df=n - 1)))
+
+
+def lambda_coordinates(var_path: float, var_score: float, cov: float) -> List[float]:
+    """(log r, rho) of one batch's moments: the two numbers lam* depends on (nan if degenerate)."""
+    if not (var_path > 0 and var_score > 0):
+        return [math.nan, math.nan]
+    return [math.log(var_path / var_score), cov / math.sqrt(var_path * var_score)]
