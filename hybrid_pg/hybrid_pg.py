@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 import numpy as np
 import torch as th
@@ -53,6 +53,7 @@ from hybrid_pg.surrogates import (
     scale_gradient,
 )
 from hybrid_pg.change_detection import CusumDetector
+from hybrid_pg.drift import DriftTracker
 from hybrid_pg.window import WINDOW_MODES, WindowedLambda
 
 SelfHybridPG = TypeVar("SelfHybridPG", bound="HybridPG")
@@ -110,6 +111,8 @@ class HybridPG(OnPolicyAlgorithm):
     :param bias_correction: minimise the MSE of the minibatch gradient instead of its variance,
         treating the score estimator as the unbiased reference (the critic's or model's pathwise
         gradient can be biased).
+    :param bias_horizon: floor of the B in the bias-aware rule, in samples (see
+        :meth:`_gradient_batch_size`); rollouts larger than this use their own size.
     :param lambda_groups: ``"global"`` (one lam) or ``"per_group"`` (one lam for the mean network,
         one for log_std).
     :param lambda_warmup: number of first updates with lam held at 0 (hybrid only) while the
@@ -165,6 +168,7 @@ class HybridPG(OnPolicyAlgorithm):
         lambda_detector: Optional[Dict[str, Any]] = None,
         lambda_bounds: Optional[Tuple[float, float]] = DEFAULT_BOUNDS,
         bias_correction: bool = True,
+        bias_horizon: int = 2048,
         lambda_groups: str = "global",
         lambda_warmup: int = 2,
         stats_chunk_size: int = 256,
@@ -195,6 +199,7 @@ class HybridPG(OnPolicyAlgorithm):
             lambda_window=lambda_window,
             lambda_mode=lambda_mode,
             lambda_detector=lambda_detector,
+            bias_horizon=bias_horizon,
             lambda_bounds=lambda_bounds,
             lambda_groups=lambda_groups,
             lambda_warmup=lambda_warmup,
@@ -247,6 +252,7 @@ class HybridPG(OnPolicyAlgorithm):
         self.lambda_mode = lambda_mode
         self.lambda_decay = lambda_decay
         self.lambda_detector = lambda_detector
+        self.bias_horizon = bias_horizon
         self.lambda_bounds = None if lambda_bounds is None else (float(lambda_bounds[0]), float(lambda_bounds[1]))
         self.bias_correction = bias_correction
         self.lambda_groups = lambda_groups
@@ -281,6 +287,11 @@ class HybridPG(OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        if not isinstance(self.policy, HybridActorCriticPolicy):
+            raise TypeError(
+                f"HybridPG needs a HybridActorCriticPolicy (it adds the action-value head A_phi); got "
+                f"{type(self.policy).__name__}. Subclass hybrid_pg.policies.HybridActorCriticPolicy instead of ActorCriticPolicy."
+            )
         if self.clip_range is not None:
             self.clip_range = FloatSchedule(self.clip_range)
         self._actor_head = ActorHead(self.policy.mlp_extractor.policy_net, self.policy.action_net)
@@ -289,6 +300,8 @@ class HybridPG(OnPolicyAlgorithm):
         self._frozen_actor = FrozenModule(self._actor_head)
         self._dynamics_model = None
         self._resolved_source = self._resolve_pathwise_source()
+        self._drift = DriftTracker(self.lambda_window)
+        self._env_params: Dict[str, float] = {}
 
     def _resolve_pathwise_source(self) -> str:
         """'critic' or 'model'. Needs the env for 'model'/'auto'; without one (load(env=None))
@@ -331,6 +344,8 @@ class HybridPG(OnPolicyAlgorithm):
             "_frozen_actor",
             "_dynamics_model",
             "_resolved_source",
+            "_drift",
+            "_env_params",
         ]
 
     # ------------------------------------------------------------------------------------------
@@ -354,14 +369,17 @@ class HybridPG(OnPolicyAlgorithm):
         return lam
 
     def _gradient_batch_size(self) -> int:
-        """B of the bias-aware rule: the rollout size.
+        """B of the bias-aware rule: the rollout size, floored at ``bias_horizon``.
 
         Every minibatch step of an update carries the same pathwise bias, while each sample's noise
         enters the update once per epoch: over the update the noise averages over the whole
         rollout, so the rollout size (not the minibatch size) is the B that trades bias against
-        variance.
+        variance. With tiny rollouts (A2C's n_steps=5) consecutive updates average their noise
+        too while a critic's bias persists from one to the next, so B never drops below
+        ``bias_horizon`` samples (measured: with B = 5 on SB3's identity-env test lam stayed at 0.86
+        against a detected bias and learning stalled; with the floor it matches A2C).
         """
-        return self.n_steps * self.n_envs
+        return max(self.n_steps * self.n_envs, self.bias_horizon)
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -397,6 +415,7 @@ class HybridPG(OnPolicyAlgorithm):
             q_features = self.policy.q_features(obs)
             clipped_actions = self.policy.clip_action(actions)
             log_std_old = self.policy.log_std.detach().clone()
+        self._drift.snapshot(self._actor_head, self.policy.log_std)
         future_eps = th.randn(n_samples, max(self.model_horizon - 1, 1), actions.shape[1], device=self.device)
         raw_obs = obs if isinstance(obs, th.Tensor) else pi_features  # model source needs flat Box obs
 
@@ -494,6 +513,31 @@ class HybridPG(OnPolicyAlgorithm):
         self.last_lambda = dict(lam)
 
         self._log_update(logs, lam, moments if stats_ok else None, stats_ok, stats_time, update_time, clip_range)
+        self._log_drift(moments if stats_ok else None, pi_features)
+
+    def _log_drift(self, moments: Optional[Dict[str, Any]], pi_features: th.Tensor) -> None:
+        """Policy drift vs env drift (see :mod:`hybrid_pg.drift`), and the env's current parameters."""
+        record = self.logger.record
+        if moments is not None:
+            for name, value in self._drift.moments_drift(moments["global"]).items():
+                record(f"hybrid/drift_{name}", value)
+        window_length = len(self.lambda_windows["global"])
+        record("hybrid/kl_to_oldest", self._drift.kl_to_oldest(self._actor_head, pi_features, window_length))
+        for name, value in self._env_params.items():
+            record(f"env/{name}", value)
+
+    def _update_info_buffer(self, infos: List[Dict[str, Any]], dones: Optional[np.ndarray] = None) -> None:
+        super()._update_info_buffer(infos, dones)
+        # non-stationary envs report their physical parameters as info["env_params"]; log their
+        # mean over the sub-envs at the latest step
+        reported = [info["env_params"] for info in infos if isinstance(info.get("env_params"), dict)]
+        if reported:
+            keys = set().union(*reported)
+            self._env_params = {
+                k: float(np.mean([r[k] for r in reported if k in r and np.isscalar(r[k])]))
+                for k in keys
+                if any(k in r and np.isscalar(r[k]) for r in reported)
+            }
 
     def _pathwise_kl_limit(self, clip_range: Optional[float]) -> Optional[float]:
         if self.pathwise_kl_limit == "auto":
@@ -720,6 +764,8 @@ def _validate_hyperparameters(**hp: Any) -> None:
         bad("pathwise_source", f"must be one of {PATHWISE_SOURCES}")
     if hp["lambda_mode"] not in WINDOW_MODES:
         bad("lambda_mode", f"must be one of {WINDOW_MODES}")
+    if not isinstance(hp["bias_horizon"], int) or isinstance(hp["bias_horizon"], bool) or hp["bias_horizon"] < 1:
+        bad("bias_horizon", f"must be an integer >= 1, got {hp['bias_horizon']!r}")
     detector = hp["lambda_detector"]
     if detector is not None:
         if hp["lambda_mode"] != "adaptive":

@@ -427,3 +427,55 @@ def test_adaptive_lambda_mode_logs_alarms_and_survives_save_load(tmp_path):
 def test_detector_settings_are_validated(kwargs, name):
     with pytest.raises(ValueError, match=name):
         HybridPG("MlpPolicy", "Pendulum-v1", **kwargs)
+
+
+def test_drift_diagnostics_and_env_parameters_are_logged():
+    import gymnasium as gym
+    from stable_baselines3.common.logger import KVWriter, Logger
+
+    class Capture(KVWriter):
+        rows = []
+
+        def write(self, key_values, key_excluded, step=0):
+            self.rows.append(dict(key_values))
+
+    class ReportsG(gym.Wrapper):
+        def step(self, action):
+            obs, r, term, trunc, info = super().step(action)
+            info["env_params"] = {"g": float(self.unwrapped.g)}
+            return obs, r, term, trunc, info
+
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0, wrapper_class=ReportsG)
+    model = HybridPG("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=2, lambda_warmup=0, seed=0)
+    model.set_logger(Logger(folder=None, output_formats=[Capture()]))
+    model.learn(128 * 4)
+    last = Capture.rows[-1]
+    assert last["env/g"] == 10.0
+    for key in ("drift_cos_path", "drift_cos_score", "drift_rel_change_var_score", "kl_to_oldest"):
+        assert math.isfinite(last[f"hybrid/{key}"]), key
+    assert -1.0 <= last["hybrid/drift_cos_score"] <= 1.0
+    assert last["hybrid/kl_to_oldest"] > 0.0  # the policy moved across the window
+
+
+def test_kl_to_oldest_is_zero_for_an_unchanged_policy():
+    from hybrid_pg.drift import DriftTracker
+
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64)
+    tracker = DriftTracker(4)
+    for _ in range(3):
+        tracker.snapshot(model._actor_head, model.policy.log_std)
+    features = th.randn(10, 3)
+    assert tracker.kl_to_oldest(model._actor_head, features, 3) == 0.0
+    assert math.isnan(DriftTracker(4).kl_to_oldest(model._actor_head, features, 3))
+
+
+def test_bias_horizon_floors_the_bias_aware_batch_size_and_plain_policies_are_refused():
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    assert HybridPG("MlpPolicy", "Pendulum-v1", n_steps=5)._gradient_batch_size() == 2048
+    assert HybridPG("MlpPolicy", "Pendulum-v1", n_steps=4096)._gradient_batch_size() == 4096
+    assert HybridPG("MlpPolicy", "Pendulum-v1", n_steps=5, bias_horizon=1)._gradient_batch_size() == 5
+    with pytest.raises(ValueError, match="bias_horizon"):
+        HybridPG("MlpPolicy", "Pendulum-v1", bias_horizon=0)
+    with pytest.raises(TypeError, match="HybridActorCriticPolicy"):
+        HybridPG(ActorCriticPolicy, "Pendulum-v1")

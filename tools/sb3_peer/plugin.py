@@ -1,0 +1,453 @@
+"""pytest plugin: run Stable-Baselines3's own tests with HybridPG in A2C's place.
+
+Loaded by ``run_peer_suite.py`` as ``-p sb3_peer.plugin`` (``tools/`` on ``PYTHONPATH``) on the
+``tests/`` folder of SB3's source distribution. It does three things:
+
+1. **Substitution.** Before any test module is imported, ``stable_baselines3.A2C`` (and
+   ``stable_baselines3.a2c.A2C``) is replaced by :class:`HybridPG_as_A2C`, a thin subclass of
+   :class:`hybrid_pg.HybridPG`. SB3's tests do ``from stable_baselines3 import A2C`` and
+   parametrise ``model_class`` with that name, and their bodies compare ``model_class == A2C`` /
+   ``model_class in {A2C, PPO}``: since every one of those names is bound to the substitute, the
+   parametrisation, the branches and the direct ``A2C(...)`` calls all consistently get HybridPG.
+   Test ids read ``[HybridPG_as_A2C]`` (pytest names a class parameter by its ``__name__``).
+2. **Selection.** An item is *about A2C* when one of its parameters is the substitute, or, for
+   items parametrised by no algorithm class, when its code (the test function, its fixtures and the
+   same-module functions they call) refers to the name ``A2C``. Items not about A2C test SB3
+   itself, not HybridPG, and are deselected with one shared reason.
+3. **Deselection rules.** :data:`RULES`, a list of ``(pattern, reason)`` pairs, deselects the
+   A2C items whose setting HybridPG does not support (Discrete / MultiDiscrete / MultiBinary
+   action spaces, gSDE, A2C internals). A pattern is the node id relative to ``tests/``
+   (``test_file.py::test_name[param-ids]``) in which ``*`` matches any run of characters (nothing
+   else is special: brackets are literal). The first matching rule wins, and rules are checked
+   before the "not about A2C" default, so a rule also gives the precise reason for an A2C item the
+   automatic check cannot see. Rules whose reason starts with ``"BUG:"`` are temporary: a HybridPG
+   bug, to be fixed and the rule removed.
+
+Every deselection is reported with its reason at the end of the run (``--peer-list-deselected``
+also lists the items not about A2C one by one), and ``--peer-report FILE`` writes the counts and
+the lists as JSON (the runner prints its summary from it).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import json
+import os
+import re
+import sys
+import types
+from collections import Counter, defaultdict
+from typing import Any, ClassVar, Dict, Iterable, List, Optional, Set, Tuple
+
+import pytest
+import stable_baselines3
+import stable_baselines3.a2c
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from hybrid_pg import HybridPG
+
+ORIGINAL_A2C = stable_baselines3.A2C
+
+# ------------------------------------------------------------------------------------------------
+# the rules (audit here)
+# ------------------------------------------------------------------------------------------------
+
+_SUB = "HybridPG_as_A2C"  # the substitute's name, as it appears in test ids
+_DISCRETE = "Discrete action space ({}): HybridPG trains Gaussian policies on Box actions only"
+_GSDE = "gSDE (use_sde=True{}): HybridPG needs the per-step Gaussian noise eps of the pathwise term"
+
+#: (pattern on the node id relative to tests/, reason). First match wins. Written for
+#: stable-baselines3 2.9.2; a rule that matches nothing is reported at the end of the run.
+RULES: List[Tuple[str, str]] = [
+    # -- temporary: HybridPG bugs (remove the rule with the fix) -----------------------------
+    # -- Discrete / MultiDiscrete / MultiBinary action spaces ----------------------------------
+    ("test_callbacks.py::test_eval_callback_vec_env", _DISCRETE.format("IdentityEnv")),
+    ("test_callbacks.py::test_eval_friendly_error", _DISCRETE.format("CartPole-v1")),
+    (f"test_cnn.py::test_cnn[*-{_SUB}]", _DISCRETE.format("FakeImageEnv(discrete=True)")),
+    (f"test_cnn.py::test_vec_transpose_skip[{_SUB}]", _DISCRETE.format("FakeImageEnv(discrete=True)")),
+    ("test_cnn.py::test_channel_first_env", _DISCRETE.format("FakeImageEnv(discrete=True)")),
+    (f"test_cnn.py::test_image_like_input[*-{_SUB}]", _DISCRETE.format("FakeImageEnv(discrete=True)")),
+    (f"test_custom_policy.py::test_flexible_mlp[{_SUB}-*]", _DISCRETE.format("CartPole-v1")),
+    (f"test_dict_env.py::test_goal_env[{_SUB}]", _DISCRETE.format("BitFlippingEnv")),
+    (f"test_dict_env.py::test_dict_spaces[*-{_SUB}]", _DISCRETE.format("DummyDictEnv(use_discrete_actions=True)")),
+    (f"test_dict_env.py::test_multiprocessing[{_SUB}]", _DISCRETE.format("DummyDictEnv(use_discrete_actions=True)")),
+    (f"test_dict_env.py::test_dict_vec_framestack[*-{_SUB}]", _DISCRETE.format("SimpleMultiObsEnv(discrete_actions=True)")),
+    (f"test_identity.py::test_discrete[env0-{_SUB}]", _DISCRETE.format("IdentityEnv")),
+    (f"test_identity.py::test_discrete[env1-{_SUB}]", "MultiDiscrete action space (IdentityEnvMultiDiscrete): Box actions only"),
+    (f"test_identity.py::test_discrete[env2-{_SUB}]", "MultiBinary action space (IdentityEnvMultiBinary): Box actions only"),
+    ("test_logger.py::test_set_logger", _DISCRETE.format("CartPole-v1")),
+    (f"test_logger.py::test_fps_logger[{_SUB}]", _DISCRETE.format("TimeDelayEnv")),
+    (f"test_logger.py::test_fps_no_div_zero[{_SUB}]", _DISCRETE.format("CartPole-v1")),
+    (f"test_logger.py::test_ep_buffers_stats_window_size[*-{_SUB}]", _DISCRETE.format("CartPole-v1")),
+    (f"test_predict.py::test_predict[*-CartPole-v1-{_SUB}]", _DISCRETE.format("CartPole-v1")),
+    ("test_run.py::test_a2c[CartPole-v1]", _DISCRETE.format("CartPole-v1")),
+    (f"test_run.py::test_advantage_normalization[*-{_SUB}]", _DISCRETE.format("CartPole-v1")),
+    (f"test_spaces.py::test_action_spaces[CartPole-v1-{_SUB}]", _DISCRETE.format("CartPole-v1")),
+    (f"test_spaces.py::test_discrete_obs_space[Taxi-v3-{_SUB}]", _DISCRETE.format("Taxi-v3")),
+    (
+        "test_spaces.py::test_multidim_binary_not_supported",
+        "MultiBinary action space: asserts A2C's own AssertionError for 2-D MultiBinary; HybridPG rejects "
+        "every non-Box action space with a ValueError instead",
+    ),
+    ("test_tensorboard.py::test_tensorboard[a2c]", _DISCRETE.format("CartPole-v1")),
+    (f"test_train_eval_mode.py::*[CartPole-v1-{_SUB}]", _DISCRETE.format("CartPole-v1")),
+    ("test_utils.py::test_evaluate_vector_env[*]", _DISCRETE.format("CartPole-v1")),
+    ("test_utils.py::test_evaluate_policy_monitors[*]", _DISCRETE.format("CartPole-v1")),
+    # -- gSDE ----------------------------------------------------------------------------------
+    (f"test_distributions.py::test_squashed_gaussian[{_SUB}]", _GSDE.format(", squash_output=True")),
+    (f"test_save_load.py::test_save_load_policy[True-*-{_SUB}]", _GSDE.format("")),
+    (f"test_sde.py::test_state_dependent_noise[*-{_SUB}]", _GSDE.format("")),
+    # -- names A2C, but is not about it ---------------------------------------------------------
+    (
+        "test_logger.py::test_sb3_import_without_optional_deps",
+        "not about A2C: re-imports SB3 with pandas/matplotlib hidden (A2C appears only in an import)",
+    ),
+    # -- A2C internals ---------------------------------------------------------------------------
+    (
+        f"test_gae.py::test_gae_computation[*-{_SUB}]",
+        "custom policy: the test plugs in its own ActorCriticPolicy subclass (CustomPolicy, constant "
+        "values); HybridPG's policy must be a HybridActorCriticPolicy (it has the advantage head q_net)",
+    ),
+]
+
+#: the reason of every item not about A2C; a rule whose reason starts with "not about A2C"
+#: classifies an item the automatic check would count as about A2C
+NOT_ABOUT_A2C = "not about A2C (tests SB3 itself, not HybridPG)"
+
+# ------------------------------------------------------------------------------------------------
+# the substitute
+# ------------------------------------------------------------------------------------------------
+
+#: A2C's update shape in HybridPG terms: one full-batch gradient step per rollout of the plain
+#: likelihood-ratio surrogate, whose gradient at lam = 0 is exactly A2C's policy gradient (HybridPG
+#: adds its advantage head's regression loss).
+A2C_UPDATE_SHAPE: Dict[str, Any] = dict(batch_size=None, n_epochs=1, clip_range=None)
+
+
+def a2c_defaults() -> Dict[str, Any]:
+    """A2C's default for every keyword HybridPG shares with it (read from A2C's signature)."""
+    ours = inspect.signature(HybridPG.__init__).parameters
+    return {
+        name: p.default
+        for name, p in inspect.signature(ORIGINAL_A2C.__init__).parameters.items()
+        if name in ours and p.default is not inspect.Parameter.empty and not name.startswith("_")
+    }
+
+
+class HybridPG_as_A2C(HybridPG):  # noqa: N801 (the name is the test id)
+    """HybridPG with A2C's defaults, standing in for ``stable_baselines3.A2C`` in SB3's tests.
+
+    SB3's tests size their budgets and expectations for A2C's defaults (``n_steps=5``, RMSprop,
+    ``gae_lambda=1``, ...), so the shared hyperparameters default to A2C's and the update has A2C's
+    shape (:data:`A2C_UPDATE_SHAPE`); HybridPG's own parameters (``estimator="hybrid"``, the
+    adaptive weight, its window and warm-up) keep HybridPG's defaults unless ``--hybrid-kwargs``
+    overrides them. Explicit arguments of a test always win. Positional arguments after ``env`` are
+    taken in A2C's order.
+    """
+
+    peer_defaults: ClassVar[Dict[str, Any]] = {**a2c_defaults(), **A2C_UPDATE_SHAPE}
+
+    def __init__(self, policy: Any, env: Any, *args: Any, **kwargs: Any) -> None:
+        if args:
+            names = list(inspect.signature(ORIGINAL_A2C.__init__).parameters)[3:]
+            if len(args) > len(names):
+                raise TypeError(f"too many positional arguments for A2C: {args}")
+            for name, value in zip(names, args):
+                if name in kwargs:
+                    raise TypeError(f"got multiple values for argument {name!r}")
+                kwargs[name] = value
+        super().__init__(policy, env, **{**self.peer_defaults, **kwargs})
+
+
+# ------------------------------------------------------------------------------------------------
+# pytest hooks
+# ------------------------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sb3-peer", "SB3 peer suite (HybridPG in A2C's place)")
+    group.addoption("--peer-list-deselected", action="store_true", help="list every deselected item, also those not about A2C")
+    group.addoption("--peer-report", metavar="FILE", help="write the counts and the deselection lists as JSON")
+    group.addoption("--peer-no-rules", action="store_true", help="ignore RULES: run every A2C item (to audit the rules)")
+    group.addoption(
+        "--hybrid-kwargs",
+        metavar="JSON",
+        default=None,
+        help='extra HybridPG defaults for the substitute, e.g. \'{"estimator": "pathwise"}\'',
+    )
+
+
+class _State:
+    def __init__(self) -> None:
+        self.deselected: List[Tuple[str, str, bool]] = []  # (nodeid, reason, about_a2c)
+        self.selected: List[str] = []
+        self.rule_hits: Counter = Counter()
+        self.ours: Set[int] = set()  # ids of the items this plugin deselected
+        self.other_deselected = 0  # deselected by -k / -m
+        self.not_collected: List[Tuple[str, str, bool]] = []  # (file, reason, mentions A2C)
+        self.outcomes: Counter = Counter()
+        self.failed: List[str] = []
+        self.audit: Dict[str, str] = {}  # --peer-no-rules: nodeid -> the reason a rule would give
+        self.audit_outcome: Dict[str, str] = {}  # nodeid -> outcome and error of the run
+
+
+_STATE = _State()
+_PATCHED: List[Tuple[types.ModuleType, str, Any]] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    extra = config.getoption("--hybrid-kwargs")
+    if extra:
+        HybridPG_as_A2C.peer_defaults = {**HybridPG_as_A2C.peer_defaults, **json.loads(extra)}
+    for module in (stable_baselines3, stable_baselines3.a2c):
+        _PATCHED.append((module, "A2C", module.A2C))
+        module.A2C = HybridPG_as_A2C  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _PATCHED:
+        module, name, value = _PATCHED.pop()
+        setattr(module, name, value)
+
+
+def pytest_report_header(config: pytest.Config) -> List[str]:
+    defaults = ", ".join(f"{k}={v!r}" for k, v in sorted(HybridPG_as_A2C.peer_defaults.items()))
+    return [
+        f"sb3-peer: stable-baselines3 {stable_baselines3.__version__} from {os.path.dirname(stable_baselines3.__file__)}",
+        f"sb3-peer: A2C -> HybridPG_as_A2C (hybrid_pg from {os.path.dirname(sys.modules['hybrid_pg'].__file__)})",
+        f"sb3-peer: substitute defaults: {defaults}",
+    ]
+
+
+def pytest_ignore_collect(collection_path: Any, config: pytest.Config) -> Optional[bool]:
+    """Skip a test module whose top-level imports name a package that is not installed (SB3's
+    tests import e.g. pandas and ale_py at module level); the run reports it as not collected."""
+    path = str(collection_path)
+    if not (path.endswith(".py") and os.path.basename(path).startswith("test_")):
+        return None
+    folder = os.path.dirname(path)
+    missing = sorted(
+        m
+        for m in _top_level_imports(path)
+        if importlib.util.find_spec(m) is None
+        and not os.path.exists(os.path.join(folder, m + ".py"))  # a sibling helper module
+        and not os.path.isdir(os.path.join(folder, m))
+    )
+    if not missing:
+        return None
+    with open(path, encoding="utf-8") as fh:
+        mentions_a2c = "A2C" in fh.read()
+    _STATE.not_collected.append((os.path.basename(path), f"needs {', '.join(missing)} (not installed)", mentions_a2c))
+    return True
+
+
+def _top_level_imports(path: str) -> Set[str]:
+    with open(path, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read(), filename=path)
+    names: Set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: List[pytest.Item]) -> None:
+    use_rules = not config.getoption("--peer-no-rules")
+    keep: List[pytest.Item] = []
+    dropped: List[pytest.Item] = []
+    for item in items:
+        nodeid = relative_nodeid(item)
+        reason = None
+        about = involves_a2c(item)
+        for pattern, why in RULES:
+            if pattern_matches(pattern, nodeid):
+                _STATE.rule_hits[pattern] += 1
+                about = not why.startswith("not about A2C")
+                if use_rules:
+                    reason = why
+                else:
+                    _STATE.audit[item.nodeid] = why
+                break
+        if reason is None and not about:
+            reason = NOT_ABOUT_A2C
+        if reason is None:
+            keep.append(item)
+        else:
+            dropped.append(item)
+            _STATE.deselected.append((nodeid, reason, about))
+    if dropped:
+        _STATE.ours.update(id(item) for item in dropped)
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
+
+
+def pytest_deselected(items: List[pytest.Item]) -> None:
+    """Count what other plugins deselect (``-k``, ``-m``) so the report adds up."""
+    _STATE.other_deselected += sum(1 for item in items if id(item) not in _STATE.ours)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _STATE.selected = [relative_nodeid(item) for item in session.items]
+    final = {item.nodeid for item in session.items}
+    _STATE.audit = {nodeid: why for nodeid, why in _STATE.audit.items() if nodeid in final}
+
+
+def pattern_matches(pattern: str, nodeid: str) -> bool:
+    """``*`` matches any run of characters; everything else (brackets included) is literal."""
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, nodeid) is not None
+
+
+def relative_nodeid(item: pytest.Item) -> str:
+    """``test_file.py::name[ids]`` whatever the rootdir."""
+    return relative_nodeid_str(item.nodeid)
+
+
+def relative_nodeid_str(nodeid: str) -> str:
+    path, sep, rest = nodeid.partition("::")
+    return os.path.basename(path) + sep + rest
+
+
+# -- is an item about A2C? ---------------------------------------------------------------------
+
+
+def _algorithm_params(item: pytest.Item) -> List[type]:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return []
+    found = []
+    for value in callspec.params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, type) and issubclass(v, BaseAlgorithm):
+                found.append(v)
+    return found
+
+
+def involves_a2c(item: pytest.Item) -> bool:
+    algos = _algorithm_params(item)
+    if algos:
+        return HybridPG_as_A2C in algos
+    functions = [getattr(item, "function", None)]
+    fixtureinfo = getattr(item, "_fixtureinfo", None)
+    for defs in getattr(fixtureinfo, "name2fixturedefs", {}).values():
+        functions.extend(getattr(d, "func", None) for d in defs)
+    return "A2C" in _global_names(f for f in functions if f is not None)
+
+
+def _global_names(functions: Iterable[Any]) -> Set[str]:
+    """Global names the functions refer to, following same-module functions they call."""
+    names: Set[str] = set()
+    seen: Set[int] = set()
+    todo = list(functions)
+    while todo:
+        fn = inspect.unwrap(todo.pop())
+        code = getattr(fn, "__code__", None)
+        if code is None or id(code) in seen:
+            continue
+        seen.add(id(code))
+        module_globals = getattr(fn, "__globals__", {})
+        for name in _code_names(code):
+            names.add(name)
+            target = module_globals.get(name)
+            if inspect.isfunction(target) and target.__module__ == fn.__module__:
+                todo.append(target)
+    return names
+
+
+def _code_names(code: types.CodeType) -> Set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+# -- outcomes and the report -------------------------------------------------------------------
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid in _STATE.audit and (report.when == "call" or report.failed or report.skipped):
+        crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+        message = crash.message.splitlines()[0] if crash is not None and crash.message else ""
+        _STATE.audit_outcome.setdefault(report.nodeid, f"{report.outcome} {message}".strip())
+    if report.when == "call":
+        outcome = "xfailed" if hasattr(report, "wasxfail") and report.skipped else report.outcome
+        _STATE.outcomes[outcome] += 1
+        if report.failed:
+            _STATE.failed.append(report.nodeid)
+    elif report.failed:  # setup/teardown error
+        _STATE.outcomes["error"] += 1
+        _STATE.failed.append(report.nodeid)
+    elif report.when == "setup" and report.skipped:
+        _STATE.outcomes["skipped"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    tr = terminalreporter
+    tr.section("sb3-peer: HybridPG in A2C's place")
+    by_reason: Dict[str, List[str]] = defaultdict(list)  # deselected by a rule
+    not_about: Dict[str, int] = Counter()  # the default: not about A2C, per file
+    for nodeid, reason, _about in _STATE.deselected:
+        if reason == NOT_ABOUT_A2C:
+            not_about[nodeid.split("::")[0]] += 1
+        else:
+            by_reason[reason].append(nodeid)
+    n_rule = sum(len(v) for v in by_reason.values())
+    n_bug = sum(len(v) for r, v in by_reason.items() if r.startswith("BUG:"))
+    others = f"; {_STATE.other_deselected} more by -k/-m" if _STATE.other_deselected else ""
+    tr.write_line(
+        f"collected {len(_STATE.selected) + len(_STATE.deselected) + _STATE.other_deselected}; "
+        f"selected {len(_STATE.selected)}; deselected by this plugin {len(_STATE.deselected)} "
+        f"({n_rule} by rule, {n_bug} of them BUG; {sum(not_about.values())} {NOT_ABOUT_A2C}){others}"
+    )
+    if by_reason:
+        tr.write_line("")
+        tr.write_line("deselected by rule, by reason:")
+        for reason in sorted(by_reason, key=lambda r: (not r.startswith("BUG:"), r)):
+            tr.write_line(f"  [{len(by_reason[reason])}] {reason}", red=reason.startswith("BUG:"))
+            for nodeid in by_reason[reason]:
+                tr.write_line(f"        {nodeid}")
+    tr.write_line("")
+    tr.write_line(f"{NOT_ABOUT_A2C}, per file:")
+    for path, count in sorted(not_about.items()):
+        tr.write_line(f"  {count:4d}  {path}")
+        if config.getoption("--peer-list-deselected"):
+            for nodeid, reason, _about in _STATE.deselected:
+                if reason == NOT_ABOUT_A2C and nodeid.split("::")[0] == path:
+                    tr.write_line(f"        {nodeid}")
+    for path, reason, mentions_a2c in _STATE.not_collected:
+        tr.write_line(f"NOT COLLECTED {path}: {reason}" + ("; it has A2C tests" if mentions_a2c else ""), yellow=True)
+    if _STATE.audit:
+        tr.write_line("")
+        tr.write_line("audit (--peer-no-rules): items a rule would deselect, the rule's reason and what happened:")
+        for nodeid, reason in _STATE.audit.items():
+            tr.write_line(f"  {relative_nodeid_str(nodeid)}")
+            tr.write_line(f"      rule:   {reason}")
+            tr.write_line(f"      result: {_STATE.audit_outcome.get(nodeid, 'not run')}")
+    unused = [p for p, _ in RULES if _STATE.rule_hits[p] == 0]
+    if unused:
+        tr.write_line("")
+        tr.write_line("rules that matched no item (stale for this SB3 version?):", yellow=True)
+        for pattern in unused:
+            tr.write_line(f"  {pattern}", yellow=True)
+
+    path = config.getoption("--peer-report")
+    if path:
+        data = dict(
+            sb3_version=stable_baselines3.__version__,
+            substitute_defaults={k: repr(v) for k, v in HybridPG_as_A2C.peer_defaults.items()},
+            selected=_STATE.selected,
+            other_deselected=_STATE.other_deselected,
+            deselected=[dict(nodeid=n, reason=r, about_a2c=a, by_rule=r != NOT_ABOUT_A2C) for n, r, a in _STATE.deselected],
+            not_collected=[dict(file=f, reason=r, mentions_a2c=a) for f, r, a in _STATE.not_collected],
+            unused_rules=unused,
+            outcomes=dict(_STATE.outcomes),
+            failed=_STATE.failed,
+            exitstatus=int(exitstatus),
+        )
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
