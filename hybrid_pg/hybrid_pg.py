@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from types import SimpleNamespace
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 import numpy as np
@@ -54,6 +55,7 @@ from hybrid_pg.surrogates import (
 )
 from hybrid_pg.change_detection import CusumDetector
 from hybrid_pg.drift import DriftTracker
+from hybrid_pg.oracle import OracleEnv, OracleLambda, oracle_log
 from hybrid_pg.window import WINDOW_MODES, WindowedLambda
 
 SelfHybridPG = TypeVar("SelfHybridPG", bound="HybridPG")
@@ -111,6 +113,12 @@ class HybridPG(OnPolicyAlgorithm):
     :param bias_correction: minimise the MSE of the minibatch gradient instead of its variance,
         treating the score estimator as the unbiased reference (the critic's or model's pathwise
         gradient can be biased).
+    :param oracle_freq: every this many updates, compute the oracle lam* from a large fresh batch at
+        the current policy on a separate env copy and log it beside the windowed and per-rollout
+        estimates (``hybrid/oracle_*``); 0 = off. See :mod:`hybrid_pg.oracle`.
+    :param oracle_samples: size of the oracle batch.
+    :param oracle_env: the oracle's env copy (an env id, env, VecEnv or factory); default: made from
+        the training env's gymnasium spec.
     :param bias_horizon: floor of the B in the bias-aware rule, in samples (see
         :meth:`_gradient_batch_size`); rollouts larger than this use their own size.
     :param lambda_groups: ``"global"`` (one lam) or ``"per_group"`` (one lam for the mean network,
@@ -166,6 +174,9 @@ class HybridPG(OnPolicyAlgorithm):
         lambda_mode: str = "sliding",
         lambda_decay: Optional[float] = None,
         lambda_detector: Optional[Dict[str, Any]] = None,
+        oracle_freq: int = 0,
+        oracle_samples: int = 16384,
+        oracle_env: OracleEnv = None,
         lambda_bounds: Optional[Tuple[float, float]] = DEFAULT_BOUNDS,
         bias_correction: bool = True,
         bias_horizon: int = 2048,
@@ -200,6 +211,8 @@ class HybridPG(OnPolicyAlgorithm):
             lambda_mode=lambda_mode,
             lambda_detector=lambda_detector,
             bias_horizon=bias_horizon,
+            oracle_freq=oracle_freq,
+            oracle_samples=oracle_samples,
             lambda_bounds=lambda_bounds,
             lambda_groups=lambda_groups,
             lambda_warmup=lambda_warmup,
@@ -253,6 +266,10 @@ class HybridPG(OnPolicyAlgorithm):
         self.lambda_decay = lambda_decay
         self.lambda_detector = lambda_detector
         self.bias_horizon = bias_horizon
+        self.oracle_freq = oracle_freq
+        self.oracle_samples = oracle_samples
+        self.oracle_env = oracle_env
+        self._oracle: Optional[OracleLambda] = None
         self.lambda_bounds = None if lambda_bounds is None else (float(lambda_bounds[0]), float(lambda_bounds[1]))
         self.bias_correction = bias_correction
         self.lambda_groups = lambda_groups
@@ -346,6 +363,8 @@ class HybridPG(OnPolicyAlgorithm):
             "_resolved_source",
             "_drift",
             "_env_params",
+            "_oracle",
+            "oracle_env",
         ]
 
     # ------------------------------------------------------------------------------------------
@@ -395,35 +414,19 @@ class HybridPG(OnPolicyAlgorithm):
         kl_limit = self._pathwise_kl_limit(clip_range)
 
         data = next(self.rollout_buffer.get(batch_size=None))
-        obs, actions = data.observations, data.actions.reshape(len(data.actions), -1)
-        n_samples = len(actions)
-        adv_raw = data.advantages
-        if self.normalize_advantage and n_samples > 1:
-            scale = 1.0 / (adv_raw.std().item() + 1e-8)
-            adv = (adv_raw - adv_raw.mean()) * scale
-        else:
-            scale, adv = 1.0, adv_raw
-        # A_phi is regressed on the advantages in the units the score term uses, so the critic's
-        # pathwise term needs no further scaling; the model's return is in reward units and is
-        # divided by the same factor as the advantages.
-        path_scale = scale if self._resolved_source == "model" else 1.0
-
-        with th.no_grad():
-            mean_old = self.policy.actor_mean(obs)
-            eps = (actions - mean_old) * th.exp(-self.policy.log_std)
-            pi_features = self.policy.extract_features(obs, self.policy.pi_features_extractor)
-            q_features = self.policy.q_features(obs)
-            clipped_actions = self.policy.clip_action(actions)
-            log_std_old = self.policy.log_std.detach().clone()
+        batch = self._prepare_batch(data)
+        obs, actions, n_samples, adv = batch.obs, batch.actions, batch.n, batch.adv
+        path_scale, mean_old, eps = batch.path_scale, batch.mean_old, batch.eps
+        pi_features, q_features, clipped_actions = batch.pi_features, batch.q_features, batch.clipped_actions
+        log_std_old, future_eps, raw_obs = batch.log_std_old, batch.future_eps, batch.raw_obs
         self._drift.snapshot(self._actor_head, self.policy.log_std)
-        future_eps = th.randn(n_samples, max(self.model_horizon - 1, 1), actions.shape[1], device=self.device)
-        raw_obs = obs if isinstance(obs, th.Tensor) else pi_features  # model source needs flat Box obs
 
         lam = self._weights_for_this_update()
+        oracle = self._maybe_oracle()
 
         # -- statistics of this rollout at theta_old (they join the window after lam is chosen) --
         t_stats = time.perf_counter()
-        moments = self._rollout_moments(pi_features, q_features, raw_obs, eps, actions, adv, future_eps, path_scale)
+        moments = self._batch_moments(batch)
         stats_time = time.perf_counter() - t_stats
         stats_ok = moments is not None and all_finite(moments.values())
         if not stats_ok and self.estimator == "hybrid" and self.fixed_lambda is None:
@@ -514,6 +517,11 @@ class HybridPG(OnPolicyAlgorithm):
 
         self._log_update(logs, lam, moments if stats_ok else None, stats_ok, stats_time, update_time, clip_range)
         self._log_drift(moments if stats_ok else None, pi_features)
+        if oracle is not None:
+            batch_lam = pooled_estimate([moments["global"]], bias_correction=self.bias_correction, batch_size=self._gradient_batch_size(), bounds=self.lambda_bounds).lam if stats_ok else None
+            window_lam = self.lambda_windows["global"].estimate(batch_size=self._gradient_batch_size()).lam
+            for name, value in oracle_log(oracle, lam["global"], window_lam, batch_lam).items():
+                self.logger.record(f"hybrid/{name}", value)
 
     def _log_drift(self, moments: Optional[Dict[str, Any]], pi_features: th.Tensor) -> None:
         """Policy drift vs env drift (see :mod:`hybrid_pg.drift`), and the env's current parameters."""
@@ -538,6 +546,63 @@ class HybridPG(OnPolicyAlgorithm):
                 for k in keys
                 if any(k in r and np.isscalar(r[k]) for r in reported)
             }
+
+    def _prepare_batch(self, data: Any, generator: Optional[th.Generator] = None) -> SimpleNamespace:
+        """Everything both surrogates and their statistics need from a batch, at theta_old."""
+        obs, actions = data.observations, data.actions.reshape(len(data.actions), -1)
+        n_samples = len(actions)
+        adv_raw = data.advantages
+        if self.normalize_advantage and n_samples > 1:
+            scale = 1.0 / (adv_raw.std().item() + 1e-8)
+            adv = (adv_raw - adv_raw.mean()) * scale
+        else:
+            scale, adv = 1.0, adv_raw
+        with th.no_grad():
+            mean_old = self.policy.actor_mean(obs)
+            pi_features = self.policy.extract_features(obs, self.policy.pi_features_extractor)
+            batch = SimpleNamespace(
+                obs=obs,
+                actions=actions,
+                n=n_samples,
+                adv=adv,
+                # A_phi is regressed on the advantages in the units the score term uses, so the
+                # critic's pathwise term needs no further scaling; the model's return is in reward
+                # units and is divided by the same factor as the advantages.
+                path_scale=scale if self._resolved_source == "model" else 1.0,
+                mean_old=mean_old,
+                eps=(actions - mean_old) * th.exp(-self.policy.log_std),
+                pi_features=pi_features,
+                q_features=self.policy.q_features(obs),
+                clipped_actions=self.policy.clip_action(actions),
+                log_std_old=self.policy.log_std.detach().clone(),
+                future_eps=th.randn(n_samples, max(self.model_horizon - 1, 1), actions.shape[1], device=self.device, generator=generator),
+                raw_obs=obs if isinstance(obs, th.Tensor) else pi_features,  # model source needs flat Box obs
+            )
+        return batch
+
+    def _batch_moments(self, batch: SimpleNamespace) -> Optional[Dict[str, BatchMoments]]:
+        return self._rollout_moments(
+            batch.pi_features, batch.q_features, batch.raw_obs, batch.eps, batch.actions, batch.adv, batch.future_eps, batch.path_scale
+        )
+
+    def _maybe_oracle(self) -> Optional[LambdaEstimate]:
+        """lam* from a large fresh batch at the current policy, every ``oracle_freq`` updates."""
+        if not self.oracle_freq or self._n_rollouts_trained % self.oracle_freq != 0:
+            return None
+        if self._oracle is None:
+            self._oracle = OracleLambda(self, self.oracle_env, self.oracle_samples)
+        data, generator = self._oracle.collect()
+        np_state, th_state = np.random.get_state(), th.get_rng_state()
+        try:
+            moments = self._batch_moments(self._prepare_batch(data, generator=generator))
+        finally:  # the statistics must not move the training run's RNG either
+            np.random.set_state(np_state)
+            th.set_rng_state(th_state)
+        if moments is None:
+            return None
+        return pooled_estimate(
+            [moments["global"]], bias_correction=self.bias_correction, batch_size=self._gradient_batch_size(), bounds=self.lambda_bounds
+        )
 
     def _pathwise_kl_limit(self, clip_range: Optional[float]) -> Optional[float]:
         if self.pathwise_kl_limit == "auto":
@@ -766,6 +831,9 @@ def _validate_hyperparameters(**hp: Any) -> None:
         bad("lambda_mode", f"must be one of {WINDOW_MODES}")
     if not isinstance(hp["bias_horizon"], int) or isinstance(hp["bias_horizon"], bool) or hp["bias_horizon"] < 1:
         bad("bias_horizon", f"must be an integer >= 1, got {hp['bias_horizon']!r}")
+    for name, low in (("oracle_freq", 0), ("oracle_samples", 2)):
+        if not isinstance(hp[name], int) or isinstance(hp[name], bool) or hp[name] < low:
+            bad(name, f"must be an integer >= {low}, got {hp[name]!r}")
     detector = hp["lambda_detector"]
     if detector is not None:
         if hp["lambda_mode"] != "adaptive":

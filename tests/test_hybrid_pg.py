@@ -479,3 +479,49 @@ def test_bias_horizon_floors_the_bias_aware_batch_size_and_plain_policies_are_re
         HybridPG("MlpPolicy", "Pendulum-v1", bias_horizon=0)
     with pytest.raises(TypeError, match="HybridActorCriticPolicy"):
         HybridPG(ActorCriticPolicy, "Pendulum-v1")
+
+
+def _final_params(**kwargs):
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, lambda_warmup=0, seed=4, **kwargs)
+    model.learn(64 * 4)
+    return model, th.cat([p.detach().flatten() for p in model.policy.parameters()])
+
+
+def test_oracle_does_not_perturb_the_training_run():
+    from stable_baselines3.common.logger import KVWriter, Logger
+
+    _, plain = _final_params()
+    model, with_oracle = _final_params(oracle_freq=1, oracle_samples=256)
+    assert th.equal(plain, with_oracle)
+    assert model._oracle is not None and model._oracle.calls == 4
+
+
+def test_oracle_lambda_agrees_with_a_long_window_at_a_fixed_policy():
+    from stable_baselines3.common.logger import KVWriter, Logger
+
+    class Capture(KVWriter):
+        rows = []
+
+        def write(self, key_values, key_excluded, step=0):
+            self.rows.append(dict(key_values))
+
+    # lr = 0: the policy never moves, so a window of 8 rollouts and the oracle estimate one lam*
+    model = HybridPG(
+        "MlpPolicy", "Pendulum-v1", n_steps=1024, batch_size=None, n_epochs=1, learning_rate=0.0, lambda_warmup=0,
+        lambda_window=8, oracle_freq=4, oracle_samples=8192, pathwise_source="critic", bias_correction=False, seed=2,
+    )
+    model.set_logger(Logger(folder=None, output_formats=[Capture()]))
+    model.learn(1024 * 10)
+    rows = [r for r in Capture.rows if "hybrid/oracle_lambda" in r]
+    assert rows
+    last = rows[-1]
+    assert 0.0 <= last["hybrid/oracle_lambda"] <= 1.0
+    assert last["hybrid/oracle_error_window"] < 0.1, last
+    assert last["hybrid/oracle_excess_variance"] >= 0.0
+
+
+def test_oracle_settings_are_validated():
+    with pytest.raises(ValueError, match="oracle_freq"):
+        HybridPG("MlpPolicy", "Pendulum-v1", oracle_freq=-1)
+    with pytest.raises(ValueError, match="oracle_samples"):
+        HybridPG("MlpPolicy", "Pendulum-v1", oracle_samples=1)

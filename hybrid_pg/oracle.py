@@ -1,0 +1,144 @@
+"""Oracle lam*: a large fresh batch at the current policy, from a separate copy of the env.
+
+The windowed lam lags (it pools previous rollouts) and the per-rollout lam is noisy. Every
+``oracle_freq`` updates HybridPG can draw ``oracle_samples`` fresh transitions with the *current*
+policy from its own env copy and compute lam from them: the reference that the windowed and
+per-rollout estimates are scored against (error, lag, excess variance).
+
+The oracle never touches the training run: it has its own env (same parameters at that moment:
+a non-stationary env's clock is copied over, VecNormalize statistics are copied, not updated), its
+own torch generator for the action noise, and the global numpy/torch RNG states are restored
+afterwards, so a seeded run follows the same trajectory with and without it (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, unwrap_vec_wrapper
+
+from hybrid_pg.estimator import LambdaEstimate, excess_variance, lambda_from_moments
+from hybrid_pg.surrogates import gaussian_log_prob
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hybrid_pg.hybrid_pg import HybridPG
+
+OracleEnv = Union[None, str, gym.Env, VecEnv, Callable[[], gym.Env]]
+CLOCK_GETTER, CLOCK_SETTER = "get_clock", "set_clock"
+
+
+def _as_vec_env(env: OracleEnv, model: "HybridPG") -> VecEnv:
+    if env is None:
+        specs = model.env.get_attr("spec") if model.env is not None else [None]
+        if specs[0] is None:
+            raise ValueError("oracle_freq > 0 needs oracle_env: the training env has no gymnasium spec to copy it from")
+        # id and kwargs only: the spec of a Monitor-wrapped env lists wrappers gym.make cannot rebuild
+        env_id, kwargs = specs[0].id, dict(specs[0].kwargs)
+        return DummyVecEnv([lambda: gym.make(env_id, **kwargs) for _ in range(model.n_envs)])
+    if isinstance(env, VecEnv):
+        return env
+    if isinstance(env, str):
+        return DummyVecEnv([lambda: gym.make(env) for _ in range(model.n_envs)])
+    if isinstance(env, gym.Env):
+        return DummyVecEnv([lambda: env])
+    if callable(env):
+        return DummyVecEnv([env for _ in range(model.n_envs)])
+    raise TypeError(f"oracle_env must be None, an env id, a gymnasium env, a VecEnv or an env factory; got {type(env).__name__}")
+
+
+class OracleLambda:
+    """Collects oracle batches for ``model`` (see the module docstring)."""
+
+    def __init__(self, model: "HybridPG", env: OracleEnv, n_samples: int) -> None:
+        self.model = model
+        self.env = _as_vec_env(env, model)
+        training_norm = unwrap_vec_wrapper(model.env, VecNormalize) if model.env is not None else None
+        if training_norm is not None and not isinstance(self.env, VecNormalize):
+            self.env = VecNormalize(self.env, training=False, norm_obs=training_norm.norm_obs, norm_reward=training_norm.norm_reward)
+        self.n_steps = max(2, math.ceil(n_samples / self.env.num_envs))
+        self.calls = 0
+
+    def _sync(self) -> None:
+        """Same env parameters as the training env now: clock and normalisation statistics."""
+        training = self.model.env
+        if training is None:
+            return
+        norm = unwrap_vec_wrapper(training, VecNormalize)
+        if norm is not None and isinstance(self.env, VecNormalize):
+            self.env.obs_rms = norm.obs_rms.copy() if hasattr(norm.obs_rms, "copy") else norm.obs_rms
+            self.env.ret_rms = norm.ret_rms.copy() if hasattr(norm.ret_rms, "copy") else norm.ret_rms
+        if training.has_attr(CLOCK_GETTER) and self.env.has_attr(CLOCK_SETTER):
+            clock = training.env_method(CLOCK_GETTER, indices=[0])[0]
+            self.env.env_method(CLOCK_SETTER, clock)
+
+    def collect(self) -> Tuple[Any, th.Generator]:
+        """A fresh batch at the current policy (RolloutBufferSamples, GAE advantages) and the
+        generator to use for any further noise it needs."""
+        model, env = self.model, self.env
+        np_state, th_state = np.random.get_state(), th.get_rng_state()
+        try:
+            self._sync()
+            seed = (model.seed or 0) * 1_000_003 + 7919 * self.calls + 17
+            self.calls += 1
+            generator = th.Generator(device=model.device).manual_seed(seed)
+            env.seed(seed)
+            data = self._rollout(env, generator)
+        finally:
+            np.random.set_state(np_state)
+            th.set_rng_state(th_state)
+        return data, generator
+
+    @th.no_grad()
+    def _rollout(self, env: VecEnv, generator: th.Generator) -> Any:
+        model, policy = self.model, self.model.policy
+        buffer = RolloutBuffer(
+            self.n_steps, model.observation_space, model.action_space, device=model.device,
+            gamma=model.gamma, gae_lambda=model.gae_lambda, n_envs=env.num_envs,
+        )
+        low, high = model.action_space.low, model.action_space.high
+        obs = env.reset()
+        episode_starts = np.ones(env.num_envs, dtype=bool)
+        dones = episode_starts
+        for _ in range(self.n_steps):
+            obs_t = obs_as_tensor(obs, model.device)
+            mean = policy.actor_mean(obs_t)
+            noise = th.randn(mean.shape, generator=generator, device=mean.device)
+            actions = mean + th.exp(policy.log_std) * noise
+            values = policy.predict_values(obs_t)
+            log_prob = gaussian_log_prob(mean, policy.log_std, actions)
+            actions_np = actions.cpu().numpy().reshape((-1, *model.action_space.shape))
+            new_obs, rewards, dones, infos = env.step(np.clip(actions_np, low, high))
+            for i, done in enumerate(dones):
+                # bootstrap truncated episodes exactly as SB3's collect_rollouts does
+                if done and infos[i].get("terminal_observation") is not None and infos[i].get("TimeLimit.truncated", False):
+                    terminal = policy.obs_to_tensor(infos[i]["terminal_observation"])[0]
+                    rewards[i] += model.gamma * policy.predict_values(terminal)[0].item()
+            buffer.add(obs, actions_np, rewards, episode_starts, values, log_prob)
+            obs, episode_starts = new_obs, dones
+        buffer.compute_returns_and_advantage(last_values=policy.predict_values(obs_as_tensor(obs, model.device)), dones=dones)
+        return next(buffer.get(batch_size=None))
+
+
+def oracle_log(oracle: LambdaEstimate, applied: float, window: float, batch: Optional[float]) -> dict:
+    """Scalars comparing the estimates with the oracle's lam: absolute errors, plus the exact excess
+    variance Var(lam) - Var(lam*_var) = (lam - lam*_var)^2 Var(g_P - g_M) of the weight applied,
+    lam*_var being the oracle batch's unclipped variance minimiser."""
+    lam_var = lambda_from_moments(oracle.var_path, oracle.var_score, oracle.cov, bounds=None).lam
+    out = {
+        "oracle_lambda": oracle.lam,
+        "oracle_error_applied": abs(applied - oracle.lam),
+        "oracle_error_window": abs(window - oracle.lam),
+        "oracle_excess_variance": excess_variance(applied, lam_var, oracle.var_path, oracle.var_score, oracle.cov),
+        "oracle_var_path": oracle.var_path,
+        "oracle_var_score": oracle.var_score,
+        "oracle_cov": oracle.cov,
+    }
+    if batch is not None:
+        out["oracle_error_batch"] = abs(batch - oracle.lam)
+    return out
