@@ -4,6 +4,8 @@
 
     hybrid-pg train [CONFIG] [--set KEY=VALUE ...] [--out RUN_DIR] [--quiet]
     hybrid-pg plot RUN_DIR [RUN_DIR ...] [--out PNG]
+    hybrid-pg ablate CONFIG [--workers N] [--out DIR] [--seeds S [S ...]] [--dry-run] [--quiet]
+    hybrid-pg bench [--steps N] [--seeds K] [--out DIR] [--env ID] [--n-envs N] [--n-steps N] [--eval-episodes N]
 
 ``train`` reads CONFIG (default: the packaged ``default.yaml``, a copy of the repository's
 ``configs/default.yaml``; the schema is in :mod:`hybrid_pg.config`), applies the ``--set``
@@ -24,6 +26,16 @@ printed is always the run directory, so ``RUN=$(hybrid-pg train --quiet)`` captu
 
 ``plot`` redraws a run's ``returns.png`` and ``lambda.png``, or, with ``--out``, overlays the
 returns of several runs in one PNG.
+
+``ablate`` runs an estimator ablation grid (env x estimator x seed; file format in
+:mod:`hybrid_pg.ablate`): every cell is validated first, missing runs train in parallel worker
+processes (at most one per core), finished runs are never redone, and per env it writes
+``table_<env>.md/.csv``, ``runs_<env>.csv``, ``curves_<env>.png`` and ``variance_<env>.png``
+(:mod:`hybrid_pg.ablate_report`). ``--dry-run`` validates and lists the grid without training.
+
+``bench`` times HybridPG against SB3's A2C and PPO with the same env, n_steps and n_envs, runs
+interleaved in one process with one torch thread, and records every run's final deterministic
+return (:func:`hybrid_pg.benchmark.speed_benchmark`); it writes ``bench.json`` and ``bench.md``.
 
 Exit status: 0 on success, 2 on a usage or configuration error (nothing is trained or written), 130
 when training was interrupted (the model and plots so far are still saved).
@@ -257,6 +269,71 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from hybrid_pg.ablate import load_ablation, run_ablation
+    from hybrid_pg.benchmark import available_cores, pending
+
+    ablation = load_ablation(args.config, seeds=args.seeds)
+    out = Path(args.out) if args.out is not None else Path(ablation.output_dir)
+    specs = ablation.specs()
+    todo = pending(specs, str(out / "runs"))
+    if args.workers is not None and args.workers > available_cores() and not args.quiet:
+        print(f"{PROG}: --workers {args.workers} capped at the {available_cores()} available cores", file=sys.stderr)
+    if not args.quiet or args.dry_run:
+        print(
+            f"ablation {ablation.name}: {len(ablation.envs)} envs x {len(ablation.estimators)} estimators x "
+            f"{len(ablation.seeds)} seeds = {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to train; output {out}"
+        )
+    if args.dry_run:
+        for cell in ablation.cells:
+            print(f"  {cell.label}: {cell.env.id} x{cell.env.n_envs} {cell.algo_kwargs}")
+        return 0
+    result = run_ablation(ablation, out, workers=args.workers, progress=not args.quiet)
+    if not args.quiet:
+        how = f"in {result.workers} worker process{'es' if result.workers > 1 else ''}" if result.runs_trained else "all were done"
+        print(f"trained {result.runs_trained} of {result.runs_total} runs ({how}); wrote:")
+    for path in result.written:
+        print(path)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from hybrid_pg.benchmark import SpeedSettings, speed_benchmark, write_speed_report
+    from hybrid_pg.config import check_env, resolve_config
+
+    try:
+        settings = SpeedSettings(
+            env_id=args.env, steps=args.steps, seeds=args.seeds, n_envs=args.n_envs, n_steps=args.n_steps, eval_episodes=args.eval_episodes
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    # the env must exist and suit HybridPG before anything is timed
+    check_env(resolve_config({"env": {"id": args.env}, "train": {"total_timesteps": args.steps}}))
+    report = speed_benchmark(settings, log=None if args.quiet else print)
+    for path in write_speed_report(report, args.out):
+        print(path)
+    return 0
+
+
+def _int_at_least(low: int, what: str = "an integer"):
+    """argparse type: an integer >= ``low``, with a message naming what was expected."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_seed = _int_at_least(0, "an integer seed")
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from hybrid_pg.plots import plot_lambda, plot_returns
 
@@ -289,7 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and inspect HybridPG (hybrid pathwise + score-function policy gradient) runs.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    # later subcommands (ablate, bench) register here
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     train = commands.add_parser(
@@ -322,7 +398,53 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by 'hybrid-pg train'")
     plot.add_argument("--out", metavar="PNG", help="write a returns overlay of all runs here")
     plot.set_defaults(handler=_cmd_plot)
+    _add_ablate_parser(commands)
+    _add_bench_parser(commands)
     return parser
+
+
+def _add_ablate_parser(commands) -> None:
+    ablate = commands.add_parser(
+        "ablate",
+        help="run an estimator ablation grid (env x estimator x seed) and report it",
+        description=(
+            "Validate every cell of an ablation file (format: see hybrid_pg/ablate.py or configs/ablate_pendulum.yaml), "
+            "train the runs not done yet in parallel worker processes (resumable: finished runs are skipped) and write, "
+            "per env, table_<env>.md/.csv (final return, area under the learning curve and gradient variance: mean and "
+            "IQM with 95% bootstrap CIs, comparisons with the reference estimator), curves_<env>.png and variance_<env>.png."
+        ),
+        epilog="example: hybrid-pg ablate configs/ablate_pendulum.yaml --workers 2 --seeds 0 1 2",
+    )
+    ablate.add_argument("config", metavar="CONFIG", help="ablation YAML file")
+    ablate.add_argument("--workers", type=_positive_int, metavar="N", help="parallel training processes (default: all cores; capped at the cores)")
+    ablate.add_argument("--out", metavar="DIR", help="output folder (default: the file's output_dir, else results/<name>)")
+    ablate.add_argument("--seeds", type=_seed, nargs="+", metavar="S", help="the seeds to run, replacing the file's seeds (e.g. --seeds 0 1 2)")
+    ablate.add_argument("--dry-run", action="store_true", help="validate and list the grid and what is left to train; train nothing")
+    ablate.add_argument("--quiet", action="store_true", help="no progress bar; print only the written files")
+    ablate.set_defaults(handler=_cmd_ablate)
+
+
+def _add_bench_parser(commands) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="speed and final return of HybridPG vs SB3 A2C and PPO",
+        description=(
+            "Train HybridPG and SB3's A2C and PPO with the same env, n_steps and n_envs, interleaved in one process with "
+            "one torch thread: wall time per env step as HybridPG / baseline ratios, the share of HybridPG's update spent "
+            "on the lambda statistics (hybrid/stats_time_fraction), and the final deterministic returns. "
+            "Writes bench.json and bench.md."
+        ),
+        epilog="example: hybrid-pg bench --steps 8192 --seeds 3 --out results/bench",
+    )
+    bench.add_argument("--steps", type=_positive_int, default=8192, metavar="N", help="env steps per run (default 8192)")
+    bench.add_argument("--seeds", type=_positive_int, default=3, metavar="K", help="runs per algorithm, seeds 0..K-1 (default 3)")
+    bench.add_argument("--out", default="results/bench", metavar="DIR", help="output folder (default results/bench)")
+    bench.add_argument("--env", default="Pendulum-v1", metavar="ID", help="gymnasium id with a bounded Box action space (default Pendulum-v1)")
+    bench.add_argument("--n-envs", type=_positive_int, default=4, metavar="N", help="parallel env copies, all algorithms (default 4)")
+    bench.add_argument("--n-steps", type=_positive_int, default=256, metavar="N", help="steps per env per rollout, all algorithms (default 256)")
+    bench.add_argument("--eval-episodes", type=_positive_int, default=5, metavar="N", help="deterministic evaluation episodes per run (default 5)")
+    bench.add_argument("--quiet", action="store_true", help="print only the written files")
+    bench.set_defaults(handler=_cmd_bench)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,196 @@
+"""``hybrid-pg ablate``: the ablation file, the grid's validation, a tiny parallel run, resuming."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+import hybrid_pg.benchmark as benchmark
+from hybrid_pg.ablate import load_ablation, parse_ablation
+from hybrid_pg.cli import main
+from hybrid_pg.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "ablate_smoke.yaml"
+PENDULUM = REPO / "configs" / "ablate_pendulum.yaml"
+ENVS = ("Pendulum-v1", "hybrid_pg-Pendulum-v0")  # the smoke file's env names (sanitised ids)
+
+
+def _run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+def _mtimes(folder: Path):
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate") / "smoke"
+    status, stdout, err = _run(["ablate", str(SMOKE), "--out", str(out), "--workers", "2", "--quiet"])
+    assert status == 0, err
+    return out, stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# a tiny grid, run twice
+# ------------------------------------------------------------------------------------------------
+
+
+def test_smoke_ablation_writes_tables_and_figures(smoke_run):
+    out, stdout = smoke_run
+    assert len(list((out / "runs").glob("*.json"))) == 8  # 2 envs x 2 estimators x 2 seeds
+    for env in ENVS:
+        for name in (f"table_{env}.md", f"table_{env}.csv", f"runs_{env}.csv", f"curves_{env}.png", f"variance_{env}.png"):
+            assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+            assert str(out / name) in stdout.split()
+        with (out / f"table_{env}.csv").open() as fh:
+            rows = {r["estimator"]: r for r in csv.DictReader(fh)}
+        assert set(rows) == {"hybrid", "reinforce"}
+        hybrid, reference = rows["hybrid"], rows["reinforce"]
+        for metric in ("final_return", "auc", "var_applied", "variance_ratio"):
+            for stat in ("mean", "iqm"):
+                low, point, high = (float(hybrid[f"{metric}_{stat}{s}"]) for s in ("_lo", "", "_hi"))
+                assert low <= point <= high, (env, metric, stat)
+            assert hybrid[f"{metric}_significant"] in ("0", "1")
+            assert reference[f"{metric}_diff_vs_ref"] == ""  # the reference is not compared with itself
+        assert float(reference["variance_ratio_mean"]) == pytest.approx(1.0)  # REINFORCE is the score gradient
+        md = (out / f"table_{env}.md").read_text()
+        assert "## Compared with reinforce" in md and "| hybrid | final return |" in md and "IQM" in md
+        assert (out / f"curves_{env}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_second_invocation_trains_nothing(smoke_run, monkeypatch):
+    out, _ = smoke_run
+    before = _mtimes(out / "runs")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(benchmark, "_run_and_save", no_training)
+    monkeypatch.setattr(benchmark, "run_spec", no_training)
+    status, stdout, err = _run(["ablate", str(SMOKE), "--out", str(out), "--workers", "2"])
+    assert status == 0, err
+    assert "8 done, 0 to train" in stdout and "trained 0 of 8 runs" in stdout
+    assert _mtimes(out / "runs") == before
+
+
+def test_dry_run_lists_the_grid_and_trains_nothing(tmp_path):
+    status, stdout, err = _run(["ablate", str(SMOKE), "--out", str(tmp_path / "dry"), "--dry-run", "--seeds", "0", "1", "2"])
+    assert status == 0, err
+    assert "2 envs x 2 estimators x 3 seeds = 12 runs, 0 done, 12 to train" in stdout
+    assert "Pendulum-v1__hybrid" in stdout and "hybrid_pg-Pendulum-v0__reinforce" in stdout
+    assert not (tmp_path / "dry").exists()
+
+
+def test_the_shipped_pendulum_ablation_is_valid():
+    ablation = load_ablation(PENDULUM)
+    assert ablation.seeds == (0, 1, 2, 3, 4) and ablation.reference == "reinforce"
+    assert [e.id for e in ablation.envs] == ["Pendulum-v1", "hybrid_pg/Pendulum-v0"]
+    assert [e.name for e in ablation.estimators] == ["hybrid", "reinforce", "pathwise", "lam0.25", "lam0.5"]
+    cells = {c.label: c.algo_kwargs for c in ablation.cells}
+    assert cells["pendulum_model__lam0.5"]["fixed_lambda"] == 0.5
+    assert cells["pendulum_model__lam0.5"]["pathwise_source"] == "model"
+    assert cells["pendulum_critic__pathwise"]["estimator"] == "pathwise"
+    specs = ablation.specs()
+    assert len(specs) == 50 and len({s.key for s in specs}) == 50
+
+
+# ------------------------------------------------------------------------------------------------
+# bad ablation files fail up front, naming the key, writing nothing
+# ------------------------------------------------------------------------------------------------
+
+BASE = {
+    "total_timesteps": 256,
+    "seeds": [0],
+    "algo": {"n_steps": 128},
+    "envs": [{"id": "Pendulum-v1", "algo": {"pathwise_source": "critic"}}],
+    "estimators": ["hybrid", "reinforce"],
+}
+
+
+def _with(change):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    change(raw)
+    return raw
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda r: r.update(total_timestep=5), "total_timestep is not a known key"),
+        (lambda r: r.pop("envs"), "envs is required"),
+        (lambda r: r.update(seeds=[0, -1]), "seeds[1] must be >= 0"),
+        (lambda r: r.update(seeds=[0, 0]), "seeds must not repeat"),
+        (lambda r: r.update(reference="pathwise"), "reference='pathwise' is not one of the estimators"),
+        (lambda r: r.update(fixed_lambdas=[0.5, 1.5]), "fixed_lambdas[1] must be a number in [0, 1]"),
+        (lambda r: r["envs"][0].update(n_envs=0), "envs[0].n_envs must be >= 1"),
+        (lambda r: r["envs"][0].update(wrapper="x"), "envs[0].wrapper is not a known key"),
+        (lambda r: r["estimators"].append({"algo": {}}), "estimators[2].name is required"),
+        (lambda r: r["estimators"].append("hybrid"), "estimators[2]: name 'hybrid' is already used by estimators[0]"),
+        (lambda r: r["estimators"].append("bad name"), "estimators[2] must be a non-empty name"),
+    ],
+)
+def test_bad_ablation_files_name_the_key(change, key):
+    with pytest.raises(ConfigError) as info:
+        parse_ablation(_with(change))
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        # an unknown HybridPG keyword in the shared algo section
+        (lambda r: r["algo"].update(n_step=3), "algo.n_step: algo.n_step is not a HybridPG parameter"),
+        # a wrong type in an env entry's algo
+        (lambda r: r["envs"][0]["algo"].update(gamma="high"), "envs[0].algo.gamma: algo.gamma must be a number"),
+        # a value HybridPG's constructor rejects, in an estimator mapping
+        (
+            lambda r: r["estimators"].append({"name": "lam2", "algo": {"estimator": "hybrid", "fixed_lambda": 2.0}}),
+            "estimators[2].algo.fixed_lambda: algo.fixed_lambda=2.0",
+        ),
+        # a bare estimator name that is no estimator
+        (lambda r: r["estimators"].append("hybird"), "estimators[2]: algo.estimator='hybird'"),
+        # a combination: the model source on an env without a differentiable model
+        (lambda r: r["envs"][0]["algo"].update(pathwise_source="model"), "envs[0].algo.pathwise_source: algo.pathwise_source='model' needs"),
+        # the env itself
+        (lambda r: r["envs"][0].update(id="CartPole-v1"), "envs[0].id: env.id='CartPole-v1' has action space"),
+        (lambda r: r["envs"][0].update(id="NoSuchEnv-v0"), "envs[0].id: env.id='NoSuchEnv-v0' is not a registered"),
+    ],
+)
+def test_bad_cells_fail_before_training_naming_the_key(tmp_path, change, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_with(change)))
+    out = tmp_path / "out"
+    status, stdout, err = _run(["ablate", str(path), "--out", str(out)])
+    assert status == 2
+    assert key in err, err
+    assert "cell env=" in err or ".id:" in err
+    assert stdout == "" and not out.exists()
+
+
+def test_missing_file_and_bad_cli_arguments(tmp_path):
+    status, _, err = _run(["ablate", str(tmp_path / "none.yaml")])
+    assert status == 2 and "config file not found" in err
+    with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(io.StringIO()):
+        main(["ablate", str(SMOKE), "--workers", "0"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+        main(["ablate", str(SMOKE), "--seeds", "-1"])
+
+
+def test_ablate_help():
+    with pytest.raises(SystemExit) as info, contextlib.redirect_stdout(io.StringIO()) as out:
+        main(["ablate", "--help"])
+    assert info.value.code == 0
+    text = out.getvalue()
+    for option in ("CONFIG", "--workers", "--out", "--seeds", "--dry-run", "IQM"):
+        assert option in text
