@@ -17,6 +17,7 @@ Per update (one rollout):
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from types import SimpleNamespace
@@ -221,6 +222,12 @@ class HybridPG(OnPolicyAlgorithm):
             clip_range=clip_range,
             target_kl=target_kl,
             pathwise_kl_limit=pathwise_kl_limit,
+            lambda_decay=lambda_decay,
+            max_grad_norm=max_grad_norm,
+            vf_coef=vf_coef,
+            q_coef=q_coef,
+            ent_coef=ent_coef,
+            bias_correction=bias_correction,
         )
         if getattr(env, "action_space", None) is not None:
             # before SB3's own (bare assert) check, so the user gets the reason
@@ -260,21 +267,21 @@ class HybridPG(OnPolicyAlgorithm):
         self.estimator = estimator
         self.fixed_lambda = fixed_lambda
         self.pathwise_source = pathwise_source
-        self.model_horizon = model_horizon
-        self.lambda_window = lambda_window
+        self.model_horizon = int(model_horizon)
+        self.lambda_window = int(lambda_window)
         self.lambda_mode = lambda_mode
         self.lambda_decay = lambda_decay
         self.lambda_detector = lambda_detector
-        self.bias_horizon = bias_horizon
-        self.oracle_freq = oracle_freq
-        self.oracle_samples = oracle_samples
+        self.bias_horizon = int(bias_horizon)
+        self.oracle_freq = int(oracle_freq)
+        self.oracle_samples = int(oracle_samples)
         self.oracle_env = oracle_env
         self._oracle: Optional[OracleLambda] = None
         self.lambda_bounds = None if lambda_bounds is None else (float(lambda_bounds[0]), float(lambda_bounds[1]))
         self.bias_correction = bias_correction
         self.lambda_groups = lambda_groups
-        self.lambda_warmup = lambda_warmup
-        self.stats_chunk_size = stats_chunk_size
+        self.lambda_warmup = int(lambda_warmup)
+        self.stats_chunk_size = int(stats_chunk_size)
         self.rms_prop_eps = rms_prop_eps
         self.use_rms_prop = use_rms_prop
         if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
@@ -284,7 +291,7 @@ class HybridPG(OnPolicyAlgorithm):
         # calls _setup_model, which must not wipe them.
         self.lambda_windows: Dict[str, WindowedLambda] = {
             name: WindowedLambda(
-                window=lambda_window,
+                window=int(lambda_window),
                 mode=lambda_mode,
                 decay=lambda_decay,
                 bounds=self.lambda_bounds,
@@ -413,6 +420,7 @@ class HybridPG(OnPolicyAlgorithm):
         clip_range = self.clip_range(self._current_progress_remaining) if self.clip_range is not None else None
         kl_limit = self._pathwise_kl_limit(clip_range)
 
+        self._check_rollout_finite()
         data = next(self.rollout_buffer.get(batch_size=None))
         batch = self._prepare_batch(data)
         obs, actions, n_samples, adv = batch.obs, batch.actions, batch.n, batch.adv
@@ -437,7 +445,7 @@ class HybridPG(OnPolicyAlgorithm):
         t_update = time.perf_counter()
         batch_size = self.batch_size or n_samples
         continue_training = True
-        logs: Dict[str, list] = {k: [] for k in ("policy_loss", "path", "score", "value_loss", "q_loss", "entropy", "approx_kl", "clip_fraction", "path_dropped")}
+        logs: Dict[str, list] = {k: [] for k in ("policy_loss", "path", "score", "value_loss", "q_loss", "entropy", "approx_kl", "clip_fraction", "path_dropped", "q_diverged", "skipped_steps")}
         for _epoch in range(self.n_epochs):
             for idx in _minibatches(n_samples, batch_size, self.device):
                 mb_obs = _index_obs(obs, idx)
@@ -475,6 +483,11 @@ class HybridPG(OnPolicyAlgorithm):
                 value_loss = F.mse_loss(data.returns[idx], values)
                 q_loss = F.mse_loss(self.policy.advantage(q_features[idx], clipped_actions[idx]), adv[idx])
                 policy_loss = -(path_term + score_term)
+                if not bool(th.isfinite(q_loss)):
+                    # a diverged A_phi must not take the rest down: its loss leaves this step
+                    # (its gradient would make clip_grad_norm_'s total norm, hence every gradient, NaN)
+                    q_loss = th.zeros((), device=self.device)
+                    logs["q_diverged"].append(th.ones((), device=self.device))
                 loss = policy_loss - self.ent_coef * entropy + self.vf_coef * value_loss + self.q_coef * q_loss
 
                 with th.no_grad():
@@ -486,7 +499,12 @@ class HybridPG(OnPolicyAlgorithm):
                     break
                 self.policy.optimizer.zero_grad()
                 loss.backward()
-                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                total_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                if not bool(th.isfinite(total_norm)):
+                    # never write a non-finite gradient into the parameters; count it instead
+                    self.policy.optimizer.zero_grad()
+                    logs["skipped_steps"].append(th.ones((), device=self.device))
+                    continue
                 self.policy.optimizer.step()
 
                 # kept as tensors: one host sync per update instead of several per minibatch
@@ -546,6 +564,23 @@ class HybridPG(OnPolicyAlgorithm):
                 for k in keys
                 if any(k in r and np.isscalar(r[k]) for r in reported)
             }
+
+    def _check_rollout_finite(self) -> None:
+        """Refuse a rollout with a non-finite reward (or value) before it reaches any parameter."""
+        buf = self.rollout_buffer
+        for name in ("rewards", "values", "returns", "advantages"):
+            values = getattr(buf, name)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                step, env = (int(i) for i in np.argwhere(bad)[0][:2])
+                kind = "nan" if np.isnan(values[step, env]) else "inf"
+                global_step = self.num_timesteps - (buf.buffer_size - step) * self.n_envs + env + 1
+                raise ValueError(
+                    f"found {kind} in {name} of the rollout at step {step} of env {env} (about global env step "
+                    f"{global_step}); the update was not applied. "
+                    + ("Check the env's reward at that step (VecCheckNan(raise_exception=True) stops at the exact call)."
+                       if name in ("rewards", "returns", "advantages") else "The value network has diverged.")
+                )
 
     def _prepare_batch(self, data: Any, generator: Optional[th.Generator] = None) -> SimpleNamespace:
         """Everything both surrogates and their statistics need from a batch, at theta_old."""
@@ -699,12 +734,15 @@ class HybridPG(OnPolicyAlgorithm):
 
     def _log_update(self, logs, lam, moments, stats_ok, stats_time, update_time, clip_range) -> None:
         record = self.logger.record
+        raw_logs = logs
         logs = {k: th.stack(v).mean().item() for k, v in logs.items() if v}
         for key in ("policy_loss", "value_loss", "q_loss", "approx_kl", "clip_fraction"):
             if key in logs:
                 record(f"train/{key}", logs[key])
         if "path_dropped" in logs:
             record("hybrid/pathwise_dropped_fraction", logs["path_dropped"])
+        record("hybrid/critic_diverged_steps", len(raw_logs["q_diverged"]))
+        record("hybrid/skipped_steps", len(raw_logs["skipped_steps"]))
         if "entropy" in logs:
             record("train/entropy_loss", -logs["entropy"])
         if clip_range is not None:
@@ -803,37 +841,61 @@ def _check_action_space(action_space: spaces.Space) -> None:
         )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def _validate_hyperparameters(**hp: Any) -> None:
     """Fail at construction, naming the parameter, before any env or network is built."""
 
     def bad(name: str, why: str) -> None:
         raise ValueError(f"{name}={hp[name]!r}: {why}")
 
-    def positive_int(name: str) -> None:
-        if not isinstance(hp[name], (int, np.integer)) or isinstance(hp[name], bool) or hp[name] < 1:
-            bad(name, "must be an integer >= 1")
+    def int_at_least(name: str, low: int) -> None:
+        if not _is_int(hp[name]) or hp[name] < low:
+            bad(name, f"must be an integer >= {low}")
 
-    for name in ("n_steps", "n_epochs", "lambda_window", "model_horizon", "stats_chunk_size"):
-        positive_int(name)
+    def positive_number(name: str, allow_none: bool = False, allow_zero: bool = False) -> None:
+        value = hp[name]
+        if value is None and allow_none:
+            return
+        # `not value > 0` is also true for NaN
+        if not _is_number(value) or not math.isfinite(value) or not (value > 0 or (allow_zero and value == 0)):
+            bad(name, "must be a finite number " + (">= 0" if allow_zero else "> 0") + (" (or None)" if allow_none else ""))
+
+    for name in ("n_steps", "n_epochs", "lambda_window", "model_horizon", "stats_chunk_size", "bias_horizon"):
+        int_at_least(name, 1)
     if hp["batch_size"] is not None:
-        positive_int("batch_size")
-    if not isinstance(hp["lambda_warmup"], (int, np.integer)) or hp["lambda_warmup"] < 0:
-        bad("lambda_warmup", "must be an integer >= 0")
-    if not 0.0 <= hp["gamma"] <= 1.0:
-        bad("gamma", "must lie in [0, 1]")
-    if not 0.0 <= hp["gae_lambda"] <= 1.0:
-        bad("gae_lambda", "must lie in [0, 1]")
+        int_at_least("batch_size", 1)
+    int_at_least("lambda_warmup", 0)
+    int_at_least("oracle_freq", 0)
+    int_at_least("oracle_samples", 2)
+    for name in ("gamma", "gae_lambda"):
+        if not _is_number(hp[name]) or not 0.0 <= hp[name] <= 1.0:
+            bad(name, "must lie in [0, 1]")
+    positive_number("max_grad_norm")
+    for name in ("vf_coef", "q_coef"):
+        positive_number(name, allow_zero=True)
+    if not _is_number(hp["ent_coef"]) or not math.isfinite(hp["ent_coef"]):
+        bad("ent_coef", "must be a finite number")
+    if not isinstance(hp["bias_correction"], (bool, np.bool_)):
+        bad("bias_correction", "must be True or False")
     if hp["estimator"] not in ESTIMATORS:
         bad("estimator", f"must be one of {ESTIMATORS}")
     if hp["pathwise_source"] not in PATHWISE_SOURCES:
         bad("pathwise_source", f"must be one of {PATHWISE_SOURCES}")
     if hp["lambda_mode"] not in WINDOW_MODES:
         bad("lambda_mode", f"must be one of {WINDOW_MODES}")
-    if not isinstance(hp["bias_horizon"], int) or isinstance(hp["bias_horizon"], bool) or hp["bias_horizon"] < 1:
-        bad("bias_horizon", f"must be an integer >= 1, got {hp['bias_horizon']!r}")
-    for name, low in (("oracle_freq", 0), ("oracle_samples", 2)):
-        if not isinstance(hp[name], int) or isinstance(hp[name], bool) or hp[name] < low:
-            bad(name, f"must be an integer >= {low}, got {hp[name]!r}")
+    decay = hp["lambda_decay"]
+    if decay is not None:
+        if hp["lambda_mode"] != "ema":
+            bad("lambda_decay", "only applies to lambda_mode='ema'")
+        if not _is_number(decay) or not 0.0 <= decay < 1.0:
+            bad("lambda_decay", "must lie in [0, 1)")
     detector = hp["lambda_detector"]
     if detector is not None:
         if hp["lambda_mode"] != "adaptive":
@@ -855,14 +917,13 @@ def _validate_hyperparameters(**hp: Any) -> None:
     if hp["fixed_lambda"] is not None:
         if hp["estimator"] != "hybrid":
             bad("fixed_lambda", f"only applies to estimator='hybrid' (got estimator={hp['estimator']!r})")
-        if not (isinstance(hp["fixed_lambda"], (int, float)) and 0.0 <= hp["fixed_lambda"] <= 1.0):
+        if not (_is_number(hp["fixed_lambda"]) and 0.0 <= hp["fixed_lambda"] <= 1.0):
             bad("fixed_lambda", "must be a number in [0, 1]")
     if hp["use_sde"]:
         bad("use_sde", "gSDE is not supported: the pathwise term needs the per-step Gaussian noise eps")
-    if isinstance(hp["clip_range"], (int, float)) and hp["clip_range"] <= 0:
-        bad("clip_range", "must be > 0 (or None to disable clipping)")
-    if hp["target_kl"] is not None and hp["target_kl"] <= 0:
-        bad("target_kl", "must be > 0 (or None)")
+    if not callable(hp["clip_range"]):
+        positive_number("clip_range", allow_none=True)
+    positive_number("target_kl", allow_none=True)
     limit = hp["pathwise_kl_limit"]
-    if not (limit is None or limit == "auto" or (isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0)):
+    if not (limit is None or limit == "auto" or (_is_number(limit) and limit > 0)):
         bad("pathwise_kl_limit", f"must be 'auto', None or a number > 0, got {limit!r}")

@@ -38,7 +38,9 @@ class AdvantageHead(nn.Module):
 
     def forward(self, features: th.Tensor, clipped_actions: th.Tensor) -> th.Tensor:
         actions = clipped_actions.reshape(clipped_actions.shape[0], -1)
-        scaled = 2.0 * (actions - self.action_low) / (self.action_high - self.action_low) - 1.0
+        width = self.action_high - self.action_low
+        # a zero-width dimension (low == high, legal in gymnasium) carries no information: feed 0
+        scaled = th.where(width > 0, 2.0 * (actions - self.action_low) / width.clamp_min(1e-12) - 1.0, th.zeros_like(actions))
         return self.mlp(th.cat([features, scaled], dim=1)).squeeze(-1)
 
 

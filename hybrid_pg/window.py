@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch as th
 
 from hybrid_pg.change_detection import Alarm, CusumDetector, lambda_coordinates
@@ -61,8 +62,9 @@ class WindowedLambda:
         min_weight: float = 1e-3,
         detector: Optional[Dict[str, Any]] = None,
     ) -> None:
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        window = int(window)
         if mode not in WINDOW_MODES:
             raise ValueError(f"mode must be one of {WINDOW_MODES}, got {mode!r}")
         if decay is None:

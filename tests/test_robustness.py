@@ -114,13 +114,6 @@ def test_vec_check_nan_stops_training_at_the_bad_env_step(bad):
     assert model._n_rollouts_trained == 2 and _finite(model)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: HybridPG never checks the rollout: a NaN/inf reward flows into returns/advantages, "
-    "normalize_advantage spreads it to every sample, the update writes NaN into every parameter, and "
-    "the run dies one rollout later in collect_rollouts with torch's 'Expected parameter loc ... "
-    "Normal(loc: nan)' error, which names neither the reward nor the step",
-)
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_non_finite_reward_raises_a_clear_error_naming_the_step_and_keeps_parameters_finite(bad):
@@ -220,12 +213,6 @@ def test_diverged_critic_falls_back_to_the_score_estimator_and_logs_stats_invali
     assert model.lambda_windows["global"].n_updates == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the fallback only zeroes lam; q_loss = mse(A_phi, adv) is still in the loss, its "
-    "NaN/inf gradient makes clip_grad_norm_'s total norm NaN, and clip_grad_norm_ then multiplies "
-    "*every* gradient (actor, V, log_std) by NaN: one diverged-critic update destroys the whole policy",
-)
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_diverged_critic_does_not_poison_the_actor_and_value_parameters(value):
     model = HybridPG("MlpPolicy", _vec(), **{**KW, "n_steps": 32, "batch_size": 32}, pathwise_source="critic")
@@ -299,12 +286,6 @@ def test_unbounded_action_boxes_are_rejected_at_construction(low, high):
         HybridPG("MlpPolicy", SpacesEnv(BOX3, action_space))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a Box with low == high in some dimension (legal in gymnasium; PPO trains on it) is "
-    "accepted, then policies.AdvantageHead.forward rescales by (high - low) = 0, A_phi is NaN, and "
-    "via q_loss + clip_grad_norm_ every parameter becomes NaN after the first update",
-)
 def test_degenerate_action_dimension_is_rejected_or_handled():
     action_space = spaces.Box(np.array([-1.0, 0.5], np.float32), np.array([1.0, 0.5], np.float32))
     env = SpacesEnv(BOX3, action_space)
@@ -382,13 +363,6 @@ def test_model_pathwise_source_needs_a_model_and_raw_units():
         HybridPG("MlpPolicy", env, pathwise_source="model")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _validate_hyperparameters does not check max_grad_norm, clip_range for NaN, or "
-    "target_kl for NaN. max_grad_norm=0 silently freezes training, a negative one flips every "
-    "gradient (ascent on the loss), NaN writes NaN into all parameters; clip_range=nan trains "
-    "unclipped while logging NaN losses; target_kl=nan silently disables early stopping",
-)
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -404,34 +378,17 @@ def test_numeric_hyperparameters_that_break_training_are_rejected(kwargs, name):
         HybridPG("MlpPolicy", "Pendulum-v1", **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: lambda_decay is not validated by _validate_hyperparameters; WindowedLambda rejects "
-    "it later with 'decay must lie in [0, 1)', which does not name lambda_decay",
-)
 @pytest.mark.parametrize("decay", [1.0, -0.5, math.nan])
 def test_lambda_decay_out_of_range_names_the_parameter(decay):
     with pytest.raises(ValueError, match="lambda_decay"):
         HybridPG("MlpPolicy", "Pendulum-v1", lambda_mode="ema", lambda_decay=decay)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: lambda_decay only applies to lambda_mode='ema' but is silently ignored in the other "
-    "modes, while lambda_detector outside 'adaptive' is refused (inconsistent validation)",
-)
 def test_lambda_decay_outside_ema_mode_is_refused():
     with pytest.raises(ValueError, match="lambda_decay"):
         HybridPG("MlpPolicy", "Pendulum-v1", lambda_mode="sliding", lambda_decay=0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: integer checks disagree: n_steps/n_epochs/lambda_window accept numpy integers in "
-    "_validate_hyperparameters, but WindowedLambda then rejects lambda_window=np.int64(4) ('window "
-    "must be an integer >= 1, got np.int64(4)'), and bias_horizon/oracle_freq/oracle_samples use "
-    "isinstance(x, int), rejecting np.int64 with a self-contradictory message",
-)
 @pytest.mark.parametrize("name, value", [("lambda_window", 4), ("bias_horizon", 64), ("oracle_freq", 2), ("oracle_samples", 64)])
 def test_numpy_integers_are_accepted_like_python_integers(name, value):
     model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=np.int64(32), **{name: np.int64(value)})
