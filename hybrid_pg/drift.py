@@ -69,10 +69,13 @@ class DriftTracker:
     @th.no_grad()
     def kl_to_oldest(self, head: nn.Module, features: th.Tensor, window_length: int) -> float:
         """Mean KL(pi_newest || pi_oldest) over ``features``, oldest = ``window_length`` rollouts back."""
-        if window_length < 2 or len(self._snapshots) < 2:
-            return 0.0 if window_length == 1 else math.nan
-        back = min(window_length, len(self._snapshots))
-        newest, oldest = self._snapshots[-1], self._snapshots[-back]
+        if window_length == 1:
+            return 0.0
+        if window_length < 1 or len(self._snapshots) < window_length:
+            # e.g. after a resume (snapshots are not saved): the oldest policy is unknown, so say so
+            # rather than measure against a too-recent one
+            return math.nan
+        newest, oldest = self._snapshots[-1], self._snapshots[-window_length]
 
         def policy(state: Dict[str, th.Tensor]):
             params = {k: v for k, v in state.items() if k != "__log_std__"}

@@ -56,7 +56,7 @@ from hybrid_pg.surrogates import (
 )
 from hybrid_pg.change_detection import CusumDetector
 from hybrid_pg.drift import DriftTracker
-from hybrid_pg.oracle import OracleEnv, OracleLambda, oracle_log
+from hybrid_pg.oracle import OracleEnv, OracleLambda, check_oracle_env, oracle_log
 from hybrid_pg.window import WINDOW_MODES, WindowedLambda
 
 SelfHybridPG = TypeVar("SelfHybridPG", bound="HybridPG")
@@ -301,6 +301,8 @@ class HybridPG(OnPolicyAlgorithm):
             for name in ("global", *GROUPS)
         }
         self._n_rollouts_trained = 0
+        # saved with the model like the windows, so a resumed run's drift diagnostics continue exactly
+        self._drift = DriftTracker(int(lambda_window))
         self.last_lambda: Dict[str, float] = {"global": 0.0, **{g: 0.0 for g in GROUPS}}
         if _init_setup_model:
             self._setup_model()
@@ -324,8 +326,23 @@ class HybridPG(OnPolicyAlgorithm):
         self._frozen_actor = FrozenModule(self._actor_head)
         self._dynamics_model = None
         self._resolved_source = self._resolve_pathwise_source()
-        self._drift = DriftTracker(self.lambda_window)
+        self._check_windows_match_settings()
+        if self.oracle_freq:
+            check_oracle_env(self, self.oracle_env)
         self._env_params: Dict[str, float] = {}
+
+    def _check_windows_match_settings(self) -> None:
+        """``load(path, lambda_window=...)`` overwrites the attributes, not the restored windows:
+        refuse rather than silently train with settings other than the ones asked for."""
+        for name, window in self.lambda_windows.items():
+            wanted = {"window": self.lambda_window, "mode": self.lambda_mode}
+            actual = {"window": window.window, "mode": window.mode}
+            if wanted != actual:
+                raise ValueError(
+                    f"the saved lambda window ({actual}) differs from the requested lambda_window/lambda_mode "
+                    f"({wanted}); changing the window of a saved model on load is not supported. Load without "
+                    "these arguments, or start a new model."
+                )
 
     def _resolve_pathwise_source(self) -> str:
         """'critic' or 'model'. Needs the env for 'model'/'auto'; without one (load(env=None))
@@ -368,7 +385,6 @@ class HybridPG(OnPolicyAlgorithm):
             "_frozen_actor",
             "_dynamics_model",
             "_resolved_source",
-            "_drift",
             "_env_params",
             "_oracle",
             "oracle_env",
@@ -564,6 +580,14 @@ class HybridPG(OnPolicyAlgorithm):
                 for k in keys
                 if any(k in r and np.isscalar(r[k]) for r in reported)
             }
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        """SB3's ``set_env``, then re-decide the pathwise source (a new env may have no model, or be
+        normalised) and rebuild the oracle's env copy from the new env."""
+        super().set_env(env, force_reset=force_reset)
+        self._dynamics_model = None
+        self._resolved_source = self._resolve_pathwise_source()
+        self._oracle = None
 
     def _check_rollout_finite(self) -> None:
         """Refuse a rollout with a non-finite reward (or value) before it reaches any parameter."""

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
 import gymnasium as gym
 import numpy as np
 import torch as th
-from stable_baselines3.common.buffers import RolloutBuffer
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, unwrap_vec_wrapper
 
@@ -41,15 +42,22 @@ def _as_vec_env(env: OracleEnv, model: "HybridPG") -> VecEnv:
         # id and kwargs only: the spec of a Monitor-wrapped env lists wrappers gym.make cannot rebuild
         env_id, kwargs = specs[0].id, dict(specs[0].kwargs)
         return DummyVecEnv([lambda: gym.make(env_id, **kwargs) for _ in range(model.n_envs)])
-    if isinstance(env, VecEnv):
-        return env
     if isinstance(env, str):
-        return DummyVecEnv([lambda: gym.make(env) for _ in range(model.n_envs)])
-    if isinstance(env, gym.Env):
-        return DummyVecEnv([lambda: env])
-    if callable(env):
-        return DummyVecEnv([env for _ in range(model.n_envs)])
-    raise TypeError(f"oracle_env must be None, an env id, a gymnasium env, a VecEnv or an env factory; got {type(env).__name__}")
+        env = DummyVecEnv([lambda: gym.make(env) for _ in range(model.n_envs)])
+    elif isinstance(env, gym.Env):
+        env = DummyVecEnv([lambda: env])
+    elif callable(env) and not isinstance(env, VecEnv):
+        env = DummyVecEnv([env for _ in range(model.n_envs)])
+    elif not isinstance(env, VecEnv):
+        raise TypeError(f"oracle_env must be None, an env id, a gymnasium env, a VecEnv or an env factory; got {type(env).__name__}")
+    # the wrappers SB3 put on the training env (e.g. VecTransposeImage for images), no Monitor
+    return model._wrap_env(env, verbose=0, monitor_wrapper=False)
+
+
+def check_oracle_env(model: "HybridPG", env: OracleEnv) -> None:
+    """Fail at construction if the oracle will have no env to copy."""
+    if env is None and model.env is not None and model.env.get_attr("spec")[0] is None:
+        raise ValueError("oracle_freq > 0 needs oracle_env: the training env has no gymnasium spec to copy it from")
 
 
 class OracleLambda:
@@ -84,7 +92,9 @@ class OracleLambda:
         np_state, th_state = np.random.get_state(), th.get_rng_state()
         try:
             self._sync()
-            seed = (model.seed or 0) * 1_000_003 + 7919 * self.calls + 17
+            # a function of the update count, not of this object's history, so a resumed run
+            # draws the same oracle batches as an uninterrupted one
+            seed = (model.seed or 0) * 1_000_003 + 7919 * model._n_rollouts_trained + 17
             self.calls += 1
             generator = th.Generator(device=model.device).manual_seed(seed)
             env.seed(seed)
@@ -97,7 +107,8 @@ class OracleLambda:
     @th.no_grad()
     def _rollout(self, env: VecEnv, generator: th.Generator) -> Any:
         model, policy = self.model, self.model.policy
-        buffer = RolloutBuffer(
+        buffer_class = DictRolloutBuffer if isinstance(model.observation_space, spaces.Dict) else RolloutBuffer
+        buffer = buffer_class(
             self.n_steps, model.observation_space, model.action_space, device=model.device,
             gamma=model.gamma, gae_lambda=model.gae_lambda, n_envs=env.num_envs,
         )

@@ -91,17 +91,23 @@ def test_dry_run_lists_the_grid_and_trains_nothing(tmp_path):
     assert not (tmp_path / "dry").exists()
 
 
-def test_the_shipped_pendulum_ablation_is_valid():
+def test_the_shipped_pendulum_ablations_are_valid():
     ablation = load_ablation(PENDULUM)
     assert ablation.seeds == (0, 1, 2, 3, 4) and ablation.reference == "reinforce"
     assert [e.id for e in ablation.envs] == ["Pendulum-v1", "hybrid_pg/Pendulum-v0"]
-    assert [e.name for e in ablation.estimators] == ["hybrid", "reinforce", "pathwise", "lam0.25", "lam0.5"]
+    assert [e.name for e in ablation.estimators] == ["hybrid", "reinforce", "pathwise"]
     cells = {c.label: c.algo_kwargs for c in ablation.cells}
-    assert cells["pendulum_model__lam0.5"]["fixed_lambda"] == 0.5
-    assert cells["pendulum_model__lam0.5"]["pathwise_source"] == "model"
+    assert cells["pendulum_model__hybrid"]["pathwise_source"] == "model"
     assert cells["pendulum_critic__pathwise"]["estimator"] == "pathwise"
     specs = ablation.specs()
-    assert len(specs) == 50 and len({s.key for s in specs}) == 50
+    assert len(specs) == 30 and len({s.key for s in specs}) == 30
+
+    fixed = load_ablation(PENDULUM.parent / "ablate_fixed_lambda.yaml")
+    assert [e.name for e in fixed.estimators] == ["hybrid", "reinforce", "lam0.25", "lam0.5", "lam0.75"]
+    cells = {c.label: c.algo_kwargs for c in fixed.cells}
+    assert cells["pendulum_model__lam0.5"]["fixed_lambda"] == 0.5
+    assert cells["pendulum_model__lam0.5"]["pathwise_source"] == "model"
+    assert len(fixed.specs()) == 50
 
 
 # ------------------------------------------------------------------------------------------------

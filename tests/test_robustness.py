@@ -395,12 +395,6 @@ def test_numpy_integers_are_accepted_like_python_integers(name, value):
     assert getattr(model, name) == value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: oracle_freq > 0 on an env without a gymnasium spec and without oracle_env is "
-    "accepted at construction; the ValueError comes only at the first update (OracleLambda is built "
-    "lazily in _maybe_oracle), after a full rollout",
-)
 def test_oracle_without_a_buildable_env_fails_at_construction():
     with pytest.raises(ValueError, match="oracle_env"):
         HybridPG("MlpPolicy", _vec(), oracle_freq=1, **KW)

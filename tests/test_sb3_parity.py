@@ -394,25 +394,12 @@ def _diff(ref_rows, res_rows, prefix):
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: HybridPG._drift (DriftTracker: previous moments + policy snapshots) is in "
-    "_excluded_save_params and rebuilt empty by _setup_model, so after a resume hybrid/drift_* are "
-    "missing and hybrid/kl_to_oldest is nan, then measured against a too-recent policy, for "
-    "lambda_window updates",
-)
 def test_resume_reproduces_the_drift_diagnostics(tmp_path):
     ref_rows, res_rows = _resumed_logs(tmp_path)
     assert _diff(ref_rows, res_rows, "hybrid/drift_") == []
     assert _diff(ref_rows, res_rows, "hybrid/kl_to_oldest") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the oracle batch seed is model.seed * 1_000_003 + 7919 * OracleLambda.calls + 17, and "
-    "_oracle (with its calls counter) is excluded from the save, so a resumed run draws different "
-    "oracle batches and logs different hybrid/oracle_* than the uninterrupted run",
-)
 def test_resume_reproduces_the_oracle_logs(tmp_path):
     ref_rows, res_rows = _resumed_logs(tmp_path, oracle_freq=2, oracle_samples=64)
     assert any("hybrid/oracle_lambda" in r for r in res_rows)
@@ -605,11 +592,6 @@ def test_dict_and_image_observations_train_save_and_load(tmp_path, policy, env_c
     loaded.learn(32, reset_num_timesteps=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: oracle.OracleLambda._rollout always builds a plain RolloutBuffer, which cannot hold "
-    "Dict observations (TypeError in RolloutBuffer.reset); it needs DictRolloutBuffer",
-)
 def test_oracle_with_dict_observations():
     env = make_vec_env(DictObsEnv, n_envs=2, seed=0)
     model = HybridPG("MultiInputPolicy", env, **{**KW, "n_steps": 16, "batch_size": 16}, oracle_freq=1, oracle_samples=32, oracle_env=DictObsEnv)
@@ -617,11 +599,6 @@ def test_oracle_with_dict_observations():
     assert model._oracle.calls == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SB3 wraps the training env in VecTransposeImage (HWC -> CHW) but oracle._as_vec_env "
-    "does not wrap the oracle env, so the CNN gets (N, 36, 36, 3) and conv2d raises",
-)
 def test_oracle_with_image_observations():
     env = make_vec_env(ImageObsEnv, n_envs=2, seed=0)
     model = HybridPG("CnnPolicy", env, **{**KW, "n_steps": 16, "batch_size": 16}, oracle_freq=1, oracle_samples=32, oracle_env=ImageObsEnv)
@@ -649,24 +626,12 @@ def test_load_re_resolves_the_pathwise_source_for_the_new_env(tmp_path):
         HybridPG.load(tmp_path / "m.zip", env=_model_env(True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: HybridPG does not override set_env, so _resolved_source/_dynamics_model stay those of "
-    "the first env: set_env(VecNormalize(...)) keeps the raw-unit model source that the constructor "
-    "and load refuse, and set_env(env without a model) keeps backpropagating through the old env's model",
-)
 def test_set_env_re_resolves_the_pathwise_source():
     model = HybridPG("MlpPolicy", _model_env(False), **KW, pathwise_source="model")
     with pytest.raises(ValueError, match="VecNormalize"):
         model.set_env(_model_env(True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SB3's load(path, **kwargs) overwrites attributes after the saved lambda_windows are "
-    "restored, so load(..., lambda_window=2, lambda_mode='ema') sets model.lambda_window/lambda_mode "
-    "(and the new DriftTracker's length) but the windows keep window=8, mode='sliding': silently ignored",
-)
 def test_load_kwargs_for_the_lambda_window_are_honoured_or_refused(tmp_path):
     model = HybridPG("MlpPolicy", _pendulum(), **{**KW, "lambda_window": 8})
     model.learn(32 * 4)
