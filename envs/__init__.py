@@ -9,27 +9,66 @@ Importing the package registers the ``hybrid_pg/`` ids with gymnasium::
     env = gym.make("hybrid_pg/LQR-v0")       # finite-horizon LQR with a closed-form policy gradient
     model = hybrid_pg_envs.find_differentiable_model(env)  # also works on wrappers and VecEnvs
 
-See :mod:`hybrid_pg_envs.differentiable` for the model protocol and :mod:`hybrid_pg_envs.lqr_exact`
-for the LQR ground truth.
+Non-stationary envs (physical parameters driven by a step clock, reported in ``info["env_params"]``;
+see :mod:`hybrid_pg_envs.nonstationary`, :mod:`hybrid_pg_envs.schedules`, :mod:`hybrid_pg_envs.adapters`)::
+
+    env = gym.make("hybrid_pg/SwitchingPendulum-v0")        # g: 10 <-> 14 every 50k steps
+    env = gym.make("hybrid_pg/DriftingGoal-v0")             # point mass chasing a circling goal
+    env = gym.make("hybrid_pg/SwitchingGoal-v0")            # ... a goal jumping between corners
+    env = gym.make("hybrid_pg/PointMassGoal-v0")            # ... a fixed goal
+    env = gym.make("hybrid_pg/CoupledBandit-v0")            # one-step coupled problem, lam* in closed form
+    env = gym.make("hybrid_pg/DriftingCoupledBandit-v0")    # ... with a drifting target m
+    env = hybrid_pg_envs.NonStationaryWrapper(gym.make("Pendulum-v1"), {"g": {"kind": "linear", "start": 10.0, "end": 14.0, "duration": 10000}})
+
+The wrapped ids accept ``schedules``, ``clock_start``, ``steps_per_tick`` and ``model_mode``
+(``"live"`` or ``"stale"``) besides the base env's own arguments.
+
+See :mod:`hybrid_pg_envs.differentiable` for the model protocol, :mod:`hybrid_pg_envs.lqr_exact`
+for the LQR ground truth and :mod:`hybrid_pg_envs.coupled_bandit` for the bandit's lam*.
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
 
+from .adapters import AttributeAdapter, LQRAdapter, MujocoAdapter, ParameterAdapter, PendulumAdapter, make_adapter
+from .coupled_bandit import CoupledBanditEnv, CoupledBanditModel, bandit_moments, oracle_lambda
 from .differentiable import DifferentiableModel, find_differentiable_model, has_differentiable_model
+from .goal import PointMassGoalEnv, PointMassModel
 from .lqr import LQREnv, LQRModel
 from .lqr_exact import exact_policy_gradient, expected_return, linear_policy_params
+from .nonstationary import (
+    NonStationaryWrapper,
+    find_nonstationary_wrapper,
+    get_clocks,
+    load_vec_state_dicts,
+    sync_clock,
+    vec_state_dicts,
+)
 from .pendulum import DiffPendulumEnv, PendulumModel
+from .schedules import Schedule, ScheduleError, make_schedule
 
 PENDULUM_ID = "hybrid_pg/Pendulum-v0"
 LQR_ID = "hybrid_pg/LQR-v0"
+SWITCHING_PENDULUM_ID = "hybrid_pg/SwitchingPendulum-v0"
+POINT_MASS_GOAL_ID = "hybrid_pg/PointMassGoal-v0"
+DRIFTING_GOAL_ID = "hybrid_pg/DriftingGoal-v0"
+SWITCHING_GOAL_ID = "hybrid_pg/SwitchingGoal-v0"
+COUPLED_BANDIT_ID = "hybrid_pg/CoupledBandit-v0"
+DRIFTING_COUPLED_BANDIT_ID = "hybrid_pg/DriftingCoupledBandit-v0"
 
 # String entry points resolve at make time, so SubprocVecEnv workers and importlib.reload work.
 _REGISTRATIONS = {
     PENDULUM_ID: dict(entry_point="hybrid_pg_envs.pendulum:DiffPendulumEnv", max_episode_steps=200),
     # LQREnv terminates itself after `horizon` steps; a TimeLimit would cut gym.make(..., horizon=50) short
     LQR_ID: dict(entry_point="hybrid_pg_envs.lqr:LQREnv"),
+    SWITCHING_PENDULUM_ID: dict(entry_point="hybrid_pg_envs.nonstationary:make_switching_pendulum", max_episode_steps=200),
+    POINT_MASS_GOAL_ID: dict(entry_point="hybrid_pg_envs.goal:PointMassGoalEnv", max_episode_steps=100),
+    DRIFTING_GOAL_ID: dict(entry_point="hybrid_pg_envs.nonstationary:make_drifting_goal", max_episode_steps=100),
+    SWITCHING_GOAL_ID: dict(entry_point="hybrid_pg_envs.nonstationary:make_switching_goal", max_episode_steps=100),
+    # one-step episodes: the bandit terminates itself at every step
+    COUPLED_BANDIT_ID: dict(entry_point="hybrid_pg_envs.coupled_bandit:CoupledBanditEnv"),
+    DRIFTING_COUPLED_BANDIT_ID: dict(entry_point="hybrid_pg_envs.nonstationary:make_drifting_coupled_bandit"),
 }
 
 
@@ -43,17 +82,44 @@ def register_envs() -> None:
 register_envs()
 
 __all__ = [
+    "COUPLED_BANDIT_ID",
+    "DRIFTING_COUPLED_BANDIT_ID",
+    "DRIFTING_GOAL_ID",
+    "AttributeAdapter",
+    "CoupledBanditEnv",
+    "CoupledBanditModel",
     "DiffPendulumEnv",
     "DifferentiableModel",
+    "LQRAdapter",
     "LQREnv",
     "LQRModel",
     "LQR_ID",
+    "MujocoAdapter",
+    "NonStationaryWrapper",
     "PENDULUM_ID",
+    "POINT_MASS_GOAL_ID",
+    "ParameterAdapter",
+    "PendulumAdapter",
     "PendulumModel",
+    "PointMassGoalEnv",
+    "PointMassModel",
+    "SWITCHING_GOAL_ID",
+    "SWITCHING_PENDULUM_ID",
+    "Schedule",
+    "ScheduleError",
+    "bandit_moments",
     "exact_policy_gradient",
     "expected_return",
     "find_differentiable_model",
+    "find_nonstationary_wrapper",
+    "get_clocks",
     "has_differentiable_model",
     "linear_policy_params",
+    "load_vec_state_dicts",
+    "make_adapter",
+    "make_schedule",
+    "oracle_lambda",
     "register_envs",
+    "sync_clock",
+    "vec_state_dicts",
 ]

@@ -431,7 +431,9 @@ class HybridPG(OnPolicyAlgorithm):
         """One update from the rollout buffer (see the module docstring)."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        if self._resolved_source == "unresolved":
+        if self._resolved_source == "unresolved" or self._resolved_source == "model":
+            # re-fetched every update: a drifting env's model follows its parameters (or stays
+            # deliberately stale, as the env decides), also through SubprocVecEnv's pickled copies
             self._resolved_source = self._resolve_pathwise_source()
         clip_range = self.clip_range(self._current_progress_remaining) if self.clip_range is not None else None
         kl_limit = self._pathwise_kl_limit(clip_range)

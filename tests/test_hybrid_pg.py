@@ -525,3 +525,22 @@ def test_oracle_settings_are_validated():
         HybridPG("MlpPolicy", "Pendulum-v1", oracle_freq=-1)
     with pytest.raises(ValueError, match="oracle_samples"):
         HybridPG("MlpPolicy", "Pendulum-v1", oracle_samples=1)
+
+
+@pytest.mark.parametrize("model_mode, expected_g", [("live", 14.0), ("stale", 10.0)])
+def test_model_source_follows_a_drifting_env_through_subprocesses(model_mode, expected_g):
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    import hybrid_pg_envs  # noqa: F401
+
+    env = make_vec_env(
+        "hybrid_pg/SwitchingPendulum-v0", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"),
+        env_kwargs=dict(schedules={"g": {"kind": "switch", "values": [10.0, 14.0], "at": [48]}}, model_mode=model_mode),
+    )
+    try:
+        model = HybridPG("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, pathwise_source="model", seed=0)
+        assert float(model._dynamics_model.g) == 10.0
+        model.learn(32 * 2 * 3)  # the switch at per-env step 48 falls inside the second rollout
+        assert float(model._dynamics_model.g) == expected_g
+    finally:
+        env.close()
