@@ -89,11 +89,13 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_env(env_id: str, **env_kwargs: Any) -> gym.Env:
-    """``gym.make`` after importing ``hybrid_pg_envs``: picklable, so ``hybrid_pg/`` ids also
-    work in SubprocVecEnv workers started with spawn/forkserver (fresh registries)."""
+def make_env(env_id: str, wrappers: Sequence[Mapping[str, Any]] = (), **env_kwargs: Any) -> gym.Env:
+    """``gym.make`` after importing ``hybrid_pg_envs``, then the config's wrappers: picklable, so
+    ``hybrid_pg/`` ids also work in SubprocVecEnv workers started with spawn/forkserver."""
+    from hybrid_pg.config import apply_wrappers
+
     import_env_plugins()
-    return gym.make(env_id, **env_kwargs)
+    return apply_wrappers(gym.make(env_id, **env_kwargs), wrappers)
 
 
 def build_vec_env(config: Mapping[str, Any], evaluation: bool = False):
@@ -108,7 +110,7 @@ def build_vec_env(config: Mapping[str, Any], evaluation: bool = False):
     env_cfg, seed = config["env"], config["train"]["seed"]
     subproc = env_cfg["vec_env"] == "subproc" and not evaluation
     venv = make_vec_env(
-        functools.partial(make_env, env_cfg["id"]),
+        functools.partial(make_env, env_cfg["id"], env_cfg["wrappers"]),
         n_envs=1 if evaluation else env_cfg["n_envs"],
         seed=seed + EVAL_SEED_OFFSET if evaluation else seed,
         env_kwargs=env_cfg["env_kwargs"],

@@ -8,7 +8,7 @@ A config is a YAML mapping with four sections::
       vec_env: dummy              # "dummy" (in-process) or "subproc" (one process per copy)
       normalize: false            # wrap in VecNormalize (observations and rewards)
       env_kwargs: {}              # keyword arguments of gymnasium.make
-      wrappers: []                # reserved for later: only [] is accepted for now
+      wrappers: []                # [{name: nonstationary, kwargs: {schedules: {g: {kind: sinusoid, ...}}}}, ...]
     algo:                         # any HybridPG constructor keyword, plus:
       policy: MlpPolicy           # "MlpPolicy", "CnnPolicy" or "MultiInputPolicy"
       policy_kwargs: {}           # e.g. {net_arch: [64, 64], activation_fn: Tanh}
@@ -268,14 +268,54 @@ def _check_mapping(key: str, value: Any) -> Dict[str, Any]:
     return dict(value)
 
 
+#: short names for the wrappers most configs need; anything else is "package.module:Class"
+WRAPPER_ALIASES = {"nonstationary": "hybrid_pg_envs.nonstationary:NonStationaryWrapper"}
+
+
+def resolve_wrapper(name: str) -> Any:
+    """The gymnasium wrapper class named ``name`` (an alias or ``"package.module:Class"``)."""
+    target = WRAPPER_ALIASES.get(name, name)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected one of {sorted(WRAPPER_ALIASES)} or 'package.module:Class', got {name!r}")
+    module = importlib.import_module(module_name)
+    wrapper = getattr(module, attr, None)
+    if not callable(wrapper):
+        raise ValueError(f"{target!r} is not a class in {module_name}")
+    return wrapper
+
+
 def _check_wrappers(key: str, value: Any) -> List[Any]:
+    """A list of ``{name: ..., kwargs: {...}}`` applied in order around each env copy."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise ConfigError(f"{key} must be a list, got {_show(value)}")
-    if value:
-        raise ConfigError(f"{key}: wrappers are reserved for a later version; only [] is accepted for now, got {_show(value)}")
-    return []
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"{where} must be a mapping with a 'name' (and optional 'kwargs'), got {_show(item)}")
+        unknown = sorted(set(item) - {"name", "kwargs"})
+        if unknown:
+            raise ConfigError(f"{where} has unknown key(s) {unknown}; allowed: name, kwargs")
+        kwargs = item.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{where}.kwargs must be a mapping, got {_show(kwargs)}")
+        try:
+            resolve_wrapper(item["name"])
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"{where}.name: {exc}") from exc
+        out.append({"name": item["name"], "kwargs": dict(kwargs)})
+    return out
+
+
+def apply_wrappers(env: Any, wrappers: Iterable[Mapping[str, Any]]) -> Any:
+    for item in wrappers:
+        env = resolve_wrapper(item["name"])(env, **item.get("kwargs", {}))
+    return env
 
 
 def _suggest(word: Any, candidates: Iterable[str]) -> str:
@@ -574,6 +614,12 @@ def check_env(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"env.env_kwargs={_show(config['env']['env_kwargs'])} rejected by {env_id!r}: {exc}") from exc
     except Exception as exc:
         raise ConfigError(f"env.id={env_id!r} could not be created: {type(exc).__name__}: {exc}") from exc
+    for i, item in enumerate(config["env"].get("wrappers", [])):
+        try:
+            env = apply_wrappers(env, [item])
+        except Exception as exc:
+            env.close()
+            raise ConfigError(f"env.wrappers[{i}] ({item['name']}) rejected its kwargs: {type(exc).__name__}: {exc}") from exc
     try:
         space = env.action_space
     finally:

@@ -218,7 +218,9 @@ def no_training(monkeypatch):
         (["algo.policy=MlpPolicyy"], ["algo.policy", "'MlpPolicy'"]),
         (["algo.seed=1"], ["algo.seed", "train.seed"]),
         (["algo.policy_kwargs={activation_fn: tanhh}"], ["algo.policy_kwargs.activation_fn", "'Tanh'"]),
-        (["env.wrappers=[{name: TimeLimit}]"], ["env.wrappers"]),
+        (["env.wrappers=[{name: TimeLimit}]"], ["env.wrappers[0].name", "nonstationary"]),
+        (["env.wrappers=[{name: nonstationary, kwargs: {schedules: {g: {kind: sinus}}}}]"], ["env.wrappers[0]", "sinus"]),
+        (["env.wrappers=[{name: nonstationary, oops: 1}]"], ["env.wrappers[0] has unknown key(s) ['oops']"]),
         (["env.vec_env=subprocess"], ["env.vec_env must be one of", "'subproc'"]),
         (["env.id=Pendulum-v9"], ["env.id='Pendulum-v9' is not a registered gymnasium environment"]),
         (["env.id=NoSuchEnv-v0"], ["env.id='NoSuchEnv-v0'"]),
@@ -299,12 +301,12 @@ def test_default_config_is_packaged_and_shows_the_suggested_run():
     assert config["train"]["eval_freq"] == 10_000
 
 
-@pytest.mark.parametrize("name", ["pendulum_model.yaml", "lqr.yaml"])
+@pytest.mark.parametrize(
+    "name", ["pendulum_model.yaml", "lqr.yaml", "switching_pendulum.yaml", "drifting_goal.yaml", "coupled_bandit.yaml"]
+)
 def test_shipped_env_configs(name):
     config = resolve_config(read_config_file(REPO / "configs" / name))
     import_env_plugins()
-    if config["env"]["id"] not in gym.registry:
-        pytest.skip(f"{config['env']['id']} is not registered (hybrid_pg_envs not ready)")
     check_env(config)
 
 
@@ -357,3 +359,15 @@ def test_console_script_help():
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "plot" in result.stdout
+
+
+def test_train_with_a_nonstationary_wrapper_logs_the_drifting_parameter(tmp_path):
+    run_dir = tmp_path / "drift"
+    schedule = "env.wrappers=[{name: nonstationary, kwargs: {schedules: {g: {kind: linear, start: 10.0, end: 12.0, duration: 512}}}}]"
+    status, _, err = _run(["train", *TINY, "--set", schedule, "--out", str(run_dir), "--quiet"])
+    assert status == 0, err
+    progress = (run_dir / "progress.csv").read_text().splitlines()
+    header = progress[0].split(",")
+    assert "env/g" in header
+    values = [float(row.split(",")[header.index("env/g")]) for row in progress[1:] if row.split(",")[header.index("env/g")]]
+    assert values and 10.0 < values[-1] <= 12.0
