@@ -55,6 +55,7 @@ class RunSpec:
     algo_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     normalize: bool = False
     eval_episodes: int = 10
+    env_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -65,7 +66,10 @@ class RunSpec:
     @property
     def key(self) -> str:
         """Stable file name: label, seed and a hash of everything else that changes the result."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        fields = dataclasses.asdict(self)
+        if not fields["env_kwargs"]:
+            del fields["env_kwargs"]  # keeps the keys of results written before the field existed
+        blob = json.dumps(fields, sort_keys=True, default=str)
         digest = hashlib.sha1(blob.encode()).hexdigest()[:8]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.label)
         return f"{safe}_s{self.seed}_{digest}"
@@ -104,7 +108,7 @@ def _algorithm_class(algo: str):
     return {"ppo": PPO, "a2c": A2C}[algo]
 
 
-def _make_env(env_id: str, n_envs: int, seed: int, normalize: bool, training: bool):
+def _make_env(env_id: str, n_envs: int, seed: int, normalize: bool, training: bool, env_kwargs: Optional[Dict[str, Any]] = None):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -112,7 +116,7 @@ def _make_env(env_id: str, n_envs: int, seed: int, normalize: bool, training: bo
         import hybrid_pg_envs  # noqa: F401  (registers the hybrid_pg/ ids)
     except ImportError:  # pragma: no cover - the envs package ships with the distribution
         pass
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or None)
     if normalize:
         env = VecNormalize(env, training=training, norm_reward=training)
     return env
@@ -135,7 +139,7 @@ def run_spec(spec: RunSpec) -> Dict[str, Any]:
             row["time/total_timesteps"] = float(step)
             self.rows.append(row)
 
-    env = _make_env(spec.env_id, spec.n_envs, spec.seed, spec.normalize, training=True)
+    env = _make_env(spec.env_id, spec.n_envs, spec.seed, spec.normalize, training=True, env_kwargs=spec.env_kwargs)
     cls = _algorithm_class(spec.algo)
     model = cls("MlpPolicy", env, seed=spec.seed, device="cpu", **_resolve_kwargs(spec.algo_kwargs))
     rows = Rows()
@@ -146,7 +150,7 @@ def run_spec(spec: RunSpec) -> Dict[str, Any]:
     # SB3 dumps before train(): dump once more so the last update's train/ and hybrid/ values are kept
     model.logger.dump(model.num_timesteps)
 
-    eval_env = _make_env(spec.env_id, 1, spec.seed + 10_000, spec.normalize, training=False)
+    eval_env = _make_env(spec.env_id, 1, spec.seed + 10_000, spec.normalize, training=False, env_kwargs=spec.env_kwargs)
     if spec.normalize:
         eval_env.obs_rms = env.obs_rms
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=spec.eval_episodes, deterministic=True, return_episode_rewards=True)
