@@ -34,7 +34,7 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_wrapper
 from torch.nn import functional as F
 
-from hybrid_pg.estimator import DEFAULT_BOUNDS, LambdaEstimate, _check_bounds, mixed_variance, pooled_estimate
+from hybrid_pg.estimator import DEFAULT_BOUNDS, BatchMoments, LambdaEstimate, _check_bounds, mixed_variance, pooled_estimate
 from hybrid_pg.per_sample import (
     GROUPS,
     all_finite,
@@ -554,7 +554,7 @@ class HybridPG(OnPolicyAlgorithm):
         self._log_update(logs, lam, moments if stats_ok else None, stats_ok, stats_time, update_time, clip_range)
         self._log_drift(moments if stats_ok else None, pi_features)
         if oracle is not None:
-            batch_lam = pooled_estimate([moments["global"]], bias_correction=self.bias_correction, batch_size=self._gradient_batch_size(), bounds=self.lambda_bounds).lam if stats_ok else None
+            batch_lam = self._rollout_estimate(moments["global"]).lam if stats_ok else None
             window_lam = self.lambda_windows["global"].estimate(batch_size=self._gradient_batch_size()).lam
             for name, value in oracle_log(oracle, lam["global"], window_lam, batch_lam).items():
                 self.logger.record(f"hybrid/{name}", value)
@@ -661,9 +661,11 @@ class HybridPG(OnPolicyAlgorithm):
             th.set_rng_state(th_state)
         if moments is None:
             return None
-        return pooled_estimate(
-            [moments["global"]], bias_correction=self.bias_correction, batch_size=self._gradient_batch_size(), bounds=self.lambda_bounds
-        )
+        return self._rollout_estimate(moments["global"])
+
+    def _rollout_estimate(self, moments: BatchMoments) -> LambdaEstimate:
+        """lam of one batch alone, by the same rule as the window (bias-aware, same B and bounds)."""
+        return pooled_estimate([moments], bias_correction=self.bias_correction, batch_size=self._gradient_batch_size(), bounds=self.lambda_bounds)
 
     def _pathwise_kl_limit(self, clip_range: Optional[float]) -> Optional[float]:
         if self.pathwise_kl_limit == "auto":
@@ -795,7 +797,7 @@ class HybridPG(OnPolicyAlgorithm):
         record("hybrid/window_f_score", health["score"])
         if moments is None:
             return
-        batch = pooled_estimate([moments["global"]], bias_correction=self.bias_correction, batch_size=self._gradient_batch_size(), bounds=self.lambda_bounds)
+        batch = self._rollout_estimate(moments["global"])
         record("hybrid/lambda_batch", batch.lam)
         record("hybrid/var_path", batch.var_path)
         record("hybrid/var_score", batch.var_score)
