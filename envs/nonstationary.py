@@ -51,6 +51,10 @@ wrapper exposes ``get_differentiable_model()`` (found through wrappers and VecEn
 * ``model_mode="stale"``: the model of the env as constructed (parameters at ``clock_start``),
   never updated: a deliberately mis-specified pathwise source, to study that failure mode.
 
+``differentiable_model_at(step)`` returns the model at an earlier (or later) clock without moving
+the env: HybridPG trains on a rollout after it was collected, when the clock has moved on, and uses
+the model at the rollout's midpoint (exact when the parameters are constant within the rollout).
+
 ``find_differentiable_model`` on a bare gymnasium env (not a VecEnv) asks ``env.unwrapped``, which
 bypasses this wrapper; through any VecEnv (what SB3 algorithms hold) the wrapper's model is used.
 """
@@ -170,15 +174,19 @@ class NonStationaryWrapper(gym.Wrapper):
     def get_clock(self) -> int:
         return self.clock
 
-    def set_clock(self, step: int) -> None:
-        """Move the clock (and the simulator's parameters) to ``step``."""
+    def set_clock(self, step: int, steps_per_tick: Optional[int] = None) -> None:
+        """Move the clock (and the simulator's parameters) to ``step``; optionally change
+        ``steps_per_tick`` too (0 holds the parameters still, e.g. for a diagnostic batch drawn
+        at one moment of the schedule)."""
         step = _check_int("clock", step, 0)
+        tick = self.steps_per_tick if steps_per_tick is None else _check_int("steps_per_tick", steps_per_tick, 0)
         previous, self.clock = self.clock, step
         try:
             self._apply()
         except Exception:
             self.clock = previous  # e.g. an invalid parameter value at that step: change nothing
             raise
+        self.steps_per_tick = tick
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain (JSON/YAML-serialisable) state: the clock, the settings and the schedules' configs,
@@ -311,6 +319,21 @@ class NonStationaryWrapper(gym.Wrapper):
         if self._live_model is None:
             self._live_model = self._make_live_model()
         return self._live_model
+
+    def differentiable_model_at(self, step: int) -> DifferentiableModel:
+        """A copy of the model at the parameters of clock ``step`` (live mode; the stale model as
+        is): what a learner needs for transitions collected at ``step`` when the clock has moved on.
+        The env itself is left exactly as it was."""
+        if not self._base_has_model():
+            raise AttributeError(f"{type(self.env.unwrapped).__name__} has no differentiable model")
+        if self.model_mode == "stale":
+            return self._differentiable_model()
+        now = self.clock
+        self.set_clock(step)
+        try:
+            return copy.deepcopy(self._differentiable_model())
+        finally:
+            self.set_clock(now)
 
     @property
     def get_differentiable_model(self) -> Callable[[], DifferentiableModel]:

@@ -27,6 +27,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
@@ -120,6 +121,10 @@ class HybridPG(OnPolicyAlgorithm):
     :param oracle_samples: size of the oracle batch.
     :param oracle_env: the oracle's env copy (an env id, env, VecEnv or factory); default: made from
         the training env's gymnasium spec.
+    :param oracle_frozen_clock: with the oracle on and a non-stationary env, also compute lam* on a
+        second env copy held at the parameters of this clock value (e.g. 0: the env as training
+        started), logged as ``hybrid/oracle_lambda_frozen_env``: it moves only with the policy, and
+        ``hybrid/oracle_env_drift_share`` (live minus frozen) is the env drift's share of lam*.
     :param bias_horizon: floor of the B in the bias-aware rule, in samples (see
         :meth:`_gradient_batch_size`); rollouts larger than this use their own size.
     :param lambda_groups: ``"global"`` (one lam) or ``"per_group"`` (one lam for the mean network,
@@ -178,6 +183,7 @@ class HybridPG(OnPolicyAlgorithm):
         oracle_freq: int = 0,
         oracle_samples: int = 16384,
         oracle_env: OracleEnv = None,
+        oracle_frozen_clock: Optional[int] = None,
         lambda_bounds: Optional[Tuple[float, float]] = DEFAULT_BOUNDS,
         bias_correction: bool = True,
         bias_horizon: int = 2048,
@@ -214,6 +220,7 @@ class HybridPG(OnPolicyAlgorithm):
             bias_horizon=bias_horizon,
             oracle_freq=oracle_freq,
             oracle_samples=oracle_samples,
+            oracle_frozen_clock=oracle_frozen_clock,
             lambda_bounds=lambda_bounds,
             lambda_groups=lambda_groups,
             lambda_warmup=lambda_warmup,
@@ -276,7 +283,10 @@ class HybridPG(OnPolicyAlgorithm):
         self.oracle_freq = int(oracle_freq)
         self.oracle_samples = int(oracle_samples)
         self.oracle_env = oracle_env
+        self.oracle_frozen_clock = None if oracle_frozen_clock is None else int(oracle_frozen_clock)
         self._oracle: Optional[OracleLambda] = None
+        self._frozen_oracle: Optional[OracleLambda] = None
+        self._rollout_clock_start: Optional[int] = None
         self.lambda_bounds = None if lambda_bounds is None else (float(lambda_bounds[0]), float(lambda_bounds[1]))
         self.bias_correction = bias_correction
         self.lambda_groups = lambda_groups
@@ -328,7 +338,7 @@ class HybridPG(OnPolicyAlgorithm):
         self._resolved_source = self._resolve_pathwise_source()
         self._check_windows_match_settings()
         if self.oracle_freq:
-            check_oracle_env(self, self.oracle_env)
+            check_oracle_env(self, self.oracle_env, self.oracle_frozen_clock)
         self._env_params: Dict[str, float] = {}
 
     def _check_windows_match_settings(self) -> None:
@@ -373,8 +383,20 @@ class HybridPG(OnPolicyAlgorithm):
             return "critic"
         if not isinstance(self.observation_space, spaces.Box) or len(self.observation_space.shape) != 1:
             raise ValueError("pathwise_source='model' needs a flat Box observation space")
+        rollout_clock = self._rollout_clock()
+        if rollout_clock is not None and self.env.has_attr("differentiable_model_at"):
+            # the clock has moved on since the rollout was collected: the model of its midpoint
+            model = self.env.env_method("differentiable_model_at", rollout_clock, indices=[0])[0]
         self._dynamics_model = model.to(self.device)
         return "model"
+
+    def _rollout_clock(self) -> Optional[int]:
+        """A non-stationary env's clock at the midpoint of the last rollout (its mean parameter under
+        linear drift; never the next regime after a switch at the rollout's end); None without a clock."""
+        if self._rollout_clock_start is None or self.env is None or not self.env.has_attr("get_clock"):
+            return None
+        end = self.env.env_method("get_clock", indices=[0])[0]
+        return end if self._rollout_clock_start > end else (self._rollout_clock_start + end) // 2
 
     def _excluded_save_params(self) -> list[str]:
         return [
@@ -387,6 +409,8 @@ class HybridPG(OnPolicyAlgorithm):
             "_resolved_source",
             "_env_params",
             "_oracle",
+            "_frozen_oracle",
+            "_rollout_clock_start",
             "oracle_env",
         ]
 
@@ -448,7 +472,7 @@ class HybridPG(OnPolicyAlgorithm):
         self._drift.snapshot(self._actor_head, self.policy.log_std)
 
         lam = self._weights_for_this_update()
-        oracle = self._maybe_oracle()
+        oracle, frozen_oracle = self._maybe_oracle()
 
         # -- statistics of this rollout at theta_old (they join the window after lam is chosen) --
         t_stats = time.perf_counter()
@@ -556,7 +580,7 @@ class HybridPG(OnPolicyAlgorithm):
         if oracle is not None:
             batch_lam = self._rollout_estimate(moments["global"]).lam if stats_ok else None
             window_lam = self.lambda_windows["global"].estimate(batch_size=self._gradient_batch_size()).lam
-            for name, value in oracle_log(oracle, lam["global"], window_lam, batch_lam).items():
+            for name, value in oracle_log(oracle, lam["global"], window_lam, batch_lam, frozen_oracle).items():
                 self.logger.record(f"hybrid/{name}", value)
 
     def _log_drift(self, moments: Optional[Dict[str, Any]], pi_features: th.Tensor) -> None:
@@ -589,7 +613,7 @@ class HybridPG(OnPolicyAlgorithm):
         super().set_env(env, force_reset=force_reset)
         self._dynamics_model = None
         self._resolved_source = self._resolve_pathwise_source()
-        self._oracle = None
+        self._oracle = self._frozen_oracle = None
 
     def _check_rollout_finite(self) -> None:
         """Refuse a rollout with a non-finite reward (or value) before it reaches any parameter."""
@@ -646,17 +670,30 @@ class HybridPG(OnPolicyAlgorithm):
             batch.pi_features, batch.q_features, batch.raw_obs, batch.eps, batch.actions, batch.adv, batch.future_eps, batch.path_scale
         )
 
-    def _maybe_oracle(self) -> Optional[LambdaEstimate]:
-        """lam* from a large fresh batch at the current policy, every ``oracle_freq`` updates."""
+    def _maybe_oracle(self) -> Tuple[Optional[LambdaEstimate], Optional[LambdaEstimate]]:
+        """lam* from a large fresh batch at the current policy, every ``oracle_freq`` updates; and,
+        with ``oracle_frozen_clock``, the same at the frozen env parameters."""
         if not self.oracle_freq or self._n_rollouts_trained % self.oracle_freq != 0:
-            return None
+            return None, None
         if self._oracle is None:
             self._oracle = OracleLambda(self, self.oracle_env, self.oracle_samples)
-        data, generator = self._oracle.collect()
+        live = self._oracle_estimate(self._oracle)
+        if self.oracle_frozen_clock is None:
+            return live, None
+        if self._frozen_oracle is None:
+            self._frozen_oracle = OracleLambda(self, self.oracle_env, self.oracle_samples, frozen_clock=self.oracle_frozen_clock)
+        return live, self._oracle_estimate(self._frozen_oracle)
+
+    def _oracle_estimate(self, oracle: OracleLambda) -> Optional[LambdaEstimate]:
+        data, generator = oracle.collect()
         np_state, th_state = np.random.get_state(), th.get_rng_state()
+        training_model, own_model = self._dynamics_model, oracle.differentiable_model()
         try:
+            if own_model is not None and self._resolved_source == "model":
+                self._dynamics_model = own_model
             moments = self._batch_moments(self._prepare_batch(data, generator=generator))
-        finally:  # the statistics must not move the training run's RNG either
+        finally:  # the statistics must not move the training run's RNG (or its model) either
+            self._dynamics_model = training_model
             np.random.set_state(np_state)
             th.set_rng_state(th_state)
         if moments is None:
@@ -816,6 +853,12 @@ class HybridPG(OnPolicyAlgorithm):
         if best_global > 0:
             record("hybrid/per_group_gain", 1.0 - sum(p.var_hybrid for p in per_group) / best_global)
 
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int) -> bool:
+        # a non-stationary env's clock when the rollout starts: the model source and the oracle's
+        # env copy use the rollout's midpoint (see _rollout_clock)
+        self._rollout_clock_start = env.env_method("get_clock", indices=[0])[0] if env.has_attr("get_clock") else None
+        return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+
     def learn(
         self: SelfHybridPG,
         total_timesteps: int,
@@ -902,6 +945,10 @@ def _validate_hyperparameters(**hp: Any) -> None:
     int_at_least("lambda_warmup", 0)
     int_at_least("oracle_freq", 0)
     int_at_least("oracle_samples", 2)
+    if hp.get("oracle_frozen_clock") is not None:
+        int_at_least("oracle_frozen_clock", 0)
+        if not hp["oracle_freq"]:
+            bad("oracle_frozen_clock", "needs the oracle on (oracle_freq > 0)")
     for name in ("gamma", "gae_lambda"):
         if not _is_number(hp[name]) or not 0.0 <= hp[name] <= 1.0:
             bad(name, "must lie in [0, 1]")

@@ -5,10 +5,17 @@ The windowed lam lags (it pools previous rollouts) and the per-rollout lam is no
 policy from its own env copy and compute lam from them: the reference that the windowed and
 per-rollout estimates are scored against (error, lag, excess variance).
 
-The oracle never touches the training run: it has its own env (same parameters at that moment:
-a non-stationary env's clock is copied over, VecNormalize statistics are copied, not updated), its
+The oracle never touches the training run: it has its own env (same parameters as the rollout
+being trained on: a non-stationary env's clock is set to the rollout's midpoint, VecNormalize statistics are copied, not updated), its
 own torch generator for the action noise, and the global numpy/torch RNG states are restored
 afterwards, so a seeded run follows the same trajectory with and without it (tested).
+
+Policy drift vs env drift. lam* moves for two reasons: the policy moves (the landscape changes
+under a fixed env) and the env drifts. With ``frozen_clock`` set, a second oracle holds its env copy
+at the parameters of that clock value (e.g. 0: the env as training started) instead of following
+the training env: its lam* moves only with the policy, and its gap to the live oracle's lam* is the
+env drift's share. With the model pathwise source it differentiates through its own env copy's
+model, which is at the frozen parameters.
 """
 
 from __future__ import annotations
@@ -54,18 +61,29 @@ def _as_vec_env(env: OracleEnv, model: "HybridPG") -> VecEnv:
     return model._wrap_env(env, verbose=0, monitor_wrapper=False)
 
 
-def check_oracle_env(model: "HybridPG", env: OracleEnv) -> None:
-    """Fail at construction if the oracle will have no env to copy."""
+def check_oracle_env(model: "HybridPG", env: OracleEnv, frozen_clock: Optional[int] = None) -> None:
+    """Fail at construction if the oracle will have no env to copy, or a frozen oracle no clock."""
     if env is None and model.env is not None and model.env.get_attr("spec")[0] is None:
         raise ValueError("oracle_freq > 0 needs oracle_env: the training env has no gymnasium spec to copy it from")
+    if frozen_clock is not None and env is None and model.env is not None and not model.env.has_attr(CLOCK_SETTER):
+        raise ValueError(
+            "oracle_frozen_clock needs a non-stationary env (one with set_clock, e.g. wrapped in "
+            "hybrid_pg_envs.NonStationaryWrapper); the training env has none"
+        )
 
 
 class OracleLambda:
     """Collects oracle batches for ``model`` (see the module docstring)."""
 
-    def __init__(self, model: "HybridPG", env: OracleEnv, n_samples: int) -> None:
+    def __init__(self, model: "HybridPG", env: OracleEnv, n_samples: int, frozen_clock: Optional[int] = None) -> None:
         self.model = model
         self.env = _as_vec_env(env, model)
+        self.frozen_clock = frozen_clock
+        if frozen_clock is not None and not self.env.has_attr(CLOCK_SETTER):
+            raise ValueError(
+                "oracle_frozen_clock needs a non-stationary oracle env (one with set_clock, e.g. wrapped in "
+                "hybrid_pg_envs.NonStationaryWrapper); this one has none"
+            )
         training_norm = unwrap_vec_wrapper(model.env, VecNormalize) if model.env is not None else None
         if training_norm is not None and not isinstance(self.env, VecNormalize):
             self.env = VecNormalize(self.env, training=False, norm_obs=training_norm.norm_obs, norm_reward=training_norm.norm_reward)
@@ -81,9 +99,22 @@ class OracleLambda:
         if norm is not None and isinstance(self.env, VecNormalize):
             self.env.obs_rms = norm.obs_rms.copy() if hasattr(norm.obs_rms, "copy") else norm.obs_rms
             self.env.ret_rms = norm.ret_rms.copy() if hasattr(norm.ret_rms, "copy") else norm.ret_rms
-        if training.has_attr(CLOCK_GETTER) and self.env.has_attr(CLOCK_SETTER):
-            clock = training.env_method(CLOCK_GETTER, indices=[0])[0]
-            self.env.env_method(CLOCK_SETTER, clock)
+        # the clock is held still during the oracle batch (steps_per_tick=0): one moment's parameters
+        if self.frozen_clock is not None:
+            self.env.env_method(CLOCK_SETTER, self.frozen_clock, steps_per_tick=0)
+        elif training.has_attr(CLOCK_GETTER) and self.env.has_attr(CLOCK_SETTER):
+            clock = self.model._rollout_clock()
+            clock = clock if clock is not None else training.env_method(CLOCK_GETTER, indices=[0])[0]
+            self.env.env_method(CLOCK_SETTER, clock, steps_per_tick=0)
+
+    def differentiable_model(self) -> Any:
+        """The frozen oracle's own env model (at the frozen parameters); None: use the training one."""
+        if self.frozen_clock is None:
+            return None
+        from hybrid_pg_envs.differentiable import find_differentiable_model
+
+        model = find_differentiable_model(self.env)
+        return None if model is None else model.to(self.model.device)
 
     def collect(self) -> Tuple[Any, th.Generator]:
         """A fresh batch at the current policy (RolloutBufferSamples, GAE advantages) and the
@@ -136,7 +167,9 @@ class OracleLambda:
         return next(buffer.get(batch_size=None))
 
 
-def oracle_log(oracle: LambdaEstimate, applied: float, window: float, batch: Optional[float]) -> dict:
+def oracle_log(
+    oracle: LambdaEstimate, applied: float, window: float, batch: Optional[float], frozen: Optional[LambdaEstimate] = None
+) -> dict:
     """Scalars comparing the estimates with the oracle's lam: absolute errors, plus the exact excess
     variance Var(lam) - Var(lam*_var) = (lam - lam*_var)^2 Var(g_P - g_M) of the weight applied,
     lam*_var being the oracle batch's unclipped variance minimiser."""
@@ -152,4 +185,7 @@ def oracle_log(oracle: LambdaEstimate, applied: float, window: float, batch: Opt
     }
     if batch is not None:
         out["oracle_error_batch"] = abs(batch - oracle.lam)
+    if frozen is not None:
+        out["oracle_lambda_frozen_env"] = frozen.lam
+        out["oracle_env_drift_share"] = oracle.lam - frozen.lam
     return out

@@ -527,6 +527,70 @@ def test_oracle_settings_are_validated():
         HybridPG("MlpPolicy", "Pendulum-v1", oracle_samples=1)
 
 
+def _switching_bandit(every: int, n_envs: int = 4):
+    import hybrid_pg_envs  # noqa: F401
+
+    schedules = {"m": {"kind": "switch", "values": [-1.0, 1.0], "every": every}}
+    return make_vec_env(
+        "hybrid_pg/DriftingCoupledBandit-v0", n_envs=n_envs, seed=0, env_kwargs=dict(schedules=schedules, steps_per_tick=n_envs)
+    )
+
+
+BANDIT_KW = dict(n_steps=64, batch_size=64, n_epochs=1, gamma=0.0, gae_lambda=1.0, pathwise_source="model", lambda_warmup=0, seed=3)
+
+
+def test_the_model_source_uses_the_env_of_the_rollout_not_the_next_one():
+    # the switch falls exactly at the end of the first rollout: when it is trained on, the env has
+    # already moved to m = +1, but its transitions were all made at m = -1
+    model = HybridPG("MlpPolicy", _switching_bandit(every=256), **BANDIT_KW)
+    model.learn(256)
+    assert model.env.env_method("get_differentiable_model")[0].parameters_dict()["m"] == 1.0
+    assert model._dynamics_model.parameters_dict()["m"] == -1.0
+    model.learn(256, reset_num_timesteps=False)
+    assert model._dynamics_model.parameters_dict()["m"] == 1.0
+
+
+def _bandit_oracle_run(**kwargs):
+    from stable_baselines3.common.logger import KVWriter, Logger
+
+    rows = []
+
+    class Capture(KVWriter):
+        def write(self, key_values, key_excluded, step=0):
+            rows.append(dict(key_values))
+
+    model = HybridPG("MlpPolicy", _switching_bandit(every=512), **BANDIT_KW, **kwargs)
+    model.set_logger(Logger(folder=None, output_formats=[Capture()]))
+    model.learn(256 * 6)
+    return model, [r for r in rows if "hybrid/oracle_lambda" in r]
+
+
+def test_frozen_env_oracle_separates_env_drift_from_policy_drift():
+    model, rows = _bandit_oracle_run(oracle_freq=1, oracle_samples=512, oracle_frozen_clock=0)
+    assert len(rows) == 5 and model._frozen_oracle.calls == 6  # SB3 dumps the last update's logs at the next
+    for row in rows:
+        # same policy, same noise (one seed for both oracle batches): in the regime the frozen copy
+        # holds (m = -1), the two oracles agree exactly; after the switch only the env differs
+        same_regime = row["env/m"] == -1.0
+        assert (row["hybrid/oracle_env_drift_share"] == 0.0) == same_regime, row
+        assert row["hybrid/oracle_lambda"] - row["hybrid/oracle_lambda_frozen_env"] == pytest.approx(row["hybrid/oracle_env_drift_share"])
+    assert {row["env/m"] for row in rows} == {-1.0, 1.0}
+    # and neither oracle perturbs the training run
+    plain_model = HybridPG("MlpPolicy", _switching_bandit(every=512), **BANDIT_KW)
+    plain_model.learn(256 * 6)
+    params = lambda m: th.cat([p.detach().flatten() for p in m.policy.parameters()])  # noqa: E731
+    assert th.equal(params(model), params(plain_model))
+
+
+def test_frozen_oracle_settings_are_validated():
+    with pytest.raises(ValueError, match="oracle_frozen_clock"):
+        HybridPG("MlpPolicy", _switching_bandit(every=512), oracle_frozen_clock=0)  # oracle off
+    with pytest.raises(ValueError, match="oracle_frozen_clock"):
+        HybridPG("MlpPolicy", _switching_bandit(every=512), oracle_freq=1, oracle_frozen_clock=-1)
+    with pytest.raises(ValueError, match="oracle_frozen_clock"):
+        HybridPG("MlpPolicy", "Pendulum-v1", oracle_freq=1, oracle_frozen_clock=0)  # no clock
+
+
 @pytest.mark.parametrize("model_mode, expected_g", [("live", 14.0), ("stale", 10.0)])
 def test_model_source_follows_a_drifting_env_through_subprocesses(model_mode, expected_g):
     from stable_baselines3.common.vec_env import SubprocVecEnv

@@ -431,6 +431,31 @@ def test_live_model_follows_and_stale_model_does_not():
     assert restored.get_differentiable_model().parameters_dict()["g"] == 10.0 and restored.unwrapped.g == 14.0
 
 
+def test_model_at_an_earlier_clock_leaves_the_env_as_it_was():
+    schedules = {"g": {"kind": "switch", "values": [10.0, 14.0], "every": 3}}
+    live, stale = _pendulum(schedules), _pendulum(schedules, model_mode="stale")
+    for env in (live, stale):
+        env.reset(seed=0)
+        for _ in range(4):
+            env.step(np.zeros(1, dtype=np.float32))
+    before = live.get_differentiable_model()
+    earlier = live.differentiable_model_at(1)
+    assert earlier.parameters_dict()["g"] == 10.0 and earlier is not before
+    assert live.get_clock() == 4 and live.unwrapped.g == 14.0 and before.parameters_dict()["g"] == 14.0
+    assert live.differentiable_model_at(7).parameters_dict()["g"] == 10.0  # 6..8 is the third regime
+    assert stale.differentiable_model_at(4) is stale.get_differentiable_model()  # stale is stale at any clock
+
+
+def test_set_clock_can_hold_the_parameters_still():
+    env = _pendulum({"g": {"kind": "linear", "start": 0.0, "rate": 1.0}}, steps_per_tick=4)
+    env.reset(seed=0)
+    env.set_clock(9, steps_per_tick=0)
+    assert {env.step(np.zeros(1, dtype=np.float32))[-1]["env_params"]["g"] for _ in range(3)} == {9.0}
+    with pytest.raises(ValueError, match="steps_per_tick"):
+        env.set_clock(3, steps_per_tick=-1)
+    assert env.get_clock() == 9 and env.steps_per_tick == 0  # a refused call changes nothing
+
+
 class _HalfGravityPendulum(DiffPendulumEnv):
     """A model with a buffer that mirrors no env attribute: the wrapper must rebuild it."""
 
