@@ -1,17 +1,25 @@
 """How well does each lam window track the oracle lam* when the landscape moves?
 
 Runs the grid of ``configs/nonstationary_study.yaml`` (env schedule x window mode x seed) with the
-resumable runner of :mod:`hybrid_pg.benchmark` and reports, per env and mode:
+resumable runner of :mod:`hybrid_pg.benchmark` (an interrupted study resumes where it stopped) and
+reports, per env and mode:
 
-* mean |lam applied - lam*_oracle| over updates (``hybrid/oracle_error_applied``) and the mean
-  exact excess variance paid for the wrong weight (``hybrid/oracle_excess_variance``);
-* recovery time after each switch of the env parameter: updates until the applied lam is within
-  0.05 of the oracle again (and stays there for 3 updates);
-* final return, and the dynamic regret: the stationary env's mean training return minus this env's,
-  for the same mode (what the drift costs the same agent).
+* mean |lam applied - lam*_oracle| over the updates after the warm-up
+  (``hybrid/oracle_error_applied``), and the mean exact excess variance paid for the wrong weight
+  (``hybrid/oracle_excess_variance``);
+* recovery time after each switch of the env parameter: the number of updates on post-switch
+  rollouts until the applied lam is within 0.05 of the oracle (and stays there for 3 updates); the
+  first post-switch update counts as 1, and its weight necessarily comes from pre-switch rollouts;
+* policy drift vs env drift: on the non-stationary envs a second oracle holds the env at its
+  starting parameters (``oracle_frozen_clock``): lam* moves there only because the policy moves.
+  The table gives the mean |lam*_live - lam*_frozen| (the env drift's share) and the spread of
+  lam*_frozen over training (the policy drift's);
+* final return (deterministic evaluation), mean training return, and the dynamic regret: the
+  stationary env's mean training return minus this env's, for the same mode.
 
-Figures: lam applied / windowed / per rollout and the oracle over training, the env parameter
-overlaid and switch times marked (one panel per env, seed 0), and the error to the oracle per mode.
+Outputs in ``output_dir``: ``table.md``, ``table.csv``, ``summary.json`` and the figures
+``lambda_tracking.png`` (applied lam per mode vs the oracle, env parameter overlaid, switches
+marked), ``error_per_mode.png``, ``returns.png`` and ``drift_decomposition.png``.
 
     python examples/nonstationary_study.py configs/nonstationary_study.yaml --workers 2
 """
@@ -19,22 +27,35 @@ overlaid and switch times marked (one panel per env, seed 0), and the error to t
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import yaml
 
-from hybrid_pg.benchmark import RunSpec, column, run_all
+from hybrid_pg.benchmark import RunSpec, learning_curve, run_all, update_series
 
 TOLERANCE, HOLD = 0.05, 3
+
+
+def _schedule(cfg: Dict[str, Any], env_name: str) -> Dict[str, Any]:
+    return cfg["envs"][env_name][cfg.get("parameter", "m")]
+
+
+def _is_stationary(schedules: Dict[str, Any]) -> bool:
+    return all(isinstance(s, (int, float)) or s.get("kind") == "constant" for s in schedules.values())
 
 
 def build_specs(cfg: Dict[str, Any], seeds: List[int]) -> List[RunSpec]:
     specs = []
     for env_name, schedules in cfg["envs"].items():
         for mode_name, mode in cfg["modes"].items():
+            algo = {**cfg["algo"], **mode}
+            if _is_stationary(schedules):
+                algo.pop("oracle_frozen_clock", None)  # the frozen copy would equal the live one
             for seed in seeds:
                 specs.append(
                     RunSpec(
@@ -44,21 +65,34 @@ def build_specs(cfg: Dict[str, Any], seeds: List[int]) -> List[RunSpec]:
                         seed=seed,
                         total_timesteps=int(cfg["total_timesteps"]),
                         n_envs=int(cfg["n_envs"]),
-                        algo_kwargs={**cfg["algo"], **mode},
-                        env_kwargs={"schedules": schedules, "steps_per_tick": int(cfg["n_envs"])},
-                        eval_episodes=20,
+                        algo_kwargs=algo,
+                        env_kwargs={**cfg.get("env_kwargs", {}), "schedules": schedules, "steps_per_tick": int(cfg["n_envs"])},
+                        eval_episodes=int(cfg.get("eval_episodes", 20)),
                     )
                 )
     return specs
 
 
-def recovery_times(result: Dict[str, Any], switch_steps: List[float]) -> List[float]:
-    """Updates after each switch until |lam applied - oracle| <= TOLERANCE for HOLD updates."""
-    steps = column(result, "time/total_timesteps")
-    error = column(result, "hybrid/oracle_error_applied")
+def switch_steps(schedule: Dict[str, Any], total: int) -> List[float]:
+    if not isinstance(schedule, dict) or schedule.get("kind") != "switch":
+        return []
+    if "every" in schedule:
+        return [float(s) for s in range(int(schedule["every"]), total, int(schedule["every"]))]
+    return [float(s) for s in schedule.get("at", []) if s < total]
+
+
+def recovery_times(result: Dict[str, Any], switches: List[float]) -> List[float]:
+    """Per switch: updates on post-switch rollouts until |lam applied - oracle| <= TOLERANCE for
+    HOLD consecutive updates (NaN: never within the budget or before the next switch)."""
+    steps, error = update_series(result, "hybrid/oracle_error_applied")
+    d_steps, degenerate = update_series(result, "hybrid/oracle_degenerate")
+    bad = set(d_steps[degenerate > 0].tolist())
+    error = np.array([math.inf if s in bad else e for s, e in zip(steps, error)])  # no lam* to be near
     out = []
-    for switch in switch_steps:
-        after = [e for s, e in zip(steps, error) if s > switch and math.isfinite(e)]
+    for k, switch in enumerate(switches):
+        end = switches[k + 1] if k + 1 < len(switches) else math.inf
+        # an update's rollout ended at `step`; it is post-switch when it started at or after the switch
+        after = [e for s, e in zip(steps, error) if s > switch and s <= end]
         rec = math.nan
         for i in range(len(after) - HOLD + 1):
             if all(e <= TOLERANCE for e in after[i : i + HOLD]):
@@ -68,79 +102,212 @@ def recovery_times(result: Dict[str, Any], switch_steps: List[float]) -> List[fl
     return out
 
 
-def switch_steps(schedule: Dict[str, Any], total: int) -> List[float]:
-    if schedule.get("kind") != "switch":
-        return []
-    if "every" in schedule:
-        return [float(s) for s in range(int(schedule["every"]), total, int(schedule["every"]))]
-    return [float(s) for s in schedule.get("at", [])]
+def _after_warmup(result: Dict[str, Any], key: str, warmup: int) -> np.ndarray:
+    """A per-update key after the warm-up, NaN where the oracle was degenerate (its lam* is then a
+    fallback, not an estimate)."""
+    steps, values = update_series(result, key)
+    d_steps, degenerate = update_series(result, "hybrid/oracle_degenerate")
+    bad = set(d_steps[degenerate > 0].tolist())
+    values = np.array([math.nan if s in bad else v for s, v in zip(steps, values)], dtype=float)
+    return values[warmup:]
+
+
+def _nanmean(values: List[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def summarize(cfg: Dict[str, Any], results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in results:
         groups.setdefault(r["spec"]["label"], []).append(r)
-    train_return = {label: np.mean([np.nanmean(column(r, "rollout/ep_rew_mean")) for r in runs]) for label, runs in groups.items()}
+    # the first updates hold lam at 0 (lambda_warmup) and then have only a short window
+    warmup = int(cfg["algo"].get("lambda_warmup", 0)) + 1
+    train_return = {label: float(np.mean([np.mean(learning_curve(r)[1]) for r in runs])) for label, runs in groups.items()}
+    total = int(cfg["total_timesteps"])
     rows = []
     for label, runs in groups.items():
         env_name, mode_name = label.split("__")
-        schedule = cfg["envs"][env_name]["m"]
-        recs = [t for r in runs for t in recovery_times(r, switch_steps(schedule, int(cfg["total_timesteps"])))]
+        switches = switch_steps(_schedule(cfg, env_name), total)
+        recs = [recovery_times(r, switches) for r in runs]
+        flat = [t for rec in recs for t in rec]
+        errors = [float(np.nanmean(_after_warmup(r, "hybrid/oracle_error_applied", warmup))) for r in runs]
+        live_minus_frozen = [_after_warmup(r, "hybrid/oracle_env_drift_share", warmup) for r in runs]
+        frozen = [_after_warmup(r, "hybrid/oracle_lambda_frozen_env", warmup) for r in runs]
+        if not any(f.size for f in frozen):  # stationary env: the live oracle is the frozen one
+            frozen = [_after_warmup(r, "hybrid/oracle_lambda", warmup) for r in runs]
         rows.append(
             {
                 "env": env_name,
                 "mode": mode_name,
                 "seeds": len(runs),
-                "error_to_oracle": float(np.mean([np.nanmean(column(r, "hybrid/oracle_error_applied")) for r in runs])),
-                "excess_variance": float(np.mean([np.nanmean(column(r, "hybrid/oracle_excess_variance")) for r in runs])),
-                "recovery_updates": float(np.nanmean(recs)) if recs and not all(math.isnan(x) for x in recs) else math.nan,
+                "error_to_oracle": float(np.mean(errors)),
+                "error_to_oracle_se": float(np.std(errors, ddof=1) / math.sqrt(len(errors))) if len(errors) > 1 else math.nan,
+                "error_of_rollout_alone": float(np.mean([np.nanmean(_after_warmup(r, "hybrid/oracle_error_batch", warmup)) for r in runs])),
+                "excess_variance": float(np.mean([np.nanmean(_after_warmup(r, "hybrid/oracle_excess_variance", warmup)) for r in runs])),
+                "recovery_updates": _nanmean(flat) if flat else math.nan,
+                "recovered_fraction": float(np.mean([math.isfinite(t) for t in flat])) if flat else math.nan,
+                "recovery_per_switch": [[None if math.isnan(t) else t for t in rec] for rec in recs],
+                "env_drift_share": float(np.mean([np.nanmean(np.abs(d)) for d in live_minus_frozen if d.size])) if any(d.size for d in live_minus_frozen) else 0.0,
+                "policy_drift_spread": float(np.mean([np.nanstd(f) for f in frozen if f.size])),
+                "mean_lambda": float(np.mean([np.nanmean(_after_warmup(r, "hybrid/lambda", warmup)) for r in runs])),
                 "final_return": float(np.mean([r["final_return"] for r in runs])),
-                "dynamic_regret": float(train_return.get(f"stationary__{mode_name}", math.nan) - train_return[label]),
+                "train_return": train_return[label],
+                "dynamic_regret": float(train_return.get(f"{_stationary_env(cfg)}__{mode_name}", math.nan) - train_return[label]),
             }
         )
-    return sorted(rows, key=lambda row: (list(cfg["envs"]).index(row["env"]), list(cfg["modes"]).index(row["mode"])))
+    env_order, mode_order = list(cfg["envs"]), list(cfg["modes"])
+    return sorted(rows, key=lambda row: (env_order.index(row["env"]), mode_order.index(row["mode"])))
+
+
+def _stationary_env(cfg: Dict[str, Any]) -> str:
+    return next((name for name, sched in cfg["envs"].items() if _is_stationary(sched)), "")
+
+
+def _fmt(value: float, spec: str = ".3f") -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
 def markdown(rows: List[Dict[str, Any]]) -> str:
     lines = [
-        "| env | mode | seeds | mean abs(lam - lam*_oracle) | mean excess variance | recovery after a switch (updates) | final return | dynamic regret |",
-        "|---|---|---|---|---|---|---|---|",
+        "| env | mode | seeds | mean abs(lam - lam*_oracle) | ... of one rollout alone | mean excess variance | "
+        "recovery after a switch (updates, mean) | recovered | env-drift share of lam* | policy-drift spread of lam* | "
+        "final return | train return | dynamic regret |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        rec = "" if math.isnan(r["recovery_updates"]) else f"{r['recovery_updates']:.1f}"
+        err = f"{r['error_to_oracle']:.3f}" + (f" ± {r['error_to_oracle_se']:.3f}" if math.isfinite(r["error_to_oracle_se"]) else "")
+        recovered = "" if math.isnan(r["recovered_fraction"]) else f"{100 * r['recovered_fraction']:.0f}%"
         lines.append(
-            f"| {r['env']} | {r['mode']} | {r['seeds']} | {r['error_to_oracle']:.3f} | {r['excess_variance']:.3g} | {rec} | "
-            f"{r['final_return']:.3f} | {r['dynamic_regret']:.3f} |"
+            f"| {r['env']} | {r['mode']} | {r['seeds']} | {err} | {_fmt(r['error_of_rollout_alone'])} | {_fmt(r['excess_variance'], '.3g')} | "
+            f"{_fmt(r['recovery_updates'], '.1f')} | {recovered} | {_fmt(r['env_drift_share'])} | {_fmt(r['policy_drift_spread'])} | "
+            f"{_fmt(r['final_return'])} | {_fmt(r['train_return'])} | {_fmt(r['dynamic_regret'])} |"
         )
     return "\n".join(lines)
 
 
-def plot(cfg: Dict[str, Any], results: List[Dict[str, Any]], out: Path) -> None:
+def write_csv(rows: List[Dict[str, Any]], path: Path) -> None:
+    fields = [k for k in rows[0] if k != "recovery_per_switch"] + ["recovery_per_switch"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "recovery_per_switch": json.dumps(r["recovery_per_switch"])})
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+
+
+def _figure(n_rows: int, width: float = 12.0, height: float = 3.0) -> Tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    envs = list(cfg["envs"])
-    fig = Figure(figsize=(12, 3.2 * len(envs)))
+    fig = Figure(figsize=(width, height * n_rows))
     FigureCanvasAgg(fig)
-    for row, env_name in enumerate(envs):
-        ax = fig.add_subplot(len(envs), 1, row + 1)
-        for r in results:
-            label = r["spec"]["label"]
-            if r["spec"]["seed"] != 0 or not label.startswith(env_name + "__"):
-                continue
-            steps = column(r, "time/total_timesteps")
-            ax.plot(steps, column(r, "hybrid/lambda"), lw=1, label=label.split("__")[1])
-            if label.endswith("sliding_16"):
-                ax.plot(steps, column(r, "hybrid/oracle_lambda"), "k--", lw=1.5, label="oracle lam*")
-                twin = ax.twinx()
-                twin.plot(steps, column(r, "env/m"), color="grey", alpha=0.4, lw=3)
-                twin.set_ylabel("m (env)", color="grey")
-        for s in switch_steps(cfg["envs"][env_name]["m"], int(cfg["total_timesteps"])):
-            ax.axvline(s, color="red", alpha=0.3)
-        ax.set_title(f"{env_name}: applied lam per mode vs the oracle (seed 0)")
+    return fig, [fig.add_subplot(n_rows, 1, i + 1) for i in range(n_rows)]
+
+
+def _seed0(results: List[Dict[str, Any]], label: str) -> Dict[str, Any]:
+    runs = sorted((r for r in results if r["spec"]["label"] == label), key=lambda r: r["spec"]["seed"])
+    return runs[0] if runs else {}
+
+
+def _overlay_param(ax: Any, cfg: Dict[str, Any], env_name: str, run: Dict[str, Any]) -> None:
+    param = cfg.get("parameter", "m")
+    steps, values = update_series(run, f"env/{param}")
+    if steps.size:
+        twin = ax.twinx()
+        twin.plot(steps, values, color="grey", alpha=0.35, lw=3)
+        twin.set_ylabel(f"{param} (env)", color="grey")
+    for s in switch_steps(_schedule(cfg, env_name), int(cfg["total_timesteps"])):
+        ax.axvline(s, color="red", alpha=0.3)
+
+
+def plot_tracking(cfg: Dict[str, Any], results: List[Dict[str, Any]], out: Path) -> None:
+    envs = list(cfg["envs"])
+    fig, axes = _figure(len(envs))
+    reference = cfg.get("reference_mode", list(cfg["modes"])[-1])
+    for ax, env_name in zip(axes, envs):
+        for mode_name in cfg["modes"]:
+            run = _seed0(results, f"{env_name}__{mode_name}")
+            if run:
+                ax.plot(*update_series(run, "hybrid/lambda"), lw=1, label=mode_name)
+        run = _seed0(results, f"{env_name}__{reference}")
+        if run:
+            ax.plot(*update_series(run, "hybrid/oracle_lambda"), "k--", lw=1.5, label=f"oracle lam* ({reference} run)")
+            _overlay_param(ax, cfg, env_name, run)
+        ax.set_title(f"{env_name}: applied lam per mode vs the oracle lam* (seed 0); grey: env parameter, red: switches")
         ax.set_ylabel("lam")
-        ax.legend(fontsize=7, ncol=3, loc="lower left")
-    ax.set_xlabel("env steps")
+        ax.legend(fontsize=7, ncol=4, loc="lower left")
+    axes[-1].set_xlabel("env steps")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def plot_errors(cfg: Dict[str, Any], rows: List[Dict[str, Any]], out: Path) -> None:
+    envs, modes = list(cfg["envs"]), list(cfg["modes"])
+    fig, (ax,) = _figure(1, width=10, height=4)
+    width = 0.8 / len(modes)
+    for j, mode_name in enumerate(modes):
+        sel = [next((r for r in rows if r["env"] == e and r["mode"] == mode_name), None) for e in envs]
+        means = [r["error_to_oracle"] if r else math.nan for r in sel]
+        ses = [r["error_to_oracle_se"] if r and math.isfinite(r["error_to_oracle_se"]) else 0.0 for r in sel]
+        ax.bar(np.arange(len(envs)) + (j - (len(modes) - 1) / 2) * width, means, width, yerr=ses, capsize=2, label=mode_name)
+    ax.axhline(TOLERANCE, color="red", lw=0.8, ls=":", label=f"tolerance {TOLERANCE}")
+    ax.set_xticks(np.arange(len(envs)), envs)
+    ax.set_ylabel("mean |lam applied - lam*_oracle|")
+    ax.set_title("error to the oracle per mode (mean over seeds, ± SE)")
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def plot_returns(cfg: Dict[str, Any], results: List[Dict[str, Any]], out: Path) -> None:
+    envs = list(cfg["envs"])
+    fig, axes = _figure(len(envs))
+    for ax, env_name in zip(axes, envs):
+        for mode_name in cfg["modes"]:
+            curves = [learning_curve(r) for r in results if r["spec"]["label"] == f"{env_name}__{mode_name}"]
+            if not curves:
+                continue
+            n = min(len(c[0]) for c in curves)
+            ax.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0), lw=1, label=mode_name)
+        for s in switch_steps(_schedule(cfg, env_name), int(cfg["total_timesteps"])):
+            ax.axvline(s, color="red", alpha=0.3)
+        ax.set_title(f"{env_name}: training return (mean over seeds)")
+        ax.set_ylabel("return")
+        ax.legend(fontsize=7, ncol=5, loc="lower right")
+    axes[-1].set_xlabel("env steps")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def plot_drift_decomposition(cfg: Dict[str, Any], results: List[Dict[str, Any]], out: Path) -> None:
+    """lam* at the live env vs at the env frozen at its start, along one training path: the
+    frozen curve moves only with the policy; the gap between the curves is the env drift's share."""
+    envs = list(cfg["envs"])
+    reference = cfg.get("reference_mode", list(cfg["modes"])[-1])
+    fig, axes = _figure(len(envs))
+    for ax, env_name in zip(axes, envs):
+        run = _seed0(results, f"{env_name}__{reference}")
+        if not run:
+            continue
+        steps, live = update_series(run, "hybrid/oracle_lambda")
+        ax.plot(steps, live, "k-", lw=1.2, label="lam* (live env)")
+        f_steps, frozen = update_series(run, "hybrid/oracle_lambda_frozen_env")
+        if f_steps.size:
+            ax.plot(f_steps, frozen, color="tab:blue", lw=1.2, label="lam* (env frozen at its start: policy drift only)")
+            common = np.intersect1d(steps, f_steps)
+            a = live[np.isin(steps, common)]
+            b = frozen[np.isin(f_steps, common)]
+            ax.fill_between(common, a, b, color="tab:orange", alpha=0.3, label="env drift's share")
+        _overlay_param(ax, cfg, env_name, run)
+        ax.set_title(f"{env_name}: policy drift vs env drift of lam* ({reference}, seed 0)")
+        ax.set_ylabel("lam*")
+        ax.legend(fontsize=7, loc="lower left")
+    axes[-1].set_xlabel("env steps")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
@@ -151,11 +318,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="override total_timesteps (smoke runs)")
+    parser.add_argument("--oracle-samples", type=int, default=None, help="override algo.oracle_samples (smoke runs)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cfg = yaml.safe_load(Path(args.config).read_text())
     if args.steps:
         cfg["total_timesteps"] = args.steps
+    if args.oracle_samples:
+        cfg["algo"]["oracle_samples"] = args.oracle_samples
     out = Path(args.out or cfg["output_dir"])
     specs = build_specs(cfg, args.seeds or list(cfg["seeds"]))
     results = run_all(specs, str(out / "runs"), workers=args.workers)
@@ -163,8 +333,13 @@ def main() -> None:
     table = markdown(rows)
     print(table)
     (out / "table.md").write_text(table + "\n")
-    plot(cfg, results, out / "lambda_tracking.png")
-    print(f"wrote {out / 'table.md'} and {out / 'lambda_tracking.png'}")
+    write_csv(rows, out / "table.csv")
+    (out / "summary.json").write_text(json.dumps(rows, indent=1, allow_nan=True) + "\n")
+    plot_tracking(cfg, results, out / "lambda_tracking.png")
+    plot_errors(cfg, rows, out / "error_per_mode.png")
+    plot_returns(cfg, results, out / "returns.png")
+    plot_drift_decomposition(cfg, results, out / "drift_decomposition.png")
+    print(f"wrote {out}/table.md, table.csv, summary.json and lambda_tracking, error_per_mode, returns, drift_decomposition .png")
 
 
 if __name__ == "__main__":

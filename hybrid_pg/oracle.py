@@ -182,6 +182,9 @@ def oracle_log(
         "oracle_var_path": oracle.var_path,
         "oracle_var_score": oracle.var_score,
         "oracle_cov": oracle.cov,
+        # 1: the oracle batch had no usable spread (e.g. every action in a flat region, so both
+        # gradients are 0) and lam* is the fallback, not an estimate; score the windows elsewhere
+        "oracle_degenerate": float(oracle.degenerate),
     }
     if batch is not None:
         out["oracle_error_batch"] = abs(batch - oracle.lam)
