@@ -7,6 +7,7 @@ reports, per env and mode:
 * mean |lam applied - lam*_oracle| over the updates after the warm-up
   (``hybrid/oracle_error_applied``), and the mean exact excess variance paid for the wrong weight
   (``hybrid/oracle_excess_variance``);
+* the lag of the applied lam behind the oracle: the shift (in updates) that best aligns the two;
 * recovery time after each switch of the env parameter: the number of updates on post-switch
   rollouts until the applied lam is within 0.05 of the oracle (and stays there for 3 updates); the
   first post-switch update counts as 1, and its weight necessarily comes from pre-switch rollouts;
@@ -102,6 +103,22 @@ def recovery_times(result: Dict[str, Any], switches: List[float]) -> List[float]
     return out
 
 
+def tracking_lag(result: Dict[str, Any], warmup: int, max_lag: int = 20) -> float:
+    """The lag (in updates) of the applied lam behind the oracle: the shift k that minimises the
+    mean |lam applied(t) - lam*_oracle(t - k)| (0: no lag; NaN: too short a run)."""
+    lam = _after_warmup(result, "hybrid/lambda", warmup)
+    oracle = _after_warmup(result, "hybrid/oracle_lambda", warmup)
+    n = min(len(lam), len(oracle))
+    best, best_k = math.inf, math.nan
+    for k in range(0, min(max_lag, n - 2) + 1):
+        gaps = np.abs(lam[k:n] - oracle[: n - k])
+        if np.isfinite(gaps).sum() >= 2:
+            gap = float(np.nanmean(gaps))
+            if gap < best - 1e-12:
+                best, best_k = gap, float(k)
+    return best_k
+
+
 def _after_warmup(result: Dict[str, Any], key: str, warmup: int) -> np.ndarray:
     """A per-update key after the warm-up, NaN where the oracle was degenerate (its lam* is then a
     fallback, not an estimate)."""
@@ -145,6 +162,7 @@ def summarize(cfg: Dict[str, Any], results: List[Dict[str, Any]]) -> List[Dict[s
                 "error_to_oracle_se": float(np.std(errors, ddof=1) / math.sqrt(len(errors))) if len(errors) > 1 else math.nan,
                 "error_of_rollout_alone": float(np.mean([np.nanmean(_after_warmup(r, "hybrid/oracle_error_batch", warmup)) for r in runs])),
                 "excess_variance": float(np.mean([np.nanmean(_after_warmup(r, "hybrid/oracle_excess_variance", warmup)) for r in runs])),
+                "lag_updates": _nanmean([tracking_lag(r, warmup) for r in runs]),
                 "recovery_updates": _nanmean(flat) if flat else math.nan,
                 "recovered_fraction": float(np.mean([math.isfinite(t) for t in flat])) if flat else math.nan,
                 "recovery_per_switch": [[None if math.isnan(t) else t for t in rec] for rec in recs],
@@ -171,16 +189,16 @@ def _fmt(value: float, spec: str = ".3f") -> str:
 def markdown(rows: List[Dict[str, Any]]) -> str:
     lines = [
         "| env | mode | seeds | mean abs(lam - lam*_oracle) | ... of one rollout alone | mean excess variance | "
-        "recovery after a switch (updates, mean) | recovered | env-drift share of lam* | policy-drift spread of lam* | "
+        "lag behind the oracle (updates) | recovery after a switch (updates, mean) | recovered | env-drift share of lam* | policy-drift spread of lam* | "
         "final return | train return | dynamic regret |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         err = f"{r['error_to_oracle']:.3f}" + (f" ± {r['error_to_oracle_se']:.3f}" if math.isfinite(r["error_to_oracle_se"]) else "")
         recovered = "" if math.isnan(r["recovered_fraction"]) else f"{100 * r['recovered_fraction']:.0f}%"
         lines.append(
             f"| {r['env']} | {r['mode']} | {r['seeds']} | {err} | {_fmt(r['error_of_rollout_alone'])} | {_fmt(r['excess_variance'], '.3g')} | "
-            f"{_fmt(r['recovery_updates'], '.1f')} | {recovered} | {_fmt(r['env_drift_share'])} | {_fmt(r['policy_drift_spread'])} | "
+            f"{_fmt(r['lag_updates'], '.1f')} | {_fmt(r['recovery_updates'], '.1f')} | {recovered} | {_fmt(r['env_drift_share'])} | {_fmt(r['policy_drift_spread'])} | "
             f"{_fmt(r['final_return'])} | {_fmt(r['train_return'])} | {_fmt(r['dynamic_regret'])} |"
         )
     return "\n".join(lines)

@@ -59,6 +59,18 @@ def test_recovery_stops_at_the_next_switch_and_skips_degenerate_oracles():
     assert math.isnan(study.recovery_times(result, [3000.0, 5000.0])[0])
 
 
+def test_tracking_lag_finds_a_known_shift():
+    oracle = [0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.5, 0.95, 0.05, 0.5]
+    lagged = [0.5, 0.5, 0.5] + oracle[:-3]  # the applied lam is the oracle 3 updates late
+    result = _result("e__m", [0.0] * len(oracle), live=oracle)
+    for row, lam in zip(result["rows"][1:], lagged):
+        row["hybrid/lambda"] = lam
+    assert study.tracking_lag(result, warmup=0) == 3.0
+    for row, lam in zip(result["rows"][1:], oracle):
+        row["hybrid/lambda"] = lam
+    assert study.tracking_lag(result, warmup=0) == 0.0
+
+
 def test_switch_steps():
     assert study.switch_steps({"kind": "switch", "values": [0, 1], "every": 30}, 100) == [30.0, 60.0, 90.0]
     assert study.switch_steps({"kind": "switch", "values": [0, 1], "at": [10, 200]}, 100) == [10.0]
