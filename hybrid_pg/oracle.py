@@ -5,10 +5,11 @@ The windowed lam lags (it pools previous rollouts) and the per-rollout lam is no
 policy from its own env copy and compute lam from them: the reference that the windowed and
 per-rollout estimates are scored against (error, lag, excess variance).
 
-The oracle never touches the training run: it has its own env (same parameters as the rollout
-being trained on: a non-stationary env's clock is set to the rollout's midpoint, VecNormalize statistics are copied, not updated), its
-own torch generator for the action noise, and the global numpy/torch RNG states are restored
-afterwards, so a seeded run follows the same trajectory with and without it (tested).
+The oracle never touches the training run: it has its own env (with the parameters of the rollout
+being trained on: a non-stationary env's clock is set to the rollout's midpoint and held there for
+the batch; VecNormalize statistics are copied, not updated), its own torch generator for the
+action noise, and the global numpy/torch RNG states are restored afterwards, so a seeded run
+follows the same trajectory with and without it (tested).
 
 Policy drift vs env drift. lam* moves for two reasons: the policy moves (the landscape changes
 under a fixed env) and the env drifts. With ``frozen_clock`` set, a second oracle holds its env copy
