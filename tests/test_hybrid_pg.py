@@ -582,6 +582,36 @@ def test_frozen_env_oracle_separates_env_drift_from_policy_drift():
     assert th.equal(params(model), params(plain_model))
 
 
+def test_oracle_lambda_on_the_bandit_matches_the_closed_form():
+    """Ground truth for the whole RL path of lam (per-sample parameter gradients through the MLP,
+    advantage normalisation, the model's pathwise term, trace moments): on the coupled bandit the
+    variance-optimal lam* of the policy's parameters is known in closed form, with the metric
+    (||d mu / d theta||^2, 1) and the batch-mean baseline that SB3's advantage normalisation makes."""
+    from hybrid_pg.oracle import OracleLambda
+    from hybrid_pg_envs.coupled_bandit import bandit_moments
+
+    env = make_vec_env("hybrid_pg/CoupledBandit-v0", n_envs=4, seed=0, env_kwargs=dict(m=0.3, c=1.0))
+    model = HybridPG(
+        "MlpPolicy", env, n_steps=64, gamma=0.0, gae_lambda=1.0, pathwise_source="model", bias_correction=False,
+        lambda_bounds=None, seed=0, policy_kwargs=dict(log_std_init=-0.5),
+    )
+    oracle = OracleLambda(model, None, 8192)
+    obs = th.ones(1, 1)
+    mean = model.policy.actor_mean(obs)[0, 0]
+    w = float(sum((g**2).sum() for g in th.autograd.grad(mean, list(model._actor_head.parameters()))))
+    exact = bandit_moments(float(mean.detach()), float(model.policy.log_std[0].detach()), 0.3, 1.0, baseline="mean", metric=[w, 1.0])
+    draws = []
+    for k in range(6):  # independent oracle batches (the oracle's seed follows the update count)
+        model._n_rollouts_trained = k
+        est = model._oracle_estimate(oracle)
+        draws.append((est.lam, est.var_path / est.var_score))
+    draws = np.array(draws)
+    mean_est, se = draws.mean(axis=0), draws.std(axis=0, ddof=1) / np.sqrt(len(draws))
+    assert abs(mean_est[0] - exact.lam_star) < 4 * se[0] + 1e-3, (mean_est, se, exact.lam_star)
+    assert abs(mean_est[1] - exact.var_path / exact.var_score) < 4 * se[1] + 1e-3
+    assert 0.2 < exact.lam_star < 0.8  # a case where a wrong metric or baseline would show
+
+
 def test_frozen_oracle_settings_are_validated():
     with pytest.raises(ValueError, match="oracle_frozen_clock"):
         HybridPG("MlpPolicy", _switching_bandit(every=512), oracle_frozen_clock=0)  # oracle off
