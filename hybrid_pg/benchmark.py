@@ -6,7 +6,8 @@ cores), each writes its own JSON result, and a run whose result file exists is s
 interrupted benchmark resumes where it stopped and a finished one is not re-run. A run is
 deterministic given its spec (seeded model and envs, one torch thread, CPU).
 
-Result JSON: ``spec``, ``key``, ``final_return`` (mean of the final deterministic evaluation),
+Result JSON: ``spec``, ``key``, ``final_return`` (mean of the final deterministic evaluation; a
+non-stationary env is evaluated with its parameters held where training left them),
 ``eval_returns``, ``train_seconds`` and ``rows``: SB3's logger dumps, one per update, as
 ``{key: float}``. Row semantics (SB3 dumps its logger *before* ``train()``): row ``i`` holds
 ``time/total_timesteps`` and the ``rollout/`` statistics after rollout ``i``, and the ``train/`` and
@@ -153,6 +154,9 @@ def run_spec(spec: RunSpec) -> Dict[str, Any]:
     eval_env = _make_env(spec.env_id, 1, spec.seed + 10_000, spec.normalize, training=False, env_kwargs=spec.env_kwargs)
     if spec.normalize:
         eval_env.obs_rms = env.obs_rms
+    if env.has_attr("get_clock") and eval_env.has_attr("set_clock"):
+        # a non-stationary env: evaluate on the env as training left it, held there, not as it began
+        eval_env.env_method("set_clock", env.env_method("get_clock", indices=[0])[0], steps_per_tick=0)
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=spec.eval_episodes, deterministic=True, return_episode_rewards=True)
     return {
         "spec": dataclasses.asdict(spec),

@@ -226,3 +226,17 @@ def test_bench_tiny_budget_writes_json_and_markdown(tmp_path):
     md = (out / "bench.md").read_text()
     assert md.strip() == speed_markdown(report).strip()
     assert "| a2c | A2C |" in md and "| ppo | PPO |" in md
+
+
+def test_a_non_stationary_env_is_evaluated_where_training_left_it():
+    # m jumps from 0 to 40 at step 128 of 256: the evaluation must see m = 40 (every action then
+    # sits in the flat region, return exactly -c^2), not the m = 0 of a fresh env's clock
+    import hybrid_pg_envs  # noqa: F401
+
+    spec = RunSpec(
+        label="jump", algo="hybrid_pg", env_id="hybrid_pg/DriftingCoupledBandit-v0", seed=0, total_timesteps=256, n_envs=2,
+        algo_kwargs=dict(n_steps=64, batch_size=64, n_epochs=1, gamma=0.0), eval_episodes=3,
+        env_kwargs={"c": 1.5, "steps_per_tick": 2, "schedules": {"m": {"kind": "switch", "values": [0.0, 40.0], "at": [128]}}},
+    )
+    result = run_spec(spec)
+    assert result["eval_returns"] == [-2.25] * 3

@@ -89,15 +89,15 @@ def test_summary_excludes_warmup_and_degenerate_updates_and_splits_the_drift():
     frozen = [0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 0.4, 0.5]
     results = [
         _result("stationary__a", [0.1] * 8, returns=[-1.0] * 8),
-        _result("switching__a", errors, degenerate={4}, live=live, frozen=frozen, returns=[-3.0] * 8, final=-0.5),
+        _result("switching__a", errors, degenerate={4}, live=live, frozen=frozen, returns=[-3.0] * 7 + [-1.0]),
     ]
     rows = {r["env"]: r for r in study.summarize(cfg, results)}
     s = rows["switching"]
     assert s["error_to_oracle"] == pytest.approx(0.2)
     assert s["env_drift_share"] == pytest.approx((0.0 + 0.0 + 0.3 + 0.5 + 0.4) / 5)
     assert s["policy_drift_spread"] == pytest.approx(float(__import__("numpy").std([0.5, 0.5, 0.6, 0.4, 0.5])))
-    assert s["dynamic_regret"] == pytest.approx(2.0) and rows["stationary"]["dynamic_regret"] == 0.0
-    assert s["final_return"] == -0.5
+    assert s["dynamic_regret"] == pytest.approx(-1.0 + 2.75) and rows["stationary"]["dynamic_regret"] == 0.0
+    assert s["final_train_return"] == -1.0  # the last 10% of 8 rollouts: 1
     assert rows["stationary"]["env_drift_share"] == 0.0
     table = study.markdown(list(rows.values()))
     assert "| switching | a | 1 | 0.200 |" in table
