@@ -43,8 +43,17 @@ from hybrid_pg.benchmark import RunSpec, learning_curve, run_all, update_series
 TOLERANCE, HOLD = 0.05, 3
 
 
+def _moving_parameter(cfg: Dict[str, Any], env_name: str) -> str:
+    """The parameter an env's figures and switch times follow: its first non-constant one."""
+    schedules = cfg["envs"][env_name]
+    for name, sched in schedules.items():
+        if isinstance(sched, dict) and sched.get("kind") != "constant":
+            return name
+    return next(iter(schedules))
+
+
 def _schedule(cfg: Dict[str, Any], env_name: str) -> Dict[str, Any]:
-    return cfg["envs"][env_name][cfg.get("parameter", "m")]
+    return cfg["envs"][env_name][_moving_parameter(cfg, env_name)]
 
 
 def _is_stationary(schedules: Dict[str, Any]) -> bool:
@@ -243,7 +252,7 @@ def _seed0(results: List[Dict[str, Any]], label: str) -> Dict[str, Any]:
 
 
 def _overlay_param(ax: Any, cfg: Dict[str, Any], env_name: str, run: Dict[str, Any]) -> None:
-    param = cfg.get("parameter", "m")
+    param = _moving_parameter(cfg, env_name)
     steps, values = update_series(run, f"env/{param}")
     if steps.size:
         twin = ax.twinx()
