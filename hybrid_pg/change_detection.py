@@ -115,6 +115,11 @@ class CusumDetector:
                     alarm = Alarm(i, "up", _change_point(stream.recent, self.steps - stream.up_zero))
                 elif stream.down > self.threshold:
                     alarm = Alarm(i, "down", _change_point(stream.recent, self.steps - stream.down_zero))
+                if abs(z) > OUTLIER_Z:
+                    # an out-of-control point must not teach the in-control reference: absorbed,
+                    # the first points of a new regime inflate the spread and drag the mean, and
+                    # the CUSUM then needs many more of them to reach the threshold
+                    continue
             else:
                 stream.up_zero = stream.down_zero = self.steps
             # Welford; after the warmup the CUSUM compares x with the moments *before* it
@@ -151,6 +156,9 @@ class CusumDetector:
 
 
 _MAX_RECENT = 256
+# |z| beyond which a monitored point is kept out of the reference moments (0.27% of in-control
+# Gaussian points: the spread estimate barely changes, but a regime change stays visible)
+OUTLIER_Z = 3.0
 
 
 def _change_point(scores: List[float], since_zero: int) -> int:

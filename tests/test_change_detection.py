@@ -130,3 +130,19 @@ def test_adaptive_state_dict_round_trip_continues_identically():
 def test_detector_settings_need_adaptive_mode():
     with pytest.raises(ValueError, match="adaptive"):
         WindowedLambda(4, mode="sliding", detector=dict(threshold=3.0))
+
+
+def test_a_new_regime_is_not_absorbed_into_the_reference():
+    # a short reference (the detector was just reset) and a large step: the first post-change
+    # points must not inflate the in-control spread, or the alarm comes many steps late
+    rng = np.random.default_rng(3)
+    delays = []
+    for _ in range(40):
+        x = np.concatenate([rng.normal(0.0, 1.0, size=(7, 1)), rng.normal(8.0, 1.0, size=(20, 1))])
+        det = CusumDetector(1)
+        for t, v in enumerate(x):
+            if det.update(v) is not None:
+                delays.append(t - 7)
+                break
+    assert len(delays) == 40 and min(delays) >= 0
+    assert np.median(delays) <= 1, delays
