@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -61,6 +61,11 @@ class ScheduleError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
+def _is_number(raw: Any) -> bool:
+    """A real number of any numeric type; bool is not a number here."""
+    return not isinstance(raw, bool) and isinstance(raw, (int, float, np.integer, np.floating))
+
+
 class _Fields:
     """Reads and checks the fields of one config, naming the field in every error."""
 
@@ -75,14 +80,21 @@ class _Fields:
     def has(self, field: str) -> bool:
         return field in self.config and self.config[field] is not None
 
-    def real(self, field: str, default: Any = _REQUIRED, *, positive: bool = False, nonneg: bool = False) -> float:
+    def take(self, field: str, default: Any = _REQUIRED) -> Tuple[bool, Any]:
+        """Mark ``field`` read; (True, its raw value), or (False, ``default``) when it is absent
+        (an error when it is required)."""
         self.used.add(field)
-        if not self.has(field):
-            if default is _REQUIRED:
-                raise self.error(field, "is required")
-            return default
-        raw = self.config[field]
-        if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)):
+        if self.has(field):
+            return True, self.config[field]
+        if default is _REQUIRED:
+            raise self.error(field, "is required")
+        return False, default
+
+    def real(self, field: str, default: Any = _REQUIRED, *, positive: bool = False, nonneg: bool = False) -> float:
+        present, raw = self.take(field, default)
+        if not present:
+            return raw
+        if not _is_number(raw):
             raise self.error(field, f"must be a real number, got {raw!r}")
         value = float(raw)
         if not math.isfinite(value):
@@ -94,16 +106,10 @@ class _Fields:
         return value
 
     def integer(self, field: str, default: Any = _REQUIRED, *, minimum: int = 0) -> int:
-        self.used.add(field)
-        if not self.has(field):
-            if default is _REQUIRED:
-                raise self.error(field, "is required")
-            return default
-        raw = self.config[field]
-        ok = not isinstance(raw, bool) and isinstance(raw, (int, float, np.integer, np.floating))
-        if ok:
-            ok = math.isfinite(float(raw)) and float(raw) == int(raw)
-        if not ok:
+        present, raw = self.take(field, default)
+        if not present:
+            return raw
+        if not (_is_number(raw) and math.isfinite(float(raw)) and float(raw) == int(raw)):
             raise self.error(field, f"must be an integer, got {raw!r}")
         value = int(raw)
         if value < minimum:
@@ -111,15 +117,12 @@ class _Fields:
         return value
 
     def real_list(self, field: str, *, min_len: int = 1) -> List[float]:
-        self.used.add(field)
-        if not self.has(field):
-            raise self.error(field, "is required")
-        raw = self.config[field]
+        _, raw = self.take(field)
         if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, (Sequence, np.ndarray)):
             raise self.error(field, f"must be a list of numbers, got {raw!r}")
         out = []
         for i, item in enumerate(raw):
-            if isinstance(item, bool) or not isinstance(item, (int, float, np.integer, np.floating)) or not math.isfinite(float(item)):
+            if not _is_number(item) or not math.isfinite(float(item)):
                 raise self.error(field, f"must contain finite numbers only, item {i} is {item!r}")
             out.append(float(item))
         if len(out) < min_len:
@@ -531,7 +534,7 @@ def make_schedule(config: ScheduleConfig, name: Optional[str] = None) -> Schedul
     if isinstance(config, Schedule):
         return config
     where = f"schedule for {name!r}" if name else "schedule"
-    if isinstance(config, (int, float, np.integer, np.floating)) and not isinstance(config, bool):
+    if _is_number(config):
         if not math.isfinite(float(config)):
             raise ScheduleError(f"{where} (constant): field 'value' must be finite, got {config}")
         return Constant(float(config))
