@@ -62,14 +62,6 @@ POLICY = dict(
 )
 
 
-def _run_checker(check, env):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check(env)
-    unexpected = [str(w.message) for w in caught if not any(s in str(w.message) for s in EXPECTED_WARNINGS)]
-    assert not unexpected, unexpected
-
-
 # ---------------------------------------------------------------------------------------------
 # registration and env checkers
 # ---------------------------------------------------------------------------------------------
@@ -86,10 +78,10 @@ def test_registration_is_idempotent():
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_gymnasium_checker(env_id):
+def test_gymnasium_checker(env_id, run_env_checker):
     # Pendulum's render is gymnasium's own and needs pygame, which tests need not have
     skip_render = env_id.startswith("hybrid_pg/Pendulum")
-    _run_checker(lambda e: gym_check_env(e.unwrapped, skip_render_check=skip_render), gym.make(env_id))
+    run_env_checker(lambda e: gym_check_env(e.unwrapped, skip_render_check=skip_render), gym.make(env_id), EXPECTED_WARNINGS)
 
 
 def test_lqr_render():
@@ -104,8 +96,8 @@ def test_lqr_render():
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_sb3_checker(env_id):
-    _run_checker(lambda e: sb3_check_env(e.unwrapped), gym.make(env_id))
+def test_sb3_checker(env_id, run_env_checker):
+    run_env_checker(lambda e: sb3_check_env(e.unwrapped), gym.make(env_id), EXPECTED_WARNINGS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ is seeded.
 from __future__ import annotations
 
 import json
-import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -56,14 +55,6 @@ NEW_IDS = [
 # by design: physical action units (pendulum torque, bandit's wide bounds), the goal env's
 # unbounded state, and gymnasium's note that a wrapper is not its unwrapped env
 EXPECTED_WARNINGS = ("symmetric and normalized", "infinity", "different from the unwrapped")
-
-
-def _run_checker(check, env):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check(env)
-    unexpected = [str(w.message) for w in caught if not any(s in str(w.message) for s in EXPECTED_WARNINGS)]
-    assert not unexpected, unexpected
 
 
 def _pendulum(schedules, **kwargs):
@@ -532,13 +523,13 @@ def test_registration():
 
 
 @pytest.mark.parametrize("env_id", NEW_IDS)
-def test_checkers(env_id):
+def test_checkers(env_id, run_env_checker):
     # the gymnasium checker replays a seed and expects the same transition: freeze the clock
     frozen = gym.make(env_id, **({"steps_per_tick": 0} if "Drifting" in env_id or "Switching" in env_id else {}))
     target = find_nonstationary_wrapper(frozen) or frozen.unwrapped
-    _run_checker(lambda e: gym_check_env(e, skip_render_check="Pendulum" in env_id), target)
+    run_env_checker(lambda e: gym_check_env(e, skip_render_check="Pendulum" in env_id), target, EXPECTED_WARNINGS)
     env = gym.make(env_id)
-    _run_checker(sb3_check_env, find_nonstationary_wrapper(env) or env.unwrapped)
+    run_env_checker(sb3_check_env, find_nonstationary_wrapper(env) or env.unwrapped, EXPECTED_WARNINGS)
 
 
 # ---------------------------------------------------------------------------------------------
