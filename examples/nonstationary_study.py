@@ -95,10 +95,7 @@ def switch_steps(schedule: Dict[str, Any], total: int) -> List[float]:
 def recovery_times(result: Dict[str, Any], switches: List[float]) -> List[float]:
     """Per switch: updates on post-switch rollouts until |lam applied - oracle| <= TOLERANCE for
     HOLD consecutive updates (NaN: never within the budget or before the next switch)."""
-    steps, error = update_series(result, "hybrid/oracle_error_applied")
-    d_steps, degenerate = update_series(result, "hybrid/oracle_degenerate")
-    bad = set(d_steps[degenerate > 0].tolist())
-    error = np.array([math.inf if s in bad else e for s, e in zip(steps, error)])  # no lam* to be near
+    steps, error = _masked_series(result, "hybrid/oracle_error_applied", math.inf)  # no lam* to be near
     out = []
     for k, switch in enumerate(switches):
         end = switches[k + 1] if k + 1 < len(switches) else math.inf
@@ -129,14 +126,18 @@ def tracking_lag(result: Dict[str, Any], warmup: int, max_lag: int = 20) -> floa
     return best_k
 
 
-def _after_warmup(result: Dict[str, Any], key: str, warmup: int) -> np.ndarray:
-    """A per-update key after the warm-up, NaN where the oracle was degenerate (its lam* is then a
-    fallback, not an estimate)."""
+def _masked_series(result: Dict[str, Any], key: str, fill: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a per-update key, ``fill`` where the oracle was degenerate (its lam* is
+    then a fallback, not an estimate)."""
     steps, values = update_series(result, key)
     d_steps, degenerate = update_series(result, "hybrid/oracle_degenerate")
     bad = set(d_steps[degenerate > 0].tolist())
-    values = np.array([math.nan if s in bad else v for s, v in zip(steps, values)], dtype=float)
-    return values[warmup:]
+    return steps, np.array([fill if s in bad else v for s, v in zip(steps, values)], dtype=float)
+
+
+def _after_warmup(result: Dict[str, Any], key: str, warmup: int) -> np.ndarray:
+    """A per-update key after the warm-up, NaN where the oracle was degenerate."""
+    return _masked_series(result, key, math.nan)[1][warmup:]
 
 
 def _nanmean(values: List[float]) -> float:
@@ -258,8 +259,18 @@ def _overlay_param(ax: Any, cfg: Dict[str, Any], env_name: str, run: Dict[str, A
         twin = ax.twinx()
         twin.plot(steps, values, color="grey", alpha=0.35, lw=3)
         twin.set_ylabel(f"{param} (env)", color="grey")
+    _mark_switches(ax, cfg, env_name)
+
+
+def _mark_switches(ax: Any, cfg: Dict[str, Any], env_name: str) -> None:
     for s in switch_steps(_schedule(cfg, env_name), int(cfg["total_timesteps"])):
         ax.axvline(s, color="red", alpha=0.3)
+
+
+def _save(fig: Any, axes: List[Any], out: Path) -> None:
+    axes[-1].set_xlabel("env steps")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
 
 
 def plot_tracking(cfg: Dict[str, Any], results: List[Dict[str, Any]], out: Path) -> None:
@@ -278,9 +289,7 @@ def plot_tracking(cfg: Dict[str, Any], results: List[Dict[str, Any]], out: Path)
         ax.set_title(f"{env_name}: applied lam per mode vs the oracle lam* (seed 0); grey: env parameter, red: switches")
         ax.set_ylabel("lam")
         ax.legend(fontsize=7, ncol=4, loc="lower left")
-    axes[-1].set_xlabel("env steps")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    _save(fig, axes, out)
 
 
 def plot_errors(cfg: Dict[str, Any], rows: List[Dict[str, Any]], out: Path) -> None:
@@ -311,14 +320,11 @@ def plot_returns(cfg: Dict[str, Any], results: List[Dict[str, Any]], out: Path) 
                 continue
             n = min(len(c[0]) for c in curves)
             ax.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0), lw=1, label=mode_name)
-        for s in switch_steps(_schedule(cfg, env_name), int(cfg["total_timesteps"])):
-            ax.axvline(s, color="red", alpha=0.3)
+        _mark_switches(ax, cfg, env_name)
         ax.set_title(f"{env_name}: training return (mean over seeds)")
         ax.set_ylabel("return")
         ax.legend(fontsize=7, ncol=5, loc="lower right")
-    axes[-1].set_xlabel("env steps")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    _save(fig, axes, out)
 
 
 def plot_drift_decomposition(cfg: Dict[str, Any], results: List[Dict[str, Any]], out: Path) -> None:
@@ -344,9 +350,7 @@ def plot_drift_decomposition(cfg: Dict[str, Any], results: List[Dict[str, Any]],
         ax.set_title(f"{env_name}: policy drift vs env drift of lam* ({reference}, seed 0)")
         ax.set_ylabel("lam*")
         ax.legend(fontsize=7, loc="lower left")
-    axes[-1].set_xlabel("env steps")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    _save(fig, axes, out)
 
 
 def main() -> None:
