@@ -57,7 +57,7 @@ from hybrid_pg.surrogates import (
 )
 from hybrid_pg.change_detection import CusumDetector
 from hybrid_pg.drift import DriftTracker
-from hybrid_pg.oracle import OracleEnv, OracleLambda, check_oracle_env, oracle_log
+from hybrid_pg.oracle import OracleEnv, OracleLambda, check_oracle_env, env_clock, oracle_log
 from hybrid_pg.window import WINDOW_MODES, WindowedLambda
 
 SelfHybridPG = TypeVar("SelfHybridPG", bound="HybridPG")
@@ -393,10 +393,11 @@ class HybridPG(OnPolicyAlgorithm):
     def _rollout_clock(self) -> Optional[int]:
         """A non-stationary env's clock at the midpoint of the last rollout (its mean parameter under
         linear drift; never the next regime after a switch at the rollout's end); None without a clock."""
-        if self._rollout_clock_start is None or self.env is None or not self.env.has_attr("get_clock"):
+        start = self._rollout_clock_start
+        end = None if start is None else env_clock(self.env)
+        if end is None:
             return None
-        end = self.env.env_method("get_clock", indices=[0])[0]
-        return end if self._rollout_clock_start > end else (self._rollout_clock_start + end) // 2
+        return end if start > end else (start + end) // 2
 
     def _excluded_save_params(self) -> list[str]:
         return [
@@ -856,7 +857,7 @@ class HybridPG(OnPolicyAlgorithm):
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int) -> bool:
         # a non-stationary env's clock when the rollout starts: the model source and the oracle's
         # env copy use the rollout's midpoint (see _rollout_clock)
-        self._rollout_clock_start = env.env_method("get_clock", indices=[0])[0] if env.has_attr("get_clock") else None
+        self._rollout_clock_start = env_clock(env)
         return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
 
     def learn(

@@ -62,15 +62,27 @@ def _as_vec_env(env: OracleEnv, model: "HybridPG") -> VecEnv:
     return model._wrap_env(env, verbose=0, monitor_wrapper=False)
 
 
+def env_clock(venv: Optional[VecEnv]) -> Optional[int]:
+    """The clock of a non-stationary VecEnv's first sub-env (None if it has none)."""
+    if venv is None or not venv.has_attr(CLOCK_GETTER):
+        return None
+    return venv.env_method(CLOCK_GETTER, indices=[0])[0]
+
+
+def _require_clock(venv: VecEnv, which: str) -> None:
+    if not venv.has_attr(CLOCK_SETTER):
+        raise ValueError(
+            "oracle_frozen_clock needs a non-stationary env (one with set_clock, e.g. wrapped in "
+            f"hybrid_pg_envs.NonStationaryWrapper); {which} has none"
+        )
+
+
 def check_oracle_env(model: "HybridPG", env: OracleEnv, frozen_clock: Optional[int] = None) -> None:
     """Fail at construction if the oracle will have no env to copy, or a frozen oracle no clock."""
     if env is None and model.env is not None and model.env.get_attr("spec")[0] is None:
         raise ValueError("oracle_freq > 0 needs oracle_env: the training env has no gymnasium spec to copy it from")
-    if frozen_clock is not None and env is None and model.env is not None and not model.env.has_attr(CLOCK_SETTER):
-        raise ValueError(
-            "oracle_frozen_clock needs a non-stationary env (one with set_clock, e.g. wrapped in "
-            "hybrid_pg_envs.NonStationaryWrapper); the training env has none"
-        )
+    if frozen_clock is not None and env is None and model.env is not None:
+        _require_clock(model.env, "the training env")
 
 
 class OracleLambda:
@@ -80,11 +92,8 @@ class OracleLambda:
         self.model = model
         self.env = _as_vec_env(env, model)
         self.frozen_clock = frozen_clock
-        if frozen_clock is not None and not self.env.has_attr(CLOCK_SETTER):
-            raise ValueError(
-                "oracle_frozen_clock needs a non-stationary oracle env (one with set_clock, e.g. wrapped in "
-                "hybrid_pg_envs.NonStationaryWrapper); this one has none"
-            )
+        if frozen_clock is not None:
+            _require_clock(self.env, "the oracle env")
         training_norm = unwrap_vec_wrapper(model.env, VecNormalize) if model.env is not None else None
         if training_norm is not None and not isinstance(self.env, VecNormalize):
             self.env = VecNormalize(self.env, training=False, norm_obs=training_norm.norm_obs, norm_reward=training_norm.norm_reward)
@@ -105,8 +114,7 @@ class OracleLambda:
             self.env.env_method(CLOCK_SETTER, self.frozen_clock, steps_per_tick=0)
         elif training.has_attr(CLOCK_GETTER) and self.env.has_attr(CLOCK_SETTER):
             clock = self.model._rollout_clock()
-            clock = clock if clock is not None else training.env_method(CLOCK_GETTER, indices=[0])[0]
-            self.env.env_method(CLOCK_SETTER, clock, steps_per_tick=0)
+            self.env.env_method(CLOCK_SETTER, clock if clock is not None else env_clock(training), steps_per_tick=0)
 
     def differentiable_model(self) -> Any:
         """The frozen oracle's own env model (at the frozen parameters); None: use the training one."""
