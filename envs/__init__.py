@@ -32,19 +32,13 @@ from __future__ import annotations
 import gymnasium as gym
 
 from .adapters import AttributeAdapter, LQRAdapter, MujocoAdapter, ParameterAdapter, PendulumAdapter, make_adapter
-from .coupled_bandit import CoupledBanditEnv, CoupledBanditModel, bandit_moments, oracle_lambda
+from .coupled_bandit import CoupledBanditEnv, CoupledBanditModel
 from .differentiable import DifferentiableModel, find_differentiable_model, has_differentiable_model
 from .goal import PointMassGoalEnv, PointMassModel
 from .lqr import LQREnv, LQRModel
 from .lqr_exact import exact_policy_gradient, expected_return, linear_policy_params
-from .nonstationary import (
-    NonStationaryWrapper,
-    find_nonstationary_wrapper,
-    get_clocks,
-    load_vec_state_dicts,
-    sync_clock,
-    vec_state_dicts,
-)
+from .clock import env_clock, get_clocks, load_vec_state_dicts, sync_clock, vec_state_dicts
+from .nonstationary import NonStationaryWrapper, find_nonstationary_wrapper
 from .pendulum import DiffPendulumEnv, PendulumModel
 from .schedules import Schedule, ScheduleError, make_schedule
 
@@ -107,10 +101,10 @@ __all__ = [
     "SWITCHING_PENDULUM_ID",
     "Schedule",
     "ScheduleError",
-    "bandit_moments",
     "exact_policy_gradient",
     "expected_return",
     "find_differentiable_model",
+    "env_clock",
     "find_nonstationary_wrapper",
     "get_clocks",
     "has_differentiable_model",
@@ -118,7 +112,6 @@ __all__ = [
     "load_vec_state_dicts",
     "make_adapter",
     "make_schedule",
-    "oracle_lambda",
     "register_envs",
     "sync_clock",
     "vec_state_dicts",

@@ -14,12 +14,12 @@ both a live and a stale model.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple
 
-import gymnasium as gym
 import torch as th
-from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
+
+from .clock import is_vec_env
 
 MODEL_METHOD = "get_differentiable_model"
 
@@ -63,9 +63,9 @@ class DifferentiableModel(nn.Module):
         return self.step(obs, action)
 
 
-def has_differentiable_model(env: Union[gym.Env, VecEnv]) -> bool:
+def has_differentiable_model(env: Any) -> bool:
     """Whether ``env`` (a gymnasium env, possibly wrapped, or an SB3 VecEnv) follows the protocol."""
-    if isinstance(env, VecEnv):
+    if is_vec_env(env):
         try:
             return bool(env.has_attr(MODEL_METHOD))
         except AttributeError:
@@ -73,7 +73,7 @@ def has_differentiable_model(env: Union[gym.Env, VecEnv]) -> bool:
     return callable(getattr(env.unwrapped, MODEL_METHOD, None))
 
 
-def find_differentiable_model(env: Union[gym.Env, VecEnv, None]) -> Optional[DifferentiableModel]:
+def find_differentiable_model(env: Any) -> Optional[DifferentiableModel]:
     """The model of ``env`` (of its first sub-env for a VecEnv), or None if it has none.
 
     Works through gymnasium wrappers, SB3 VecEnv wrappers and SubprocVecEnv (the model is built in
@@ -82,7 +82,7 @@ def find_differentiable_model(env: Union[gym.Env, VecEnv, None]) -> Optional[Dif
     """
     if env is None or not has_differentiable_model(env):
         return None
-    if isinstance(env, VecEnv):
+    if is_vec_env(env):
         models = env.env_method(MODEL_METHOD)
         first = models[0]
         reference = first.parameters_dict()

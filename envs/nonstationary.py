@@ -63,14 +63,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import gymnasium as gym
 import numpy as np
 import torch as th
-from stable_baselines3.common.vec_env import VecEnv
 
 from .adapters import ParameterAdapter, make_adapter
+from .clock import get_clocks, load_vec_state_dicts, sync_clock, vec_state_dicts  # noqa: F401  (re-exported)
 from .differentiable import MODEL_METHOD, DifferentiableModel
 from .schedules import Schedule, ScheduleConfig, make_schedules
 
@@ -356,41 +356,6 @@ def find_nonstationary_wrapper(env: gym.Env) -> Optional[NonStationaryWrapper]:
             return env
         env = env.env
     return None
-
-
-def _check_vec(venv: VecEnv) -> None:
-    if not isinstance(venv, VecEnv):
-        raise TypeError(f"expected an SB3 VecEnv, got {type(venv).__name__}")
-    if not venv.has_attr("set_clock"):
-        raise ValueError("this VecEnv's sub-envs have no NonStationaryWrapper (no set_clock method)")
-
-
-def sync_clock(venv: VecEnv, step: int, indices: Optional[Sequence[int]] = None) -> None:
-    """Set every sub-env's clock (or those at ``indices``) to ``step``; works through Monitor,
-    gymnasium's wrappers, VecEnv wrappers and SubprocVecEnv (``env_method``)."""
-    _check_vec(venv)
-    venv.env_method("set_clock", _check_int("step", step, 0), indices=indices)
-
-
-def get_clocks(venv: VecEnv) -> List[int]:
-    """Each sub-env's clock."""
-    _check_vec(venv)
-    return [int(c) for c in venv.env_method("get_clock")]
-
-
-def vec_state_dicts(venv: VecEnv) -> List[Dict[str, Any]]:
-    """Each sub-env's :meth:`NonStationaryWrapper.state_dict` (plain data, for a checkpoint)."""
-    _check_vec(venv)
-    return [copy.deepcopy(s) for s in venv.env_method("state_dict")]
-
-
-def load_vec_state_dicts(venv: VecEnv, states: Sequence[Mapping[str, Any]]) -> None:
-    """Restore :func:`vec_state_dicts` (one state per sub-env)."""
-    _check_vec(venv)
-    if len(states) != venv.num_envs:
-        raise ValueError(f"got {len(states)} states for a VecEnv of {venv.num_envs} envs")
-    for i, state in enumerate(states):
-        venv.env_method("load_state_dict", state, indices=[i])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,22 @@
 """hybrid_pg: hybrid (pathwise + score-function) policy gradients for Stable-Baselines3.
 
-The estimator core (:mod:`hybrid_pg.estimator`, :mod:`hybrid_pg.window`) is importable without the
-RL algorithm; the algorithm is ``hybrid_pg.HybridPG``.
+Layers (arrows point down only; ``tests/test_layers.py`` enforces it):
+
+* ``hybrid_pg.experiments``: the command line, run configs, the run engine, ablations, benchmarks,
+  plots. Nothing in the library imports it.
+* ``hybrid_pg`` (this package): the algorithm :class:`HybridPG`, its policies and surrogates, the
+  statistics (:mod:`~hybrid_pg.estimator`, :mod:`~hybrid_pg.per_sample`, :mod:`~hybrid_pg.window`,
+  :mod:`~hybrid_pg.change_detection`), the pathwise sources (:mod:`hybrid_pg.sources`), diagnostics
+  (:mod:`~hybrid_pg.oracle`, :mod:`~hybrid_pg.drift`, :mod:`~hybrid_pg.update_log`) and ground truth.
+* ``hybrid_pg_envs``: environments (gymnasium, numpy and torch only).
+
+``import hybrid_pg`` registers the ``hybrid_pg/`` env ids with gymnasium. The estimator core is
+importable without Stable-Baselines3: ``HybridPG`` is loaded on first access.
 """
 
+from typing import Any
+
+import hybrid_pg_envs  # noqa: F401  (registers the hybrid_pg/ env ids)
 from hybrid_pg.estimator import (
     DEFAULT_BOUNDS,
     DEFAULT_FALLBACK,
@@ -17,17 +30,31 @@ from hybrid_pg.estimator import (
     pooled_estimate,
     score_gradients,
 )
-from hybrid_pg.hybrid_pg import HybridPG
 from hybrid_pg.window import WindowedLambda
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_LAZY = {"HybridPG": "hybrid_pg.hybrid_pg", "HybridPGSettings": "hybrid_pg.settings"}
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the algorithm (and with it Stable-Baselines3) loads only when asked for
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hybrid_pg' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_BOUNDS",
     "DEFAULT_FALLBACK",
     "BatchMoments",
-    "LambdaEstimate",
     "HybridPG",
+    "HybridPGSettings",
+    "LambdaEstimate",
     "WindowedLambda",
     "excess_variance",
     "lambda_from_moments",

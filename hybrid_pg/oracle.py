@@ -21,183 +21,262 @@ model, which is at the frozen parameters.
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.utils import obs_as_tensor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, unwrap_vec_wrapper
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, VecTransposeImage, unwrap_vec_wrapper
 
-from hybrid_pg.estimator import LambdaEstimate, excess_variance, lambda_from_moments
+from hybrid_pg.estimator import LambdaEstimate
+from hybrid_pg.rollout import prepare_batch, rollout_group_moments
 from hybrid_pg.surrogates import gaussian_log_prob
+from hybrid_pg_envs.clock import env_clock, has_clock, sync_clock
+from hybrid_pg_envs.differentiable import find_differentiable_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from hybrid_pg.hybrid_pg import HybridPG
 
 OracleEnv = Union[None, str, gym.Env, VecEnv, Callable[[], gym.Env]]
-CLOCK_GETTER, CLOCK_SETTER = "get_clock", "set_clock"
 
 
-def _as_vec_env(env: OracleEnv, model: "HybridPG") -> VecEnv:
+def _copy_without_monitor(env: gym.Env) -> gym.Env:
+    """A deep copy of ``env``, wrappers and all, with SB3's Monitor wrappers spliced out (a copy must
+    not write to the training run's monitor file or count its episodes; its file handle cannot be
+    copied either). The deepcopy memo maps each Monitor to the copy of the env it wraps."""
+    monitors, inner = [], env
+    while isinstance(inner, gym.Wrapper):
+        if isinstance(inner, Monitor):
+            monitors.append(inner)
+        inner = inner.env
+    memo: Dict[int, Any] = {}
+    for monitor in reversed(monitors):  # innermost first, so outer ones find it in the memo
+        memo[id(monitor)] = copy.deepcopy(monitor.env, memo)
+    return copy.deepcopy(env, memo)
+
+
+def _copy_training_envs(training: VecEnv, n_envs: int) -> VecEnv:
+    """Copies of the training env *with the user's wrappers* (and its clock).
+
+    In-process sub-envs (DummyVecEnv) are deep-copied, wrappers and all. Envs in other processes
+    are rebuilt from their gymnasium spec, which records every wrapper that records its constructor
+    arguments (gymnasium's own, :class:`hybrid_pg_envs.NonStationaryWrapper`); a wrapper that does not
+    cannot be rebuilt, and the oracle refuses rather than silently computing lam* on another env.
+    """
+    base = training.unwrapped if hasattr(training, "unwrapped") else training
+    while hasattr(base, "venv"):
+        base = base.venv
+    if isinstance(base, DummyVecEnv):
+        return DummyVecEnv([(lambda e=_copy_without_monitor(env): e) for env in _cycle(base.envs, n_envs)])
+    specs = training.get_attr("spec")
+    spec = specs[0]
+    if spec is None:
+        raise ValueError(
+            "oracle_freq > 0 needs oracle_env: the training env runs in other processes and has no gymnasium spec to copy it from"
+        )
+    wrappers = tuple(w for w in spec.additional_wrappers if not w.entry_point.startswith("stable_baselines3.common.monitor"))
+    unknown = [w.name for w in wrappers if w.kwargs is None]
+    if unknown:
+        raise ValueError(
+            f"the oracle cannot copy the training env: its wrapper(s) {unknown} do not record their constructor arguments "
+            "(gymnasium.utils.RecordConstructorArgs), so a copy would drop them. Pass oracle_env= a factory that builds the "
+            "env with the same wrappers."
+        )
+    spec = copy.deepcopy(spec)
+    spec.additional_wrappers = wrappers
+    return DummyVecEnv([lambda: gym.make(spec) for _ in range(n_envs)])
+
+
+def _cycle(envs: list, n: int) -> list:
+    return [envs[i % len(envs)] for i in range(n)]
+
+
+def _as_vec_env(env: OracleEnv, algorithm: "HybridPG") -> VecEnv:
+    n_envs = algorithm.n_envs
     if env is None:
-        specs = model.env.get_attr("spec") if model.env is not None else [None]
-        if specs[0] is None:
-            raise ValueError("oracle_freq > 0 needs oracle_env: the training env has no gymnasium spec to copy it from")
-        # id and kwargs only: the spec of a Monitor-wrapped env lists wrappers gym.make cannot rebuild
-        env_id, kwargs = specs[0].id, dict(specs[0].kwargs)
-        return DummyVecEnv([lambda: gym.make(env_id, **kwargs) for _ in range(model.n_envs)])
-    if isinstance(env, str):
-        env = DummyVecEnv([lambda: gym.make(env) for _ in range(model.n_envs)])
+        if algorithm.env is None:
+            raise ValueError("oracle_freq > 0 needs an env (or oracle_env)")
+        env = _copy_training_envs(algorithm.env, n_envs)
+    elif isinstance(env, str):
+        env_id = env
+        env = DummyVecEnv([lambda: gym.make(env_id) for _ in range(n_envs)])
     elif isinstance(env, gym.Env):
-        env = DummyVecEnv([lambda: env])
+        single = env
+        env = DummyVecEnv([lambda: single])
     elif callable(env) and not isinstance(env, VecEnv):
-        env = DummyVecEnv([env for _ in range(model.n_envs)])
+        env = DummyVecEnv([env for _ in range(n_envs)])
     elif not isinstance(env, VecEnv):
         raise TypeError(f"oracle_env must be None, an env id, a gymnasium env, a VecEnv or an env factory; got {type(env).__name__}")
-    # the wrappers SB3 put on the training env (e.g. VecTransposeImage for images), no Monitor
-    return model._wrap_env(env, verbose=0, monitor_wrapper=False)
-
-
-def env_clock(venv: Optional[VecEnv]) -> Optional[int]:
-    """The clock of a non-stationary VecEnv's first sub-env (None if it has none)."""
-    if venv is None or not venv.has_attr(CLOCK_GETTER):
-        return None
-    return venv.env_method(CLOCK_GETTER, indices=[0])[0]
+    # the wrapper SB3 puts on the training env for channel-last images
+    space = env.observation_space
+    if is_image_space(space) and not is_image_space_channels_first(space) and not isinstance(env, VecTransposeImage):
+        env = VecTransposeImage(env)
+    return env
 
 
 def _require_clock(venv: VecEnv, which: str) -> None:
-    if not venv.has_attr(CLOCK_SETTER):
+    if not has_clock(venv):
         raise ValueError(
             "oracle_frozen_clock needs a non-stationary env (one with set_clock, e.g. wrapped in "
             f"hybrid_pg_envs.NonStationaryWrapper); {which} has none"
         )
 
 
-def check_oracle_env(model: "HybridPG", env: OracleEnv, frozen_clock: Optional[int] = None) -> None:
-    """Fail at construction if the oracle will have no env to copy, or a frozen oracle no clock."""
-    if env is None and model.env is not None and model.env.get_attr("spec")[0] is None:
-        raise ValueError("oracle_freq > 0 needs oracle_env: the training env has no gymnasium spec to copy it from")
-    if frozen_clock is not None and env is None and model.env is not None:
-        _require_clock(model.env, "the training env")
+def check_oracle_env(algorithm: "HybridPG", env: OracleEnv, frozen_clock: Optional[int] = None) -> None:
+    """Fail at construction, not at the first update: build the oracle's env copy once (so a copy that
+    would drop the user's wrappers is refused now) and check the clock a frozen oracle needs."""
+    if algorithm.env is None and env is None:
+        return
+    copy_env = _as_vec_env(env, algorithm)
+    try:
+        if frozen_clock is not None:
+            _require_clock(copy_env, "the oracle env")
+        if has_clock(algorithm.env) and not has_clock(copy_env):
+            raise ValueError(
+                "the training env is non-stationary but the oracle's env copy has no clock: lam* would be computed on a "
+                "stationary env. Pass oracle_env= a factory that builds the env with its NonStationaryWrapper."
+            )
+    finally:
+        copy_env.close()
 
 
 class OracleLambda:
-    """Collects oracle batches for ``model`` (see the module docstring)."""
+    """Oracle batches for ``algorithm`` and the lam* they give (see the module docstring).
 
-    def __init__(self, model: "HybridPG", env: OracleEnv, n_samples: int, frozen_clock: Optional[int] = None) -> None:
-        self.model = model
-        self.env = _as_vec_env(env, model)
+    Uses the algorithm's public API only: ``policy``, ``pathwise`` (the source), ``settings``,
+    ``rollout_clock``, ``n_rollouts_trained``, ``weight_estimate``.
+    """
+
+    def __init__(self, algorithm: "HybridPG", env: OracleEnv, n_samples: int, frozen_clock: Optional[int] = None) -> None:
+        self.algorithm = algorithm
+        self.env = _as_vec_env(env, algorithm)
         self.frozen_clock = frozen_clock
         if frozen_clock is not None:
             _require_clock(self.env, "the oracle env")
-        training_norm = unwrap_vec_wrapper(model.env, VecNormalize) if model.env is not None else None
+        training_norm = unwrap_vec_wrapper(algorithm.env, VecNormalize) if algorithm.env is not None else None
         if training_norm is not None and not isinstance(self.env, VecNormalize):
-            self.env = VecNormalize(self.env, training=False, norm_obs=training_norm.norm_obs, norm_reward=training_norm.norm_reward)
+            self.env = VecNormalize(
+                self.env, training=False, norm_obs=training_norm.norm_obs, norm_reward=training_norm.norm_reward, gamma=algorithm.gamma
+            )
         self.n_steps = max(2, math.ceil(n_samples / self.env.num_envs))
         self.calls = 0
 
     def _sync(self) -> None:
         """Same env parameters as the training env now: clock and normalisation statistics."""
-        training = self.model.env
+        training = self.algorithm.env
         if training is None:
             return
         norm = unwrap_vec_wrapper(training, VecNormalize)
         if norm is not None and isinstance(self.env, VecNormalize):
-            self.env.obs_rms = norm.obs_rms.copy() if hasattr(norm.obs_rms, "copy") else norm.obs_rms
-            self.env.ret_rms = norm.ret_rms.copy() if hasattr(norm.ret_rms, "copy") else norm.ret_rms
+            self.env.obs_rms = copy.deepcopy(norm.obs_rms)
+            self.env.ret_rms = copy.deepcopy(norm.ret_rms)
         # the clock is held still during the oracle batch (steps_per_tick=0): one moment's parameters
         if self.frozen_clock is not None:
-            self.env.env_method(CLOCK_SETTER, self.frozen_clock, steps_per_tick=0)
-        elif training.has_attr(CLOCK_GETTER) and self.env.has_attr(CLOCK_SETTER):
-            clock = self.model._rollout_clock()
-            self.env.env_method(CLOCK_SETTER, clock if clock is not None else env_clock(training), steps_per_tick=0)
+            sync_clock(self.env, self.frozen_clock, steps_per_tick=0)
+        elif has_clock(training) and has_clock(self.env):
+            clock = self.algorithm.rollout_clock
+            sync_clock(self.env, clock if clock is not None else env_clock(training), steps_per_tick=0)
 
-    def differentiable_model(self) -> Any:
-        """The frozen oracle's own env model (at the frozen parameters); None: use the training one."""
-        if self.frozen_clock is None:
-            return None
-        from hybrid_pg_envs.differentiable import find_differentiable_model
-
+    def _source(self) -> Any:
+        """The training run's pathwise source; a frozen oracle's model source differentiates through
+        its own env copy's model, which is at the frozen parameters."""
+        source = self.algorithm.pathwise
+        if self.frozen_clock is None or source is None:
+            return source
         model = find_differentiable_model(self.env)
-        return None if model is None else model.to(self.model.device)
+        return source if model is None else source.with_model(model.to(self.algorithm.device))
 
-    def collect(self) -> Tuple[Any, th.Generator]:
-        """A fresh batch at the current policy (RolloutBufferSamples, GAE advantages) and the
-        generator to use for any further noise it needs."""
-        model, env = self.model, self.env
+    def estimate(self) -> Optional[LambdaEstimate]:
+        """lam* from a fresh batch at the current policy (None when its gradients are not finite).
+
+        The training run's RNG streams are restored afterwards, whatever happens."""
+        algorithm = self.algorithm
         np_state, th_state = np.random.get_state(), th.get_rng_state()
         try:
             self._sync()
             # a function of the update count, not of this object's history, so a resumed run
             # draws the same oracle batches as an uninterrupted one
-            seed = (model.seed or 0) * 1_000_003 + 7919 * model._n_rollouts_trained + 17
+            seed = (algorithm.seed or 0) * 1_000_003 + 7919 * algorithm.n_rollouts_trained + 17
             self.calls += 1
-            generator = th.Generator(device=model.device).manual_seed(seed)
-            env.seed(seed)
-            data = self._rollout(env, generator)
+            generator = th.Generator(device=algorithm.device).manual_seed(seed)
+            self.env.seed(seed)
+            data = self._rollout(generator)
+            source = self._source()
+            batch = prepare_batch(algorithm.policy, source, data, algorithm.settings.normalize_advantage, generator=generator)
+            moments = rollout_group_moments(
+                algorithm.policy, algorithm.actor_head, source, batch, chunk_size=algorithm.settings.stats_chunk_size
+            )
         finally:
             np.random.set_state(np_state)
             th.set_rng_state(th_state)
-        return data, generator
+        if moments is None:
+            return None
+        return algorithm.weight_estimate(moments["global"])
 
     @th.no_grad()
-    def _rollout(self, env: VecEnv, generator: th.Generator) -> Any:
-        model, policy = self.model, self.model.policy
-        buffer_class = DictRolloutBuffer if isinstance(model.observation_space, spaces.Dict) else RolloutBuffer
+    def _rollout(self, generator: th.Generator) -> Any:
+        algorithm, policy, env = self.algorithm, self.algorithm.policy, self.env
+        buffer_class = DictRolloutBuffer if isinstance(algorithm.observation_space, spaces.Dict) else RolloutBuffer
         buffer = buffer_class(
-            self.n_steps, model.observation_space, model.action_space, device=model.device,
-            gamma=model.gamma, gae_lambda=model.gae_lambda, n_envs=env.num_envs,
+            self.n_steps,
+            algorithm.observation_space,
+            algorithm.action_space,
+            device=algorithm.device,
+            gamma=algorithm.gamma,
+            gae_lambda=algorithm.gae_lambda,
+            n_envs=env.num_envs,
         )
-        low, high = model.action_space.low, model.action_space.high
+        low, high = algorithm.action_space.low, algorithm.action_space.high
         obs = env.reset()
         episode_starts = np.ones(env.num_envs, dtype=bool)
         dones = episode_starts
         for _ in range(self.n_steps):
-            obs_t = obs_as_tensor(obs, model.device)
+            obs_t = obs_as_tensor(obs, algorithm.device)
             mean = policy.actor_mean(obs_t)
             noise = th.randn(mean.shape, generator=generator, device=mean.device)
             actions = mean + th.exp(policy.log_std) * noise
             values = policy.predict_values(obs_t)
             log_prob = gaussian_log_prob(mean, policy.log_std, actions)
-            actions_np = actions.cpu().numpy().reshape((-1, *model.action_space.shape))
+            actions_np = actions.cpu().numpy().reshape((-1, *algorithm.action_space.shape))
             new_obs, rewards, dones, infos = env.step(np.clip(actions_np, low, high))
             for i, done in enumerate(dones):
                 # bootstrap truncated episodes exactly as SB3's collect_rollouts does
                 if done and infos[i].get("terminal_observation") is not None and infos[i].get("TimeLimit.truncated", False):
                     terminal = policy.obs_to_tensor(infos[i]["terminal_observation"])[0]
-                    rewards[i] += model.gamma * policy.predict_values(terminal)[0].item()
+                    rewards[i] += algorithm.gamma * policy.predict_values(terminal)[0].item()
             buffer.add(obs, actions_np, rewards, episode_starts, values, log_prob)
             obs, episode_starts = new_obs, dones
-        buffer.compute_returns_and_advantage(last_values=policy.predict_values(obs_as_tensor(obs, model.device)), dones=dones)
+        buffer.compute_returns_and_advantage(last_values=policy.predict_values(obs_as_tensor(obs, algorithm.device)), dones=dones)
         return next(buffer.get(batch_size=None))
 
 
-def oracle_log(
-    oracle: LambdaEstimate, applied: float, window: float, batch: Optional[float], frozen: Optional[LambdaEstimate] = None
-) -> dict:
-    """Scalars comparing the estimates with the oracle's lam: absolute errors, plus the exact excess
-    variance Var(lam) - Var(lam*_var) = (lam - lam*_var)^2 Var(g_P - g_M) of the weight applied,
-    lam*_var being the oracle batch's unclipped variance minimiser."""
-    lam_var = lambda_from_moments(oracle.var_path, oracle.var_score, oracle.cov, bounds=None).lam
-    out = {
-        "oracle_lambda": oracle.lam,
-        "oracle_error_applied": abs(applied - oracle.lam),
-        "oracle_error_window": abs(window - oracle.lam),
-        "oracle_excess_variance": excess_variance(applied, lam_var, oracle.var_path, oracle.var_score, oracle.cov),
-        "oracle_var_path": oracle.var_path,
-        "oracle_var_score": oracle.var_score,
-        "oracle_cov": oracle.cov,
-        # 1: the oracle batch had no usable spread (e.g. every action in a flat region, so both
-        # gradients are 0) and lam* is the fallback, not an estimate; score the windows elsewhere
-        "oracle_degenerate": float(oracle.degenerate),
-    }
-    if batch is not None:
-        out["oracle_error_batch"] = abs(batch - oracle.lam)
-    if frozen is not None:
-        out["oracle_lambda_frozen_env"] = frozen.lam
-        out["oracle_env_drift_share"] = oracle.lam - frozen.lam
-    return out
+class Oracle:
+    """The oracle of one training run: every ``freq`` updates, lam* at the current policy (and, with
+    ``frozen_clock``, at frozen env parameters), compared with the weights the run used."""
+
+    def __init__(self, algorithm: "HybridPG", env: OracleEnv, n_samples: int, freq: int, frozen_clock: Optional[int] = None) -> None:
+        self.algorithm, self.env_spec, self.n_samples = algorithm, env, int(n_samples)
+        self.freq, self.frozen_clock = int(freq), frozen_clock
+        self._live: Optional[OracleLambda] = None
+        self._frozen: Optional[OracleLambda] = None
+
+    def due(self) -> bool:
+        return bool(self.freq) and self.algorithm.n_rollouts_trained % self.freq == 0
+
+    def estimates(self) -> Tuple[Optional[LambdaEstimate], Optional[LambdaEstimate]]:
+        """(live, frozen) lam* estimates now; call before the update (the policy of the rollout)."""
+        if self._live is None:
+            self._live = OracleLambda(self.algorithm, self.env_spec, self.n_samples)
+        live = self._live.estimate()
+        if self.frozen_clock is None:
+            return live, None
+        if self._frozen is None:
+            self._frozen = OracleLambda(self.algorithm, self.env_spec, self.n_samples, frozen_clock=self.frozen_clock)
+        return live, self._frozen.estimate()

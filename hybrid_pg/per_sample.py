@@ -15,7 +15,7 @@ of the variance traces, which keeps the cost independent of the extractor's size
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
 
 import torch as th
 from torch import nn
@@ -76,31 +76,26 @@ def single_sample_surrogates(
     head: nn.Module,
     *,
     extract_features: Callable[[th.Tensor], th.Tensor],
-    pathwise: Callable[..., th.Tensor],
+    source: Any,
+    context_keys: Sequence[str],
     log_prob: Callable[[th.Tensor, th.Tensor, th.Tensor], th.Tensor],
 ) -> SingleSampleFn:
-    """Build ``fn(head_params, log_std, pi_features, q_features, obs, eps, action, adv, future_eps, scale)``.
+    """Build ``fn(head_params, log_std, pi_features, eps, action, adv, scale, *context)``.
 
+    ``context`` are one sample's rows of the source's context tensors, in ``context_keys`` order.
     The per-sample function unsqueezes one sample to a batch of one and calls the same batched
-    surrogate code as the training loss, so the statistics and the update cannot disagree.
+    ``source.value`` as the training loss, so the statistics and the update cannot disagree.
     """
 
-    def fn(head_params, log_std, pi_features, q_features, obs, eps, action, adv, future_eps, scale):
+    def fn(head_params, log_std, pi_features, eps, action, adv, scale, *context):
         frozen = {k: v.detach() for k, v in head_params.items()}
 
         def mean_fn(observations: th.Tensor) -> th.Tensor:  # future actions: no theta-gradient
             return functional_call(head, frozen, (extract_features(observations),))
 
         mean = functional_call(head, head_params, (pi_features[None],))
-        path = scale * pathwise(
-            mean,
-            log_std,
-            eps[None],
-            q_features=q_features[None],
-            obs=obs[None],
-            mean_fn=mean_fn,
-            future_eps=future_eps[None],
-        )[0]
+        ctx = {key: value[None] for key, value in zip(context_keys, context)}
+        path = scale * source.value(mean, log_std, eps[None], ctx, mean_fn=mean_fn)[0]
         score = adv * log_prob(mean, log_std, action[None])[0]
         return th.stack([path, score])
 

@@ -12,7 +12,8 @@ rescaled to [-1, 1] for conditioning.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Type
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Type
 
 import numpy as np
 import torch as th
@@ -49,7 +50,8 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
 
     Accepts every argument of :class:`stable_baselines3.common.policies.ActorCriticPolicy`, plus:
 
-    :param q_net_arch: hidden layer sizes of the advantage head A_phi(s, a).
+    :param advantage_net_arch: hidden layer sizes of the advantage head A_phi(s, a) (default [64, 64]).
+    :param q_net_arch: deprecated name of ``advantage_net_arch``.
     """
 
     def __init__(
@@ -58,24 +60,35 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
         action_space: spaces.Space,
         lr_schedule: Schedule,
         *args: Any,
+        advantage_net_arch: Optional[List[int]] = None,
         q_net_arch: Optional[List[int]] = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(action_space, spaces.Box):
             raise ValueError(f"HybridPG policies need a Box action space, got {action_space}")
-        self.q_net_arch = [64, 64] if q_net_arch is None else list(q_net_arch)
+        if q_net_arch is not None:
+            if advantage_net_arch is not None:
+                raise ValueError("q_net_arch is the deprecated name of advantage_net_arch; give only advantage_net_arch")
+            warnings.warn("policy_kwargs 'q_net_arch' is deprecated; use 'advantage_net_arch'", DeprecationWarning, stacklevel=2)
+            advantage_net_arch = q_net_arch
+        self.advantage_net_arch = [64, 64] if advantage_net_arch is None else list(advantage_net_arch)
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)
-        self.q_net = AdvantageHead(self.features_dim, self.action_space, self.q_net_arch, self.activation_fn)
+        self.advantage_head = AdvantageHead(self.features_dim, self.action_space, self.advantage_net_arch, self.activation_fn)
         # the optimizer built by the parent does not know the new head
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
     def _get_constructor_parameters(self) -> Dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(q_net_arch=self.q_net_arch)
+        data.update(advantage_net_arch=self.advantage_net_arch)
         return data
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Also reads models saved before the head was renamed (``q_net.*`` -> ``advantage_head.*``)."""
+        renamed = {("advantage_head." + k[len("q_net.") :] if k.startswith("q_net.") else k): v for k, v in state_dict.items()}
+        return super().load_state_dict(renamed, strict=strict, assign=assign)
 
     # -- pieces the algorithm differentiates through ------------------------------------------------
 
@@ -85,15 +98,15 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
         Gradients pass where the action is inside the bounds and are zero where it is clipped,
         exactly like the environment's response.
         """
-        return self.q_net.clip_action(actions)
+        return self.advantage_head.clip_action(actions)
 
-    def q_features(self, obs: th.Tensor) -> th.Tensor:
+    def advantage_features(self, obs: th.Tensor) -> th.Tensor:
         """Features the advantage head conditions on (the value branch's extractor)."""
         return self.extract_features(obs, self.vf_features_extractor)  # type: ignore[arg-type]
 
     def advantage(self, features: th.Tensor, clipped_actions: th.Tensor) -> th.Tensor:
         """A_phi(s, a) for already-clipped actions, shape (B,)."""
-        return self.q_net(features, clipped_actions)
+        return self.advantage_head(features, clipped_actions)
 
     def actor_mean(self, obs: th.Tensor) -> th.Tensor:
         """Mean action mu(s), shape (B, action_dim)."""

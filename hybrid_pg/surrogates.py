@@ -12,18 +12,15 @@ state s_i, and the pathwise action is exactly the action the environment saw (sa
 factor the advantages were divided by when normalised (1 otherwise), so both terms stay on the same
 scale.
 
-Q~ is either the learned advantage head A_phi (its parameters frozen in these surrogates) or the
-k-step return through a differentiable model of the environment,
-    r(s, a) + gamma r(s1, a1) + ... + gamma^(k-1) r(s_{k-1}, a_{k-1}) + gamma^k V(s_k),
-with future actions a_j = clip(mu_theta(s_j) + sigma_theta * eps_j), eps_j fresh N(0, I) draws, and
-V frozen. The function :func:`pathwise_value` computes both; the batched training loss and the
-per-sample statistics (:mod:`hybrid_pg.per_sample`) call the same code.
+Q~ comes from a pathwise source (:mod:`hybrid_pg.sources`): the learned advantage head A_phi (its
+parameters frozen in these surrogates) or a k-step return through a differentiable model of the
+environment. The batched training loss and the per-sample statistics (:mod:`hybrid_pg.per_sample`)
+call the same ``source.value``, so the update and its statistics cannot disagree.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
 
 import torch as th
 from torch import nn
@@ -106,50 +103,3 @@ class ActorHead(nn.Module):
 
     def forward(self, features: th.Tensor) -> th.Tensor:
         return self.action_net(self.latent_policy_net(features))
-
-
-def pathwise_value(
-    mean: th.Tensor,
-    log_std: th.Tensor,
-    eps: th.Tensor,
-    *,
-    clip_action: Callable[[th.Tensor], th.Tensor],
-    advantage: Optional[Callable[[th.Tensor, th.Tensor], th.Tensor]] = None,
-    q_features: Optional[th.Tensor] = None,
-    model: Optional[nn.Module] = None,
-    obs: Optional[th.Tensor] = None,
-    mean_fn: Optional[Callable[[th.Tensor], th.Tensor]] = None,
-    value_fn: Optional[Callable[[th.Tensor], th.Tensor]] = None,
-    future_eps: Optional[th.Tensor] = None,
-    gamma: float = 0.99,
-    horizon: int = 1,
-) -> th.Tensor:
-    """Q~(s, clip(mean + exp(log_std) * eps)) for a batch, shape (B,).
-
-    Critic source: pass ``advantage`` (frozen A_phi) and ``q_features``. Model source: pass
-    ``model`` (``step(obs, action) -> (next_obs, reward)``), raw ``obs``, ``mean_fn`` (observations ->
-    mean action of the policy *frozen* at its current parameters, for the future actions), ``value_fn`` (frozen V of observations), ``future_eps``
-    (B, horizon - 1, action_dim) and ``horizon``.
-    """
-    std = th.exp(log_std)
-    action = clip_action(mean + std * eps)
-    if model is None:
-        assert advantage is not None and q_features is not None
-        return advantage(q_features, action)
-    assert obs is not None and value_fn is not None
-    total = th.zeros(action.shape[0], dtype=action.dtype, device=action.device)
-    # alive: 1 until the model reports a terminal state; rewards after it and the bootstrap
-    # value of a terminal state are dropped, as GAE drops them on the score side.
-    state, discount, alive = obs, 1.0, th.ones_like(total)
-    for step in range(horizon):
-        state, reward = model.step(state, action)
-        total = total + discount * alive * reward
-        alive = alive * (1.0 - model.terminal(state))
-        discount *= gamma
-        if step + 1 < horizon:
-            assert mean_fn is not None and future_eps is not None
-            # Future actions respond to the state they reach but carry no theta-gradient of their
-            # own: d/da_t of Q^pi(s_t, a_t) holds the policy fixed after t. Letting theta flow into
-            # a_{t+j} would count sample t+j's own pathwise term again inside sample t's.
-            action = clip_action(mean_fn(state) + std.detach() * future_eps[:, step])
-    return total + discount * alive * value_fn(state)

@@ -588,7 +588,7 @@ def test_oracle_lambda_on_the_bandit_matches_the_closed_form():
     variance-optimal lam* of the policy's parameters is known in closed form, with the metric
     (||d mu / d theta||^2, 1) and the batch-mean baseline that SB3's advantage normalisation makes."""
     from hybrid_pg.oracle import OracleLambda
-    from hybrid_pg_envs.coupled_bandit import bandit_moments
+    from hybrid_pg.ground_truth.coupled_bandit import bandit_moments
 
     env = make_vec_env("hybrid_pg/CoupledBandit-v0", n_envs=4, seed=0, env_kwargs=dict(m=0.3, c=1.0))
     model = HybridPG(

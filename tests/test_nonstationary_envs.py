@@ -39,7 +39,7 @@ from hybrid_pg_envs import (
     vec_state_dicts,
 )
 from hybrid_pg_envs.adapters import AttributeAdapter, MujocoAdapter, PendulumAdapter, make_adapter
-from hybrid_pg_envs.coupled_bandit import bandit_moments, oracle_lambda, per_sample_gradients
+from hybrid_pg.ground_truth.coupled_bandit import bandit_moments, oracle_lambda, per_sample_gradients
 from hybrid_pg_envs.goal import PointMassModel
 from hybrid_pg_envs.schedules import ScheduleError
 

@@ -1,0 +1,166 @@
+"""A rollout as both surrogates see it: the batch at theta_old, its checks, minibatches and the
+per-sample moments of the two gradient estimators.
+
+:func:`prepare_batch` recovers the noise behind every stored action, eps = (a - mu_old(s)) / sigma_old,
+normalises the advantages (and records the factor, which the pathwise term of a source in reward
+units shares) and asks the pathwise source for its per-sample context. :func:`rollout_group_moments`
+reduces the per-sample parameter gradients of both surrogates to the window's moments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+import numpy as np
+import torch as th
+
+from hybrid_pg.estimator import BatchMoments
+from hybrid_pg.per_sample import (
+    outer_product_group_moments,
+    per_sample_group_moments,
+    single_sample_surrogates,
+    supports_outer_product_moments,
+)
+from hybrid_pg.sources.base import Context, PathwiseSource
+from hybrid_pg.surrogates import gaussian_log_prob
+
+
+@dataclass
+class RolloutBatch:
+    """Everything the update and its statistics need from one batch, computed at theta_old."""
+
+    obs: Any
+    actions: th.Tensor
+    old_log_prob: th.Tensor
+    returns: th.Tensor
+    adv: th.Tensor  # (normalised) advantages, the score term's weights
+    adv_scale: float  # the factor the advantages were divided by (1 when not normalised)
+    path_scale: float  # the same factor for sources in reward units, else 1
+    mean_old: th.Tensor
+    log_std_old: th.Tensor
+    eps: th.Tensor
+    pi_features: th.Tensor
+    context: Context
+
+    @property
+    def n(self) -> int:
+        return len(self.actions)
+
+
+def prepare_batch(
+    policy: Any, source: PathwiseSource, data: Any, normalize_advantage: bool, generator: Optional[th.Generator] = None
+) -> RolloutBatch:
+    """The batch of SB3 ``RolloutBufferSamples`` ``data`` at the policy's current parameters."""
+    obs, actions = data.observations, data.actions.reshape(len(data.actions), -1)
+    n_samples = len(actions)
+    adv_raw = data.advantages
+    if normalize_advantage and n_samples > 1:
+        scale = 1.0 / (adv_raw.std().item() + 1e-8)
+        adv = (adv_raw - adv_raw.mean()) * scale
+    else:
+        scale, adv = 1.0, adv_raw
+    with th.no_grad():
+        mean_old = policy.actor_mean(obs)
+        return RolloutBatch(
+            obs=obs,
+            actions=actions,
+            old_log_prob=data.old_log_prob,
+            returns=data.returns,
+            adv=adv,
+            adv_scale=scale,
+            path_scale=source.scale(scale),
+            mean_old=mean_old,
+            log_std_old=policy.log_std.detach().clone(),
+            eps=(actions - mean_old) * th.exp(-policy.log_std),
+            pi_features=policy.extract_features(obs, policy.pi_features_extractor),
+            context=source.context(policy, obs, actions, generator=generator),
+        )
+
+
+def index_obs(obs: Any, idx: th.Tensor) -> Any:
+    """Rows ``idx`` of a tensor or of every tensor of a Dict observation."""
+    if isinstance(obs, dict):
+        return {k: v[idx] for k, v in obs.items()}
+    return obs[idx]
+
+
+def index_context(context: Context, idx: th.Tensor) -> Context:
+    return {k: v[idx] for k, v in context.items()}
+
+
+def minibatches(n: int, batch_size: int, device: th.device) -> Iterator[th.Tensor]:
+    """Index tensors of a random permutation of ``range(n)`` in chunks of ``batch_size``."""
+    perm = th.as_tensor(np.random.permutation(n), device=device)
+    for start in range(0, n, batch_size):
+        yield perm[start : start + batch_size]
+
+
+def check_rollout_finite(buffer: Any, num_timesteps: int, n_envs: int) -> None:
+    """Refuse a rollout with a non-finite observation, reward or value before it reaches any parameter,
+    naming the step and the env."""
+    observations = buffer.observations
+    arrays = list(observations.items()) if isinstance(observations, dict) else [("observations", observations)]
+    for name, values in [*arrays, *((n, getattr(buffer, n)) for n in ("rewards", "values", "returns", "advantages"))]:
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.floating):
+            continue
+        bad = ~np.isfinite(values)
+        if bad.any():
+            step, env = (int(i) for i in np.argwhere(bad)[0][:2])
+            kind = "nan" if np.isnan(values[step, env]).any() else "inf"
+            global_step = num_timesteps - (buffer.buffer_size - step) * n_envs + env + 1
+            if name in ("rewards", "returns", "advantages"):
+                hint = "Check the env's reward at that step (VecCheckNan(raise_exception=True) stops at the exact call)."
+            elif name == "values":
+                hint = "The value network has diverged."
+            else:
+                hint = "Check the env's observation at that step (VecCheckNan(raise_exception=True) stops at the exact call)."
+            raise ValueError(
+                f"found {kind} in {name} of the rollout at step {step} of env {env} (about global env step "
+                f"{global_step}); the update was not applied. {hint}"
+            )
+
+
+def rollout_group_moments(
+    policy: Any, actor_head: Any, source: PathwiseSource, batch: RolloutBatch, chunk_size: int = 256, method: str = "auto"
+) -> Optional[Dict[str, BatchMoments]]:
+    """Per-group moments of the per-sample parameter gradients of both surrogates at theta_old.
+
+    MLP heads with one-step sources use the exact outer-product factorisation (two backward passes);
+    anything else (k-step model returns, heads with non-Linear weights) the general ``torch.func``
+    path (``method="vmap"`` forces it). Both give the same numbers (tested). Returns None when the
+    gradients are not finite (e.g. a diverged critic).
+    """
+    if method not in ("auto", "outer", "vmap"):
+        raise ValueError(f"method must be 'auto', 'outer' or 'vmap', got {method!r}")
+    scale, eps, context = batch.path_scale, batch.eps, batch.context
+    use_outer = method == "outer" or (method == "auto" and source.one_step and supports_outer_product_moments(actor_head))
+    try:
+        if use_outer:
+            return outer_product_group_moments(
+                actor_head,
+                batch.pi_features,
+                policy.log_std,
+                path_fn=lambda m, s: scale * source.value(m, s, eps, context),
+                score_fn=lambda m, s: batch.adv * gaussian_log_prob(m, s, batch.actions),
+            )
+        keys = list(context)
+        fn = single_sample_surrogates(
+            actor_head,
+            extract_features=lambda o: policy.extract_features(o, policy.pi_features_extractor),
+            source=source,
+            context_keys=keys,
+            log_prob=gaussian_log_prob,
+        )
+        scale_t = th.tensor(scale, dtype=th.float32, device=batch.actions.device)
+        return per_sample_group_moments(
+            lambda hp, ls, pi, e, a, adv, *ctx: fn(hp, ls, pi, e, a, adv, scale_t, *ctx),
+            actor_head,
+            policy.log_std,
+            [batch.pi_features, eps, batch.actions, batch.adv, *(context[k] for k in keys)],
+            chunk_size=chunk_size,
+        )
+    except ValueError:
+        # BatchMoments rejects non-finite gradients
+        return None

@@ -1,0 +1,319 @@
+"""Every HybridPG setting, declared once: type, range, default and meaning.
+
+:class:`HybridPGSettings` is the single schema behind the constructor, ``HybridPG.load(**kwargs)``,
+the YAML config's ``algo`` section and the command line's ``--set algo.<name>=...``: each of them
+validates through :func:`validate_settings`, so a value is accepted or refused with the same message
+everywhere. The algorithm keeps one instance (``model.settings``); the weight windows read their
+settings from it rather than keeping copies of their own.
+
+pydantic v2 is used because it is the ecosystem's tool for exactly this (a typed declaration that
+validates, documents itself and exports a JSON schema). Integers accept Python and numpy integers
+but never booleans; numbers accept Python and numpy reals and reject NaN and infinities.
+
+Errors are :class:`SettingsError` (a ``ValueError``) with the message ``"<name>=<value!r>: <why>"``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import Annotated
+
+__all__ = [
+    "DEPRECATED_ALIASES",
+    "ESTIMATORS",
+    "LAMBDA_GROUPS",
+    "WINDOW_MODES",
+    "HybridPGSettings",
+    "SettingsError",
+    "check_rollout_shape",
+    "rename_deprecated",
+    "settings_docs",
+    "validate_settings",
+]
+
+ESTIMATORS = ("hybrid", "reinforce", "pathwise")
+WINDOW_MODES = ("sliding", "ema", "adaptive")
+LAMBDA_GROUPS = ("global", "per_group")
+
+#: old keyword -> new keyword. The old name still works for one release, with a DeprecationWarning.
+DEPRECATED_ALIASES: Dict[str, str] = {
+    # the head is an advantage head A_phi(s, a), not a Q-network
+    "q_coef": "advantage_coef",
+    # a minimum sample count of the bias-aware rule, not a horizon
+    "bias_horizon": "bias_min_samples",
+}
+
+
+class SettingsError(ValueError):
+    """An invalid HybridPG setting; the message starts with ``name=value``."""
+
+    def __init__(self, name: str, value: Any, why: str) -> None:
+        self.name, self.value, self.why = name, value, why
+        super().__init__(f"{name}={value!r}: {why}")
+
+
+# ------------------------------------------------------------------------------------------------
+# value types: one definition of "an integer" and "a number" for the whole project
+# ------------------------------------------------------------------------------------------------
+
+
+def _integer(value: Any) -> Any:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError("must be an integer")
+    return int(value)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError("must be a number")
+    if not math.isfinite(float(value)):
+        raise ValueError("must be a finite number")
+    return float(value)
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError("must be True or False")
+    return bool(value)
+
+
+def _number_or_schedule(value: Any) -> Any:
+    return value if callable(value) else _number(value)
+
+
+Int = Annotated[int, BeforeValidator(_integer)]
+Number = Annotated[float, BeforeValidator(_number)]
+Bool = Annotated[bool, BeforeValidator(_boolean)]
+NumberOrSchedule = Annotated[Union[float, Callable[[float], float]], BeforeValidator(_number_or_schedule)]
+
+
+def _bounds(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError("must be a pair (lo, hi) or None")
+    lo, hi = (_number(v) for v in value)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError("must satisfy 0 <= lo <= hi <= 1 (or None for the unclipped weight)")
+    return (lo, hi)
+
+
+class HybridPGSettings(BaseModel):
+    """HybridPG's hyperparameters (SB3's ``policy``, ``env``, ``seed``, ``device``, logging and
+    buffer arguments are SB3's own and are not repeated here)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+    learning_rate: NumberOrSchedule = Field(3e-4, description="learning rate, constant or a schedule of the remaining progress (1 -> 0).")
+    n_steps: Int = Field(2048, ge=1, description="steps per environment per rollout (rollout size = n_steps * n_envs).")
+    batch_size: Optional[Int] = Field(64, ge=1, description="minibatch size; None uses the whole rollout (one step per epoch, like A2C).")
+    n_epochs: Int = Field(10, ge=1, description="passes over each rollout.")
+    gamma: Number = Field(0.99, ge=0.0, le=1.0, description="discount factor.")
+    gae_lambda: Number = Field(0.95, ge=0.0, le=1.0, description="GAE lambda (the advantage estimator of the score term).")
+    clip_range: Optional[NumberOrSchedule] = Field(
+        0.2,
+        description="PPO clipping of the likelihood ratio in the score surrogate (float or schedule); None for the plain "
+        "ratio (with n_epochs=1 and batch_size=None the update is then exactly the REINFORCE/A2C gradient at lam = 0).",
+    )
+    normalize_advantage: Bool = Field(
+        True, description="divide the advantages by their rollout standard deviation (after centring); the pathwise term is divided by the same factor."
+    )
+    ent_coef: Number = Field(0.0, description="entropy bonus coefficient.")
+    vf_coef: Number = Field(0.5, ge=0.0, description="weight of the V regression loss.")
+    advantage_coef: Number = Field(0.5, ge=0.0, description="weight of the advantage head A_phi(s, a) regression loss (formerly q_coef).")
+    max_grad_norm: Number = Field(0.5, gt=0.0, description="gradient clipping norm.")
+    target_kl: Optional[Number] = Field(
+        None, gt=0.0, description="stop the epochs of an update once the approximate KL to the rollout policy exceeds 1.5 * target_kl (None: never)."
+    )
+    pathwise_kl_limit: Union[Literal["auto"], None, Number] = Field(
+        "auto",
+        description="trust region of the pathwise term: a sample's pathwise term is dropped once KL(pi_old(.|s) || pi(.|s)) at its "
+        "state exceeds this. 'auto': clip_range^2 / 2 when clip_range is set, else no limit; None: no limit.",
+    )
+    estimator: Literal["hybrid", "reinforce", "pathwise"] = Field(
+        "hybrid", description="'hybrid' (adaptive lam), 'reinforce' (lam = 0) or 'pathwise' (lam = 1)."
+    )
+    fixed_lambda: Optional[Number] = Field(
+        None, ge=0.0, le=1.0, description="with estimator='hybrid', use this constant weight instead of the adaptive one (ablations)."
+    )
+    pathwise_source: str = Field(
+        "auto",
+        description="where dQ/da comes from: 'critic' (the learned advantage head), 'model' (the env's differentiable model, "
+        "see hybrid_pg_envs) or 'auto' (model if the env provides one, else critic). See hybrid_pg.sources.",
+    )
+    model_horizon: Int = Field(1, ge=1, description="k of the model source's k-step return.")
+    lambda_window: Int = Field(8, ge=1, description="number of previous rollouts pooled for lam (EMA: its span).")
+    lambda_mode: Literal["sliding", "ema", "adaptive"] = Field(
+        "sliding", description="'sliding', 'ema' or 'adaptive' (sliding, shortened after a detected change; see hybrid_pg.change_detection)."
+    )
+    lambda_decay: Optional[Number] = Field(None, ge=0.0, lt=1.0, description="EMA forgetting factor (default from lambda_window); lambda_mode='ema' only.")
+    lambda_detector: Optional[Dict[str, Any]] = Field(
+        None, description="settings of the change detector of lambda_mode='adaptive' (see hybrid_pg.change_detection.CusumDetector)."
+    )
+    lambda_bounds: Annotated[Optional[Tuple[float, float]], BeforeValidator(_bounds)] = Field(
+        (0.0, 1.0), description="clip range of lam (default (0, 1): never worse than the worse estimator); None: unclipped."
+    )
+    bias_correction: Bool = Field(
+        True, description="minimise the MSE of the update's gradient instead of its variance, the score estimator being the unbiased reference."
+    )
+    bias_min_samples: Int = Field(
+        2048, ge=1, description="floor of the sample count B of the bias-aware rule (formerly bias_horizon); larger rollouts use their own size."
+    )
+    lambda_groups: Literal["global", "per_group"] = Field("global", description="'global' (one lam) or 'per_group' (one for the mean network, one for log_std).")
+    lambda_warmup: Int = Field(2, ge=0, description="number of first updates with lam held at 0 (hybrid only) while the critic is fitted.")
+    oracle_freq: Int = Field(0, ge=0, description="every this many updates, log the oracle lam* from a large fresh batch (0 = off; see hybrid_pg.oracle).")
+    oracle_samples: Int = Field(16384, ge=2, description="size of the oracle batch.")
+    oracle_env: Any = Field(None, description="the oracle's env copy (env id, env, VecEnv or factory); default: a copy of the training env.")
+    oracle_frozen_clock: Optional[Int] = Field(
+        None, ge=0, description="with the oracle on and a non-stationary env, also compute lam* on an env copy held at this clock value."
+    )
+    stats_chunk_size: Int = Field(256, ge=1, description="samples per chunk of the per-sample gradient computation (memory bound).")
+    rms_prop_eps: Number = Field(1e-5, gt=0.0, description="RMSprop epsilon (only with use_rms_prop; accepted for A2C parity).")
+    use_rms_prop: Bool = Field(False, description="use RMSprop (A2C's optimizer) instead of Adam.")
+    use_sde: Bool = Field(False, description="not supported (there is no per-step eps with gSDE); must be False.")
+    sde_sample_freq: Int = Field(-1, description="accepted for API parity, unused.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "HybridPGSettings":
+        if self.fixed_lambda is not None and self.estimator != "hybrid":
+            raise _Cross("fixed_lambda", self.fixed_lambda, f"only applies to estimator='hybrid' (got estimator={self.estimator!r})")
+        if self.lambda_decay is not None and self.lambda_mode != "ema":
+            raise _Cross("lambda_decay", self.lambda_decay, "only applies to lambda_mode='ema'")
+        if self.lambda_detector is not None:
+            if self.lambda_mode != "adaptive":
+                raise _Cross("lambda_detector", self.lambda_detector, "only applies to lambda_mode='adaptive'")
+            from hybrid_pg.change_detection import CusumDetector
+
+            try:
+                CusumDetector(2, **self.lambda_detector)
+            except (TypeError, ValueError) as exc:
+                raise _Cross("lambda_detector", self.lambda_detector, str(exc)) from None
+        if self.oracle_frozen_clock is not None and not self.oracle_freq:
+            raise _Cross("oracle_frozen_clock", self.oracle_frozen_clock, "needs the oracle on (oracle_freq > 0)")
+        if self.use_sde:
+            raise _Cross("use_sde", self.use_sde, "gSDE is not supported: the pathwise term needs the per-step Gaussian noise eps")
+        if self.clip_range is not None and not callable(self.clip_range) and self.clip_range <= 0:
+            raise _Cross("clip_range", self.clip_range, "must be a number > 0, a schedule, or None")
+        if not callable(self.learning_rate) and self.learning_rate <= 0:
+            raise _Cross("learning_rate", self.learning_rate, "must be a number > 0 or a schedule")
+        limit = self.pathwise_kl_limit
+        if limit is not None and limit != "auto" and not limit > 0:
+            raise _Cross("pathwise_kl_limit", limit, "must be 'auto', None or a number > 0")
+        from hybrid_pg.sources import SOURCE_NAMES
+
+        if self.pathwise_source not in SOURCE_NAMES:
+            raise _Cross("pathwise_source", self.pathwise_source, f"must be one of {SOURCE_NAMES}")
+        return self
+
+    def yaml_dict(self) -> Dict[str, Any]:
+        """The settings that YAML can represent (schedules and env objects are left out)."""
+        return {k: v for k, v in self.model_dump().items() if _yaml_representable(v)}
+
+
+class _Cross(ValueError):
+    """A failed cross-field check, carrying the field it belongs to."""
+
+    def __init__(self, name: str, value: Any, why: str) -> None:
+        self.name, self.value, self.why = name, value, why
+        super().__init__(why)
+
+
+def _yaml_representable(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_yaml_representable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _yaml_representable(v) for k, v in value.items())
+    return False
+
+
+def rename_deprecated(kwargs: Mapping[str, Any], warn: bool = True) -> Dict[str, Any]:
+    """``kwargs`` with deprecated names replaced by their new ones (a DeprecationWarning per old name).
+
+    Giving both the old and the new name is an error: which one is meant is ambiguous.
+    """
+    out = dict(kwargs)
+    for old, new in DEPRECATED_ALIASES.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise SettingsError(old, out[old], f"is the deprecated name of {new!r}; give only {new!r}")
+        if warn:
+            warnings.warn(f"HybridPG's {old!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=3)
+        out[new] = out.pop(old)
+    return out
+
+
+def validate_settings(**kwargs: Any) -> HybridPGSettings:
+    """Validate ``kwargs`` (deprecated names accepted) and return the settings, or raise
+    :class:`SettingsError` naming the first offending setting."""
+    kwargs = rename_deprecated(kwargs)
+    try:
+        return HybridPGSettings(**kwargs)
+    except ValidationError as exc:
+        raise _first_error(exc, kwargs) from None
+
+
+def _first_error(exc: ValidationError, kwargs: Mapping[str, Any]) -> SettingsError:
+    error = exc.errors(include_url=False)[0]
+    cross = (error.get("ctx") or {}).get("error")
+    if isinstance(cross, _Cross):
+        return SettingsError(cross.name, cross.value, cross.why)
+    loc = error.get("loc") or ("settings",)
+    name = str(loc[0])
+    if error.get("type") == "extra_forbidden":
+        from difflib import get_close_matches
+
+        close = get_close_matches(name, list(HybridPGSettings.model_fields) + list(DEPRECATED_ALIASES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return SettingsError(name, kwargs.get(name), f"is not a HybridPG setting{hint}")
+    why = str(error.get("msg", "invalid"))
+    why = why.removeprefix("Value error, ")
+    return SettingsError(name, kwargs.get(name, error.get("input")), why)
+
+
+def settings_docs() -> List[Tuple[str, str]]:
+    """(name, description) of every setting, in declaration order (for docstrings and ``--help``)."""
+    return [(name, field.description or "") for name, field in HybridPGSettings.model_fields.items()]
+
+
+def check_rollout_shape(settings: HybridPGSettings, n_envs: int) -> None:
+    """Checks that need the number of envs: refuse a rollout whose weight can never leave its
+    fallback, warn where PPO warns about minibatches."""
+    rollout = settings.n_steps * n_envs
+    adaptive = settings.estimator == "hybrid" and settings.fixed_lambda is None
+    if adaptive and rollout < 2:
+        raise SettingsError(
+            "n_steps",
+            settings.n_steps,
+            f"a rollout of {rollout} sample(s) (n_steps * n_envs) has no spread, so the adaptive weight would stay at 0 "
+            "for the whole run; use n_steps * n_envs >= 2 (or estimator='reinforce'/'pathwise', or fixed_lambda)",
+        )
+    if settings.batch_size is None:
+        return
+    if settings.batch_size > rollout:
+        warnings.warn(
+            f"batch_size={settings.batch_size} is larger than the rollout (n_steps * n_envs = {rollout}); every epoch is one "
+            f"step on the whole rollout. Set batch_size <= {rollout} or batch_size=None.",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif rollout % settings.batch_size:
+        warnings.warn(
+            f"the rollout size (n_steps * n_envs = {rollout}) is not a multiple of batch_size={settings.batch_size}: each "
+            f"epoch ends with a truncated minibatch of {rollout % settings.batch_size} samples. Choose batch_size among the "
+            "divisors of the rollout size.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def field_names(include_deprecated: bool = False) -> Iterable[str]:
+    names = list(HybridPGSettings.model_fields)
+    return names + list(DEPRECATED_ALIASES) if include_deprecated else names

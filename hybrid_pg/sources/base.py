@@ -1,0 +1,82 @@
+"""The pathwise-source interface: where dQ~/da comes from.
+
+The pathwise estimator differentiates a per-sample value Q~(s_i, a_i(theta)) with respect to the
+policy parameters through the action a_i(theta) = clip(mu_theta(s_i) + sigma_theta * eps_i). A
+*source* supplies Q~. It is chosen once, when the algorithm is set up (and again by ``set_env``),
+and the algorithm, the surrogates and the per-sample statistics only ever call this interface, so a
+new source (a replay-window critic, a simulator's derivatives) needs no change to ``train``.
+
+Life of a source in one update:
+
+1. :meth:`PathwiseSource.refresh` before the update (a model source re-fetches the env's model at the
+   rollout's clock; a learned source may fit itself on the new rollout).
+2. :meth:`PathwiseSource.context` once per rollout at theta_old: the per-sample tensors it needs
+   (leading dimension N), e.g. critic features or raw observations. The per-sample statistics slice
+   and vmap over them, the training loss indexes them by minibatch.
+3. :meth:`PathwiseSource.value` for a batch: Q~ per sample, differentiable in ``mean`` and ``log_std``.
+4. :meth:`PathwiseSource.regression_loss` per minibatch for sources trained with the policy's
+   optimizer (the advantage head); None otherwise.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Dict, Optional
+
+import torch as th
+
+Context = Dict[str, th.Tensor]
+MeanFn = Callable[[th.Tensor], th.Tensor]
+
+
+class PathwiseSource(ABC):
+    """A differentiable per-sample value Q~(s, a) for the pathwise gradient.
+
+    :cvar name: the ``pathwise_source`` setting that selects it.
+    :cvar exact: True when Q~'s action-gradient is exact for the env (a true model): the bias-aware
+        weight may treat the pathwise estimator as unbiased. Learned sources are not exact.
+    :cvar reward_units: True when Q~ is in reward units, so the pathwise term is divided by the
+        advantage normaliser exactly like the advantages (same scale for both terms); False when
+        Q~ is already in the normalised advantages' units (a head regressed on them).
+    """
+
+    name: str = ""
+    exact: bool = False
+    reward_units: bool = False
+
+    @property
+    def one_step(self) -> bool:
+        """True when sample i's Q~ depends on the policy only through (mu(s_i), log_std), which makes
+        the exact outer-product moments of :mod:`hybrid_pg.per_sample` applicable."""
+        return True
+
+    def refresh(self, algorithm: Any) -> None:
+        """Called before every update (default: nothing)."""
+
+    @abstractmethod
+    def context(self, policy: Any, observations: Any, actions: th.Tensor, generator: Optional[th.Generator] = None) -> Context:
+        """Per-sample tensors (leading dimension N) that :meth:`value` needs, computed at theta_old."""
+
+    @abstractmethod
+    def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
+        """Q~(s, clip(mean + exp(log_std) * eps)) for a batch, shape (B,).
+
+        :param mean_fn: observations -> the mean action of the policy *frozen* at its current
+            parameters (future actions of multi-step sources carry no theta-gradient of their own).
+        """
+
+    def regression_loss(self, policy: Any, context: Context, advantages: th.Tensor) -> Optional[th.Tensor]:
+        """The source's own training loss on a minibatch (default: None, nothing to train)."""
+        return None
+
+    def with_model(self, model: Any) -> "PathwiseSource":
+        """This source differentiating through another env model (a frozen-clock oracle's); sources
+        that use no env model return themselves."""
+        return self
+
+    def scale(self, advantage_scale: float) -> float:
+        """Factor of the pathwise term: the advantage normaliser for sources in reward units."""
+        return advantage_scale if self.reward_units else 1.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, exact={self.exact})"
