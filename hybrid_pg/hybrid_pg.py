@@ -132,6 +132,8 @@ class HybridPG(OnPolicyAlgorithm):
         **deprecated: Any,
     ):
         values = {k: v for k, v in locals().items() if k in HybridPGSettings.model_fields}
+        for old in deprecated:  # an old name stands for its new one (whose value here is the default)
+            values.pop(DEPRECATED_ALIASES.get(old, ""), None)
         settings = validate_settings(**{**values, **deprecated})
         if getattr(env, "action_space", None) is not None:
             # before SB3's own (bare assert) check, so the user gets the reason

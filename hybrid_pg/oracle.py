@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
@@ -41,8 +41,8 @@ from hybrid_pg.surrogates import gaussian_log_prob
 from hybrid_pg_envs.clock import env_clock, has_clock, sync_clock
 from hybrid_pg_envs.differentiable import find_differentiable_model
 
-if TYPE_CHECKING:  # pragma: no cover
-    from hybrid_pg.hybrid_pg import HybridPG
+#: the algorithm the oracle serves (``hybrid_pg.HybridPG``; duck-typed so the oracle never imports it)
+Algorithm = Any
 
 OracleEnv = Union[None, str, gym.Env, VecEnv, Callable[[], gym.Env]]
 
@@ -98,7 +98,7 @@ def _cycle(envs: list, n: int) -> list:
     return [envs[i % len(envs)] for i in range(n)]
 
 
-def _as_vec_env(env: OracleEnv, algorithm: "HybridPG") -> VecEnv:
+def _as_vec_env(env: OracleEnv, algorithm: Algorithm) -> VecEnv:
     n_envs = algorithm.n_envs
     if env is None:
         if algorithm.env is None:
@@ -129,7 +129,7 @@ def _require_clock(venv: VecEnv, which: str) -> None:
         )
 
 
-def check_oracle_env(algorithm: "HybridPG", env: OracleEnv, frozen_clock: Optional[int] = None) -> None:
+def check_oracle_env(algorithm: Algorithm, env: OracleEnv, frozen_clock: Optional[int] = None) -> None:
     """Fail at construction, not at the first update: build the oracle's env copy once (so a copy that
     would drop the user's wrappers is refused now) and check the clock a frozen oracle needs."""
     if algorithm.env is None and env is None:
@@ -154,7 +154,7 @@ class OracleLambda:
     ``rollout_clock``, ``n_rollouts_trained``, ``weight_estimate``.
     """
 
-    def __init__(self, algorithm: "HybridPG", env: OracleEnv, n_samples: int, frozen_clock: Optional[int] = None) -> None:
+    def __init__(self, algorithm: Algorithm, env: OracleEnv, n_samples: int, frozen_clock: Optional[int] = None) -> None:
         self.algorithm = algorithm
         self.env = _as_vec_env(env, algorithm)
         self.frozen_clock = frozen_clock
@@ -261,7 +261,7 @@ class Oracle:
     """The oracle of one training run: every ``freq`` updates, lam* at the current policy (and, with
     ``frozen_clock``, at frozen env parameters), compared with the weights the run used."""
 
-    def __init__(self, algorithm: "HybridPG", env: OracleEnv, n_samples: int, freq: int, frozen_clock: Optional[int] = None) -> None:
+    def __init__(self, algorithm: Algorithm, env: OracleEnv, n_samples: int, freq: int, frozen_clock: Optional[int] = None) -> None:
         self.algorithm, self.env_spec, self.n_samples = algorithm, env, int(n_samples)
         self.freq, self.frozen_clock = int(freq), frozen_clock
         self._live: Optional[OracleLambda] = None

@@ -199,8 +199,8 @@ class HybridPGSettings(BaseModel):
             raise _Cross("use_sde", self.use_sde, "gSDE is not supported: the pathwise term needs the per-step Gaussian noise eps")
         if self.clip_range is not None and not callable(self.clip_range) and self.clip_range <= 0:
             raise _Cross("clip_range", self.clip_range, "must be a number > 0, a schedule, or None")
-        if not callable(self.learning_rate) and self.learning_rate <= 0:
-            raise _Cross("learning_rate", self.learning_rate, "must be a number > 0 or a schedule")
+        if not callable(self.learning_rate) and self.learning_rate < 0:
+            raise _Cross("learning_rate", self.learning_rate, "must be a number >= 0 or a schedule")
         limit = self.pathwise_kl_limit
         if limit is not None and limit != "auto" and not limit > 0:
             raise _Cross("pathwise_kl_limit", limit, "must be 'auto', None or a number > 0")

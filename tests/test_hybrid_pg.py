@@ -22,7 +22,7 @@ EXACT_GRADIENT_KWARGS = dict(
     normalize_advantage=False,
     max_grad_norm=1e12,
     vf_coef=0.0,
-    q_coef=0.0,
+    advantage_coef=0.0,
     ent_coef=0.0,
     pathwise_source="critic",
     seed=3,
@@ -66,7 +66,7 @@ def _pathwise_gradient_by_hand(model):
     a = th.clamp(model.policy.actor_mean(obs) + std * eps, low, high)
     features = model.policy.extract_features(obs, model.policy.vf_features_extractor)
     scaled = 2 * (a - low) / (high - low) - 1
-    q = model.policy.q_net.mlp(th.cat([features, scaled], 1)).squeeze(-1)
+    q = model.policy.advantage_head.mlp(th.cat([features, scaled], 1)).squeeze(-1)
     return th.autograd.grad(-q.mean(), _actor_params(model))
 
 
@@ -93,8 +93,8 @@ def test_lambda_zero_is_exactly_the_likelihood_ratio_gradient():
 def test_lambda_one_is_exactly_the_pathwise_gradient_and_the_critic_is_frozen():
     model = _one_update(estimator="pathwise")
     _assert_close(_grads(model), _pathwise_gradient_by_hand(model))
-    # q_coef = 0: the actor's pathwise objective must not reach the critic's weights
-    for p in model.policy.q_net.parameters():
+    # advantage_coef = 0: the actor's pathwise objective must not reach the critic's weights
+    for p in model.policy.advantage_head.parameters():
         assert p.grad is None or float(p.grad.abs().max()) == 0.0
 
 
@@ -114,6 +114,20 @@ def test_per_group_weights_mix_each_group_separately(monkeypatch):
     _assert_close(_grads(model), expected)
 
 
+def _moments(model, obs, actions, adv, eps, features, scale, method="auto"):
+    """The algorithm's per-sample moments of a hand-made batch (critic source, pathwise scale ``scale``)."""
+    from hybrid_pg.rollout import RolloutBatch, rollout_group_moments
+
+    with th.no_grad():
+        mean_old = model.policy.actor_mean(obs)
+    batch = RolloutBatch(
+        obs=obs, actions=actions, old_log_prob=th.zeros(len(obs)), returns=th.zeros(len(obs)), adv=adv, adv_scale=1.0,
+        path_scale=scale, mean_old=mean_old, log_std_old=model.policy.log_std.detach(), eps=eps, pi_features=features,
+        context=model.pathwise.context(model.policy, obs, actions),
+    )
+    return rollout_group_moments(model.policy, model.actor_head, model.pathwise, batch, method=method)
+
+
 def test_per_sample_moments_equal_a_naive_per_sample_autograd_loop():
     model = _one_update(estimator="hybrid", fixed_lambda=0.5)
     obs, actions, adv = _rollout_tensors(model)
@@ -121,7 +135,7 @@ def test_per_sample_moments_equal_a_naive_per_sample_autograd_loop():
         mean_old = model.policy.actor_mean(obs)
         eps = (actions - mean_old) / th.exp(model.policy.log_std)
         features = model.policy.extract_features(obs, model.policy.pi_features_extractor)
-    moments = model._rollout_moments(features, features, obs, eps, actions, adv, th.zeros(len(obs), 1, 1), 1.0)
+    moments = _moments(model, obs, actions, adv, eps, features, 1.0)
     rows_p, rows_s = [], []
     for i in range(len(obs)):
         gp = _pathwise_gradient_by_hand_single(model, obs[i : i + 1], actions[i : i + 1])
@@ -149,7 +163,7 @@ def _pathwise_gradient_by_hand_single(model, obs, actions):
     low, high = th.as_tensor(model.action_space.low), th.as_tensor(model.action_space.high)
     a = th.clamp(model.policy.actor_mean(obs) + std * eps, low, high)
     features = model.policy.extract_features(obs, model.policy.vf_features_extractor)
-    q = model.policy.q_net.mlp(th.cat([features, 2 * (a - low) / (high - low) - 1], 1)).sum()
+    q = model.policy.advantage_head.mlp(th.cat([features, 2 * (a - low) / (high - low) - 1], 1)).sum()
     return th.autograd.grad(q, _actor_params(model))
 
 
@@ -299,9 +313,8 @@ def test_outer_product_moments_equal_the_torch_func_moments():
     with th.no_grad():
         eps = (actions - model.policy.actor_mean(obs)) / th.exp(model.policy.log_std)
         features = model.policy.extract_features(obs, model.policy.pi_features_extractor)
-    args = (features, features, obs, eps, actions, adv, th.zeros(len(obs), 1, 1), 0.7)
-    fast = model._rollout_moments(*args)
-    slow = model._rollout_moments_vmap(*args)
+    fast = _moments(model, obs, actions, adv, eps, features, 0.7, method="outer")
+    slow = _moments(model, obs, actions, adv, eps, features, 0.7, method="vmap")
     for group in ("mean", "log_std", "global"):
         for attr in ("ss_path", "ss_score", "ss_cross"):
             assert getattr(fast[group], attr) == pytest.approx(getattr(slow[group], attr), rel=1e-5, abs=1e-9), (group, attr)
@@ -463,20 +476,20 @@ def test_kl_to_oldest_is_zero_for_an_unchanged_policy():
     model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64)
     tracker = DriftTracker(4)
     for _ in range(3):
-        tracker.snapshot(model._actor_head, model.policy.log_std)
+        tracker.snapshot(model.actor_head, model.policy.log_std)
     features = th.randn(10, 3)
-    assert tracker.kl_to_oldest(model._actor_head, features, 3) == 0.0
-    assert math.isnan(DriftTracker(4).kl_to_oldest(model._actor_head, features, 3))
+    assert tracker.kl_to_oldest(model.actor_head, features, 3) == 0.0
+    assert math.isnan(DriftTracker(4).kl_to_oldest(model.actor_head, features, 3))
 
 
-def test_bias_horizon_floors_the_bias_aware_batch_size_and_plain_policies_are_refused():
+def test_bias_min_samples_floors_the_bias_aware_batch_size_and_plain_policies_are_refused():
     from stable_baselines3.common.policies import ActorCriticPolicy
 
     assert HybridPG("MlpPolicy", "Pendulum-v1", n_steps=5)._gradient_batch_size() == 2048
     assert HybridPG("MlpPolicy", "Pendulum-v1", n_steps=4096)._gradient_batch_size() == 4096
-    assert HybridPG("MlpPolicy", "Pendulum-v1", n_steps=5, bias_horizon=1)._gradient_batch_size() == 5
-    with pytest.raises(ValueError, match="bias_horizon"):
-        HybridPG("MlpPolicy", "Pendulum-v1", bias_horizon=0)
+    assert HybridPG("MlpPolicy", "Pendulum-v1", n_steps=5, bias_min_samples=1)._gradient_batch_size() == 5
+    with pytest.raises(ValueError, match="bias_min_samples"):
+        HybridPG("MlpPolicy", "Pendulum-v1", bias_min_samples=0)
     with pytest.raises(TypeError, match="HybridActorCriticPolicy"):
         HybridPG(ActorCriticPolicy, "Pendulum-v1")
 
@@ -493,7 +506,7 @@ def test_oracle_does_not_perturb_the_training_run():
     _, plain = _final_params()
     model, with_oracle = _final_params(oracle_freq=1, oracle_samples=256)
     assert th.equal(plain, with_oracle)
-    assert model._oracle is not None and model._oracle.calls == 4
+    assert model.oracle is not None and model.oracle._live.calls == 4
 
 
 def test_oracle_lambda_agrees_with_a_long_window_at_a_fixed_policy():
@@ -545,9 +558,9 @@ def test_the_model_source_uses_the_env_of_the_rollout_not_the_next_one():
     model = HybridPG("MlpPolicy", _switching_bandit(every=256), **BANDIT_KW)
     model.learn(256)
     assert model.env.env_method("get_differentiable_model")[0].parameters_dict()["m"] == 1.0
-    assert model._dynamics_model.parameters_dict()["m"] == -1.0
+    assert model.pathwise.model.parameters_dict()["m"] == -1.0
     model.learn(256, reset_num_timesteps=False)
-    assert model._dynamics_model.parameters_dict()["m"] == 1.0
+    assert model.pathwise.model.parameters_dict()["m"] == 1.0
 
 
 def _bandit_oracle_run(**kwargs):
@@ -567,7 +580,7 @@ def _bandit_oracle_run(**kwargs):
 
 def test_frozen_env_oracle_separates_env_drift_from_policy_drift():
     model, rows = _bandit_oracle_run(oracle_freq=1, oracle_samples=512, oracle_frozen_clock=0)
-    assert len(rows) == 5 and model._frozen_oracle.calls == 6  # SB3 dumps the last update's logs at the next
+    assert len(rows) == 5 and model.oracle._frozen.calls == 6  # SB3 dumps the last update's logs at the next
     for row in rows:
         # same policy, same noise (one seed for both oracle batches): in the regime the frozen copy
         # holds (m = -1), the two oracles agree exactly; after the switch only the env differs
@@ -598,12 +611,12 @@ def test_oracle_lambda_on_the_bandit_matches_the_closed_form():
     oracle = OracleLambda(model, None, 8192)
     obs = th.ones(1, 1)
     mean = model.policy.actor_mean(obs)[0, 0]
-    w = float(sum((g**2).sum() for g in th.autograd.grad(mean, list(model._actor_head.parameters()))))
+    w = float(sum((g**2).sum() for g in th.autograd.grad(mean, list(model.actor_head.parameters()))))
     exact = bandit_moments(float(mean.detach()), float(model.policy.log_std[0].detach()), 0.3, 1.0, baseline="mean", metric=[w, 1.0])
     draws = []
     for k in range(6):  # independent oracle batches (the oracle's seed follows the update count)
         model._n_rollouts_trained = k
-        est = model._oracle_estimate(oracle)
+        est = oracle.estimate()
         draws.append((est.lam, est.var_path / est.var_score))
     draws = np.array(draws)
     mean_est, se = draws.mean(axis=0), draws.std(axis=0, ddof=1) / np.sqrt(len(draws))
@@ -633,8 +646,8 @@ def test_model_source_follows_a_drifting_env_through_subprocesses(model_mode, ex
     )
     try:
         model = HybridPG("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, pathwise_source="model", seed=0)
-        assert float(model._dynamics_model.g) == 10.0
+        assert float(model.pathwise.model.g) == 10.0
         model.learn(32 * 2 * 3)  # the switch at per-env step 48 falls inside the second rollout
-        assert float(model._dynamics_model.g) == expected_g
+        assert float(model.pathwise.model.g) == expected_g
     finally:
         env.close()

@@ -22,7 +22,7 @@ def test_short_hybrid_training_improves_the_exact_lqr_return():
         "MlpPolicy", env, estimator="hybrid", n_steps=50, batch_size=100, n_epochs=5, learning_rate=1e-2,
         gamma=1.0, gae_lambda=0.95, policy_kwargs=dict(net_arch=dict(pi=[], vf=[32, 32])), seed=0,
     )
-    assert model._resolved_source == "model"  # "auto" found the LQR's differentiable model
+    assert model.pathwise.name == "model"  # "auto" found the LQR's differentiable model
     lqr = env.get_attr("unwrapped")[0].lqr_kwargs()
     before = _lqr_return(model, lqr)
     model.learn(200 * 25)

@@ -40,6 +40,7 @@ from hybrid_pg_envs import (
 )
 from hybrid_pg_envs.adapters import AttributeAdapter, MujocoAdapter, PendulumAdapter, make_adapter
 from hybrid_pg.ground_truth.coupled_bandit import bandit_moments, oracle_lambda, per_sample_gradients
+from hybrid_pg.ground_truth.coupled_bandit import expected_reward as _expected_reward
 from hybrid_pg_envs.goal import PointMassModel
 from hybrid_pg_envs.schedules import ScheduleError
 
@@ -623,8 +624,8 @@ def test_bandit_moments_match_monte_carlo_and_finite_differences():
     # the gradient of the closed-form expected reward, by central differences
     h = 1e-5
     fd = [
-        (hybrid_pg_envs.coupled_bandit.expected_reward(mu + h, log_std, m, c) - hybrid_pg_envs.coupled_bandit.expected_reward(mu - h, log_std, m, c)) / (2 * h),
-        (hybrid_pg_envs.coupled_bandit.expected_reward(mu, log_std + h, m, c) - hybrid_pg_envs.coupled_bandit.expected_reward(mu, log_std - h, m, c)) / (2 * h),
+        (_expected_reward(mu + h, log_std, m, c) - _expected_reward(mu - h, log_std, m, c)) / (2 * h),
+        (_expected_reward(mu, log_std + h, m, c) - _expected_reward(mu, log_std - h, m, c)) / (2 * h),
     ]
     np.testing.assert_allclose(exact.grad, fd, rtol=1e-6)
     np.testing.assert_allclose(exact.grad_score, fd, rtol=1e-6)

@@ -21,7 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecCheckNan, VecNormal
 
 from hybrid_pg import HybridPG
 
-TINY = dict(net_arch=[16], q_net_arch=[16])
+TINY = dict(net_arch=[16], advantage_net_arch=[16])
 KW = dict(n_steps=16, batch_size=16, n_epochs=1, lambda_warmup=0, policy_kwargs=TINY, seed=0)
 
 
@@ -148,7 +148,7 @@ def test_exactly_zero_gradients_leave_the_policy_alone_and_lam_falls_back():
     # per-sample gradients are all exactly zero
     model = HybridPG("MlpPolicy", _vec(const=0.0), **{**KW, "n_steps": 32, "batch_size": 32}, pathwise_source="critic")
     with th.no_grad():
-        for layer in (model.policy.value_net, model.policy.q_net.mlp[-1]):
+        for layer in (model.policy.value_net, model.policy.advantage_head.mlp[-1]):
             layer.weight.zero_()
             layer.bias.zero_()
     before = _params(model)
@@ -192,8 +192,8 @@ def test_log_std_at_a_floor_does_not_crash(log_std):
 
 
 def _diverge_critic(model, value: float) -> None:
-    forward = model.policy.q_net.forward
-    model.policy.q_net.forward = lambda features, actions: forward(features, actions) * value
+    forward = model.policy.advantage_head.forward
+    model.policy.advantage_head.forward = lambda features, actions: forward(features, actions) * value
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
@@ -389,12 +389,21 @@ def test_lambda_decay_outside_ema_mode_is_refused():
         HybridPG("MlpPolicy", "Pendulum-v1", lambda_mode="sliding", lambda_decay=0.5)
 
 
-@pytest.mark.parametrize("name, value", [("lambda_window", 4), ("bias_horizon", 64), ("oracle_freq", 2), ("oracle_samples", 64)])
+@pytest.mark.parametrize("name, value", [("lambda_window", 4), ("bias_min_samples", 64), ("oracle_freq", 2), ("oracle_samples", 64)])
 def test_numpy_integers_are_accepted_like_python_integers(name, value):
     model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=np.int64(32), **{name: np.int64(value)})
     assert getattr(model, name) == value
 
 
 def test_oracle_without_a_buildable_env_fails_at_construction():
-    with pytest.raises(ValueError, match="oracle_env"):
-        HybridPG("MlpPolicy", _vec(), oracle_freq=1, **KW)
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    # in-process envs are deep-copied (no spec needed); an env in another process without a
+    # gymnasium spec cannot be copied, and that is refused at construction, not at the first update
+    assert HybridPG("MlpPolicy", _vec(), oracle_freq=1, **KW).oracle is not None
+    env = SubprocVecEnv([lambda: PointEnv()], start_method="fork")
+    try:
+        with pytest.raises(ValueError, match="oracle_env"):
+            HybridPG("MlpPolicy", env, oracle_freq=1, **KW)
+    finally:
+        env.close()

@@ -40,7 +40,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNorm
 
 from hybrid_pg import HybridPG
 
-TINY = dict(net_arch=[16], q_net_arch=[16])
+TINY = dict(net_arch=[16], advantage_net_arch=[16])
 KW = dict(n_steps=32, batch_size=32, n_epochs=1, lambda_warmup=0, lambda_window=3, policy_kwargs=TINY, seed=0)
 GROUP_NAMES = ("global", "mean", "log_std")
 
@@ -438,7 +438,7 @@ def test_predict_single_and_batched_deterministic_and_stochastic():
 def test_predict_dict_and_image_observations_single_and_batched():
     for policy, env_cls in (("MultiInputPolicy", DictObsEnv), ("CnnPolicy", ImageObsEnv)):
         env = make_vec_env(env_cls, n_envs=2, seed=0)
-        model = HybridPG(policy, env, **{**KW, "n_steps": 16, "batch_size": 16, "policy_kwargs": dict(q_net_arch=[16])})
+        model = HybridPG(policy, env, **{**KW, "n_steps": 16, "batch_size": 16, "policy_kwargs": dict(advantage_net_arch=[16])})
         obs = env.reset()
         batched, _ = model.predict(obs, deterministic=True)
         assert batched.shape == (2, *env.action_space.shape)
@@ -554,7 +554,7 @@ def test_get_parameters_set_parameters_round_trip():
     assert not th.equal(_params(source), _params(target))
     params = source.get_parameters()
     assert set(params) == {"policy", "policy.optimizer"}
-    assert any(k.startswith("q_net.") for k in params["policy"])  # the advantage head is included
+    assert any(k.startswith("advantage_head.") for k in params["policy"])  # the advantage head is included
     target.set_parameters(params, exact_match=True)
     assert th.equal(_params(source), _params(target))
     _assert_equal_tree(source.policy.optimizer.state_dict(), target.policy.optimizer.state_dict(), "optimizer")
@@ -580,7 +580,7 @@ def test_device_cpu_and_auto(device):
 @pytest.mark.parametrize("policy, env_cls", [("MultiInputPolicy", DictObsEnv), ("CnnPolicy", ImageObsEnv)])
 def test_dict_and_image_observations_train_save_and_load(tmp_path, policy, env_cls):
     env = make_vec_env(env_cls, n_envs=2, seed=0)
-    model = HybridPG(policy, env, **{**KW, "n_steps": 16, "batch_size": 16, "policy_kwargs": dict(q_net_arch=[16])})
+    model = HybridPG(policy, env, **{**KW, "n_steps": 16, "batch_size": 16, "policy_kwargs": dict(advantage_net_arch=[16])})
     model.learn(16 * 2 * 3)
     assert model._n_rollouts_trained == 3 and len(model.lambda_windows["global"]) == 3
     assert all(th.isfinite(p).all() for p in model.policy.parameters())
@@ -596,14 +596,14 @@ def test_oracle_with_dict_observations():
     env = make_vec_env(DictObsEnv, n_envs=2, seed=0)
     model = HybridPG("MultiInputPolicy", env, **{**KW, "n_steps": 16, "batch_size": 16}, oracle_freq=1, oracle_samples=32, oracle_env=DictObsEnv)
     model.learn(16 * 2 * 2)
-    assert model._oracle.calls == 2
+    assert model.oracle._live.calls == 2
 
 
 def test_oracle_with_image_observations():
     env = make_vec_env(ImageObsEnv, n_envs=2, seed=0)
     model = HybridPG("CnnPolicy", env, **{**KW, "n_steps": 16, "batch_size": 16}, oracle_freq=1, oracle_samples=32, oracle_env=ImageObsEnv)
     model.learn(16 * 2 * 2)
-    assert model._oracle.calls == 2
+    assert model.oracle._live.calls == 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -620,7 +620,7 @@ def _model_env(normalized: bool):
 
 def test_load_re_resolves_the_pathwise_source_for_the_new_env(tmp_path):
     model = HybridPG("MlpPolicy", _model_env(False), **KW, pathwise_source="model")
-    assert model._resolved_source == "model"
+    assert model.pathwise.name == "model"
     model.save(tmp_path / "m.zip")
     with pytest.raises(ValueError, match="VecNormalize"):
         HybridPG.load(tmp_path / "m.zip", env=_model_env(True))

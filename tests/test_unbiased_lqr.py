@@ -44,7 +44,7 @@ def _make(horizon, n_steps, **kwargs):
         gae_lambda=1.0,
         max_grad_norm=1e12,
         vf_coef=0.0,
-        q_coef=0.0,
+        advantage_coef=0.0,
         ent_coef=0.0,
         pathwise_source="model",
         lambda_warmup=0,
@@ -98,7 +98,7 @@ def _pathwise_per_sample(model):
     """d r(s, mu + sigma eps) / d(W, b, log_std) through the LQR model (horizon-1 episodes)."""
     obs, actions, _ = _rollout(model)
     w, b, log_std = (p.detach().double() for p in _params(model))
-    dyn = copy.deepcopy(model._dynamics_model).double()
+    dyn = copy.deepcopy(model.pathwise.model).double()
     flat_obs = obs.reshape(-1, obs.shape[-1])
     eps = ((actions - (obs @ w.T + b)) * th.exp(-log_std)).reshape(-1, actions.shape[-1])
     a = (flat_obs @ w.T + b + th.exp(log_std) * eps).requires_grad_(True)

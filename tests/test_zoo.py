@@ -59,10 +59,10 @@ def test_sampled_hyperparameters_build_a_model():
     params = sample_hybrid_pg_params(trial, n_actions=1, n_envs=1, additional_args={})
     assert params["n_steps"] == 64 and params["batch_size"] == 64  # 2**7 capped at the 64-sample rollout
     assert params["gamma"] == pytest.approx(0.99) and params["gae_lambda"] == pytest.approx(0.95)
-    assert params["policy_kwargs"] == {"net_arch": {"pi": [64], "vf": [64]}, "q_net_arch": [64], "activation_fn": nn.ReLU}
+    assert params["policy_kwargs"] == {"net_arch": {"pi": [64], "vf": [64]}, "advantage_net_arch": [64], "activation_fn": nn.ReLU}
     assert params["lambda_window"] == 8 and params["bias_correction"] is False
     model = HybridPG("MlpPolicy", gym.make("Pendulum-v1"), device="cpu", **params)
-    assert model.n_steps == 64 and model.policy.q_net_arch == [64]
+    assert model.n_steps == 64 and model.policy.advantage_net_arch == [64]
 
 
 def test_train_then_enjoy_through_the_zoo(tmp_path):
