@@ -58,8 +58,8 @@ and rescaling rewards around the model is the library's job, not this file's.
 Limitations: contacts make the step only piecewise smooth (soft, but stiff): the Jacobian is the
 exact local one of the simulator, which can change quickly across contact events, and finite
 differences of width ``fd_eps`` smooth over features narrower than that. Costs per sample are
-``(1 + 2 (2 nv + nu)) * frame_skip`` simulator sub-steps (``scripts/mujoco_model_cost.py`` or
-:func:`jacobian_cost` measures them).
+``(1 + 2 (2 nv + nu)) * frame_skip`` simulator sub-steps; :func:`jacobian_cost` measures them
+(``python -m hybrid_pg_envs.mujoco_model`` prints them for every supported env).
 """
 
 from __future__ import annotations
@@ -469,3 +469,22 @@ def jacobian_cost(env_id: str, batch: int = 64, repeats: int = 3, seed: int = 0,
         best[key] = min(times) / batch
     env.close()
     return {"env_step_s": env_step, "forward_s": best["forward"], "jacobian_s": best["jacobian"], "method": model.jacobian_method}
+
+
+if __name__ == "__main__":  # cost per sample of every supported env and Jacobian method
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--nthread", type=int, default=1)
+    args = parser.parse_args()
+    th.set_num_threads(1)
+    for env_id in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5"):
+        methods = ("transition", "rollout") if env_id == "HalfCheetah-v5" else ("rollout",)
+        for method in methods:
+            c = jacobian_cost(env_id, batch=args.batch, jacobian=method, nthread=args.nthread)
+            print(
+                f"{env_id:15s} {method:10s} env.step {c['env_step_s'] * 1e6:7.1f} us | model forward "
+                f"{c['forward_s'] * 1e6:7.1f} us | forward + Jacobian {c['jacobian_s'] * 1e3:6.2f} ms "
+                f"({c['jacobian_s'] / c['env_step_s']:.0f} env steps) per sample"
+            )
