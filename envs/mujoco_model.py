@@ -297,29 +297,32 @@ class MujocoStepModel(DifferentiableModel):
         down = np.where(inside, np.maximum(down, lo), down)
         return up, down
 
-    def _jacobian_rollout(self, qpos: np.ndarray, qvel: np.ndarray, ctrl: np.ndarray):
+    def _jacobian_rollout(self, qpos: np.ndarray, qvel: np.ndarray, ctrl: np.ndarray, with_state: bool = True):
         """Nominal next state and its central-difference Jacobian (B, nq + nv, 2 nv + nu) w.r.t.
-        (qpos, qvel, ctrl), all perturbed states in one rollout."""
+        (qpos, qvel, ctrl), all perturbed states in one rollout. ``with_state=False`` perturbs the
+        ctrl only (``1 + 2 nu`` rollouts per sample instead of ``1 + 2 (2 nv + nu)``) and leaves the
+        state columns 0."""
         b, nq, nv, nu = qpos.shape[0], self.nq, self.nv, self.nu
-        d = 2 * nv + nu
-        eye = np.eye(d)
+        ds = 2 * nv if with_state else 0
+        d = ds + nu
         h = self.fd_eps
         # per sample: [nominal, +e_1 .. +e_d, -e_1 .. -e_d]; positions in the tangent space = qpos here
         x = np.concatenate([qpos, qvel], axis=1)[:, None, :]  # (B, 1, nq + nv)
         dx = np.zeros((1, 2 * d + 1, nq + nv))
-        dx[0, 1 : d + 1, : 2 * nv] = h * eye[:, : 2 * nv]
-        dx[0, d + 1 :, : 2 * nv] = -h * eye[:, : 2 * nv]
+        dx[0, 1 : ds + 1, : 2 * nv] = h * np.eye(ds, 2 * nv)
+        dx[0, d + 1 : d + 1 + ds, : 2 * nv] = -h * np.eye(ds, 2 * nv)
         xs = (x + dx).reshape(-1, nq + nv)
         up, down = self._ctrl_steps(ctrl)
         cs = np.repeat(ctrl[:, None, :], 2 * d + 1, axis=1)
         idx = np.arange(nu)
-        cs[:, 1 + 2 * nv + idx, idx] = up
-        cs[:, d + 1 + 2 * nv + idx, idx] = down
+        cs[:, 1 + ds + idx, idx] = up
+        cs[:, d + 1 + ds + idx, idx] = down
         qp, qv = self._rollout(xs[:, :nq], xs[:, nq:], cs.reshape(-1, nu))
         y = np.concatenate([qp, qv], axis=1).reshape(b, 2 * d + 1, nq + nv)
         width = np.full((b, d), 2 * h)
-        width[:, 2 * nv :] = up - down
-        jac = (y[:, 1 : d + 1] - y[:, d + 1 :]).transpose(0, 2, 1) / width[:, None, :]
+        width[:, ds:] = up - down
+        jac = np.zeros((b, nq + nv, 2 * nv + nu))
+        jac[:, :, 2 * nv - ds :] = (y[:, 1 : d + 1] - y[:, d + 1 :]).transpose(0, 2, 1) / width[:, None, :]
         return y[:, 0, :nq], y[:, 0, nq:], jac
 
     def _jacobian_transition(self, qpos: np.ndarray, qvel: np.ndarray, ctrl: np.ndarray):
@@ -342,23 +345,32 @@ class MujocoStepModel(DifferentiableModel):
             qp[i], qv[i] = data.qpos, data.qvel
         return qp, qv, jac
 
-    def simulate(self, obs: np.ndarray, action: np.ndarray, jacobian: bool = False) -> Dict[str, np.ndarray]:
+    def simulate(
+        self, obs: np.ndarray, action: np.ndarray, jacobian: bool = False, wrt_obs: bool = True
+    ) -> Dict[str, np.ndarray]:
         """The frame-skipped step for a batch (numpy, float64): ``next_obs``, ``dx`` (root x
         displacement), ``qpos``/``qvel`` (true next state) and, with ``jacobian``, ``jac_obs`` (B,
-        obs_dim + 1, obs_dim) and ``jac_act`` (B, obs_dim + 1, act_dim): rows ``next_obs`` then ``dx``."""
+        obs_dim + 1, obs_dim) and ``jac_act`` (B, obs_dim + 1, act_dim): rows ``next_obs`` then ``dx``.
+        ``wrt_obs=False`` skips ``jac_obs`` (absent from the result): the action columns alone cost
+        ``1 + 2 nu`` perturbed rollouts, whatever the Jacobian method (a one-step pathwise gradient
+        needs no more)."""
         qpos, qvel = self.obs_to_state(obs)
         ctrl = np.asarray(action, dtype=np.float64).reshape(-1, self.nu)
         out: Dict[str, np.ndarray] = {}
         if jacobian:
-            method = self._jacobian_transition if self.jacobian_method == "transition" else self._jacobian_rollout
-            qp, qv, jac = method(qpos, qvel, ctrl)
+            if wrt_obs and self.jacobian_method == "transition":
+                qp, qv, jac = self._jacobian_transition(qpos, qvel, ctrl)
+            else:
+                qp, qv, jac = self._jacobian_rollout(qpos, qvel, ctrl, with_state=wrt_obs)
             s, nq, nv = self.skipped, self.nq, self.nv
             rows = np.r_[np.arange(s, nq), nq + np.arange(nv), 0]  # next_obs, then dx = d qpos[0]
             cols = np.r_[np.arange(s, nq), nq + np.arange(nv)]  # obs columns; the root x stays 0
             j = jac[:, rows]
             if self.qvel_clip is not None:  # a clipped next velocity does not move
                 j[:, nq - s : nq - s + nv][np.abs(qv) > self.qvel_clip] = 0.0
-            out["jac_obs"], out["jac_act"] = j[:, :, cols], j[:, :, 2 * nv :]
+            out["jac_act"] = j[:, :, 2 * nv :]
+            if wrt_obs:
+                out["jac_obs"] = j[:, :, cols]
         else:
             qp, qv = self._rollout(qpos, qvel, ctrl)
         out.update(next_obs=self.state_to_obs(qp, qv), dx=qp[:, 0] - qpos[:, 0], qpos=qp, qvel=qv)
@@ -412,11 +424,13 @@ class _SimulatorStep(th.autograd.Function):
 
     @staticmethod
     def forward(ctx, obs: th.Tensor, action: th.Tensor, model: MujocoStepModel):  # type: ignore[override]
-        need = bool(ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
-        out = model.simulate(obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=need)
+        wrt_obs, wrt_act = ctx.needs_input_grad[:2]
+        out = model.simulate(
+            obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=wrt_obs or wrt_act, wrt_obs=wrt_obs
+        )
         as_t = lambda a: th.as_tensor(a, device=obs.device).to(obs.dtype)  # noqa: E731
-        if need:
-            ctx.save_for_backward(as_t(out["jac_obs"]), as_t(out["jac_act"]))
+        if wrt_obs or wrt_act:
+            ctx.save_for_backward(as_t(out["jac_obs"]) if wrt_obs else None, as_t(out["jac_act"]))
         model._last_state = (out["qpos"], out["qvel"])  # the true next state, for the health test
         return as_t(out["next_obs"]), as_t(out["dx"])
 
@@ -424,7 +438,8 @@ class _SimulatorStep(th.autograd.Function):
     def backward(ctx, grad_next: th.Tensor, grad_dx: th.Tensor):  # type: ignore[override]
         jac_obs, jac_act = ctx.saved_tensors
         g = th.cat([grad_next, grad_dx[:, None]], dim=1)  # (B, obs_dim + 1)
-        return th.einsum("bo,boi->bi", g, jac_obs), th.einsum("bo,boa->ba", g, jac_act), None
+        grad_obs = None if jac_obs is None else th.einsum("bo,boi->bi", g, jac_obs)
+        return grad_obs, th.einsum("bo,boa->ba", g, jac_act), None
 
 
 class MujocoDifferentiableWrapper(gym.Wrapper):
@@ -442,8 +457,10 @@ class MujocoDifferentiableWrapper(gym.Wrapper):
 
 
 def jacobian_cost(env_id: str, batch: int = 64, repeats: int = 3, seed: int = 0, **options: Any) -> Dict[str, float]:
-    """Seconds per sample of the model's forward alone, of forward + Jacobians, and of one plain
-    ``env.step``, measured on ``batch`` states visited by random actions (best of ``repeats``)."""
+    """Seconds per sample of the model's forward alone (``forward_s``), of forward + all Jacobians
+    (``jacobian_s``), of forward + the action Jacobian only (``jacobian_action_s``) and of one plain
+    ``env.step`` (``env_step_s``), measured on ``batch`` states visited by random actions (best of
+    ``repeats``)."""
     env = gym.make(env_id)
     model = MujocoStepModel.from_env(env, **options)
     obs, _ = env.reset(seed=seed)
@@ -459,16 +476,16 @@ def jacobian_cost(env_id: str, batch: int = 64, repeats: int = 3, seed: int = 0,
             obs, _ = env.reset(seed=int(rng.integers(1 << 30)))
     env_step = (time.perf_counter() - t0) / batch
     o, a = np.array(states), np.array(actions)
-    best = {}
-    for key, jac in (("forward", False), ("jacobian", True)):
+    best: Dict[str, Any] = {"env_step_s": env_step, "method": model.jacobian_method}
+    for key, jac, wrt_obs in (("forward_s", False, True), ("jacobian_s", True, True), ("jacobian_action_s", True, False)):
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            model.simulate(o, a, jacobian=jac)
+            model.simulate(o, a, jacobian=jac, wrt_obs=wrt_obs)
             times.append(time.perf_counter() - t0)
         best[key] = min(times) / batch
     env.close()
-    return {"env_step_s": env_step, "forward_s": best["forward"], "jacobian_s": best["jacobian"], "method": model.jacobian_method}
+    return best
 
 
 if __name__ == "__main__":  # cost per sample of every supported env and Jacobian method
@@ -485,6 +502,7 @@ if __name__ == "__main__":  # cost per sample of every supported env and Jacobia
             c = jacobian_cost(env_id, batch=args.batch, jacobian=method, nthread=args.nthread)
             print(
                 f"{env_id:15s} {method:10s} env.step {c['env_step_s'] * 1e6:7.1f} us | model forward "
-                f"{c['forward_s'] * 1e6:7.1f} us | forward + Jacobian {c['jacobian_s'] * 1e3:6.2f} ms "
-                f"({c['jacobian_s'] / c['env_step_s']:.0f} env steps) per sample"
+                f"{c['forward_s'] * 1e6:6.1f} us | + Jacobian {c['jacobian_s'] * 1e3:5.2f} ms "
+                f"({c['jacobian_s'] / c['env_step_s']:.0f} env steps) | + action Jacobian only "
+                f"{c['jacobian_action_s'] * 1e3:5.2f} ms ({c['jacobian_action_s'] / c['env_step_s']:.0f}) per sample"
             )

@@ -139,6 +139,11 @@ def test_transition_and_rollout_jacobians_agree():
     for key in ("jac_obs", "jac_act"):
         scale = np.abs(by_rollout[key]).max()
         np.testing.assert_allclose(by_transition[key], by_rollout[key], rtol=0, atol=1e-6 * scale)
+    # the action columns alone (what a one-step pathwise gradient needs): ctrl-only rollouts
+    action_only = MujocoStepModel.from_env(env).simulate(obs, actions, jacobian=True, wrt_obs=False)
+    assert "jac_obs" not in action_only
+    np.testing.assert_array_equal(action_only["jac_act"], by_rollout["jac_act"])
+    np.testing.assert_array_equal(action_only["next_obs"], by_rollout["next_obs"])
     with pytest.raises(ValueError, match="RK4"):
         MujocoStepModel.from_env(gym.make("Hopper-v5"), jacobian="transition")
 
@@ -250,3 +255,4 @@ def test_found_through_wrappers_and_vec_envs():
 def test_jacobian_cost_reports():
     cost = jacobian_cost("HalfCheetah-v5", batch=4, repeats=1)
     assert cost["method"] == "transition" and cost["jacobian_s"] > cost["forward_s"] > 0
+    assert cost["jacobian_action_s"] > cost["forward_s"]
