@@ -23,6 +23,12 @@ see :mod:`hybrid_pg_envs.nonstationary`, :mod:`hybrid_pg_envs.schedules`, :mod:`
 The wrapped ids accept ``schedules``, ``clock_start``, ``steps_per_tick`` and ``model_mode``
 (``"live"`` or ``"stale"``) besides the base env's own arguments.
 
+MuJoCo locomotion (HalfCheetah, Hopper, Walker2d, Swimmer v5; needs ``mujoco``, so not imported
+here): the simulator's step as a differentiable model, Jacobians by finite differences::
+
+    from hybrid_pg_envs.mujoco_model import MujocoDifferentiableWrapper
+    env = MujocoDifferentiableWrapper(gym.make("HalfCheetah-v5"))
+
 See :mod:`hybrid_pg_envs.differentiable` for the model protocol, :mod:`hybrid_pg_envs.lqr_exact`
 for the LQR ground truth and :mod:`hybrid_pg_envs.coupled_bandit` for the bandit's lam*.
 """

@@ -23,8 +23,11 @@ MODEL_AT = "differentiable_model_at"
 
 
 def is_vec_env(env: Any) -> bool:
-    """True for an SB3-style VecEnv (anything with ``num_envs``, ``env_method`` and ``has_attr``)."""
-    return all(hasattr(env, name) for name in ("num_envs", "env_method", "has_attr"))
+    """True for an SB3-style VecEnv: not a gymnasium env, but with ``num_envs``, ``env_method`` and
+    ``has_attr`` (duck-typed, so the env layer needs no stable_baselines3)."""
+    import gymnasium as gym
+
+    return not isinstance(env, gym.Env) and all(hasattr(env, name) for name in ("num_envs", "env_method", "has_attr"))
 
 
 def has_clock(venv: Any) -> bool:

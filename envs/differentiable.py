@@ -63,6 +63,17 @@ class DifferentiableModel(nn.Module):
         return self.step(obs, action)
 
 
+def _model_method(env: gym.Env) -> Any:
+    """``get_differentiable_model`` of the outermost layer of ``env`` that has it (a wrapper such as
+    ``MujocoDifferentiableWrapper`` or ``NonStationaryWrapper``, else the unwrapped env), or None.
+    The same lookup as SB3's ``DummyVecEnv.env_method`` (gymnasium's ``get_wrapper_attr``)."""
+    try:
+        method = env.get_wrapper_attr(MODEL_METHOD)
+    except AttributeError:
+        return None
+    return method if callable(method) else None
+
+
 def has_differentiable_model(env: Any) -> bool:
     """Whether ``env`` (a gymnasium env, possibly wrapped, or an SB3 VecEnv) follows the protocol."""
     if is_vec_env(env):
@@ -70,15 +81,16 @@ def has_differentiable_model(env: Any) -> bool:
             return bool(env.has_attr(MODEL_METHOD))
         except AttributeError:
             return False
-    return callable(getattr(env.unwrapped, MODEL_METHOD, None))
+    return _model_method(env) is not None
 
 
 def find_differentiable_model(env: Any) -> Optional[DifferentiableModel]:
     """The model of ``env`` (of its first sub-env for a VecEnv), or None if it has none.
 
-    Works through gymnasium wrappers, SB3 VecEnv wrappers and SubprocVecEnv (the model is built in
-    the worker and pickled back). All sub-envs of a VecEnv are assumed to share dynamics; if their
-    models' parameters differ, that is an error rather than a silent choice.
+    Works through gymnasium wrappers (the outermost one defining ``get_differentiable_model`` wins,
+    else the unwrapped env), SB3 VecEnv wrappers and SubprocVecEnv (the model is built in the worker
+    and pickled back). All sub-envs of a VecEnv are assumed to share dynamics; if their models'
+    parameters differ, that is an error rather than a silent choice.
     """
     if env is None or not has_differentiable_model(env):
         return None
@@ -94,7 +106,7 @@ def find_differentiable_model(env: Any) -> Optional[DifferentiableModel]:
                 )
         model = first
     else:
-        model = getattr(env.unwrapped, MODEL_METHOD)()
+        model = _model_method(env)()
     if not isinstance(model, DifferentiableModel):
         raise TypeError(f"{MODEL_METHOD}() must return a DifferentiableModel, got {type(model).__name__}")
     return model

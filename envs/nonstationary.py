@@ -55,8 +55,8 @@ wrapper exposes ``get_differentiable_model()`` (found through wrappers and VecEn
 the env: HybridPG trains on a rollout after it was collected, when the clock has moved on, and uses
 the model at the rollout's midpoint (exact when the parameters are constant within the rollout).
 
-``find_differentiable_model`` on a bare gymnasium env (not a VecEnv) asks ``env.unwrapped``, which
-bypasses this wrapper; through any VecEnv (what SB3 algorithms hold) the wrapper's model is used.
+``find_differentiable_model`` uses the wrapper's model, on the gymnasium env as through any VecEnv
+(what SB3 algorithms hold).
 """
 
 from __future__ import annotations
