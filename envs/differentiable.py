@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+import gymnasium as gym
+
 import torch as th
 from torch import nn
 
