@@ -460,6 +460,8 @@ class HybridPG(OnPolicyAlgorithm):
             # re-fetched every update: a drifting env's model follows its parameters (or stays
             # deliberately stale, as the env decides), also through SubprocVecEnv's pickled copies
             self._resolved_source = self._resolve_pathwise_source()
+        for window in self.lambda_windows.values():  # the weight rule trusts an exact model, not a critic
+            window.source = "exact" if self._resolved_source == "model" else "learned"
         clip_range = self.clip_range(self._current_progress_remaining) if self.clip_range is not None else None
         kl_limit = self._pathwise_kl_limit(clip_range)
 
@@ -703,7 +705,7 @@ class HybridPG(OnPolicyAlgorithm):
 
     def _rollout_estimate(self, moments: BatchMoments) -> LambdaEstimate:
         """lam of one batch alone, by the same rule as the window (bias-aware, same B and bounds)."""
-        return pooled_estimate([moments], bias_correction=self.bias_correction, batch_size=self._gradient_batch_size(), bounds=self.lambda_bounds)
+        return self.lambda_windows["global"].rule([moments], batch_size=self._gradient_batch_size())
 
     def _pathwise_kl_limit(self, clip_range: Optional[float]) -> Optional[float]:
         if self.pathwise_kl_limit == "auto":
