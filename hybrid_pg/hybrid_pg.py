@@ -460,8 +460,9 @@ class HybridPG(OnPolicyAlgorithm):
             # re-fetched every update: a drifting env's model follows its parameters (or stays
             # deliberately stale, as the env decides), also through SubprocVecEnv's pickled copies
             self._resolved_source = self._resolve_pathwise_source()
+        exact = self._resolved_source == "model" and getattr(self._dynamics_model, "exact", True)
         for window in self.lambda_windows.values():  # the weight rule trusts an exact model, not a critic
-            window.source = "exact" if self._resolved_source == "model" else "learned"
+            window.source = "exact" if exact else "learned"
         clip_range = self.clip_range(self._current_progress_remaining) if self.clip_range is not None else None
         kl_limit = self._pathwise_kl_limit(clip_range)
 
