@@ -418,13 +418,7 @@ class BiasedCoupledMoments:
 
 
 def biased_coupled_moments(
-    theta: float,
-    alpha: float,
-    kappa: float,
-    batch_size: float,
-    m: float = 0.0,
-    c: float = 1.0,
-    baseline: Optional[float] = None,
+    theta: float, alpha: float, kappa: float, batch_size: float, m: float = 0.0, c: float = 1.0, baseline: Optional[float] = None
 ) -> BiasedCoupledMoments:
     """Closed-form moments, bias and MSE-optimal lam of the coupled problem with a biased model."""
     kappa = _finite("kappa", kappa)
