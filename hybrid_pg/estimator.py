@@ -138,6 +138,9 @@ class LambdaEstimate:
     :ivar n: number of samples behind the moments (the effective sample size for weighted windows).
     :ivar degenerate: True when the data cannot determine lam (n < 2 or D == 0).
     :ivar reason: why it is degenerate ('' otherwise).
+    :ivar lam_se: standard error of lam_unclipped (nan when unknown).
+    :ivar bias_sq_used: the ||b||^2 in the denominator (bias_sq, or its upper confidence limit).
+    :ivar source: the pathwise source kind the rule was told ('' for the plain functions).
     """
 
     lam: float
@@ -152,6 +155,13 @@ class LambdaEstimate:
     n: float
     degenerate: bool = False
     reason: str = ""
+    #: standard error of ``lam_unclipped`` (jackknife over the window's batches, or over blocks);
+    #: nan when it cannot be estimated (fewer than 3 batches/blocks)
+    lam_se: float = math.nan
+    #: the ||b||^2 the weight was computed with (the upper confidence limit for a learned source)
+    bias_sq_used: float = 0.0
+    #: "exact" or "learned" when produced by :class:`hybrid_pg.weight_rule.WeightRule`
+    source: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -263,15 +273,29 @@ class BatchMoments:
     ss_path: float  # sum_i ||g_P,i - mean_P||^2
     ss_score: float  # sum_i ||g_M,i - mean_M||^2
     ss_cross: float  # sum_i <g_P,i - mean_P, g_M,i - mean_M>
+    # Batch-means (block) statistics, for correlated samples (a rollout's steps share trajectories
+    # and overlapping GAE sums): the samples are cut into n_blocks contiguous blocks j of L_j
+    # samples with block means ybar_j, and lr_ss_X = sum_j L_j <ybar_j - mean, ybar'_j - mean'>.
+    # lr_ss_X / (n_blocks - 1) estimates the long-run (autocovariance-summed) variance, which is
+    # n times the variance of the batch mean. n_blocks = 0: no block information.
+    n_blocks: int = 0
+    lr_ss_path: float = 0.0
+    lr_ss_score: float = 0.0
+    lr_ss_cross: float = 0.0
 
     @classmethod
-    def from_samples(cls, g_path: ArrayLike, g_score: ArrayLike) -> "BatchMoments":
+    def from_samples(cls, g_path: ArrayLike, g_score: ArrayLike, blocks: Optional[ArrayLike] = None) -> "BatchMoments":
+        """Moments of paired samples; ``blocks`` (one integer label per sample, contiguous blocks,
+        see :func:`hybrid_pg.correlation.block_ids`) adds the batch-means statistics."""
         gp = as_sample_matrix(g_path, "g_path")
         gm = as_sample_matrix(g_score, "g_score")
         if gp.shape != gm.shape:
             raise ValueError(f"g_path and g_score must have the same shape, got {tuple(gp.shape)} and {tuple(gm.shape)}")
         mp, mm = gp.mean(0), gm.mean(0)
         cp, cm = gp - mp, gm - mm
+        extra = {}
+        if blocks is not None:
+            extra = block_statistics(cp, cm, blocks)
         return cls(
             n=int(gp.shape[0]),
             mean_path=mp.cpu(),
@@ -279,7 +303,12 @@ class BatchMoments:
             ss_path=float((cp * cp).sum()),
             ss_score=float((cm * cm).sum()),
             ss_cross=float((cp * cm).sum()),
+            **extra,
         )
+
+    @property
+    def has_blocks(self) -> bool:
+        return self.n_blocks >= 2
 
     @classmethod
     def concat(cls, parts: Sequence["BatchMoments"]) -> "BatchMoments":
@@ -296,6 +325,10 @@ class BatchMoments:
             ss_path=sum(p.ss_path for p in parts),
             ss_score=sum(p.ss_score for p in parts),
             ss_cross=sum(p.ss_cross for p in parts),
+            n_blocks=parts[0].n_blocks if len({p.n_blocks for p in parts}) == 1 else 0,
+            lr_ss_path=sum(p.lr_ss_path for p in parts),
+            lr_ss_score=sum(p.lr_ss_score for p in parts),
+            lr_ss_cross=sum(p.lr_ss_cross for p in parts),
         )
 
     def merge(self, other: "BatchMoments") -> "BatchMoments":
@@ -314,7 +347,35 @@ class BatchMoments:
             ss_path=self.ss_path + other.ss_path + k * float(dp @ dp),
             ss_score=self.ss_score + other.ss_score + k * float(dm @ dm),
             ss_cross=self.ss_cross + other.ss_cross + k * float(dp @ dm),
+            # blocks never straddle chunks, and sum_j L_j = n, so the same Chan term applies; both
+            # chunks need blocks, else the merged batch has none
+            n_blocks=self.n_blocks + other.n_blocks if self.has_blocks and other.has_blocks else 0,
+            lr_ss_path=self.lr_ss_path + other.lr_ss_path + k * float(dp @ dp),
+            lr_ss_score=self.lr_ss_score + other.lr_ss_score + k * float(dm @ dm),
+            lr_ss_cross=self.lr_ss_cross + other.lr_ss_cross + k * float(dp @ dm),
         )
+
+
+def block_statistics(centred_path: th.Tensor, centred_score: th.Tensor, blocks: ArrayLike) -> dict:
+    """Batch-means sums of already-centred samples (N, d): n_blocks and lr_ss_* of BatchMoments.
+
+    sum_j L_j <ybar_j, ybar'_j> = sum_j <S_j, S'_j> / L_j with S_j the block sums (centred samples,
+    so the block means are already about the batch mean).
+    """
+    labels = th.as_tensor(np.asarray(blocks)).to(th.long).reshape(-1)
+    if labels.shape[0] != centred_path.shape[0]:
+        raise ValueError(f"one block label per sample is required, got {labels.shape[0]} for {centred_path.shape[0]} samples")
+    _, inverse, counts = th.unique(labels, return_inverse=True, return_counts=True)
+    k = int(counts.shape[0])
+    sums_p = th.zeros(k, centred_path.shape[1], dtype=th.float64).index_add_(0, inverse, centred_path.double().cpu())
+    sums_m = th.zeros(k, centred_score.shape[1], dtype=th.float64).index_add_(0, inverse, centred_score.double().cpu())
+    inv_len = 1.0 / counts.double()
+    return dict(
+        n_blocks=k,
+        lr_ss_path=float(((sums_p * sums_p).sum(1) * inv_len).sum()),
+        lr_ss_score=float(((sums_m * sums_m).sum(1) * inv_len).sum()),
+        lr_ss_cross=float(((sums_p * sums_m).sum(1) * inv_len).sum()),
+    )
 
 
 def pooled_estimate(

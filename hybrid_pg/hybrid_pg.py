@@ -34,7 +34,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from hybrid_pg.drift import DriftTracker
-from hybrid_pg.estimator import BatchMoments, LambdaEstimate, pooled_estimate
+from hybrid_pg.estimator import BatchMoments, LambdaEstimate
 from hybrid_pg.oracle import Oracle, OracleEnv, check_oracle_env
 from hybrid_pg.per_sample import GROUPS, all_finite
 from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy
@@ -317,8 +317,7 @@ class HybridPG(OnPolicyAlgorithm):
 
     def weight_estimate(self, moments: BatchMoments) -> LambdaEstimate:
         """lam of one batch alone, by the same rule as the window (bias-aware, same B and bounds)."""
-        s = self.settings
-        return pooled_estimate([moments], bias_correction=s.bias_correction, batch_size=self._gradient_batch_size(), bounds=s.lambda_bounds)
+        return self.lambda_windows["global"].rule([moments], batch_size=self._gradient_batch_size())
 
     # ------------------------------------------------------------------------------------------
     # the weight
@@ -372,6 +371,8 @@ class HybridPG(OnPolicyAlgorithm):
         if self.pathwise is None:
             self.pathwise = choose_source(self)
         self.pathwise.refresh(self)
+        for window in self.lambda_windows.values():  # the weight rule trusts an exact model, not a critic
+            window.source = "exact" if self.pathwise.exact else "learned"
         clip_range = self.clip_range(self._current_progress_remaining) if self.clip_range is not None else None
 
         # -- the rollout at theta_old, the weight from previous rollouts, the oracle's reference --

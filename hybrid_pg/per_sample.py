@@ -15,7 +15,8 @@ of the variance traces, which keeps the cost independent of the extractor's size
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
+import dataclasses
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch as th
 from torch import nn
@@ -122,6 +123,7 @@ def outer_product_group_moments(
     log_std: th.Tensor,
     path_fn: Callable[[th.Tensor, th.Tensor], th.Tensor],
     score_fn: Callable[[th.Tensor, th.Tensor], th.Tensor],
+    blocks: Optional[th.Tensor] = None,
 ) -> Dict[str, BatchMoments]:
     """The same moments as :func:`per_sample_group_moments`, without materialising per-sample grads.
 
@@ -132,6 +134,9 @@ def outer_product_group_moments(
         <delta_i h_i^T, delta'_i h_i^T> = <delta_i, delta'_i> ||h_i||^2.
     Two backward passes through the head (one per surrogate) give every delta; sums of squares are
     then sum_i <g_i, g'_i> - n <mean g, mean g'> in float64.
+
+    With ``blocks`` (a block label per sample, see :func:`hybrid_pg.correlation.block_ids`), the
+    per-block gradient sums dp[block].T @ h[block] also give the batch-means (long-run) statistics.
     """
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     inputs: list = []
@@ -159,8 +164,22 @@ def outer_product_group_moments(
 
     means_p, means_m = [], []
     sum_pp = sum_mm = sum_pm = 0.0
+    block_index = None
+    if blocks is not None:
+        _, block_index, block_len = th.unique(th.as_tensor(blocks, device=mean.device).reshape(-1), return_inverse=True, return_counts=True)
+        onehot = th.nn.functional.one_hot(block_index, int(block_len.shape[0])).double()  # (n, K)
+        lr = [0.0, 0.0, 0.0]
     for layer, h, dp, dm in zip(linears, inputs, deltas_path, deltas_score):
         h, dp, dm = h.detach().double(), dp.double(), dm.double()
+        if block_index is not None:
+            # per-block sums of the outer products: (K, out, in) = sum_{i in j} delta_i h_i^T
+            hb = th.cat([h, th.ones_like(h[:, :1])], 1) if layer.bias is not None else h
+            sp = th.einsum("nk,no,ni->koi", onehot, dp, hb).reshape(onehot.shape[1], -1)
+            sm = th.einsum("nk,no,ni->koi", onehot, dm, hb).reshape(onehot.shape[1], -1)
+            inv = 1.0 / block_len.double()
+            lr[0] += float(((sp * sp).sum(1) * inv).sum())
+            lr[1] += float(((sm * sm).sum(1) * inv).sum())
+            lr[2] += float(((sp * sm).sum(1) * inv).sum())
         h_sq = (h * h).sum(1) + (1.0 if layer.bias is not None else 0.0)
         sum_pp += float(((dp * dp).sum(1) * h_sq).sum())
         sum_mm += float(((dm * dm).sum(1) * h_sq).sum())
@@ -171,7 +190,16 @@ def outer_product_group_moments(
             means_p.append(dp.mean(0))
             means_m.append(dm.mean(0))
     mean_part = _moments_from_sums(n, th.cat(means_p), th.cat(means_m), sum_pp, sum_mm, sum_pm)
-    std_part = BatchMoments.from_samples(v_path.double(), v_score.double())
+    if block_index is not None:
+        mp, mm = mean_part.mean_path, mean_part.mean_score
+        mean_part = dataclasses.replace(
+            mean_part,
+            n_blocks=int(block_len.shape[0]),
+            lr_ss_path=max(lr[0] - n * float(mp @ mp), 0.0),
+            lr_ss_score=max(lr[1] - n * float(mm @ mm), 0.0),
+            lr_ss_cross=lr[2] - n * float(mp @ mm),
+        )
+    std_part = BatchMoments.from_samples(v_path.double(), v_score.double(), blocks=None if blocks is None else block_index.cpu())
     return {"mean": mean_part, "log_std": std_part, "global": BatchMoments.concat([mean_part, std_part])}
 
 

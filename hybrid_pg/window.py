@@ -26,6 +26,7 @@ from hybrid_pg.estimator import (
     _check_bounds,
     pooled_estimate,
 )
+from hybrid_pg.weight_rule import DEFAULT_CONFIDENCE_Z, SOURCE_KINDS, WeightRule
 
 WINDOW_MODES = ("sliding", "ema", "adaptive")
 
@@ -45,7 +46,14 @@ class WindowedLambda:
         (``drift``, ``threshold``, ``warmup``) for ``"adaptive"`` mode.
     :param decay: EMA forgetting factor in [0, 1); overrides the default derived from ``window``.
     :param bounds: clip range for lam (see :data:`hybrid_pg.estimator.DEFAULT_BOUNDS`).
-    :param bias_correction: use the MSE-optimal (bias-aware) weight.
+    :param bias_correction: use the MSE-optimal (bias-aware) weight, by ``bias_rule``.
+    :param bias_rule: how the bias enters (:class:`hybrid_pg.weight_rule.WeightRule`): ``"ucl"``
+        (default: upper confidence limit of ||b||^2 for a learned source, nothing for an exact one)
+        or ``"point"`` (the old noise-corrected point estimate, for any source).
+    :param source: ``"learned"`` (default, cautious) or ``"exact"``: the pathwise source kind; can
+        be overridden per call of :meth:`estimate` or by setting the attribute.
+    :param confidence: z of the bias upper confidence limit.
+    :param long_run: variance part of lam from long-run (block) moments when available.
     :param fallback: lam while the window cannot determine it (empty, or degenerate moments).
     :param min_weight: EMA batches whose weight fell below this are dropped (bounded memory; the
         default 1e-3 loses less than 0.1% of the total weight).
@@ -61,6 +69,10 @@ class WindowedLambda:
         fallback: float = DEFAULT_FALLBACK,
         min_weight: float = 1e-3,
         detector: Optional[Dict[str, Any]] = None,
+        bias_rule: str = "ucl",
+        source: str = "learned",
+        confidence: float = DEFAULT_CONFIDENCE_Z,
+        long_run: bool = False,
     ) -> None:
         if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
@@ -74,6 +86,12 @@ class WindowedLambda:
         if not 0.0 < float(min_weight) < 1.0:
             raise ValueError(f"min_weight must lie in (0, 1), got {min_weight!r}")
         _check_bounds(bounds)
+        if bias_rule not in ("ucl", "point"):
+            raise ValueError(f"bias_rule must be 'ucl' or 'point', got {bias_rule!r}")
+        if source not in SOURCE_KINDS:
+            raise ValueError(f"source must be one of {SOURCE_KINDS}, got {source!r}")
+        self.bias_rule, self.source = bias_rule, source
+        self.confidence, self.long_run = float(confidence), bool(long_run)
         self.window = window
         self.mode = mode
         self.decay = float(decay)
@@ -142,19 +160,26 @@ class WindowedLambda:
     def weights(self) -> Tuple[float, ...]:
         return tuple(self._weights)
 
-    def estimate(self, batch_size: Optional[float] = None) -> LambdaEstimate:
-        """lam and the pooled moments of the current window.
-
-        :param batch_size: B of the bias-aware rule (default: the newest batch's size).
-        """
-        return pooled_estimate(
-            self._batches,
-            self._weights,
-            bias_correction=self.bias_correction,
-            batch_size=batch_size,
+    @property
+    def rule(self) -> WeightRule:
+        """The :class:`~hybrid_pg.weight_rule.WeightRule` this window's settings describe."""
+        return WeightRule(
+            source=self.source,
+            bias=self.bias_rule if self.bias_correction else "none",
+            confidence=self.confidence,
+            long_run=self.long_run,
             bounds=self.bounds,
             fallback=self.fallback,
         )
+
+    def estimate(self, batch_size: Optional[float] = None, source: Optional[str] = None, with_se: bool = False) -> LambdaEstimate:
+        """lam and the pooled moments of the current window.
+
+        :param batch_size: B of the bias-aware rule (default: the newest batch's size).
+        :param source: "exact" or "learned" (default: the window's ``source``).
+        :param with_se: add the jackknife standard error of lam (costs one pooling per batch).
+        """
+        return self.rule(self._batches, self._weights, batch_size=batch_size, source=source, with_se=with_se)
 
     @property
     def lam(self) -> float:
@@ -212,6 +237,10 @@ class WindowedLambda:
                 "fallback": self.fallback,
                 "min_weight": self.min_weight,
                 "detector": self.detector_config or None,
+                "bias_rule": self.bias_rule,
+                "source": self.source,
+                "confidence": self.confidence,
+                "long_run": self.long_run,
             },
             "n_updates": self.n_updates,
             "detector_state": None if self.detector is None else self.detector.state_dict(),
@@ -224,6 +253,10 @@ class WindowedLambda:
                     "ss_path": b.ss_path,
                     "ss_score": b.ss_score,
                     "ss_cross": b.ss_cross,
+                    "n_blocks": b.n_blocks,
+                    "lr_ss_path": b.lr_ss_path,
+                    "lr_ss_score": b.lr_ss_score,
+                    "lr_ss_cross": b.lr_ss_cross,
                 }
                 for b in self._batches
             ],
@@ -247,6 +280,11 @@ class WindowedLambda:
                 ss_path=float(b["ss_path"]),
                 ss_score=float(b["ss_score"]),
                 ss_cross=float(b["ss_cross"]),
+                # states saved before block statistics existed have none
+                n_blocks=int(b.get("n_blocks", 0)),
+                lr_ss_path=float(b.get("lr_ss_path", 0.0)),
+                lr_ss_score=float(b.get("lr_ss_score", 0.0)),
+                lr_ss_cross=float(b.get("lr_ss_cross", 0.0)),
             )
             for b in batches
         ]

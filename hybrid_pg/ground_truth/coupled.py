@@ -386,3 +386,72 @@ def sample_gradients(
     B = _batch_size(B)
     eps = _generator(rng).standard_normal(B)
     return gradients_from_eps(theta, alpha, eps, m, c, baseline)
+
+
+# ----------------------------------------------------------------------------------------------
+# A biased pathwise source with a closed-form MSE-optimal weight
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BiasedCoupledMoments:
+    """Exact moments when the pathwise term uses a mis-specified model f~(z) = f(z) + kappa z.
+
+    g_P~ = f~'(z) dz/dtheta = g_P + kappa (1 + alpha sigma eps), so the bias is exactly
+    b = E g_P~ - E g_M = kappa (E[1 + alpha sigma eps] = 1), and for a batch of B samples the
+    MSE-optimal weight is lam_mse = (Var_M - Cov~) / (D~ + B kappa^2), D~ = Var(g_P~ - g_M).
+
+    :ivar lam_var: the variance-optimal weight of the biased pair (what a bias-blind rule gives).
+    """
+
+    kappa: float
+    batch_size: float
+    bias: float
+    var_path: float
+    var_score: float
+    cov: float
+    lam_var: float
+    lam_mse: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def biased_coupled_moments(
+    theta: float, alpha: float, kappa: float, batch_size: float, m: float = 0.0, c: float = 1.0, baseline: Optional[float] = None
+) -> BiasedCoupledMoments:
+    """Closed-form moments, bias and MSE-optimal lam of the coupled problem with a biased model."""
+    kappa = _finite("kappa", kappa)
+    batch_size = _finite("batch_size", batch_size)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    theta, alpha, m, c, b, s = _check(theta, alpha, m, c, baseline)
+    lo, hi = (m - c - theta) / s, (m + c - theta) / s
+    Mi = truncated_normal_moments(lo, hi, _MAX_DEGREE)
+    polys = estimator_polynomials(theta, alpha, m, c, b)
+    extra = kappa * np.array([1.0, alpha * s])  # kappa dz/dtheta, everywhere
+    p_in, p_out = npoly.polyadd(polys["path_in"], extra), extra
+    q_in, q_out = polys["score_in"], polys["score_out"]
+
+    def piecewise(inside: np.ndarray, outside: np.ndarray) -> float:
+        return _expect(inside, Mi) + _expect(outside, _FULL_MOMENTS) - _expect(outside, Mi)
+
+    mean_p, mean_m = piecewise(p_in, p_out), piecewise(q_in, q_out)
+    var_p = max(piecewise(npoly.polymul(p_in, p_in), npoly.polymul(p_out, p_out)) - mean_p**2, 0.0)
+    var_m = max(piecewise(npoly.polymul(q_in, q_in), npoly.polymul(q_out, q_out)) - mean_m**2, 0.0)
+    cov = piecewise(npoly.polymul(p_in, q_in), npoly.polymul(p_out, q_out)) - mean_p * mean_m
+    bias = mean_p - mean_m
+    lam_var = lambda_from_moments(var_p, var_m, cov, bounds=None).lam_unclipped
+    lam_mse = lambda_from_moments(var_p, var_m, cov, bias_sq=bias * bias, batch_size=batch_size, bounds=None).lam_unclipped
+    return BiasedCoupledMoments(kappa, batch_size, bias, var_p, var_m, cov, lam_var, lam_mse)
+
+
+def sample_biased_gradients(
+    theta: float, alpha: float, kappa: float, B: int, m: float = 0.0, c: float = 1.0, baseline: Optional[float] = None, rng: RngLike = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """B paired samples (g_P~, g_M) of :func:`biased_coupled_moments`'s problem."""
+    theta, alpha, m, c, b, s = _check(theta, alpha, m, c, baseline)
+    B = _batch_size(B)
+    eps = _generator(rng).standard_normal(B)
+    g_path, g_score = gradients_from_eps(theta, alpha, eps, m, c, baseline)
+    return g_path + _finite("kappa", kappa) * (1.0 + alpha * s * eps), g_score

@@ -24,7 +24,6 @@ class ModelSource(PathwiseSource):
     """Pathwise values through a differentiable env model (``pathwise_source="model"``)."""
 
     name = "model"
-    exact = True
     reward_units = True
 
     def __init__(self, policy: Any, model: Any, gamma: float, horizon: int = 1) -> None:
@@ -34,6 +33,11 @@ class ModelSource(PathwiseSource):
         self.horizon = int(horizon)
         self._frozen_value = FrozenModule(ValueHead(policy.mlp_extractor.value_net, policy.value_net))
         self._frozen_actor = FrozenModule(ActorHead(policy.mlp_extractor.policy_net, policy.action_net))
+
+    @property
+    def exact(self) -> bool:  # type: ignore[override]
+        """A model may declare itself inexact (a deliberately stale or a learned model)."""
+        return bool(getattr(self.model, "exact", True))
 
     @property
     def one_step(self) -> bool:
