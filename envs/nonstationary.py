@@ -132,6 +132,8 @@ class NonStationaryWrapper(gym.Wrapper):
         self.schedules: Dict[str, Schedule] = {}
         self._set_schedules(schedules)
         self.clock = _check_int("clock_start", clock_start, 0)
+        # where a seeded reset puts the clock back to (see reset): the last clock set explicitly
+        self._seed_clock = self.clock
         self._applied: Optional[Dict[str, float]] = None
         self._live_model: Optional[DifferentiableModel] = None
         self._mirrored: Optional[List[Any]] = None  # (buffer name, buffer, last value) per buffer
@@ -187,6 +189,7 @@ class NonStationaryWrapper(gym.Wrapper):
             self.clock = previous  # e.g. an invalid parameter value at that step: change nothing
             raise
         self.steps_per_tick = tick
+        self._seed_clock = step
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain (JSON/YAML-serialisable) state: the clock, the settings and the schedules' configs,
@@ -213,7 +216,7 @@ class NonStationaryWrapper(gym.Wrapper):
             self._set_schedules(state["schedules"])
         self.steps_per_tick = steps_per_tick
         self.model_mode = state.get("model_mode", self.model_mode)
-        self.clock = clock
+        self.clock = self._seed_clock = clock
         self._applied = None  # force: the schedules may have changed
         self._apply()
         stale = state.get("stale_model")
@@ -230,6 +233,13 @@ class NonStationaryWrapper(gym.Wrapper):
     # ------------------------------------------------------------------------------------------
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        """A *seeded* reset also puts the clock back to where it was last set explicitly (construction,
+        ``set_clock``, ``load_state_dict``), so ``reset(seed=s)`` twice gives the same steps (gymnasium's
+        determinism contract, checked by ``check_env``). Unseeded resets (SB3's auto-resets between
+        episodes) leave the clock running: the schedule is a function of global env steps."""
+        if seed is not None and self.clock != self._seed_clock:
+            self.clock = self._seed_clock
+            self._applied = None
         # applied before (the reset may read them, e.g. a goal in the first observation) and after
         # (a base env's reset may re-initialise its attributes)
         self._applied = None

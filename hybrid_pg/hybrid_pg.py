@@ -283,6 +283,18 @@ class HybridPG(OnPolicyAlgorithm):
         self.saved_env_clocks = vec_state_dicts(self.env) if has_clock(self.env) else None
         super().save(path, exclude=exclude, include=include)
 
+    @classmethod
+    def load(cls, path: Any, env: Optional[GymEnv] = None, device: Union[th.device, str] = "auto", **kwargs: Any) -> "HybridPG":
+        """SB3's ``load``; a broken file gets an error that names what is missing instead of a bare
+        ``KeyError``. Model files are pickles (SB3's format): load only files you trust."""
+        try:
+            return super().load(path, env=env, device=device, **kwargs)
+        except KeyError as exc:
+            raise ValueError(
+                f"{path}: the saved model is incomplete: {exc} is missing (a HybridPG save holds 'data', 'policy.pth' and "
+                "'policy.optimizer.pth'); the file is broken or was not written by HybridPG.save"
+            ) from exc
+
     def _restore_env_clocks(self) -> None:
         saved = getattr(self, "saved_env_clocks", None)
         if not saved or self.env is None or not has_clock(self.env):
