@@ -264,6 +264,14 @@ class HybridPG(OnPolicyAlgorithm):
         )
         if getattr(self, "action_space", None) is not None:  # unset by SB3 when load(env=None)
             _check_action_space(self.action_space)
+        if self.env is not None and batch_size is not None and (self.env.num_envs * n_steps) % batch_size:
+            buffer_size = self.env.num_envs * n_steps  # PPO's warning, word for word
+            warnings.warn(
+                f"You have specified a mini-batch size of {batch_size}, but because the `RolloutBuffer` is of size "
+                f"`n_steps * n_envs = {buffer_size}`, after every {buffer_size // batch_size} untruncated mini-batches, "
+                f"there will be a truncated mini-batch of size {buffer_size % batch_size}\nWe recommend using a "
+                f"`batch_size` that is a factor of `n_steps * n_envs`.\nInfo: (n_steps={n_steps} and n_envs={self.env.num_envs})"
+            )
         self.batch_size = batch_size
         self.n_epochs = n_epochs
         self.clip_range = clip_range
