@@ -23,6 +23,14 @@ Loaded by ``run_peer_suite.py`` as ``-p sb3_peer.plugin`` (``tools/`` on ``PYTHO
    automatic check cannot see. Rules whose reason starts with ``"BUG:"`` are temporary: a HybridPG
    bug, to be fixed and the rule removed.
 
+4. **Adaptations.** :data:`ADAPTATIONS` runs the tests that are Discrete only through the env they
+   build (a flag, a CartPole-v1 id, a custom ``ActorCriticPolicy``) and the PPO-only tests that
+   apply to HybridPG, by replacing globals of the test's module for that test only (an autouse
+   fixture with ``monkeypatch``): nothing of SB3's tests is copied.
+5. **Update shapes.** ``--peer-shape a2c|ppo`` (:data:`UPDATE_SHAPES`): HybridPG's update in A2C's
+   shape (one full-batch step) or in its default PPO-like shape (minibatch epochs, clipping, the
+   pathwise KL limit); :data:`SHAPE_RULES` holds the rules of one shape only.
+
 Every deselection is reported with its reason at the end of the run (``--peer-list-deselected``
 also lists the items not about A2C one by one), and ``--peer-report FILE`` writes the counts and
 the lists as JSON (the runner prints its summary from it).
