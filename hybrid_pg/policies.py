@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Type
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN, create_mlp
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
@@ -89,6 +89,13 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
         """Also reads models saved before the head was renamed (``q_net.*`` -> ``advantage_head.*``)."""
         renamed = {("advantage_head." + k[len("q_net.") :] if k.startswith("q_net.") else k): v for k, v in state_dict.items()}
         return super().load_state_dict(renamed, strict=strict, assign=assign)
+
+    def extract_features(self, obs: th.Tensor, features_extractor: Optional[nn.Module] = None) -> Any:  # type: ignore[override]
+        """SB3's, except that an explicit extractor is always used: with ``share_features_extractor=False``
+        SB3 ignores it and returns the ``(pi, vf)`` tuple, but HybridPG asks for one branch's features."""
+        if features_extractor is None or self.share_features_extractor:
+            return super().extract_features(obs, features_extractor)
+        return BasePolicy.extract_features(self, obs, features_extractor)
 
     # -- pieces the algorithm differentiates through ------------------------------------------------
 

@@ -295,23 +295,23 @@ def check_rollout_shape(settings: HybridPGSettings, n_envs: int) -> None:
             f"a rollout of {rollout} sample(s) (n_steps * n_envs) has no spread, so the adaptive weight would stay at 0 "
             "for the whole run; use n_steps * n_envs >= 2 (or estimator='reinforce'/'pathwise', or fixed_lambda)",
         )
-    if settings.batch_size is None:
+    batch = settings.batch_size
+    if batch is None or rollout % batch == 0:
         return
-    if settings.batch_size > rollout:
-        warnings.warn(
-            f"batch_size={settings.batch_size} is larger than the rollout (n_steps * n_envs = {rollout}); every epoch is one "
-            f"step on the whole rollout. Set batch_size <= {rollout} or batch_size=None.",
-            UserWarning,
-            stacklevel=3,
-        )
-    elif rollout % settings.batch_size:
-        warnings.warn(
-            f"the rollout size (n_steps * n_envs = {rollout}) is not a multiple of batch_size={settings.batch_size}: each "
-            f"epoch ends with a truncated minibatch of {rollout % settings.batch_size} samples. Choose batch_size among the "
-            "divisors of the rollout size.",
-            UserWarning,
-            stacklevel=3,
-        )
+    # PPO's warning, word for word (SB3's test_ppo_warnings matches it), plus the oversize case
+    larger = (
+        f"\nNote: batch_size={batch} is larger than the rollout, so every epoch is one step on the whole rollout."
+        if batch > rollout
+        else ""
+    )
+    warnings.warn(
+        f"You have specified a mini-batch size of {batch}, but because the `RolloutBuffer` is of size "
+        f"`n_steps * n_envs = {rollout}`, after every {rollout // batch} untruncated mini-batches, "
+        f"there will be a truncated mini-batch of size {rollout % batch}\nWe recommend using a "
+        f"`batch_size` that is a factor of `n_steps * n_envs`.\nInfo: (n_steps={settings.n_steps} and n_envs={n_envs})" + larger,
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def field_names(include_deprecated: bool = False) -> Iterable[str]:

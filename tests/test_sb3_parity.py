@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import random
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -644,3 +645,18 @@ def test_load_kwargs_for_the_lambda_window_are_honoured_or_refused(tmp_path):
     loaded.learn(32 * 2, reset_num_timesteps=False)
     window = loaded.lambda_windows["global"]
     assert (window.window, window.mode) == (2, "ema")
+
+
+@pytest.mark.parametrize("n_envs, batch_size, warns", [(1, 63, True), (2, 48, True), (1, 128, True), (2, 32, False), (1, None, False)])
+def test_truncated_minibatch_warning_like_ppo(n_envs, batch_size, warns):
+    """PPO's construction warning (same text, so SB3's test_ppo_warnings regex matches) when the
+    mini-batch size does not divide the rollout n_steps * n_envs; a larger size is the whole rollout."""
+    env = make_vec_env("Pendulum-v1", n_envs=n_envs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        HybridPG("MlpPolicy", env, n_steps=64, batch_size=batch_size)
+    messages = [str(w.message) for w in caught if "truncated mini-batch" in str(w.message)]
+    if warns:
+        assert len(messages) == 1 and f"truncated mini-batch of size {64 * n_envs % batch_size}" in messages[0]
+    else:
+        assert not messages
