@@ -42,6 +42,6 @@ def test_unshared_extractors_branch_features():
     obs = th.as_tensor(model.observation_space.sample()[None])
     with th.no_grad():
         pi_features, vf_features = policy.extract_features(obs)
-        assert th.equal(policy.q_features(obs), vf_features)
+        assert th.equal(policy.advantage_features(obs), vf_features)
         assert th.equal(policy.actor_mean(obs), policy.action_net(policy.mlp_extractor.forward_actor(pi_features)))
         assert th.equal(policy.extract_features(obs, policy.pi_features_extractor), pi_features)
