@@ -37,24 +37,34 @@ def _critic(algorithm: Any) -> PathwiseSource:
 
 def _model_or_reason(algorithm: Any) -> Tuple[Optional[Any], str]:
     """The env's differentiable model, or None and why it cannot be used."""
-    from gymnasium import spaces
-    from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_wrapper
-
     from hybrid_pg_envs.differentiable import find_differentiable_model
 
     model = find_differentiable_model(algorithm.env)
     if model is None:
         return None, "this env provides no differentiable model (get_differentiable_model(), see hybrid_pg_envs)"
-    normalized = unwrap_vec_wrapper(algorithm.env, VecNormalize)
-    if normalized is not None and (normalized.norm_obs or normalized.norm_reward):
-        return None, (
-            "the differentiable model works in raw observation and reward units, but the env is wrapped in "
-            "VecNormalize(norm_obs or norm_reward)"
-        )
+    why = _unsupported(algorithm, model)
+    return (None, why) if why else (model, "")
+
+
+def _unsupported(algorithm: Any, model: Any) -> str:
+    """Why the model source cannot serve ``algorithm`` with ``model`` ("" when it can).
+
+    VecNormalize is supported (the source translates between raw and normalised units, see
+    :mod:`hybrid_pg.sources.model`); observation transforms it cannot invert are refused."""
+    from gymnasium import spaces
+    from stable_baselines3.common.vec_env import VecFrameStack, unwrap_vec_wrapper
+
     space = algorithm.observation_space
     if not isinstance(space, spaces.Box) or len(space.shape) != 1:
-        return None, "the model source needs a flat Box observation space"
-    return model, ""
+        return "the model source needs a flat Box observation space"
+    if unwrap_vec_wrapper(algorithm.env, VecFrameStack) is not None:
+        return "the model steps single observations, but the env is wrapped in VecFrameStack"
+    if algorithm.settings.model_horizon > 1 and not getattr(model, "supports_vmap", True):
+        return (
+            f"model_horizon={algorithm.settings.model_horizon} needs torch.func over k-step returns, which cannot "
+            f"trace {type(model).__name__} (a simulator called outside torch); use model_horizon=1"
+        )
+    return ""
 
 
 def _model(algorithm: Any) -> PathwiseSource:
@@ -85,7 +95,7 @@ def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
         return _FACTORIES[name](algorithm)
     model, why = _model_or_reason(algorithm)
     if model is None:
-        if "VecNormalize" in why:
+        if "provides no differentiable model" not in why:  # a model the settings or wrappers rule out
             warnings.warn(f"pathwise_source='auto' falls back to the critic: {why}")
         return _critic(algorithm)
     return _model(algorithm)
