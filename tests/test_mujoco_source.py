@@ -103,3 +103,103 @@ def test_short_training_run_with_the_model_source_under_vecnormalize():
     assert 0.0 <= algo.last_lambda["global"] <= 1.0
     # the snapshot is the training env's statistics of the last update
     assert np.allclose(algo.pathwise.normalization.obs_mean.numpy(), env.obs_rms.mean, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# pathwise_source="mujoco"
+# ------------------------------------------------------------------------------------------------
+
+MJ = dict(n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu")
+
+
+def _mujoco():
+    pytest.importorskip("mujoco")
+    from hybrid_pg_envs import mujoco_model
+
+    return mujoco_model
+
+
+def test_mujoco_source_builds_the_model_from_an_unwrapped_env_or_uses_the_wrapper():
+    mm = _mujoco()
+    algo = HybridPG("MlpPolicy", make_vec_env("Hopper-v5", n_envs=2, seed=0), pathwise_source="mujoco", **MJ)
+    assert algo.pathwise.name == "mujoco" and isinstance(algo.pathwise.model, mm.MujocoStepModel)
+    assert algo.pathwise.model.terminate_when_unhealthy
+    wrapped = make_vec_env(mm.make_mujoco_env, n_envs=1, seed=0, env_kwargs=dict(env_id="HalfCheetah-v5", model_options=dict(jacobian="rollout")))
+    algo = HybridPG("MlpPolicy", wrapped, pathwise_source="mujoco", **MJ)
+    assert algo.pathwise.model.jacobian_method == "rollout"  # the wrapper's options are kept
+    # 'auto' takes the wrapped env's model (the same class of values), never an unwrapped simulator
+    assert HybridPG("MlpPolicy", wrapped, **MJ).pathwise.name == "model"
+    assert HybridPG("MlpPolicy", make_vec_env("HalfCheetah-v5", n_envs=1, seed=0), **MJ).pathwise.name == "critic"
+
+
+def test_mujoco_source_refusals_are_clear():
+    _mujoco()
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    with pytest.raises(ValueError, match="pathwise_source='mujoco'.*PendulumEnv"):
+        HybridPG("MlpPolicy", "Pendulum-v1", pathwise_source="mujoco", **MJ)
+    with pytest.raises(ValueError, match="pathwise_source='mujoco'.*PendulumModel.*pathwise_source='model'"):
+        HybridPG("MlpPolicy", "hybrid_pg/Pendulum-v0", pathwise_source="mujoco", **MJ)
+    with pytest.raises(ValueError, match="pathwise_source='mujoco'.*model_horizon=1"):
+        HybridPG("MlpPolicy", "HalfCheetah-v5", pathwise_source="mujoco", model_horizon=2, **MJ)
+    env = make_vec_env("HalfCheetah-v5", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"))
+    try:
+        with pytest.raises(ValueError, match="SubprocVecEnv.*MujocoDifferentiableWrapper"):
+            HybridPG("MlpPolicy", env, pathwise_source="mujoco", **MJ)
+    finally:
+        env.close()
+
+
+def test_the_surrogates_pathwise_gradient_is_the_gradient_through_the_model_on_a_fixed_batch():
+    """One update at learning rate 0 with the pathwise estimator alone leaves the surrogate's gradient in
+    .grad; recompute it by hand through a fresh MujocoStepModel, un-normalising with VecNormalize."""
+    mm = _mujoco()
+    import gymnasium as gym
+
+    env = VecNormalize(make_vec_env("HalfCheetah-v5", n_envs=1, seed=0), gamma=0.99)
+    algo = HybridPG(
+        "MlpPolicy", env, estimator="pathwise", pathwise_source="mujoco", learning_rate=0.0, max_grad_norm=1e9, **MJ
+    )
+    algo.learn(32)
+    policy = algo.policy
+    actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters(), policy.log_std]
+    got = [p.grad.clone() for p in actor]
+
+    data = next(algo.rollout_buffer.get(batch_size=None))
+    obs, actions = data.observations, data.actions
+    model = mm.MujocoStepModel.from_env(gym.make("HalfCheetah-v5"))
+    std_obs = th.as_tensor(np.sqrt(env.obs_rms.var + env.epsilon), dtype=th.float32)
+    mean_obs = th.as_tensor(env.obs_rms.mean, dtype=th.float32)
+    c = float(1.0 / np.sqrt(env.ret_rms.var + env.epsilon))
+    adv_scale = 1.0 / (data.advantages.std().item() + 1e-8)
+    for p in actor:
+        p.grad = None
+    mean = policy.actor_mean(obs)
+    with th.no_grad():
+        eps = (actions - mean) / th.exp(policy.log_std)
+    action = policy.clip_action(mean + th.exp(policy.log_std) * eps)
+    next_raw, reward = model.step(obs * std_obs + mean_obs, action)
+    next_obs = th.clamp((next_raw - mean_obs) / std_obs, -env.clip_obs, env.clip_obs)
+    q = th.clamp(c * reward, -env.clip_reward, env.clip_reward) + 0.99 * policy.predict_values(next_obs).flatten()
+    expected = th.autograd.grad(-(adv_scale * q.mean()), actor, allow_unused=True)
+    for g, e in zip(got, expected):
+        assert th.allclose(g, e, rtol=1e-3, atol=1e-6)
+    assert algo.pathwise.clipped_fraction == 0.0
+
+
+def test_short_halfcheetah_training_with_the_mujoco_source_and_vecnormalize_logs_lambda(tmp_path):
+    _mujoco()
+    from stable_baselines3.common.logger import configure
+
+    env = VecNormalize(make_vec_env("HalfCheetah-v5", n_envs=1, seed=0))
+    algo = HybridPG("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=2, lambda_warmup=1, pathwise_source="mujoco", seed=0)
+    algo.set_logger(configure(str(tmp_path), ["csv"]))
+    algo.learn(2 * 256)
+    lines = (tmp_path / "progress.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    # SB3 dumps an update's records with the next rollout's: the last update's are still pending
+    lam = [float(v) for v in (row.split(",")[header.index("hybrid/lambda")] for row in lines[1:]) if v]
+    lam.append(algo.logger.name_to_value["hybrid/lambda"])
+    assert len(lam) == 2 and lam[0] == 0.0 and 0.0 <= lam[1] <= 1.0
+    assert algo.pathwise.exact and algo.pathwise.normalization is not None
+    assert all(th.isfinite(p).all() for p in algo.policy.parameters())

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from hybrid_pg.sources.base import Context, PathwiseSource
 from hybrid_pg.sources.critic import AdvantageHeadSource
-from hybrid_pg.sources.model import ModelSource
+from hybrid_pg.sources.model import ModelSource, MujocoSource, Normalization
 
 #: factory(algorithm) -> source; raises ValueError with the reason when the env cannot support it
 SourceFactory = Callable[[Any], PathwiseSource]
@@ -76,8 +76,60 @@ def _model(algorithm: Any) -> PathwiseSource:
     return source
 
 
+_WRAP_HINT = (
+    "wrap each sub-env in hybrid_pg_envs.mujoco_model.MujocoDifferentiableWrapper, e.g. "
+    "make_vec_env(make_mujoco_env, env_kwargs=dict(env_id=...)) or make_vec_env(env_id, wrapper_class=MujocoDifferentiableWrapper)"
+)
+
+
+def _mujoco_model(env: Any) -> Any:
+    """The MuJoCo step model of ``env``: the env's own (a ``MujocoDifferentiableWrapper``) or one built
+    from the unwrapped gymnasium MuJoCo envs of an in-process VecEnv. ValueError says why not."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
+
+    from hybrid_pg_envs.differentiable import find_differentiable_model
+    from hybrid_pg_envs.mujoco_model import MujocoStepModel
+
+    model = find_differentiable_model(env)
+    if model is not None:
+        if not isinstance(model, MujocoStepModel):
+            raise ValueError(f"the env's differentiable model is a {type(model).__name__}, not a MuJoCo step model; use pathwise_source='model'")
+        return model
+    base = env
+    while isinstance(base, VecEnvWrapper):
+        base = base.venv
+    if not isinstance(base, DummyVecEnv):
+        raise ValueError(f"the simulator of a {type(base).__name__}'s sub-envs is not reachable from this process: {_WRAP_HINT}")
+    try:
+        models = [MujocoStepModel.from_env(sub) for sub in base.envs]
+    except TypeError as exc:  # not a supported MuJoCo env
+        raise ValueError(str(exc)) from exc
+    reference = models[0].parameters_dict()
+    if any(m.parameters_dict() != reference for m in models[1:]):
+        raise ValueError("the sub-envs have different MuJoCo physics; a single model cannot serve them all")
+    return models[0]
+
+
+def _mujoco(algorithm: Any) -> PathwiseSource:
+    try:
+        import mujoco  # noqa: F401
+    except ImportError as exc:
+        raise ValueError("pathwise_source='mujoco' needs the mujoco package: pip install 'hybrid-pg[mujoco]'") from exc
+    try:
+        model = _mujoco_model(algorithm.env)
+    except ValueError as exc:
+        raise ValueError(f"pathwise_source='mujoco' is not supported here: {exc}") from exc
+    why = _unsupported(algorithm, model)
+    if why:
+        raise ValueError(f"pathwise_source='mujoco' is not supported here: {why}")
+    source = MujocoSource(algorithm.policy, model.to(algorithm.device), algorithm.gamma, algorithm.settings.model_horizon)
+    source.refresh(algorithm)
+    return source
+
+
 register_source("critic", _critic)
 register_source("model", _model)
+register_source("mujoco", _mujoco)
 
 
 def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
@@ -105,6 +157,8 @@ __all__ = [
     "AdvantageHeadSource",
     "Context",
     "ModelSource",
+    "MujocoSource",
+    "Normalization",
     "PathwiseSource",
     "SOURCE_NAMES",
     "choose_source",

@@ -172,3 +172,12 @@ class ModelSource(PathwiseSource):
 
     def _value(self, observations: th.Tensor) -> th.Tensor:
         return self._frozen_value(self.policy.extract_features(observations, self.policy.vf_features_extractor))
+
+
+class MujocoSource(ModelSource):
+    """The model source through a MuJoCo step model (``pathwise_source="mujoco"``): the simulator's
+    forward and its exact local Jacobians (:mod:`hybrid_pg_envs.mujoco_model`). Same values as
+    ``pathwise_source="model"`` on a ``MujocoDifferentiableWrapper``-wrapped env; this name also builds
+    the model from an unwrapped gymnasium MuJoCo env (in-process VecEnvs) and says so when it cannot."""
+
+    name = "mujoco"
