@@ -4,6 +4,14 @@
 object once per setup (and again on ``set_env``). ``"auto"`` picks the env's differentiable model
 when it has one and the critic otherwise. New sources register a factory with
 :func:`register_source`; nothing else in the library changes.
+
+``"mujoco"`` is the model source through :class:`hybrid_pg_envs.mujoco_model.MujocoStepModel`. A name
+of its own, rather than only ``"model"`` + ``MujocoDifferentiableWrapper``, because it states the
+(expensive: simulator Jacobians every minibatch) choice at the call site and works on a plain
+``make_vec_env("HalfCheetah-v5")``: it builds the model from the in-process sub-envs, or uses the
+wrapper's when the env is wrapped (the only way for ``SubprocVecEnv``, which it says when it refuses).
+``"auto"`` uses a MuJoCo model only when the env is wrapped, i.e. declares one; never by itself.
+Both ``"model"`` and ``"mujoco"`` work under ``VecNormalize`` (:mod:`hybrid_pg.sources.model`).
 """
 
 from __future__ import annotations
