@@ -14,14 +14,6 @@ from hybrid_pg.sources import ModelSource
 from hybrid_pg_envs.differentiable import find_differentiable_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
-
 def _normalized_pendulum(clip_obs: float = 10.0) -> VecNormalize:
     """VecNormalize with fixed, non-trivial statistics (as after some training)."""
     env = VecNormalize(make_vec_env("hybrid_pg/Pendulum-v0", n_envs=1, seed=0), gamma=0.9, clip_obs=clip_obs)
