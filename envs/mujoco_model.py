@@ -133,6 +133,10 @@ class MujocoStepModel(DifferentiableModel):
     :param nthread: threads of ``mujoco.rollout`` (1: no thread pool).
     """
 
+    #: the forward runs the simulator in numpy, so ``torch.func.vmap`` cannot trace it (k-step
+    #: returns through it need vmap for their per-sample statistics; one-step ones do not)
+    supports_vmap = False
+
     def __init__(
         self,
         mj_model: mujoco.MjModel,
@@ -454,6 +458,16 @@ class MujocoDifferentiableWrapper(gym.Wrapper):
 
     def get_differentiable_model(self) -> MujocoStepModel:
         return MujocoStepModel.from_env(self.env, **self.model_options)
+
+
+def make_mujoco_env(env_id: str, model_options: Optional[Dict[str, Any]] = None, **kwargs: Any) -> MujocoDifferentiableWrapper:
+    """``gym.make(env_id, **kwargs)`` wrapped in :class:`MujocoDifferentiableWrapper` (``model_options``:
+    ``jacobian``, ``fd_eps``, ``nthread``). Also a ``make_vec_env`` entry point, which works with
+    ``SubprocVecEnv`` too::
+
+        make_vec_env(make_mujoco_env, n_envs=8, env_kwargs=dict(env_id="HalfCheetah-v5"), vec_env_cls=SubprocVecEnv)
+    """
+    return MujocoDifferentiableWrapper(gym.make(env_id, **kwargs), **(model_options or {}))
 
 
 def jacobian_cost(env_id: str, batch: int = 64, repeats: int = 3, seed: int = 0, **options: Any) -> Dict[str, float]:

@@ -144,7 +144,8 @@ class HybridPGSettings(BaseModel):
     pathwise_source: str = Field(
         "auto",
         description="where dQ/da comes from: 'critic' (the learned advantage head), 'model' (the env's differentiable model, "
-        "see hybrid_pg_envs) or 'auto' (model if the env provides one, else critic). See hybrid_pg.sources.",
+        "see hybrid_pg_envs), 'mujoco' (MuJoCo simulator derivatives, HalfCheetah/Hopper/Walker2d/Swimmer-v5) or 'auto' "
+        "(model if the env provides one, else critic). See hybrid_pg.sources.",
     )
     model_horizon: Int = Field(1, ge=1, description="k of the model source's k-step return.")
     lambda_window: Int = Field(8, ge=1, description="number of previous rollouts pooled for lam (EMA: its span).")

@@ -353,14 +353,19 @@ def test_invalid_hyperparameters_fail_at_construction_naming_the_parameter(kwarg
         HybridPG("MlpPolicy", "Pendulum-v1", **kwargs)
 
 
-def test_model_pathwise_source_needs_a_model_and_raw_units():
+def test_model_pathwise_source_needs_a_model_and_invertible_observations():
+    from stable_baselines3.common.vec_env import VecFrameStack
+
     with pytest.raises(ValueError, match="pathwise_source='model'.*differentiable model"):
         HybridPG("MlpPolicy", "Pendulum-v1", pathwise_source="model")
     import hybrid_pg_envs  # noqa: F401  (registers hybrid_pg/Pendulum-v0)
 
-    env = VecNormalize(make_vec_env("hybrid_pg/Pendulum-v0", n_envs=1, seed=0))
-    with pytest.raises(ValueError, match="pathwise_source='model'.*VecNormalize"):
+    env = VecFrameStack(make_vec_env("hybrid_pg/Pendulum-v0", n_envs=1, seed=0), 2)
+    with pytest.raises(ValueError, match="pathwise_source='model'.*VecFrameStack"):
         HybridPG("MlpPolicy", env, pathwise_source="model")
+    # VecNormalize is supported: the source translates units (tests/test_mujoco_source.py)
+    env = VecNormalize(make_vec_env("hybrid_pg/Pendulum-v0", n_envs=1, seed=0))
+    assert HybridPG("MlpPolicy", env, pathwise_source="model").pathwise.normalization is not None
 
 
 @pytest.mark.parametrize(

@@ -612,25 +612,27 @@ def test_oracle_with_image_observations():
 # ------------------------------------------------------------------------------------------------
 
 
-def _model_env(normalized: bool):
+def _model_env(with_model: bool = True):
+    """hybrid_pg/Pendulum-v0 (a differentiable model), or Pendulum-v1 (the same spaces, no model)."""
     import hybrid_pg_envs  # noqa: F401  (registers hybrid_pg/Pendulum-v0, which has a differentiable model)
 
-    env = make_vec_env("hybrid_pg/Pendulum-v0", n_envs=1, seed=0)
-    return VecNormalize(env) if normalized else env
+    return make_vec_env("hybrid_pg/Pendulum-v0" if with_model else "Pendulum-v1", n_envs=1, seed=0)
 
 
 def test_load_re_resolves_the_pathwise_source_for_the_new_env(tmp_path):
-    model = HybridPG("MlpPolicy", _model_env(False), **KW, pathwise_source="model")
+    model = HybridPG("MlpPolicy", _model_env(), **KW, pathwise_source="model")
     assert model.pathwise.name == "model"
     model.save(tmp_path / "m.zip")
-    with pytest.raises(ValueError, match="VecNormalize"):
-        HybridPG.load(tmp_path / "m.zip", env=_model_env(True))
+    loaded = HybridPG.load(tmp_path / "m.zip", env=VecNormalize(_model_env()))  # supported: units translated
+    assert loaded.pathwise.name == "model" and loaded.pathwise.normalization is not None
+    with pytest.raises(ValueError, match="differentiable model"):
+        HybridPG.load(tmp_path / "m.zip", env=_model_env(False))
 
 
 def test_set_env_re_resolves_the_pathwise_source():
-    model = HybridPG("MlpPolicy", _model_env(False), **KW, pathwise_source="model")
-    with pytest.raises(ValueError, match="VecNormalize"):
-        model.set_env(_model_env(True))
+    model = HybridPG("MlpPolicy", _model_env(), **KW, pathwise_source="model")
+    with pytest.raises(ValueError, match="differentiable model"):
+        model.set_env(_model_env(False))
 
 
 def test_load_kwargs_for_the_lambda_window_are_honoured_or_refused(tmp_path):

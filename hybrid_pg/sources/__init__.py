@@ -4,6 +4,14 @@
 object once per setup (and again on ``set_env``). ``"auto"`` picks the env's differentiable model
 when it has one and the critic otherwise. New sources register a factory with
 :func:`register_source`; nothing else in the library changes.
+
+``"mujoco"`` is the model source through :class:`hybrid_pg_envs.mujoco_model.MujocoStepModel`. A name
+of its own, rather than only ``"model"`` + ``MujocoDifferentiableWrapper``, because it states the
+(expensive: simulator Jacobians every minibatch) choice at the call site and works on a plain
+``make_vec_env("HalfCheetah-v5")``: it builds the model from the in-process sub-envs, or uses the
+wrapper's when the env is wrapped (the only way for ``SubprocVecEnv``, which it says when it refuses).
+``"auto"`` uses a MuJoCo model only when the env is wrapped, i.e. declares one; never by itself.
+Both ``"model"`` and ``"mujoco"`` work under ``VecNormalize`` (:mod:`hybrid_pg.sources.model`).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from hybrid_pg.sources.base import Context, PathwiseSource
 from hybrid_pg.sources.critic import AdvantageHeadSource
-from hybrid_pg.sources.model import ModelSource
+from hybrid_pg.sources.model import ModelSource, MujocoSource, Normalization
 
 #: factory(algorithm) -> source; raises ValueError with the reason when the env cannot support it
 SourceFactory = Callable[[Any], PathwiseSource]
@@ -37,24 +45,34 @@ def _critic(algorithm: Any) -> PathwiseSource:
 
 def _model_or_reason(algorithm: Any) -> Tuple[Optional[Any], str]:
     """The env's differentiable model, or None and why it cannot be used."""
-    from gymnasium import spaces
-    from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_wrapper
-
     from hybrid_pg_envs.differentiable import find_differentiable_model
 
     model = find_differentiable_model(algorithm.env)
     if model is None:
         return None, "this env provides no differentiable model (get_differentiable_model(), see hybrid_pg_envs)"
-    normalized = unwrap_vec_wrapper(algorithm.env, VecNormalize)
-    if normalized is not None and (normalized.norm_obs or normalized.norm_reward):
-        return None, (
-            "the differentiable model works in raw observation and reward units, but the env is wrapped in "
-            "VecNormalize(norm_obs or norm_reward)"
-        )
+    why = _unsupported(algorithm, model)
+    return (None, why) if why else (model, "")
+
+
+def _unsupported(algorithm: Any, model: Any) -> str:
+    """Why the model source cannot serve ``algorithm`` with ``model`` ("" when it can).
+
+    VecNormalize is supported (the source translates between raw and normalised units, see
+    :mod:`hybrid_pg.sources.model`); observation transforms it cannot invert are refused."""
+    from gymnasium import spaces
+    from stable_baselines3.common.vec_env import VecFrameStack, unwrap_vec_wrapper
+
     space = algorithm.observation_space
     if not isinstance(space, spaces.Box) or len(space.shape) != 1:
-        return None, "the model source needs a flat Box observation space"
-    return model, ""
+        return "the model source needs a flat Box observation space"
+    if unwrap_vec_wrapper(algorithm.env, VecFrameStack) is not None:
+        return "the model steps single observations, but the env is wrapped in VecFrameStack"
+    if algorithm.settings.model_horizon > 1 and not getattr(model, "supports_vmap", True):
+        return (
+            f"model_horizon={algorithm.settings.model_horizon} needs torch.func over k-step returns, which cannot "
+            f"trace {type(model).__name__} (a simulator called outside torch); use model_horizon=1"
+        )
+    return ""
 
 
 def _model(algorithm: Any) -> PathwiseSource:
@@ -66,8 +84,60 @@ def _model(algorithm: Any) -> PathwiseSource:
     return source
 
 
+_WRAP_HINT = (
+    "wrap each sub-env in hybrid_pg_envs.mujoco_model.MujocoDifferentiableWrapper, e.g. "
+    "make_vec_env(make_mujoco_env, env_kwargs=dict(env_id=...)) or make_vec_env(env_id, wrapper_class=MujocoDifferentiableWrapper)"
+)
+
+
+def _mujoco_model(env: Any) -> Any:
+    """The MuJoCo step model of ``env``: the env's own (a ``MujocoDifferentiableWrapper``) or one built
+    from the unwrapped gymnasium MuJoCo envs of an in-process VecEnv. ValueError says why not."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
+
+    from hybrid_pg_envs.differentiable import find_differentiable_model
+    from hybrid_pg_envs.mujoco_model import MujocoStepModel
+
+    model = find_differentiable_model(env)
+    if model is not None:
+        if not isinstance(model, MujocoStepModel):
+            raise ValueError(f"the env's differentiable model is a {type(model).__name__}, not a MuJoCo step model; use pathwise_source='model'")
+        return model
+    base = env
+    while isinstance(base, VecEnvWrapper):
+        base = base.venv
+    if not isinstance(base, DummyVecEnv):
+        raise ValueError(f"the simulator of a {type(base).__name__}'s sub-envs is not reachable from this process: {_WRAP_HINT}")
+    try:
+        models = [MujocoStepModel.from_env(sub) for sub in base.envs]
+    except TypeError as exc:  # not a supported MuJoCo env
+        raise ValueError(str(exc)) from exc
+    reference = models[0].parameters_dict()
+    if any(m.parameters_dict() != reference for m in models[1:]):
+        raise ValueError("the sub-envs have different MuJoCo physics; a single model cannot serve them all")
+    return models[0]
+
+
+def _mujoco(algorithm: Any) -> PathwiseSource:
+    try:
+        import mujoco  # noqa: F401
+    except ImportError as exc:
+        raise ValueError("pathwise_source='mujoco' needs the mujoco package: pip install 'hybrid-pg[mujoco]'") from exc
+    try:
+        model = _mujoco_model(algorithm.env)
+    except ValueError as exc:
+        raise ValueError(f"pathwise_source='mujoco' is not supported here: {exc}") from exc
+    why = _unsupported(algorithm, model)
+    if why:
+        raise ValueError(f"pathwise_source='mujoco' is not supported here: {why}")
+    source = MujocoSource(algorithm.policy, model.to(algorithm.device), algorithm.gamma, algorithm.settings.model_horizon)
+    source.refresh(algorithm)
+    return source
+
+
 register_source("critic", _critic)
 register_source("model", _model)
+register_source("mujoco", _mujoco)
 
 
 def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
@@ -85,7 +155,7 @@ def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
         return _FACTORIES[name](algorithm)
     model, why = _model_or_reason(algorithm)
     if model is None:
-        if "VecNormalize" in why:
+        if "provides no differentiable model" not in why:  # a model the settings or wrappers rule out
             warnings.warn(f"pathwise_source='auto' falls back to the critic: {why}")
         return _critic(algorithm)
     return _model(algorithm)
@@ -95,6 +165,8 @@ __all__ = [
     "AdvantageHeadSource",
     "Context",
     "ModelSource",
+    "MujocoSource",
+    "Normalization",
     "PathwiseSource",
     "SOURCE_NAMES",
     "choose_source",

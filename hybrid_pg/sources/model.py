@@ -7,17 +7,87 @@ value head V frozen. The return is in reward units, so the pathwise term is divi
 factor as the advantages. The model is the env's (see :mod:`hybrid_pg_envs.differentiable`); for a
 non-stationary env it is re-fetched before every update at the rollout's midpoint clock, so it
 follows the env (or stays deliberately stale, as the env decides).
+
+Under SB3's ``VecNormalize`` (norm_obs and/or norm_reward) the algorithm learns from normalised
+observations and rewards while the model works in raw env units. The source translates at the
+boundary with a :class:`Normalization` snapshot read from the training env's ``VecNormalize`` at
+every :meth:`ModelSource.refresh` (one snapshot per update; the running statistics move):
+
+* buffer observation -> model: ``obs_raw = obs * sqrt(var + eps) + mean``;
+* model's next observation -> value head and policy: ``clip((obs_raw - mean) / sqrt(var + eps), +-clip_obs)``;
+* model's reward -> ``clip(r / sqrt(ret_var + eps), +-clip_reward)``, the scale of the rewards (hence
+  of the value head and the advantages) the algorithm learns from.
+
+With these, Q~ is in the normalised reward units, so after the advantage normaliser the pathwise term
+has the same scale with or without ``VecNormalize``. Caveats (approximations, not errors): an
+observation that ``VecNormalize`` clipped at ``+-clip_obs`` cannot be inverted exactly (the model then
+starts from the clip boundary; :attr:`ModelSource.clipped_fraction` reports the share of such rows of
+the last rollout), and the buffer's observations were normalised with the statistics of their own
+step, which the end-of-rollout snapshot matches only up to the drift of the running mean/var within
+one rollout. A clipped normalised next observation or reward has a zero derivative, as in the env.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch as th
 
 from hybrid_pg.sources.base import Context, MeanFn, PathwiseSource
 from hybrid_pg.surrogates import ActorHead, FrozenModule, ValueHead
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A snapshot of a ``VecNormalize``'s statistics as torch tensors (see the module docstring).
+    ``obs_mean``/``obs_std`` are None without ``norm_obs``; ``reward_scale`` is None without ``norm_reward``."""
+
+    obs_mean: Optional[th.Tensor]
+    obs_std: Optional[th.Tensor]
+    clip_obs: float
+    reward_scale: Optional[float]
+    clip_reward: float
+
+    @classmethod
+    def of(cls, env: Any, device: Any = "cpu") -> Optional["Normalization"]:
+        """The statistics of the ``VecNormalize`` inside ``env`` now (copied), or None when there is
+        none or it normalises neither observations nor rewards."""
+        from stable_baselines3.common.vec_env import VecNormalize, unwrap_vec_wrapper
+
+        norm = unwrap_vec_wrapper(env, VecNormalize) if env is not None else None
+        if norm is None or not (norm.norm_obs or norm.norm_reward):
+            return None
+        as_t = lambda a: th.as_tensor(np.array(a, dtype=np.float32), device=device)  # noqa: E731 (a copy)
+        mean = std = None
+        if norm.norm_obs:
+            mean, std = as_t(norm.obs_rms.mean), as_t(np.sqrt(norm.obs_rms.var + norm.epsilon))
+        scale = float(1.0 / np.sqrt(norm.ret_rms.var + norm.epsilon)) if norm.norm_reward else None
+        return cls(mean, std, float(norm.clip_obs), scale, float(norm.clip_reward))
+
+    def raw_obs(self, obs: th.Tensor) -> th.Tensor:
+        """Normalised -> raw observations (exact unless VecNormalize clipped them)."""
+        return obs if self.obs_mean is None else obs * self.obs_std.to(obs) + self.obs_mean.to(obs)
+
+    def obs(self, raw: th.Tensor) -> th.Tensor:
+        """Raw -> normalised observations, as ``VecNormalize.normalize_obs``."""
+        if self.obs_mean is None:
+            return raw
+        return th.clamp((raw - self.obs_mean.to(raw)) / self.obs_std.to(raw), -self.clip_obs, self.clip_obs)
+
+    def reward(self, reward: th.Tensor) -> th.Tensor:
+        """Raw -> normalised rewards, as ``VecNormalize.normalize_reward``."""
+        if self.reward_scale is None:
+            return reward  # norm_obs only: the algorithm learns from raw rewards
+        return th.clamp(reward * self.reward_scale, -self.clip_reward, self.clip_reward)
+
+    def clipped(self, obs: th.Tensor) -> th.Tensor:
+        """True for rows of normalised observations with a component at the clip bound."""
+        if self.obs_mean is None:
+            return th.zeros(obs.shape[:-1], dtype=th.bool, device=obs.device)
+        return (obs.abs() >= self.clip_obs).any(dim=-1)
 
 
 class ModelSource(PathwiseSource):
@@ -31,6 +101,10 @@ class ModelSource(PathwiseSource):
         self.model = model
         self.gamma = float(gamma)
         self.horizon = int(horizon)
+        #: the training env's VecNormalize statistics at the last refresh (None: raw units)
+        self.normalization: Optional[Normalization] = None
+        #: share of the last rollout's observations that VecNormalize clipped (not exactly invertible)
+        self.clipped_fraction = 0.0
         self._frozen_value = FrozenModule(ValueHead(policy.mlp_extractor.value_net, policy.value_net))
         self._frozen_actor = FrozenModule(ActorHead(policy.mlp_extractor.policy_net, policy.action_net))
 
@@ -47,6 +121,7 @@ class ModelSource(PathwiseSource):
         model = algorithm.env_model_for_rollout()
         if model is not None:
             self.model = model.to(self.policy.device)
+        self.normalization = Normalization.of(algorithm.env, self.policy.device)
 
     def with_model(self, model: Any) -> "ModelSource":
         twin = copy.copy(self)
@@ -55,6 +130,8 @@ class ModelSource(PathwiseSource):
 
     def context(self, policy: Any, observations: Any, actions: th.Tensor, generator: Optional[th.Generator] = None) -> Context:
         n, act_dim = actions.shape
+        if self.normalization is not None and isinstance(observations, th.Tensor):
+            self.clipped_fraction = float(self.normalization.clipped(observations).float().mean()) if n else 0.0
         future = max(self.horizon - 1, 1)
         return {
             "obs": observations,
@@ -65,13 +142,18 @@ class ModelSource(PathwiseSource):
         clip = self.policy.clip_action
         std = th.exp(log_std)
         action = clip(mean + std * eps)
-        state, future_eps = context["obs"], context["future_eps"]
+        norm = self.normalization
+        obs, future_eps = context["obs"], context["future_eps"]
+        state = obs if norm is None else norm.raw_obs(obs)  # the model's state, raw units
         total = th.zeros(action.shape[0], dtype=action.dtype, device=action.device)
         # alive: 1 until the model reports a terminal state; rewards after it and the bootstrap
         # value of a terminal state are dropped, as GAE drops them on the score side.
         discount, alive = 1.0, th.ones_like(total)
         for step in range(self.horizon):
             state, reward = self.model.step(state, action)
+            obs = state if norm is None else norm.obs(state)  # what the policy and value head see
+            if norm is not None:
+                reward = norm.reward(reward)
             total = total + discount * alive * reward
             alive = alive * (1.0 - self.model.terminal(state))
             discount *= self.gamma
@@ -81,8 +163,8 @@ class ModelSource(PathwiseSource):
                 # Future actions respond to the state they reach but carry no theta-gradient of their
                 # own: d/da_t of Q^pi(s_t, a_t) holds the policy fixed after t. Letting theta flow into
                 # a_{t+j} would count sample t+j's own pathwise term again inside sample t's.
-                action = clip(mean_fn(state) + std.detach() * future_eps[:, step])
-        return total + discount * alive * self._value(state)
+                action = clip(mean_fn(obs) + std.detach() * future_eps[:, step])
+        return total + discount * alive * self._value(obs)
 
     def frozen_mean(self, observations: th.Tensor) -> th.Tensor:
         """mu(s) with the actor's weights detached: gradients reach the state, never theta."""
@@ -90,3 +172,12 @@ class ModelSource(PathwiseSource):
 
     def _value(self, observations: th.Tensor) -> th.Tensor:
         return self._frozen_value(self.policy.extract_features(observations, self.policy.vf_features_extractor))
+
+
+class MujocoSource(ModelSource):
+    """The model source through a MuJoCo step model (``pathwise_source="mujoco"``): the simulator's
+    forward and its exact local Jacobians (:mod:`hybrid_pg_envs.mujoco_model`). Same values as
+    ``pathwise_source="model"`` on a ``MujocoDifferentiableWrapper``-wrapped env; this name also builds
+    the model from an unwrapped gymnasium MuJoCo env (in-process VecEnvs) and says so when it cannot."""
+
+    name = "mujoco"
