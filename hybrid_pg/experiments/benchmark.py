@@ -12,6 +12,7 @@ runs interleaved in one process, and records each run's final deterministic retu
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 import tempfile

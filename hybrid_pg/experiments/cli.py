@@ -45,7 +45,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 from hybrid_pg.experiments.config import ConfigError, load_config, run_name
 from hybrid_pg.experiments.runner import RunDirError, run

@@ -363,6 +363,7 @@ def load_result(run_dir: Union[str, Path], label: Optional[str] = None) -> Dict[
     config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
     result.update(
         run_dir=str(run_dir),
+        key=run_dir.name,
         config=config,
         rows=_progress_rows(run_dir / PROGRESS_FILE),
         spec={"label": label or run_dir.name, "seed": result["seed"], "algo": result["algorithm"], "env_id": result["env_id"]},
