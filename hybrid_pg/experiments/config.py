@@ -509,10 +509,16 @@ def _baseline_settings(algorithm: str, cls: Any, given: Mapping[str, Any]) -> Di
     for key in given:
         if key not in shared:
             raise ConfigError(f"algo.{key} is not a setting of SB3's {cls.__name__} here (its settings: {shared}){suggest(key, shared)}")
-    checked = _validated(given)
+    # gSDE is SB3's own (HybridPG refuses it): checked here, not by HybridPG's schema
+    sde = given.get("use_sde", False)
+    if not isinstance(sde, bool):
+        raise ConfigError(f"algo.use_sde={_show(sde)}: must be true or false")
+    checked = _validated({k: v for k, v in given.items() if k != "use_sde"})
     out: Dict[str, Any] = {}
     for key in shared:
-        if key in given:
+        if key == "use_sde" and key in given:
+            out[key] = sde
+        elif key in given:
             out[key] = getattr(checked, key)
         elif _yaml_representable(params[key].default):
             out[key] = params[key].default
