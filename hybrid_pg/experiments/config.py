@@ -520,19 +520,9 @@ def _baseline_settings(algorithm: str, cls: Any, given: Mapping[str, Any]) -> Di
             out[key] = sde
         elif key in given:
             out[key] = getattr(checked, key)
-        elif _yaml_representable(params[key].default):
+        elif isinstance(params[key].default, (bool, int, float, str, type(None))):  # not schedules or classes
             out[key] = params[key].default
     return out
-
-
-def _yaml_representable(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_yaml_representable(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _yaml_representable(v) for k, v in value.items())
-    return False
 
 
 def _activation_class(key: str, name: Any) -> type:
