@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
-from hybrid_pg.benchmark import RunSpec, markdown_table, run_all, summarize
+from hybrid_pg.experiments.benchmark import markdown_table, run_config, summarize
+from hybrid_pg.experiments.runner import run_grid
 
 PPO_ZOO = dict(n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3, clip_range=0.2)
 A2C_ZOO = dict(
@@ -39,7 +40,8 @@ A2C_ZOO = dict(
 )
 
 
-def build_specs(seeds: int, steps: int, only: List[str], ablations: bool = False) -> List[RunSpec]:
+def build_runs(seeds: int, steps: int, only: List[str], ablations: bool = False) -> List[Tuple[str, Dict[str, Any]]]:
+    """(label, run config) per candidate and seed, for the one run engine."""
     candidates: Dict[str, dict] = {
         "ppo_zoo_gsde": dict(algo="ppo", env_id="Pendulum-v1", n_envs=4, algo_kwargs=dict(PPO_ZOO, use_sde=True, sde_sample_freq=4)),
         "ppo_zoo": dict(algo="ppo", env_id="Pendulum-v1", n_envs=4, algo_kwargs=PPO_ZOO),
@@ -64,7 +66,11 @@ def build_specs(seeds: int, steps: int, only: List[str], ablations: bool = False
         ):
             candidates[f"hybrid_critic_{suffix}"] = dict(base, algo_kwargs=dict(base["algo_kwargs"], **change))
     selected = {k: v for k, v in candidates.items() if not only or k in only}
-    return [RunSpec(label=label, seed=seed, total_timesteps=steps, **cfg) for label, cfg in selected.items() for seed in range(seeds)]
+    return [
+        (label, run_config(cfg["algo"], cfg["env_id"], seed, steps, algo=cfg["algo_kwargs"], n_envs=cfg["n_envs"], normalize=cfg.get("normalize", False)))
+        for label, cfg in selected.items()
+        for seed in range(seeds)
+    ]
 
 
 def main() -> None:
@@ -77,8 +83,8 @@ def main() -> None:
     parser.add_argument("--out", default="results/benchmark_pendulum")
     args = parser.parse_args()
 
-    specs = build_specs(args.seeds, args.steps, args.only, args.ablations)
-    results = run_all(specs, args.out, workers=args.workers)
+    runs = build_runs(args.seeds, args.steps, args.only, args.ablations)
+    results = run_grid(runs, Path(args.out) / "runs", workers=args.workers)
     rows = summarize(results)
     table = markdown_table(rows)
     print(table)

@@ -8,7 +8,7 @@ Two regimes, each against the SB3 algorithm with the same update shape:
 Runs alternate (A, B, B, A, ...) so machine load hits both alike; the reported figure is the ratio of
 median times, plus the share of HybridPG's update spent on the lambda statistics (per-sample
 gradients and moments), read from its ``hybrid/stats_time_fraction`` log, and every run's final
-deterministic return. The logic lives in :func:`hybrid_pg.benchmark.speed_benchmark`, which
+deterministic return. The logic lives in :func:`hybrid_pg.experiments.benchmark.speed_benchmark`, which
 ``hybrid-pg bench`` runs too.
 
     python examples/benchmark_speed.py [--steps 8192] [--repeats 3] [--n-envs 4] [--n-steps 256]
@@ -17,8 +17,9 @@ deterministic return. The logic lives in :func:`hybrid_pg.benchmark.speed_benchm
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from hybrid_pg.benchmark import SpeedSettings, speed_benchmark, write_speed_report
+from hybrid_pg.experiments.benchmark import SpeedSettings, speed_benchmark, write_speed_report
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = SpeedSettings(env_id=args.env, steps=args.steps, seeds=args.repeats, n_envs=args.n_envs, n_steps=args.n_steps)
-    for path in write_speed_report(speed_benchmark(settings), args.out, stem="speed"):
+    for path in write_speed_report(speed_benchmark(settings, runs_dir=Path(args.out) / "runs"), args.out, stem="speed"):
         print(f"wrote {path}")
 
 

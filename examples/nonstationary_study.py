@@ -1,7 +1,8 @@
 """How well does each lam window track the oracle lam* when the landscape moves?
 
 Runs the grid of ``configs/nonstationary_study.yaml`` (env schedule x window mode x seed) with the
-resumable runner of :mod:`hybrid_pg.benchmark` (an interrupted study resumes where it stopped) and
+run engine's resumable grids (:func:`hybrid_pg.experiments.runner.run_grid`: an interrupted study
+resumes where it stopped; a deterministic evaluation follows the env's clock) and
 reports, per env and mode:
 
 * mean |lam applied - lam*_oracle| over the updates after the warm-up
@@ -38,7 +39,9 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import yaml
 
-from hybrid_pg.benchmark import RunSpec, learning_curve, run_all, update_series
+from hybrid_pg.experiments.benchmark import run_config
+from hybrid_pg.experiments.results import learning_curve, update_series
+from hybrid_pg.experiments.runner import run_grid
 
 TOLERANCE, HOLD = 0.05, 3
 
@@ -60,28 +63,28 @@ def _is_stationary(schedules: Dict[str, Any]) -> bool:
     return all(isinstance(s, (int, float)) or s.get("kind") == "constant" for s in schedules.values())
 
 
-def build_specs(cfg: Dict[str, Any], seeds: List[int]) -> List[RunSpec]:
-    specs = []
+def build_runs(cfg: Dict[str, Any], seeds: List[int]) -> List[Tuple[str, Dict[str, Any]]]:
+    """(label, run config) per env schedule, window mode and seed, for the one run engine."""
+    runs = []
     for env_name, schedules in cfg["envs"].items():
         for mode_name, mode in cfg["modes"].items():
             algo = {**cfg["algo"], **mode}
             if _is_stationary(schedules):
                 algo.pop("oracle_frozen_clock", None)  # the frozen copy would equal the live one
+            env_kwargs = {**cfg.get("env_kwargs", {}), "schedules": schedules, "steps_per_tick": int(cfg["n_envs"])}
             for seed in seeds:
-                specs.append(
-                    RunSpec(
-                        label=f"{env_name}__{mode_name}",
-                        algo="hybrid_pg",
-                        env_id=cfg["env_id"],
-                        seed=seed,
-                        total_timesteps=int(cfg["total_timesteps"]),
-                        n_envs=int(cfg["n_envs"]),
-                        algo_kwargs=algo,
-                        env_kwargs={**cfg.get("env_kwargs", {}), "schedules": schedules, "steps_per_tick": int(cfg["n_envs"])},
-                        eval_episodes=int(cfg.get("eval_episodes", 20)),
-                    )
+                config = run_config(
+                    "hybrid_pg",
+                    cfg["env_id"],
+                    seed,
+                    int(cfg["total_timesteps"]),
+                    algo=algo,
+                    n_envs=int(cfg["n_envs"]),
+                    env_kwargs=env_kwargs,
+                    eval_episodes=int(cfg.get("eval_episodes", 20)),
                 )
-    return specs
+                runs.append((f"{env_name}__{mode_name}", config))
+    return runs
 
 
 def switch_steps(schedule: Dict[str, Any], total: int) -> List[float]:
@@ -368,8 +371,8 @@ def main() -> None:
     if args.oracle_samples:
         cfg["algo"]["oracle_samples"] = args.oracle_samples
     out = Path(args.out or cfg["output_dir"])
-    specs = build_specs(cfg, args.seeds or list(cfg["seeds"]))
-    results = run_all(specs, str(out / "runs"), workers=args.workers)
+    runs = build_runs(cfg, args.seeds or list(cfg["seeds"]))
+    results = run_grid(runs, out / "runs", workers=args.workers)
     rows = summarize(cfg, results)
     table = markdown(rows)
     print(table)

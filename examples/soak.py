@@ -17,6 +17,10 @@ Trains HybridPG with ``lambda_mode="adaptive"`` and the oracle on (every ``--ora
   windows and the oracle exist) and the last one; prints a summary and writes a JSON report to
   ``results/soak/`` (exit status 1 if a check failed).
 
+The run itself is the one run engine's (:func:`hybrid_pg.experiments.runner.run`): its run directory
+(model, progress.csv, diagnostics.csv, evaluations.csv, result.json) lands next to the report; the
+monitor is an extra callback and the log tail an extra output of the run's logger.
+
     python examples/soak.py --steps 1000000 --env Pendulum-v1
     python examples/soak.py --steps 100000 --env Pendulum-v1 --oracle-freq 10 --oracle-samples 4096
 """
@@ -40,10 +44,11 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.logger import KVWriter
 
 from hybrid_pg import HybridPG
+from hybrid_pg.experiments.benchmark import run_config
+from hybrid_pg.experiments.runner import run
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,8 +157,9 @@ def _first_non_finite(model: HybridPG) -> Optional[str]:
 
 
 class SoakMonitor(BaseCallback):
-    def __init__(self, checkpoints: List[int], use_tracemalloc: bool) -> None:
+    def __init__(self, checkpoints: List[int], use_tracemalloc: bool, tail: "LogTail") -> None:
         super().__init__()
+        self.tail = tail
         self.checkpoints = sorted(set(checkpoints))
         self._next = 0
         self.use_tracemalloc = use_tracemalloc
@@ -162,6 +168,11 @@ class SoakMonitor(BaseCallback):
         self.updates_checked = 0
         self.non_finite: Optional[Dict[str, Any]] = None
         self.t0 = time.perf_counter()
+
+    def _on_training_start(self) -> None:
+        self.model.logger.output_formats.append(self.tail)  # the run's logger also feeds the tail
+        self.t0 = time.perf_counter()
+        self._record(0)  # before training
 
     # after every update: the next rollout starts (and once more at the end)
     def _check_update(self) -> bool:
@@ -205,7 +216,7 @@ class SoakMonitor(BaseCallback):
             gc_objects=len(gc.get_objects()),
             modules=len(sys.modules),  # a one-off lazy import shows here, a leak does not
             sizes=bounded_sizes(self.model),
-            oracle_calls=getattr(getattr(self.model, "_oracle", None), "calls", 0),
+            oracle_calls=getattr(getattr(self.model, "oracle", None), "calls", 0),
         )
         if self.use_tracemalloc:
             current, peak = tracemalloc.get_traced_memory()
@@ -275,29 +286,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     th.set_num_threads(args.threads)
     if args.tracemalloc:
         tracemalloc.start()
-    if args.env.startswith("hybrid_pg/"):
-        import hybrid_pg_envs  # noqa: F401  (registers the ids)
-
-    env = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed)
-    model = HybridPG(
-        "MlpPolicy", env, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs,
-        lambda_mode="adaptive", lambda_window=args.lambda_window, oracle_freq=args.oracle_freq,
-        oracle_samples=args.oracle_samples, seed=args.seed, device=args.device,
+    config = run_config(
+        "hybrid_pg", args.env, args.seed, args.steps, n_envs=args.n_envs, eval_episodes=1,
+        algo=dict(n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs, lambda_mode="adaptive",
+                  lambda_window=args.lambda_window, oracle_freq=args.oracle_freq, oracle_samples=args.oracle_samples),
     )
+    config["train"].update(torch_threads=args.threads, device=args.device)
+    out = Path(args.out)
+    stem = f"soak_{args.env.replace('/', '_')}_{args.steps}_seed{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     tail = LogTail()
-    model.set_logger(Logger(folder=None, output_formats=[tail]))
-    monitor = SoakMonitor(checkpoints_for(args.steps), args.tracemalloc)
+    monitor = SoakMonitor(checkpoints_for(args.steps), args.tracemalloc, tail)
     monitor.verbose = 0 if args.quiet else 1
-    monitor.init_callback(model)
-    monitor._record(0)  # before training
 
     t0 = time.perf_counter()
     error: Optional[str] = None
     try:
-        model.learn(args.steps, callback=monitor)
+        run(config, out / stem, quiet=True, callbacks=[monitor])
     except Exception as exc:  # noqa: BLE001 - reported, not hidden
         error = f"{type(exc).__name__}: {exc}"
     wall = time.perf_counter() - t0
+    model: HybridPG = getattr(monitor, "model", None)
+    if model is None:  # the run failed before training started
+        print(f"ERROR: {error}")
+        return 1
 
     bounds = size_bounds(model)
     exceeded = {k: (v, bounds[k]) for k, v in monitor.max_sizes.items() if k in bounds and v > bounds[k]}
@@ -330,7 +341,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         window_lengths={k: len(w) for k, w in model.lambda_windows.items()},
         window_n_updates={k: w.n_updates for k, w in model.lambda_windows.items()},
         change_alarms={k: w.detector.n_alarms for k, w in model.lambda_windows.items() if w.detector is not None},
-        oracle_calls=getattr(model._oracle, "calls", 0) if model._oracle is not None else 0,
+        oracle_calls=getattr(getattr(model, "oracle", None), "calls", 0),
         last_lambda=model.last_lambda,
         log_rows=tail.rows,
         invalid_stats_updates=tail.invalid_stats,
@@ -339,9 +350,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         checkpoints=monitor.records,
     )
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"soak_{args.env.replace('/', '_')}_{args.steps}_seed{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = out / f"{stem}.json"
     path.write_text(json.dumps(report, indent=2, default=float))
 
     print("\n=== soak summary ===")

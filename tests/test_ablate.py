@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import hybrid_pg.benchmark as benchmark
-from hybrid_pg.ablate import load_ablation, parse_ablation
-from hybrid_pg.cli import main
-from hybrid_pg.config import ConfigError
+import hybrid_pg.experiments.runner as runner
+from hybrid_pg.experiments.ablate import load_ablation, parse_ablation
+from hybrid_pg.experiments.cli import main
+from hybrid_pg.experiments.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "ablate_smoke.yaml"
@@ -47,7 +47,10 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_ablation_writes_tables_and_figures(smoke_run):
     out, stdout = smoke_run
-    assert len(list((out / "runs").glob("*.json"))) == 8  # 2 envs x 2 estimators x 2 seeds
+    assert len(list((out / "runs").glob("*/result.json"))) == 8  # 2 envs x 2 estimators x 2 seeds
+    for run_dir in (out / "runs").iterdir():  # the run engine's directory, as `hybrid-pg train` writes it
+        for name in ("config.yaml", "model.zip", "progress.csv", "diagnostics.csv", "evaluations.csv"):
+            assert (run_dir / name).is_file(), (run_dir, name)
     for env in ENVS:
         for name in (f"table_{env}.md", f"table_{env}.csv", f"runs_{env}.csv", f"curves_{env}.png", f"variance_{env}.png"):
             assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -70,17 +73,17 @@ def test_smoke_ablation_writes_tables_and_figures(smoke_run):
 
 def test_a_second_invocation_trains_nothing(smoke_run, monkeypatch):
     out, _ = smoke_run
-    before = _mtimes(out / "runs")
+    before = {d.name: _mtimes(d) for d in (out / "runs").iterdir()}
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(benchmark, "_run_and_save", no_training)
-    monkeypatch.setattr(benchmark, "run_spec", no_training)
+    monkeypatch.setattr(runner, "_run_fresh", no_training)
+    monkeypatch.setattr(runner, "run", no_training)
     status, stdout, err = _run(["ablate", str(SMOKE), "--out", str(out), "--workers", "2"])
     assert status == 0, err
     assert "8 done, 0 to train" in stdout and "trained 0 of 8 runs" in stdout
-    assert _mtimes(out / "runs") == before
+    assert {d.name: _mtimes(d) for d in (out / "runs").iterdir()} == before
 
 
 def test_dry_run_lists_the_grid_and_trains_nothing(tmp_path):
@@ -99,15 +102,16 @@ def test_the_shipped_pendulum_ablations_are_valid():
     cells = {c.label: c.algo_kwargs for c in ablation.cells}
     assert cells["pendulum_model__hybrid"]["pathwise_source"] == "model"
     assert cells["pendulum_critic__pathwise"]["estimator"] == "pathwise"
-    specs = ablation.specs()
-    assert len(specs) == 30 and len({s.key for s in specs}) == 30
+    runs = ablation.runs()
+    assert len(runs) == 30 and len({runner.run_key(label, config) for label, config in runs}) == 30
+    assert all(config["algo"]["algorithm"] == "hybrid_pg" for _, config in runs)
 
     fixed = load_ablation(PENDULUM.parent / "ablate_fixed_lambda.yaml")
     assert [e.name for e in fixed.estimators] == ["hybrid", "reinforce", "lam0.25", "lam0.5", "lam0.75"]
     cells = {c.label: c.algo_kwargs for c in fixed.cells}
     assert cells["pendulum_model__lam0.5"]["fixed_lambda"] == 0.5
     assert cells["pendulum_model__lam0.5"]["pathwise_source"] == "model"
-    assert len(fixed.specs()) == 50
+    assert len(fixed.runs()) == 50
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,9 +159,9 @@ def test_bad_ablation_files_name_the_key(change, key):
     "change, key",
     [
         # an unknown HybridPG keyword in the shared algo section
-        (lambda r: r["algo"].update(n_step=3), "algo.n_step: algo.n_step is not a HybridPG parameter"),
+        (lambda r: r["algo"].update(n_step=3), "algo.n_step: algo.n_step=3: is not a HybridPG setting"),
         # a wrong type in an env entry's algo
-        (lambda r: r["envs"][0]["algo"].update(gamma="high"), "envs[0].algo.gamma: algo.gamma must be a number"),
+        (lambda r: r["envs"][0]["algo"].update(gamma="high"), "envs[0].algo.gamma: algo.gamma='high': must be a number"),
         # a value HybridPG's constructor rejects, in an estimator mapping
         (
             lambda r: r["estimators"].append({"name": "lam2", "algo": {"estimator": "hybrid", "fixed_lambda": 2.0}}),
@@ -166,7 +170,15 @@ def test_bad_ablation_files_name_the_key(change, key):
         # a bare estimator name that is no estimator
         (lambda r: r["estimators"].append("hybird"), "estimators[2]: algo.estimator='hybird'"),
         # a combination: the model source on an env without a differentiable model
-        (lambda r: r["envs"][0]["algo"].update(pathwise_source="model"), "envs[0].algo.pathwise_source: algo.pathwise_source='model' needs"),
+        (
+            lambda r: r["envs"][0]["algo"].update(pathwise_source="model"),
+            "envs[0].algo.pathwise_source: algo.pathwise_source='model' is not supported here: this env provides no differentiable model",
+        ),
+        # a setting SB3's PPO does not have, in a baseline cell
+        (
+            lambda r: r["estimators"].append({"name": "ppo", "algo": {"algorithm": "ppo"}}),
+            "algo.pathwise_source is not a setting of SB3's PPO here (its settings: ['learning_rate', 'n_steps',",
+        ),
         # the env itself
         (lambda r: r["envs"][0].update(id="CartPole-v1"), "envs[0].id: env.id='CartPole-v1' has action space"),
         (lambda r: r["envs"][0].update(id="NoSuchEnv-v0"), "envs[0].id: env.id='NoSuchEnv-v0' is not a registered"),
@@ -200,3 +212,16 @@ def test_ablate_help():
     text = out.getvalue()
     for option in ("CONFIG", "--workers", "--out", "--seeds", "--dry-run", "IQM"):
         assert option in text
+
+
+def test_the_mujoco_benchmark_grid_is_valid():
+    pytest.importorskip("mujoco")
+    ablation = load_ablation(PENDULUM.parent / "mujoco_benchmark.yaml")
+    assert [e.id for e in ablation.envs] == ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"]
+    assert ablation.output_dir == "docs/results/mujoco" and ablation.seeds == (0, 1, 2, 3, 4)
+    runs = ablation.runs()
+    assert len(runs) == 45
+    for label, config in runs:
+        assert config["env"]["normalize"] is True and config["train"]["eval_freq"] == 20_000 and config["train"]["eval_episodes"] == 5
+        assert config["algo"]["n_steps"] == 2048 and config["algo"]["policy_kwargs"] == {"net_arch": [64, 64]}
+        assert config["algo"]["algorithm"] == ("ppo" if label.endswith("__ppo") else "hybrid_pg")

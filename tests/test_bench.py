@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hybrid_pg.aggregate import (
+from hybrid_pg.experiments.aggregate import (
     Interval,
     bootstrap_difference_ci,
     curve_mean_ci,
@@ -21,18 +21,11 @@ from hybrid_pg.aggregate import (
     stratified_bootstrap_ci,
     welch_p_value,
 )
-from hybrid_pg.benchmark import (
-    RunSpec,
-    available_cores,
-    learning_curve,
-    median_over_updates,
-    normalized_auc,
-    run_spec,
-    speed_markdown,
-    update_series,
-    worker_count,
-)
-from hybrid_pg.cli import main
+from hybrid_pg.experiments.benchmark import run_config, speed_markdown
+from hybrid_pg.experiments.results import learning_curve, median_over_updates, normalized_auc, update_series
+from hybrid_pg.experiments.runner import available_cores, load_result, run, worker_count
+from hybrid_pg.experiments.cli import main
+from hybrid_pg.experiments.csv_callbacks import read_csv_columns
 
 
 def _run(argv):
@@ -171,20 +164,26 @@ def test_workers_are_bounded_by_cores_and_runs():
         worker_count(0, 3)
 
 
-def test_a_run_is_deterministic_for_its_seed():
-    spec = RunSpec(
-        label="det",
-        algo="hybrid_pg",
-        env_id="Pendulum-v1",
+def _run_and_load(config, run_dir):
+    run(config, run_dir)
+    return load_result(run_dir)
+
+
+def test_a_run_is_deterministic_for_its_seed(tmp_path):
+    config = run_config(
+        "hybrid_pg",
+        "Pendulum-v1",
         seed=3,
         total_timesteps=256,
         eval_episodes=1,
-        algo_kwargs=dict(n_steps=128, batch_size=64, n_epochs=1, lambda_warmup=0, policy_kwargs={"net_arch": [8], "activation_fn": "Tanh"}),
+        algo=dict(n_steps=128, batch_size=64, n_epochs=1, lambda_warmup=0, policy_kwargs={"net_arch": [8], "activation_fn": "Tanh"}),
     )
-    first, second = run_spec(spec), run_spec(spec)
+    first, second = _run_and_load(config, tmp_path / "a"), _run_and_load(config, tmp_path / "b")
     assert first["final_return"] == second["final_return"]
     for key in ("rollout/ep_rew_mean", "hybrid/var_applied", "hybrid/lambda"):
         assert update_series(first, key)[1].tolist() == update_series(second, key)[1].tolist()
+    for key in ("hybrid/var_applied", "hybrid/lambda"):
+        assert update_series(first, key)[1].size == 2  # one value per update, the last one included
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,6 +212,7 @@ def test_bench_tiny_budget_writes_json_and_markdown(tmp_path):
     status, stdout, err = _run(argv)
     assert status == 0, err
     assert stdout.split() == [str(out / "bench.json"), str(out / "bench.md")]
+    assert len(list((out / "runs").glob("*/*/result.json"))) == 4 + 4  # warm-up and timed runs, engine-written
     report = json.loads((out / "bench.json").read_text())
     assert report["settings"]["env_id"] == "Pendulum-v1" and report["torch_threads"] == 1
     for regime, baseline in (("a2c", "A2C"), ("ppo", "PPO")):
@@ -228,15 +228,20 @@ def test_bench_tiny_budget_writes_json_and_markdown(tmp_path):
     assert "| a2c | A2C |" in md and "| ppo | PPO |" in md
 
 
-def test_a_non_stationary_env_is_evaluated_where_training_left_it():
+def test_a_non_stationary_env_is_evaluated_where_training_left_it(tmp_path):
     # m jumps from 0 to 40 at step 128 of 256: the evaluation must see m = 40 (every action then
     # sits in the flat region, return exactly -c^2), not the m = 0 of a fresh env's clock
     import hybrid_pg_envs  # noqa: F401
 
-    spec = RunSpec(
-        label="jump", algo="hybrid_pg", env_id="hybrid_pg/DriftingCoupledBandit-v0", seed=0, total_timesteps=256, n_envs=2,
-        algo_kwargs=dict(n_steps=64, batch_size=64, n_epochs=1, gamma=0.0), eval_episodes=3,
+    config = run_config(
+        "hybrid_pg", "hybrid_pg/DriftingCoupledBandit-v0", seed=0, total_timesteps=256, n_envs=2,
+        algo=dict(n_steps=64, batch_size=64, n_epochs=1, gamma=0.0), eval_episodes=3, eval_freq=128,
         env_kwargs={"c": 1.5, "steps_per_tick": 2, "schedules": {"m": {"kind": "switch", "values": [0.0, 40.0], "at": [128]}}},
     )
-    result = run_spec(spec)
+    result = _run_and_load(config, tmp_path / "jump")
     assert result["eval_returns"] == [-2.25] * 3
+    # every evaluation follows the training env's clock: m = 0 at steps 0 and 128 (the switch takes
+    # effect after it), m = 40 (return exactly -c^2) from then on
+    evals = read_csv_columns(tmp_path / "jump" / "evaluations.csv")
+    assert evals["timesteps"].tolist() == [0, 128, 256] and evals["mean"][-1] == -2.25
+    assert evals["mean"][0] != -2.25

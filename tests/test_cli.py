@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -19,8 +20,8 @@ import yaml
 from stable_baselines3.common.env_util import make_vec_env
 
 from hybrid_pg import HybridPG
-from hybrid_pg.cli import main
-from hybrid_pg.config import (
+from hybrid_pg.experiments.cli import main
+from hybrid_pg.experiments.config import (
     ConfigError,
     apply_overrides,
     check_env,
@@ -31,8 +32,8 @@ from hybrid_pg.config import (
     read_config_file,
     resolve_config,
 )
-from hybrid_pg.diagnostics import WideCSVWriter, read_csv_columns
-from hybrid_pg.plots import plot_lambda, plot_returns
+from hybrid_pg.experiments.csv_callbacks import WideCSVWriter, read_csv_columns
+from hybrid_pg.experiments.plots import plot_lambda, plot_returns
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,21 @@ def test_config_yaml_is_resolved_and_reloadable(finished_run):
     assert written["algo"]["policy_kwargs"] == {"net_arch": [16, 16]}
     assert written["algo"]["clip_range"] == 0.2  # a HybridPG default, filled in
     assert written["output"] == {"dir": "runs", "name": None}
+    provenance = written.pop("provenance")
+    assert set(provenance["versions"]) == {"hybrid_pg", "stable_baselines3", "gymnasium", "torch", "numpy", "python"}
+    assert "git_commit" in provenance
     assert load_config(run_dir / "config.yaml", check_environment=False) == written
+
+
+def test_result_json_is_written_last_and_names_the_final_return(finished_run):
+    run_dir, _ = finished_run
+    result = json.loads((run_dir / "result.json").read_text())
+    evals = read_csv_columns(run_dir / "evaluations.csv")
+    assert result["final_return"] == pytest.approx(evals["mean"][-1])
+    assert result["timesteps"] == 512 and result["algorithm"] == "hybrid_pg" and result["seed"] == 0
+    newest = max(p.stat().st_mtime_ns for p in run_dir.iterdir() if p.is_file())
+    assert (run_dir / "result.json").stat().st_mtime_ns == newest
+    assert not list(run_dir.glob("*.tmp"))
 
 
 def test_refuses_to_overwrite_a_run_directory(finished_run):
@@ -170,7 +185,8 @@ def test_train_run_name_progress_and_vecnormalize(tmp_path):
     assert out.splitlines()[-1] == str(run_dir)
     assert len(re.findall(r"^update +\d+ \| steps", out, flags=re.M)) == 2
     assert (run_dir / "vecnormalize.pkl").is_file()
-    assert not (run_dir / "evaluations.csv").exists()
+    # eval_freq 0: one evaluation, at the end (result.json's final return)
+    assert read_csv_columns(run_dir / "evaluations.csv")["timesteps"].tolist() == [512]
     rows = _read_rows(run_dir / "diagnostics.csv")
     assert {float(r["hybrid/lambda"]) for r in rows} == {0.0}
     assert (run_dir / "lambda.png").is_file() and (run_dir / "returns.png").is_file()
@@ -207,21 +223,23 @@ def no_training(monkeypatch):
     "overrides, expected",
     [
         (["trian.seed=1"], ["trian is not a config section", "'train'"]),
-        (["algo.n_step=128"], ["algo.n_step is not a HybridPG parameter", "'n_steps'"]),
+        (["algo.n_step=128"], ["algo.n_step=128: is not a HybridPG setting", "'n_steps'"]),
         (["env.n_env=2"], ["env.n_env", "'n_envs'"]),
-        (["train.total_timesteps=abc"], ["train.total_timesteps must be an int, got 'abc'"]),
-        (["train.total_timesteps=0"], ["train.total_timesteps must be >= 1"]),
-        (["env.normalize=maybe"], ["env.normalize must be true or false"]),
-        (["algo.gamma=high"], ["algo.gamma must be a number, got 'high'"]),
-        (["algo.batch_size=[64]"], ["algo.batch_size must be an int or null, got [64]"]),
+        (["train.total_timesteps=abc"], ["train.total_timesteps='abc': must be an integer"]),
+        (["train.total_timesteps=0"], ["train.total_timesteps=0: must be >= 1"]),
+        (["env.normalize=maybe"], ["env.normalize='maybe': must be true or false"]),
+        (["algo.gamma=high"], ["algo.gamma='high': must be a number"]),
+        (["algo.batch_size=[64]"], ["algo.batch_size=[64]: ", "integer"]),
+        (["algo.algorithm=sac"], ["algo.algorithm='sac': must be one of", "'a2c'"]),
+        (["algo.q_coeff=1"], ["algo.q_coeff", "'q_coef'"]),
         (["algo.gamma=2"], ["algo.gamma=2"]),  # HybridPG's own range check, prefixed with the section
         (["algo.policy=MlpPolicyy"], ["algo.policy", "'MlpPolicy'"]),
         (["algo.seed=1"], ["algo.seed", "train.seed"]),
         (["algo.policy_kwargs={activation_fn: tanhh}"], ["algo.policy_kwargs.activation_fn", "'Tanh'"]),
         (["env.wrappers=[{name: TimeLimit}]"], ["env.wrappers[0].name", "nonstationary"]),
         (["env.wrappers=[{name: nonstationary, kwargs: {schedules: {g: {kind: sinus}}}}]"], ["env.wrappers[0]", "sinus"]),
-        (["env.wrappers=[{name: nonstationary, oops: 1}]"], ["env.wrappers[0] has unknown key(s) ['oops']"]),
-        (["env.vec_env=subprocess"], ["env.vec_env must be one of", "'subproc'"]),
+        (["env.wrappers=[{name: nonstationary, oops: 1}]"], ["env.wrappers[0].oops is not a known key", "'kwargs'"]),
+        (["env.vec_env=subprocess"], ["env.vec_env='subprocess': must be one of", "'subproc'"]),
         (["env.id=Pendulum-v9"], ["env.id='Pendulum-v9' is not a registered gymnasium environment"]),
         (["env.id=NoSuchEnv-v0"], ["env.id='NoSuchEnv-v0'"]),
         (["env.id=CartPole-v1"], ["env.id='CartPole-v1'", "Box"]),
@@ -267,6 +285,23 @@ def test_config_file_errors(tmp_path, no_training):
 # ------------------------------------------------------------------------------------------------
 
 
+def test_yaml_loader_stays_safe(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("env: !!python/object/apply:os.system ['echo pwned']\ntrain: {total_timesteps: 10}\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        read_config_file(bad)
+
+
+def test_baseline_algorithms_share_the_schema_and_keep_sb3_defaults():
+    config = resolve_config({"env": {"id": "Pendulum-v1"}, "train": {"total_timesteps": 64}, "algo": {"algorithm": "a2c", "n_steps": 8}})
+    assert config["algo"]["algorithm"] == "a2c" and config["algo"]["n_steps"] == 8
+    assert config["algo"]["learning_rate"] == 7e-4  # SB3's A2C default, not HybridPG's
+    with pytest.raises(ConfigError, match=r"algo.gamma=2"):
+        resolve_config({"env": {"id": "Pendulum-v1"}, "train": {"total_timesteps": 64}, "algo": {"algorithm": "ppo", "gamma": 2}})
+    with pytest.raises(ConfigError, match=r"algo.lambda_window is not a setting of SB3's PPO"):
+        resolve_config({"env": {"id": "Pendulum-v1"}, "train": {"total_timesteps": 64}, "algo": {"algorithm": "ppo", "lambda_window": 2}})
+
+
 def test_overrides_parse_yaml_values_into_dotted_keys():
     assert parse_override("algo.learning_rate=1e-3") == (["algo", "learning_rate"], 1e-3)
     assert parse_override("train.total_timesteps=40_000") == (["train", "total_timesteps"], 40000)
@@ -282,18 +317,23 @@ def test_overrides_parse_yaml_values_into_dotted_keys():
 
 def test_resolve_fills_defaults_and_normalises_numbers():
     config = resolve_config({"env": {"id": "Pendulum-v1"}, "train": {"total_timesteps": 1e4}, "algo": {"gamma": 1}})
-    assert config["train"] == {"total_timesteps": 10000, "seed": 0, "eval_freq": 0, "eval_episodes": 5, "progress_bar": False, "torch_threads": 1}
+    assert config["train"] == {
+        "total_timesteps": 10000, "seed": 0, "eval_freq": 0, "eval_episodes": 5, "progress_bar": False, "torch_threads": 1, "device": "cpu"
+    }  # fmt: skip
     assert isinstance(config["train"]["total_timesteps"], int)
     assert config["env"] == {"id": "Pendulum-v1", "n_envs": 1, "vec_env": "dummy", "normalize": False, "env_kwargs": {}, "wrappers": []}
     assert config["algo"]["gamma"] == 1.0 and isinstance(config["algo"]["gamma"], float)
     assert config["algo"]["policy"] == "MlpPolicy" and config["algo"]["lambda_bounds"] == [0.0, 1.0]
+    assert config["algo"]["algorithm"] == "hybrid_pg"
     for reserved in ("env", "seed", "verbose", "tensorboard_log", "_init_setup_model"):
         assert reserved not in config["algo"]
     assert list(config) == ["env", "algo", "train", "output"]
 
 
 def test_default_config_is_packaged_and_shows_the_suggested_run():
-    assert default_config_path().read_bytes() == (REPO / "configs" / "default.yaml").read_bytes()
+    # one copy: the repository's configs/default.yaml (the README's quick start) is the packaged file
+    assert (REPO / "configs" / "default.yaml").resolve() == default_config_path().resolve()
+    assert "hybrid-pg train" in (REPO / "README.md").read_text() and "configs/default.yaml" in (REPO / "README.md").read_text()
     config = load_config()  # the packaged default, env checked
     assert config["env"]["id"] == "Pendulum-v1" and config["env"]["n_envs"] == 4
     assert config["algo"]["estimator"] == "hybrid" and config["algo"]["pathwise_source"] == "critic"

@@ -110,10 +110,10 @@ def test_stationary_envs_get_no_frozen_oracle():
         "envs": {"flat": {"m": {"kind": "constant", "value": 0.0}}, "moving": {"m": {"kind": "linear", "start": 0, "end": 1, "duration": 10}}},
         "modes": {"a": {"lambda_window": 2}},
     }
-    specs = {s.label: s for s in study.build_specs(cfg, [0])}
-    assert "oracle_frozen_clock" not in specs["flat__a"].algo_kwargs
-    assert specs["moving__a"].algo_kwargs["oracle_frozen_clock"] == 0 and specs["moving__a"].algo_kwargs["lambda_window"] == 2
-    assert specs["moving__a"].env_kwargs["steps_per_tick"] == 2
+    configs = dict(study.build_runs(cfg, [0]))
+    assert configs["flat__a"]["algo"]["oracle_frozen_clock"] is None  # the schema's default: off
+    assert configs["moving__a"]["algo"]["oracle_frozen_clock"] == 0 and configs["moving__a"]["algo"]["lambda_window"] == 2
+    assert configs["moving__a"]["env"]["env_kwargs"]["steps_per_tick"] == 2
 
 
 def test_study_script_end_to_end(tmp_path):

@@ -1,4 +1,4 @@
-"""``python -m hybrid_pg.zoo``: HybridPG registered with the RL Zoo (skipped without rl_zoo3)."""
+"""``python -m hybrid_pg.experiments.zoo``: HybridPG registered with the RL Zoo (skipped without rl_zoo3)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ rl_zoo3 = pytest.importorskip("rl_zoo3")
 optuna = pytest.importorskip("optuna")
 
 from hybrid_pg import HybridPG  # noqa: E402
-from hybrid_pg.zoo import ALGO_NAME, convert_hybrid_pg_params, main, register, sample_hybrid_pg_params  # noqa: E402
+from hybrid_pg.experiments.zoo import ALGO_NAME, convert_hybrid_pg_params, main, register, sample_hybrid_pg_params  # noqa: E402
 
 ZOO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zoo" / "hybrid_pg.yml"
 

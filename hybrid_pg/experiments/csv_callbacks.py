@@ -1,4 +1,4 @@
-"""Per-update CSV diagnostics and periodic deterministic evaluation, as SB3 callbacks.
+"""SB3 callbacks that write a run's CSV files: per-update diagnostics and deterministic evaluations.
 
 ``diagnostics.csv`` (:class:`DiagnosticsCallback`) is *wide*: one row per update, columns
 ``update, timesteps, time/elapsed, rollout/ep_rew_mean`` followed by every logged key with a
@@ -16,7 +16,9 @@ them with the rollout that update was trained on.
 
 ``evaluations.csv`` (:class:`EvalCSVCallback`): ``timesteps, mean, std`` of the deterministic
 returns of ``n_eval_episodes`` episodes on a separate env, before training, every ``eval_freq``
-env steps and once more at the end of training (unless the last evaluation was at that step).
+env steps and once more at the end of training (unless the last evaluation was at that step;
+with ``eval_freq=0`` only then). A non-stationary evaluation env follows the training env's clock:
+before each evaluation its clock is set to the training env's and held there for the episodes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+
+from hybrid_pg_envs.clock import env_clock, has_clock, sync_clock
 
 __all__ = [
     "DIAGNOSTICS_FILE",
@@ -201,7 +205,8 @@ class EvalCSVCallback(BaseCallback):
 
     :param eval_env: the evaluation VecEnv (Monitor-wrapped; a VecNormalize wrapper is synced
         from the training env before each evaluation and should have ``training=False``).
-    :param eval_freq: env steps (summed over the training env's copies) between evaluations (> 0).
+    :param eval_freq: env steps (summed over the training env's copies) between evaluations; 0:
+        only one evaluation, at the end of training.
     :param path: the CSV file to write.
     :param n_eval_episodes: episodes per evaluation.
     :param print_progress: print each evaluation.
@@ -217,8 +222,8 @@ class EvalCSVCallback(BaseCallback):
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose=verbose)
-        if eval_freq < 1:
-            raise ValueError(f"eval_freq={eval_freq!r}: must be >= 1")
+        if eval_freq < 0:
+            raise ValueError(f"eval_freq={eval_freq!r}: must be >= 0")
         self.eval_env = eval_env
         self.eval_freq = int(eval_freq)
         self.n_eval_episodes = int(n_eval_episodes)
@@ -226,13 +231,18 @@ class EvalCSVCallback(BaseCallback):
         self.writer = WideCSVWriter(path, ("timesteps", "mean", "std"))
         self._next_eval = 0
         self._last_eval_step: Optional[int] = None
+        #: the episode returns of the latest evaluation
+        self.last_returns: List[float] = []
+        #: wall time spent evaluating (the runner leaves it out of the training time)
+        self.eval_seconds = 0.0
 
     def _on_training_start(self) -> None:
-        self._next_eval = self.num_timesteps + self.eval_freq
-        self._evaluate()
+        if self.eval_freq:
+            self._next_eval = self.num_timesteps + self.eval_freq
+            self._evaluate()
 
     def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next_eval:
+        if self.eval_freq and self.num_timesteps >= self._next_eval:
             while self._next_eval <= self.num_timesteps:
                 self._next_eval += self.eval_freq
             self._evaluate()
@@ -243,11 +253,18 @@ class EvalCSVCallback(BaseCallback):
             self._evaluate()
 
     def _evaluate(self) -> None:
+        t0 = time.perf_counter()
         if self.model.get_vec_normalize_env() is not None:
             sync_envs_normalization(self.training_env, self.eval_env)
+        clock = env_clock(self.training_env)
+        if clock is not None and has_clock(self.eval_env):
+            # the env as training has moved it, held still for the evaluation episodes
+            sync_clock(self.eval_env, clock, steps_per_tick=0)
         returns, _ = evaluate_policy(
             self.model, self.eval_env, n_eval_episodes=self.n_eval_episodes, deterministic=True, return_episode_rewards=True
         )
+        self.eval_seconds += time.perf_counter() - t0
+        self.last_returns = [float(r) for r in returns]
         mean, std = float(np.mean(returns)), float(np.std(returns))
         step = int(self.num_timesteps)
         self._last_eval_step = step

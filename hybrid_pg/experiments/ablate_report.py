@@ -1,6 +1,6 @@
-"""The report of an ablation (:mod:`hybrid_pg.ablate`), one set of files per environment.
+"""The report of an ablation (:mod:`hybrid_pg.experiments.ablate`), one set of files per environment.
 
-Per run (from its :mod:`hybrid_pg.benchmark` result):
+Per run (from what the run engine wrote, :func:`hybrid_pg.experiments.runner.load_result`):
 
 * ``final_return``: mean return of the deterministic evaluation episodes after training;
 * ``auc``: area under the training curve (``rollout/ep_rew_mean`` after each rollout, against env
@@ -12,7 +12,7 @@ Per run (from its :mod:`hybrid_pg.benchmark` result):
 
 (The variance medians leave out the first ``skip_updates`` updates.) Per estimator, every metric is
 aggregated over seeds as the mean and the IQM, each with a 95% bootstrap CI (the runs of the env
-form the single stratum of :func:`hybrid_pg.aggregate.stratified_bootstrap_ci`; 2000 resamples,
+form the single stratum of :func:`hybrid_pg.experiments.aggregate.stratified_bootstrap_ci`; 2000 resamples,
 fixed generator seed, so reports are reproducible). Each estimator is compared with the reference
 (default reinforce) per metric: the difference of means with its 95% bootstrap CI (the two groups
 resampled independently); the difference is called significant when that CI excludes 0. Welch's
@@ -38,8 +38,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hybrid_pg.aggregate import Interval, bootstrap_difference_ci, curve_mean_ci, iqm, mean, stratified_bootstrap_ci, welch_p_value
-from hybrid_pg.benchmark import learning_curve, median_over_updates, normalized_auc, update_series
+from hybrid_pg.experiments.aggregate import Interval, bootstrap_difference_ci, curve_mean_ci, iqm, mean, stratified_bootstrap_ci, welch_p_value
+from hybrid_pg.experiments.results import learning_curve, median_over_updates, normalized_auc, update_series
 
 __all__ = ["METRICS", "Metric", "estimator_summary", "markdown_table", "run_metrics", "write_env_report"]
 

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hybrid_pg.diagnostics import DIAGNOSTICS_FILE, EVALUATIONS_FILE, read_csv_columns
+from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, read_csv_columns
 
 __all__ = ["plot_lambda", "plot_returns"]
 

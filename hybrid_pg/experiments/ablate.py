@@ -3,7 +3,7 @@
 ``hybrid-pg ablate CONFIG`` reads an ablation file, validates every cell of the grid before
 anything runs, trains the missing runs in parallel worker processes (resumable: a finished run's
 result file is never recomputed, so a second invocation trains nothing) and writes, per
-environment, a table and two figures (see :mod:`hybrid_pg.ablate_report`).
+environment, a table and two figures (see :mod:`hybrid_pg.experiments.ablate_report`).
 
 Ablation file (YAML; ``configs/ablate_pendulum.yaml`` is a full example)::
 
@@ -14,8 +14,10 @@ Ablation file (YAML; ``configs/ablate_pendulum.yaml`` is a full example)::
     eval_episodes: 10              # deterministic evaluation episodes after training (default 10)
     skip_updates: 0                # first updates left out of the gradient-variance medians (default 0)
     reference: reinforce           # the estimator every other one is compared with (default reinforce)
-    algo:                          # HybridPG keywords shared by every cell (the algo section of
-      n_steps: 1024                #   `hybrid-pg train`; policy must stay MlpPolicy)
+    normalize: false               # VecNormalize for every env (default false; an env entry may override)
+    eval_freq: 0                   # env steps between evaluations during training (default 0: only at the end)
+    algo:                          # settings shared by every cell (the algo section of `hybrid-pg
+      n_steps: 1024                #   train`, algorithm included; policy must stay MlpPolicy)
       gamma: 0.9
     envs:                          # required, non-empty; each entry a gymnasium id or a mapping:
       - id: Pendulum-v1            #   id (required)
@@ -28,30 +30,33 @@ Ablation file (YAML; ``configs/ablate_pendulum.yaml`` is a full example)::
       - hybrid                     #   a name x means {name: x, algo: {estimator: x}}
       - reinforce
       - {name: no_bias_correction, algo: {estimator: hybrid, bias_correction: false}}
+      - {name: ppo, algo: {algorithm: ppo}}   # SB3's PPO on the same env, network and normalisation
     fixed_lambdas: [0.25, 0.5]     # shorthand: adds {name: lam<x>, algo: {estimator: hybrid, fixed_lambda: x}}
 
 A cell's HybridPG keywords are the shared ``algo``, then the env entry's ``algo``, then the
 estimator entry's ``algo`` merged over each other (nested mappings such as ``policy_kwargs`` merge
-key by key). Every cell is checked like a ``hybrid-pg train`` config (:mod:`hybrid_pg.config`) and
-by constructing its model, so a bad value fails up front; the error names the key as written in the
-ablation file (e.g. ``estimators[3].algo.fixed_lambda``) and the cell.
+key by key). Every cell is a ``hybrid-pg train`` config (:mod:`hybrid_pg.experiments.config`),
+resolved and its env and model built once by the run engine before anything trains, so a bad value
+fails up front; the error names the key as written in the ablation file (e.g.
+``estimators[3].algo.fixed_lambda``) and the cell.
 
-Runs are :class:`hybrid_pg.benchmark.RunSpec` s labelled ``<env name>__<estimator name>``, stored
-as one JSON per run under ``<out>/runs/``; each is deterministic given its seed. Changing a cell's
-settings changes its runs' keys, so they run again; adding seeds runs only the new ones.
+Runs are trained by the one run engine (:func:`hybrid_pg.experiments.runner.run_grid`), labelled
+``<env name>__<estimator name>``, each in its run directory under ``<out>/runs/`` (named by label,
+seed and a hash of the resolved config); each is deterministic given its seed. A run directory with
+a ``result.json`` is finished and never retrained; changing a cell's settings changes its runs'
+names, so they run again; adding seeds runs only the new ones.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from hybrid_pg.benchmark import RunSpec
-from hybrid_pg.config import ConfigError, check_env, read_config_file, resolve_config
+from hybrid_pg.experiments.config import ConfigError, check_env, read_config_file, resolve_config, sanitise, suggest
+from hybrid_pg.experiments.runner import check_buildable
 
 __all__ = [
     "Ablation",
@@ -72,6 +77,8 @@ TOP_LEVEL_KEYS = (
     "seeds",
     "total_timesteps",
     "eval_episodes",
+    "eval_freq",
+    "normalize",
     "skip_updates",
     "reference",
     "algo",
@@ -110,11 +117,13 @@ class EstimatorEntry:
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One (env, estimator) pair with its merged, validated HybridPG keywords."""
+    """One (env, estimator) pair with its merged, validated settings and its resolved run config
+    (seed: the first of the grid's)."""
 
     env: EnvEntry
     estimator: EstimatorEntry
     algo_kwargs: Dict[str, Any]
+    config: Dict[str, Any]
 
     @property
     def label(self) -> str:
@@ -130,6 +139,7 @@ class Ablation:
     seeds: Tuple[int, ...]
     total_timesteps: int
     eval_episodes: int
+    eval_freq: int
     skip_updates: int
     reference: str
     algo: Dict[str, Any]
@@ -137,22 +147,12 @@ class Ablation:
     estimators: Tuple[EstimatorEntry, ...]
     cells: Tuple[Cell, ...] = ()
 
-    def specs(self) -> List[RunSpec]:
-        """One RunSpec per cell and seed, env by env, estimator by estimator."""
+    def runs(self) -> List[Tuple[str, Dict[str, Any]]]:
+        """(label, resolved run config) per cell and seed, env by env, estimator by estimator."""
         if not self.cells:
             raise ValueError("validate_cells() has not been run on this ablation")
         return [
-            RunSpec(
-                label=cell.label,
-                algo="hybrid_pg",
-                env_id=cell.env.id,
-                seed=seed,
-                total_timesteps=self.total_timesteps,
-                n_envs=cell.env.n_envs,
-                algo_kwargs=cell.algo_kwargs,
-                normalize=cell.env.normalize,
-                eval_episodes=self.eval_episodes,
-            )
+            (cell.label, {**cell.config, "train": {**cell.config["train"], "seed": seed}})
             for cell in self.cells
             for seed in self.seeds
         ]
@@ -177,11 +177,6 @@ class AblationResult:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _suggest(word: Any, candidates: Sequence[str]) -> str:
-    matches = difflib.get_close_matches(word, list(candidates), n=2, cutoff=0.6) if isinstance(word, str) else []
-    return "; did you mean " + " or ".join(repr(m) for m in matches) + "?" if matches else ""
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -224,11 +219,7 @@ def _known_keys(where: str, raw: Mapping[str, Any], known: Sequence[str]) -> Non
     for key in raw:
         if key not in known:
             prefix = f"{where}." if where else ""
-            raise ConfigError(f"{prefix}{key} is not a known key (known: {list(known)}){_suggest(key, known)}")
-
-
-def _sanitise(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "env"
+            raise ConfigError(f"{prefix}{key} is not a known key (known: {list(known)}){suggest(key, known)}")
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
@@ -256,7 +247,7 @@ def _parse_seeds(value: Any) -> Tuple[int, ...]:
     return seeds
 
 
-def _parse_env(index: int, raw: Any) -> EnvEntry:
+def _parse_env(index: int, raw: Any, normalize: bool = False) -> EnvEntry:
     where = f"envs[{index}]"
     if isinstance(raw, str):
         raw = {"id": raw}
@@ -267,10 +258,10 @@ def _parse_env(index: int, raw: Any) -> EnvEntry:
     if not isinstance(raw["id"], str) or not raw["id"]:
         raise ConfigError(f"{where}.id must be a gymnasium id, got {_show(raw['id'])}")
     return EnvEntry(
-        name=_name(f"{where}.name", raw["name"]) if "name" in raw else _sanitise(raw["id"]),
+        name=_name(f"{where}.name", raw["name"]) if "name" in raw else sanitise(raw["id"]),
         id=raw["id"],
         n_envs=_int(f"{where}.n_envs", raw.get("n_envs", 1), 1),
-        normalize=_bool(f"{where}.normalize", raw.get("normalize", False)),
+        normalize=_bool(f"{where}.normalize", raw.get("normalize", normalize)),
         algo=_mapping(f"{where}.algo", raw.get("algo")),
         where=where,
     )
@@ -318,11 +309,12 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
     for key in ("total_timesteps", "envs", "estimators"):
         if key not in raw and not (key == "estimators" and "fixed_lambdas" in raw):
             raise ConfigError(f"{key} is required")
-    name = _name("name", raw.get("name", _sanitise(default_name)))
+    name = _name("name", raw.get("name", sanitise(default_name)))
     output_dir = raw.get("output_dir", f"results/{name}")
     if not isinstance(output_dir, str) or not output_dir:
         raise ConfigError(f"output_dir must be a path, got {_show(output_dir)}")
-    envs = tuple(_parse_env(i, e) for i, e in enumerate(_list("envs", raw["envs"])))
+    normalize = _bool("normalize", raw.get("normalize", False))
+    envs = tuple(_parse_env(i, e, normalize) for i, e in enumerate(_list("envs", raw["envs"])))
     estimators = [_parse_estimator(i, e) for i, e in enumerate(_list("estimators", raw["estimators"]))] if "estimators" in raw else []
     if "fixed_lambdas" in raw:
         estimators += _fixed_lambda_estimators(raw["fixed_lambdas"])
@@ -331,7 +323,7 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
     reference = raw.get("reference", "reinforce")
     names = [e.name for e in estimators]
     if reference not in names:
-        raise ConfigError(f"reference={_show(reference)} is not one of the estimators {names}{_suggest(reference, names)}")
+        raise ConfigError(f"reference={_show(reference)} is not one of the estimators {names}{suggest(reference, names)}")
     if seeds is not None:
         seeds_t = tuple(_int(f"--seeds[{i}]", s, 0) for i, s in enumerate(seeds))
         if not seeds_t or len(set(seeds_t)) != len(seeds_t):
@@ -344,6 +336,7 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
         seeds=seeds_t,
         total_timesteps=_int("total_timesteps", raw["total_timesteps"], 1),
         eval_episodes=_int("eval_episodes", raw.get("eval_episodes", 10), 1),
+        eval_freq=_int("eval_freq", raw.get("eval_freq", 0), 0),
         skip_updates=_int("skip_updates", raw.get("skip_updates", 0), 0),
         reference=reference,
         algo=_mapping("algo", raw.get("algo")),
@@ -377,7 +370,12 @@ def _cell_config(ablation: Ablation, env: EnvEntry, algo: Mapping[str, Any]) -> 
     raw = {
         "env": {"id": env.id, "n_envs": env.n_envs, "normalize": env.normalize},
         "algo": dict(algo),
-        "train": {"total_timesteps": ablation.total_timesteps, "seed": ablation.seeds[0]},
+        "train": {
+            "total_timesteps": ablation.total_timesteps,
+            "seed": ablation.seeds[0],
+            "eval_episodes": ablation.eval_episodes,
+            "eval_freq": ablation.eval_freq,
+        },
     }
     return resolve_config(raw)
 
@@ -390,24 +388,18 @@ def _check_env_entry(ablation: Ablation, env: EnvEntry) -> None:
 
 
 def _check_cell(ablation: Ablation, env: EnvEntry, estimator: EstimatorEntry) -> Cell:
-    """Resolve the cell like a train config and construct its model once (no training)."""
-    from hybrid_pg.cli import build_model, build_vec_env
-
+    """Resolve the cell as a run config and let the run engine build its env and model once."""
     algo = _merge(_merge(ablation.algo, env.algo), estimator.algo)
     try:
         config = _cell_config(ablation, env, algo)
         if config["algo"]["policy"] != "MlpPolicy":
             raise ConfigError(f"algo.policy={config['algo']['policy']!r}: ablation runs use MlpPolicy")
-        vec_env = build_vec_env(config)
-        try:
-            build_model(config, vec_env, Path(ablation.output_dir) / RUNS_SUBDIR)
-        finally:
-            vec_env.close()
+        check_buildable(config)
     except ConfigError as exc:
         raise _cell_error(exc, env, estimator) from exc
-    # the keys as written (validated values), so a run's key only depends on what the file sets
-    kwargs = {k: config["algo"][k] for k in algo if k != "policy"}
-    return Cell(env=env, estimator=estimator, algo_kwargs=kwargs)
+    # the keys as written (validated values), for listing the grid
+    kwargs = {k: config["algo"][k] for k in algo if k in config["algo"] and k != "policy"}
+    return Cell(env=env, estimator=estimator, algo_kwargs=kwargs, config=config)
 
 
 def validate_cells(ablation: Ablation) -> Ablation:
@@ -446,19 +438,19 @@ def run_ablation(
 ) -> AblationResult:
     """Train the missing runs of a validated ablation, then write every env's report.
 
-    :param out_dir: output folder (default: the file's ``output_dir``); results go to ``runs/``.
+    :param out_dir: output folder (default: the file's ``output_dir``); run directories go to ``runs/``.
     :param workers: parallel worker processes (default: all cores; never more than the cores).
     :param progress: show a progress bar while training.
     """
-    from hybrid_pg.ablate_report import write_env_report
-    from hybrid_pg.benchmark import pending, run_all, worker_count
+    from hybrid_pg.experiments.ablate_report import write_env_report
+    from hybrid_pg.experiments.runner import pending, run_grid, worker_count
 
     out = Path(out_dir if out_dir is not None else ablation.output_dir)
     runs_dir = out / RUNS_SUBDIR
-    specs = ablation.specs()
-    todo = pending(specs, str(runs_dir))
+    runs = ablation.runs()
+    todo = pending(runs, runs_dir)
     n_workers = worker_count(workers, len(todo))
-    results = run_all(specs, str(runs_dir), workers=n_workers, progress=progress)
+    results = run_grid(runs, runs_dir, workers=n_workers, progress=progress)
     by_label: Dict[str, List[Dict[str, Any]]] = {}
     for result in results:
         by_label.setdefault(result["spec"]["label"], []).append(result)
@@ -474,4 +466,4 @@ def run_ablation(
             skip_updates=ablation.skip_updates,
             total_timesteps=ablation.total_timesteps,
         )
-    return AblationResult(out_dir=out, runs_total=len(specs), runs_trained=len(todo), workers=n_workers, written=written)
+    return AblationResult(out_dir=out, runs_total=len(runs), runs_trained=len(todo), workers=n_workers, written=written)

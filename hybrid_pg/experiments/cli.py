@@ -7,18 +7,15 @@
     hybrid-pg ablate CONFIG [--workers N] [--out DIR] [--seeds S [S ...]] [--dry-run] [--quiet]
     hybrid-pg bench [--steps N] [--seeds K] [--out DIR] [--env ID] [--n-envs N] [--n-steps N] [--eval-episodes N]
 
-``train`` reads CONFIG (default: the packaged ``default.yaml``, a copy of the repository's
-``configs/default.yaml``; the schema is in :mod:`hybrid_pg.config`), applies the ``--set``
-overrides (dotted keys, YAML values), validates everything (including building one env) and only
-then creates the run directory ``{output.dir}/{output.name or env id}_{estimator}_s{seed}_{timestamp}``
-(or ``--out RUN_DIR``), refusing to reuse a non-empty one. It writes there:
-
-* ``config.yaml``: the resolved config (all defaults filled; ``hybrid-pg train RUN_DIR/config.yaml`` repeats the run);
-* ``progress.csv`` and ``tensorboard/`` (when tensorboard is installed): the SB3 logger's output;
-* ``diagnostics.csv``: one row per update of every ``hybrid/`` scalar (:mod:`hybrid_pg.diagnostics`);
-* ``evaluations.csv``: deterministic evaluation returns (when ``train.eval_freq > 0``);
-* ``model.zip`` (``HybridPG.load``) and ``vecnormalize.pkl`` (when ``env.normalize``);
-* ``returns.png`` and ``lambda.png`` (:mod:`hybrid_pg.plots`).
+``train`` reads CONFIG (default: the packaged ``default.yaml``, which the repository's
+``configs/default.yaml`` links to; the schema is in :mod:`hybrid_pg.experiments.config`), applies
+the ``--set`` overrides (dotted keys, YAML values), validates everything (including building one
+env and the model) and only then creates the run directory
+``{output.dir}/{output.name or env id}_{estimator}_s{seed}_{timestamp}`` (or ``--out RUN_DIR``),
+refusing to reuse a non-empty one. The run engine (:func:`hybrid_pg.experiments.runner.run`)
+writes there ``config.yaml`` (resolved, with package versions and git commit), ``model.zip``
+(+ ``vecnormalize.pkl``), ``progress.csv`` and ``tensorboard/``, ``diagnostics.csv``,
+``evaluations.csv``, ``returns.png``, ``lambda.png`` and, last, ``result.json``.
 
 Non-quiet runs print one line per update (the diagnostics row: steps, training return, lam) and per
 evaluation instead of SB3's per-update table (that goes to progress.csv / tensorboard); the last line
@@ -28,14 +25,15 @@ printed is always the run directory, so ``RUN=$(hybrid-pg train --quiet)`` captu
 returns of several runs in one PNG.
 
 ``ablate`` runs an estimator ablation grid (env x estimator x seed; file format in
-:mod:`hybrid_pg.ablate`): every cell is validated first, missing runs train in parallel worker
+:mod:`hybrid_pg.experiments.ablate`): every cell is validated first, missing runs train in parallel worker
 processes (at most one per core), finished runs are never redone, and per env it writes
 ``table_<env>.md/.csv``, ``runs_<env>.csv``, ``curves_<env>.png`` and ``variance_<env>.png``
-(:mod:`hybrid_pg.ablate_report`). ``--dry-run`` validates and lists the grid without training.
+(:mod:`hybrid_pg.experiments.ablate_report`). ``--dry-run`` validates and lists the grid without training.
 
 ``bench`` times HybridPG against SB3's A2C and PPO with the same env, n_steps and n_envs, runs
 interleaved in one process with one torch thread, and records every run's final deterministic
-return (:func:`hybrid_pg.benchmark.speed_benchmark`); it writes ``bench.json`` and ``bench.md``.
+return (:func:`hybrid_pg.experiments.benchmark.speed_benchmark`); it writes ``bench.json``, ``bench.md``
+and the run directories under ``runs/``.
 
 Exit status: 0 on success, 2 on a usage or configuration error (nothing is trained or written), 130
 when training was interrupted (the model and plots so far are still saved).
@@ -44,214 +42,23 @@ when training was interrupted (the model and plots so far are still saved).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
-import gymnasium as gym
+from hybrid_pg.experiments.config import ConfigError, load_config, run_name
+from hybrid_pg.experiments.runner import RunDirError, run
 
-from hybrid_pg.config import (
-    ConfigError,
-    dump_config,
-    import_env_plugins,
-    load_config,
-    policy_kwargs_for_model,
-    run_name,
-)
-
-__all__ = ["TrainResult", "UsageError", "build_model", "build_parser", "build_vec_env", "main", "make_env", "train_from_config"]
+__all__ = ["UsageError", "build_parser", "main"]
 
 PROG = "hybrid-pg"
-EVAL_SEED_OFFSET = 10_000  # the evaluation env's seed is train.seed + this
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
-    """A command-line problem other than the config itself (e.g. an existing run directory)."""
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What :func:`train_from_config` did."""
-
-    run_dir: Path
-    timesteps: int
-    wall_time_s: float
-    interrupted: bool
-
-
-# ------------------------------------------------------------------------------------------------
-# building blocks (also used by later subcommands)
-# ------------------------------------------------------------------------------------------------
-
-
-def make_env(env_id: str, wrappers: Sequence[Mapping[str, Any]] = (), **env_kwargs: Any) -> gym.Env:
-    """``gym.make`` after importing ``hybrid_pg_envs``, then the config's wrappers: picklable, so
-    ``hybrid_pg/`` ids also work in SubprocVecEnv workers started with spawn/forkserver."""
-    from hybrid_pg.config import apply_wrappers
-
-    import_env_plugins()
-    return apply_wrappers(gym.make(env_id, **env_kwargs), wrappers)
-
-
-def build_vec_env(config: Mapping[str, Any], evaluation: bool = False):
-    """The training VecEnv (``env.n_envs`` Monitor-wrapped copies, VecNormalize if asked), or with
-    ``evaluation=True`` one in-process copy seeded apart, with a frozen VecNormalize (synced from
-    the training env before each evaluation) that leaves rewards raw."""
-    import functools
-
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
-
-    env_cfg, seed = config["env"], config["train"]["seed"]
-    subproc = env_cfg["vec_env"] == "subproc" and not evaluation
-    venv = make_vec_env(
-        functools.partial(make_env, env_cfg["id"], env_cfg["wrappers"]),
-        n_envs=1 if evaluation else env_cfg["n_envs"],
-        seed=seed + EVAL_SEED_OFFSET if evaluation else seed,
-        env_kwargs=env_cfg["env_kwargs"],
-        vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
-    )
-    if env_cfg["normalize"]:
-        gamma = config["algo"].get("gamma", 0.99)
-        if evaluation:
-            venv = VecNormalize(venv, training=False, norm_reward=False, gamma=gamma)
-        else:
-            venv = VecNormalize(venv, gamma=gamma)
-    return venv
-
-
-def _tensorboard_available() -> bool:
-    from stable_baselines3.common import logger as sb3_logger
-
-    return getattr(sb3_logger, "SummaryWriter", None) is not None
-
-
-def build_model(config: Mapping[str, Any], vec_env, run_dir: Path, verbose: int = 0):
-    """HybridPG from the ``algo`` section; a rejected hyperparameter becomes a :class:`ConfigError`
-    naming ``algo.<key>``. Creates nothing on disk."""
-    from hybrid_pg.hybrid_pg import HybridPG
-
-    algo = dict(config["algo"])
-    policy = algo.pop("policy")
-    policy_kwargs = policy_kwargs_for_model(algo.pop("policy_kwargs"))
-    try:
-        return HybridPG(
-            policy,
-            vec_env,
-            policy_kwargs=policy_kwargs,
-            seed=config["train"]["seed"],
-            verbose=verbose,
-            tensorboard_log=str(run_dir / "tensorboard") if _tensorboard_available() else None,
-            **algo,
-        )
-    except ValueError as exc:
-        raise ConfigError(_explain_model_error(exc, algo)) from exc
-    except TypeError as exc:
-        if "keyword argument" not in str(exc):
-            raise
-        raise ConfigError(f"algo.policy_kwargs={policy_kwargs!r} rejected by the policy: {exc}") from exc
-
-
-def _explain_model_error(exc: Exception, algo: Mapping[str, Any]) -> str:
-    """HybridPG's messages start with ``name=value:``; prefix the section to make a dotted key."""
-    message = str(exc)
-    match = re.match(r"(\w+)=", message)
-    if match and (match.group(1) in algo or match.group(1) == "policy"):
-        return f"algo.{message}"
-    return f"HybridPG rejected this config: {message}"
-
-
-def _make_logger(run_dir: Path):
-    from stable_baselines3.common.logger import Logger, make_output_format
-
-    formats = [make_output_format("csv", str(run_dir))]
-    if _tensorboard_available():
-        formats.append(make_output_format("tensorboard", str(run_dir / "tensorboard")))
-    return Logger(folder=str(run_dir), output_formats=formats)
-
-
-def _check_run_dir_free(run_dir: Path) -> None:
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise UsageError(f"run directory {run_dir} already exists; refusing to overwrite it (pick another --out or output.name)")
-
-
-def train_from_config(config: Mapping[str, Any], run_dir: Path, quiet: bool = False) -> TrainResult:
-    """Train, save and plot one run of a resolved, env-checked config (see :func:`hybrid_pg.config.load_config`).
-
-    The env and model are built (so every config error surfaces) before ``run_dir`` is created;
-    ``run_dir`` must not exist or be empty.
-    """
-    from stable_baselines3.common.callbacks import CallbackList
-
-    from hybrid_pg.diagnostics import DIAGNOSTICS_FILE, EVALUATIONS_FILE, DiagnosticsCallback, EvalCSVCallback
-    from hybrid_pg.plots import plot_lambda, plot_returns
-
-    import torch as th
-
-    run_dir = Path(run_dir)
-    _check_run_dir_free(run_dir)
-    train_cfg = config["train"]
-    # small MLPs gain nothing from intra-op threads, and on a busy machine they lose a lot
-    th.set_num_threads(train_cfg["torch_threads"])
-    vec_env = build_vec_env(config)
-    eval_env = None
-    try:
-        model = build_model(config, vec_env, run_dir, verbose=0 if quiet else 1)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, run_dir / "config.yaml")
-        model.set_logger(_make_logger(run_dir))
-        callbacks: List[Any] = [
-            DiagnosticsCallback(run_dir / DIAGNOSTICS_FILE, print_progress=not quiet, total_timesteps=train_cfg["total_timesteps"])
-        ]
-        if train_cfg["eval_freq"] > 0:
-            eval_env = build_vec_env(config, evaluation=True)
-            callbacks.append(
-                EvalCSVCallback(
-                    eval_env,
-                    train_cfg["eval_freq"],
-                    run_dir / EVALUATIONS_FILE,
-                    n_eval_episodes=train_cfg["eval_episodes"],
-                    print_progress=not quiet,
-                )
-            )
-        if not quiet:
-            _print_header(config, run_dir)
-        interrupted, t0 = False, time.perf_counter()
-        try:
-            model.learn(train_cfg["total_timesteps"], callback=CallbackList(callbacks), progress_bar=train_cfg["progress_bar"] and not quiet)
-        except KeyboardInterrupt:
-            interrupted = True
-        wall = time.perf_counter() - t0
-        model.logger.dump(model.num_timesteps)  # SB3 dumps before train(): flush the last update's values
-        model.logger.close()
-        model.save(run_dir / "model.zip")
-        if config["env"]["normalize"]:
-            vec_env.save(str(run_dir / "vecnormalize.pkl"))
-    finally:
-        vec_env.close()
-        if eval_env is not None:
-            eval_env.close()
-    plot_returns([run_dir], run_dir / "returns.png")
-    plot_lambda(run_dir, run_dir / "lambda.png")
-    if not quiet:
-        state = "interrupted after" if interrupted else "trained"
-        print(f"{state} {model.num_timesteps} steps in {wall:.1f} s; wrote {', '.join(sorted(p.name for p in run_dir.iterdir()))}")
-    return TrainResult(run_dir=run_dir, timesteps=int(model.num_timesteps), wall_time_s=wall, interrupted=interrupted)
-
-
-def _print_header(config: Mapping[str, Any], run_dir: Path) -> None:
-    algo, env = config["algo"], config["env"]
-    print(
-        f"{PROG}: HybridPG(estimator={algo.get('estimator')}, pathwise_source={algo.get('pathwise_source')}) on "
-        f"{env['id']} x{env['n_envs']}{' (VecNormalize)' if env['normalize'] else ''}, "
-        f"{config['train']['total_timesteps']} steps, seed {config['train']['seed']}"
-    )
-    print(f"run directory: {run_dir}", flush=True)
+    """A command-line problem other than the config itself."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,20 +72,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out)
     else:
         run_dir = Path(config["output"]["dir"]) / run_name(config, time.strftime("%Y%m%d-%H%M%S"))
-    _check_run_dir_free(run_dir)  # before building anything
-    result = train_from_config(config, run_dir, quiet=args.quiet)
+    result = run(config, run_dir, quiet=args.quiet)
     print(result.run_dir)
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from hybrid_pg.ablate import load_ablation, run_ablation
-    from hybrid_pg.benchmark import available_cores, pending
+    from hybrid_pg.experiments.ablate import RUNS_SUBDIR, load_ablation, run_ablation
+    from hybrid_pg.experiments.runner import available_cores, pending
 
     ablation = load_ablation(args.config, seeds=args.seeds)
     out = Path(args.out) if args.out is not None else Path(ablation.output_dir)
-    specs = ablation.specs()
-    todo = pending(specs, str(out / "runs"))
+    specs = ablation.runs()
+    todo = pending(specs, out / RUNS_SUBDIR)
     if args.workers is not None and args.workers > available_cores() and not args.quiet:
         print(f"{PROG}: --workers {args.workers} capped at the {available_cores()} available cores", file=sys.stderr)
     if not args.quiet or args.dry_run:
@@ -288,7 +94,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         )
     if args.dry_run:
         for cell in ablation.cells:
-            print(f"  {cell.label}: {cell.env.id} x{cell.env.n_envs} {cell.algo_kwargs}")
+            print(f"  {cell.label}: {cell.env.id} x{cell.env.n_envs} {cell.config['algo']['algorithm']} {cell.algo_kwargs}")
         return 0
     result = run_ablation(ablation, out, workers=args.workers, progress=not args.quiet)
     if not args.quiet:
@@ -300,8 +106,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from hybrid_pg.benchmark import SpeedSettings, speed_benchmark, write_speed_report
-    from hybrid_pg.config import check_env, resolve_config
+    from hybrid_pg.experiments.benchmark import SpeedSettings, speed_benchmark, write_speed_report
+    from hybrid_pg.experiments.config import check_env, resolve_config
 
     try:
         settings = SpeedSettings(
@@ -311,7 +117,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     # the env must exist and suit HybridPG before anything is timed
     check_env(resolve_config({"env": {"id": args.env}, "train": {"total_timesteps": args.steps}}))
-    report = speed_benchmark(settings, log=None if args.quiet else print)
+    report = speed_benchmark(settings, log=None if args.quiet else print, runs_dir=Path(args.out) / "runs")
     for path in write_speed_report(report, args.out):
         print(path)
     return 0
@@ -337,7 +143,7 @@ _seed = _int_at_least(0, "an integer seed")
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from hybrid_pg.plots import plot_lambda, plot_returns
+    from hybrid_pg.experiments.plots import plot_lambda, plot_returns
 
     run_dirs = [Path(d) for d in args.run_dirs]
     for run_dir in run_dirs:
@@ -410,7 +216,7 @@ def _add_ablate_parser(commands) -> None:
         "ablate",
         help="run an estimator ablation grid (env x estimator x seed) and report it",
         description=(
-            "Validate every cell of an ablation file (format: see hybrid_pg/ablate.py or configs/ablate_pendulum.yaml), "
+            "Validate every cell of an ablation file (format: see hybrid_pg/experiments/ablate.py or configs/ablate_pendulum.yaml), "
             "train the runs not done yet in parallel worker processes (resumable: finished runs are skipped) and write, "
             "per env, table_<env>.md/.csv (final return, area under the learning curve and gradient variance: mean and "
             "IQM with 95% bootstrap CIs, comparisons with the reference estimator), curves_<env>.png and variance_<env>.png."
@@ -455,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, RunDirError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -2,9 +2,9 @@
 
 ::
 
-    python -m hybrid_pg.zoo train --algo hybrid_pg --env Pendulum-v1 -conf configs/zoo/hybrid_pg.yml [zoo options ...]
-    python -m hybrid_pg.zoo train --algo hybrid_pg --env Pendulum-v1 -conf configs/zoo/hybrid_pg.yml -optimize --n-trials 20
-    python -m hybrid_pg.zoo enjoy --algo hybrid_pg --env Pendulum-v1 -f logs --no-render
+    python -m hybrid_pg.experiments.zoo train --algo hybrid_pg --env Pendulum-v1 -conf configs/zoo/hybrid_pg.yml [zoo options ...]
+    python -m hybrid_pg.experiments.zoo train --algo hybrid_pg --env Pendulum-v1 -conf configs/zoo/hybrid_pg.yml -optimize --n-trials 20
+    python -m hybrid_pg.experiments.zoo enjoy --algo hybrid_pg --env Pendulum-v1 -f logs --no-render
 
 Everything after the command goes to the zoo's own ``train`` / ``enjoy`` unchanged (see their
 ``--help``). Before dispatching, :func:`register` makes the zoo know HybridPG:
@@ -120,7 +120,7 @@ def register() -> None:
         raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
 
     from hybrid_pg import HybridPG
-    from hybrid_pg.config import import_env_plugins
+    from hybrid_pg.experiments.config import import_env_plugins
 
     import_env_plugins()
     # rl_zoo3.ALGOS is rl_zoo3.utils.ALGOS: the one table train, enjoy and the experiment manager read
@@ -156,9 +156,9 @@ def _entry_point(command: str) -> Callable[[], Any]:
 
 def _usage() -> str:
     return (
-        f"usage: python -m hybrid_pg.zoo {{{','.join(COMMANDS)}}} [rl_zoo3 options ...]\n"
-        f"  e.g. python -m hybrid_pg.zoo train --algo {ALGO_NAME} --env Pendulum-v1 -conf configs/zoo/hybrid_pg.yml\n"
-        "  (python -m hybrid_pg.zoo train --help lists the zoo's options)"
+        f"usage: python -m hybrid_pg.experiments.zoo {{{','.join(COMMANDS)}}} [rl_zoo3 options ...]\n"
+        f"  e.g. python -m hybrid_pg.experiments.zoo train --algo {ALGO_NAME} --env Pendulum-v1 -conf configs/zoo/hybrid_pg.yml\n"
+        "  (python -m hybrid_pg.experiments.zoo train --help lists the zoo's options)"
     )
 
 
@@ -170,14 +170,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"python -m hybrid_pg.zoo: error: unknown command {command!r} (choose from {', '.join(COMMANDS)})\n{_usage()}", file=sys.stderr)
+        print(f"python -m hybrid_pg.experiments.zoo: error: unknown command {command!r} (choose from {', '.join(COMMANDS)})\n{_usage()}", file=sys.stderr)
         return 2
     try:
         register()
     except ImportError as exc:
-        print(f"python -m hybrid_pg.zoo: error: {exc}", file=sys.stderr)
+        print(f"python -m hybrid_pg.experiments.zoo: error: {exc}", file=sys.stderr)
         return 2
-    with _argv([f"python -m hybrid_pg.zoo {command}", *rest]):
+    with _argv([f"python -m hybrid_pg.experiments.zoo {command}", *rest]):
         _entry_point(command)()
     return 0
 
