@@ -111,16 +111,7 @@ def _cycle(graph: Dict[str, Set[str]]):
 
 @pytest.mark.parametrize(
     "scope",
-    [
-        "hybrid_pg.experiments",
-        pytest.param(
-            "hybrid_pg",
-            # at 5334aec oracle.py imports HybridPG (function level) for a type check while
-            # hybrid_pg.py imports the oracle; the library refactor removes that arrow. strict: this
-            # marker fails as soon as the cycle is gone, so it cannot outlive it.
-            marks=pytest.mark.xfail(reason="library cycle hybrid_pg.hybrid_pg <-> hybrid_pg.oracle (library side)", strict=True),
-        ),
-    ],
+    ["hybrid_pg.experiments", "hybrid_pg", "hybrid_pg_envs"],
 )
 def test_no_import_cycles(scope):
     graph = {k: {d for d in v if d.startswith(scope)} for k, v in _own_graph().items() if k.startswith(scope)}
