@@ -36,6 +36,7 @@ def per_sample_group_moments(
     log_std: th.Tensor,
     per_sample: Sequence[th.Tensor],
     chunk_size: int = 256,
+    blocks: Optional[Any] = None,
 ) -> Dict[str, BatchMoments]:
     """Moments of the per-sample gradients of ``fn`` w.r.t. the head parameters and ``log_std``.
 
@@ -44,24 +45,41 @@ def per_sample_group_moments(
     :param head: the module whose parameters form the "mean" group.
     :param log_std: the log_std parameter ("log_std" group).
     :param per_sample: tensors with a leading sample dimension N, vmapped over.
+    :param blocks: optional block label per sample (contiguous blocks, see
+        :func:`hybrid_pg.correlation.block_ids`); chunks then end at block boundaries, so every
+        block lies in one chunk and the merged moments carry exact batch-means statistics.
     :return: {"mean": BatchMoments, "log_std": BatchMoments, "global": BatchMoments}.
     """
     params = {k: v.detach() for k, v in head.named_parameters()}
     names = list(params)
     grad_fn = vmap(jacrev(fn, argnums=(0, 1)), in_dims=(None, None, *([0] * len(per_sample))))
     n = per_sample[0].shape[0]
+    labels = None if blocks is None else th.as_tensor(blocks).reshape(-1).cpu()
     acc: Dict[str, BatchMoments] = {}
-    for start in range(0, n, max(1, int(chunk_size))):
-        chunk = [t[start : start + chunk_size] for t in per_sample]
+    for start, stop in _chunk_bounds(n, max(1, int(chunk_size)), labels):
+        chunk = [t[start:stop] for t in per_sample]
         d_head, d_log_std = grad_fn(params, log_std.detach(), *chunk)
         # each entry: (chunk, 2, *param_shape) -> (chunk, 2, numel)
         mean_part = th.cat([d_head[k].reshape(d_head[k].shape[0], 2, -1) for k in names], dim=2)
         std_part = d_log_std.reshape(d_log_std.shape[0], 2, -1)
         for group, g in (("mean", mean_part), ("log_std", std_part)):
-            m = BatchMoments.from_samples(g[:, 0].double(), g[:, 1].double())
+            m = BatchMoments.from_samples(g[:, 0].double(), g[:, 1].double(), blocks=None if labels is None else labels[start:stop])
             acc[group] = m if group not in acc else acc[group].merge(m)
     acc["global"] = BatchMoments.concat([acc[g] for g in GROUPS])
     return acc
+
+
+def _chunk_bounds(n: int, chunk_size: int, labels: Optional[th.Tensor]) -> Iterable[Tuple[int, int]]:
+    """[start, stop) ranges of about ``chunk_size`` samples; with block labels each range is
+    extended to the end of the block it would cut."""
+    start = 0
+    while start < n:
+        stop = min(start + chunk_size, n)
+        if labels is not None:
+            while stop < n and labels[stop] == labels[stop - 1]:
+                stop += 1
+        yield start, stop
+        start = stop
 
 
 def all_finite(moments: Iterable[BatchMoments]) -> bool:
