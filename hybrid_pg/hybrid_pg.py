@@ -340,6 +340,11 @@ class HybridPG(OnPolicyAlgorithm):
             return {"mean": lam["global"], "log_std": lam["global"], "global": lam["global"]}
         return lam
 
+    @property
+    def gradient_batch_size(self) -> int:
+        """B of the weight rule's bias term (see :meth:`_gradient_batch_size`)."""
+        return self._gradient_batch_size()
+
     def _gradient_batch_size(self) -> int:
         """B of the bias-aware rule: the rollout size, floored at ``bias_min_samples``.
 

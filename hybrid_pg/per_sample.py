@@ -185,19 +185,16 @@ def outer_product_group_moments(
     block_index = None
     if blocks is not None:
         _, block_index, block_len = th.unique(th.as_tensor(blocks, device=mean.device).reshape(-1), return_inverse=True, return_counts=True)
-        onehot = th.nn.functional.one_hot(block_index, int(block_len.shape[0])).double()  # (n, K)
+        padded = _padded_block_rows(block_index, block_len)
         lr = [0.0, 0.0, 0.0]
     for layer, h, dp, dm in zip(linears, inputs, deltas_path, deltas_score):
         h, dp, dm = h.detach().double(), dp.double(), dm.double()
         if block_index is not None:
-            # per-block sums of the outer products: (K, out, in) = sum_{i in j} delta_i h_i^T
+            # ||sum_{i in j} delta_i h_i^T||^2 = sum_{i,i' in j} <delta_i, delta_i'> <h_i, h_i'>: Gram
+            # matrices within each block, O(n L (out + in)) without forming any outer product
             hb = th.cat([h, th.ones_like(h[:, :1])], 1) if layer.bias is not None else h
-            sp = th.einsum("nk,no,ni->koi", onehot, dp, hb).reshape(onehot.shape[1], -1)
-            sm = th.einsum("nk,no,ni->koi", onehot, dm, hb).reshape(onehot.shape[1], -1)
-            inv = 1.0 / block_len.double()
-            lr[0] += float(((sp * sp).sum(1) * inv).sum())
-            lr[1] += float(((sm * sm).sum(1) * inv).sum())
-            lr[2] += float(((sp * sm).sum(1) * inv).sum())
+            for k, (a, b) in enumerate(((dp, dp), (dm, dm), (dp, dm))):
+                lr[k] += _block_gram_sum(padded, block_len, a, b, hb)
         h_sq = (h * h).sum(1) + (1.0 if layer.bias is not None else 0.0)
         sum_pp += float(((dp * dp).sum(1) * h_sq).sum())
         sum_mm += float(((dm * dm).sum(1) * h_sq).sum())
@@ -219,6 +216,28 @@ def outer_product_group_moments(
         )
     std_part = BatchMoments.from_samples(v_path.double(), v_score.double(), blocks=None if blocks is None else block_index.cpu())
     return {"mean": mean_part, "log_std": std_part, "global": BatchMoments.concat([mean_part, std_part])}
+
+
+def _padded_block_rows(block_index: th.Tensor, block_len: th.Tensor) -> th.Tensor:
+    """(K, L_max) sample indices of each block, padded with n (a zero row appended by the caller)."""
+    n, k, l_max = block_index.shape[0], int(block_len.shape[0]), int(block_len.max())
+    order = th.argsort(block_index, stable=True)
+    starts = th.cumsum(block_len, 0) - block_len
+    pos = th.arange(n, device=block_index.device) - starts[block_index[order]]
+    rows = th.full((k, l_max), n, dtype=th.long, device=block_index.device)
+    rows[block_index[order], pos] = order
+    return rows
+
+
+def _block_gram_sum(rows: th.Tensor, block_len: th.Tensor, a: th.Tensor, b: th.Tensor, h: th.Tensor) -> float:
+    """sum_j (1 / L_j) <sum_{i in j} a_i h_i^T, sum_{i in j} b_i h_i^T> over the blocks ``rows``."""
+
+    def gather(x: th.Tensor) -> th.Tensor:
+        return th.cat([x, x.new_zeros(1, x.shape[1])])[rows]  # (K, L_max, dim)
+
+    ga, gb, gh = gather(a), gather(b), gather(h)
+    gram = th.bmm(ga, gb.transpose(1, 2)) * th.bmm(gh, gh.transpose(1, 2))
+    return float((gram.sum((1, 2)) / block_len.double()).sum())
 
 
 def _moments_from_sums(n: int, mean_p: th.Tensor, mean_m: th.Tensor, sum_pp: float, sum_mm: float, sum_pm: float) -> BatchMoments:

@@ -9,6 +9,7 @@ reduces the per-sample parameter gradients of both surrogates to the window's mo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional
 
@@ -77,6 +78,16 @@ def prepare_batch(
             pi_features=policy.extract_features(obs, policy.pi_features_extractor),
             context=source.context(policy, obs, actions, generator=generator),
         )
+
+
+def subset_batch(batch: RolloutBatch, idx: th.Tensor) -> RolloutBatch:
+    """Rows ``idx`` of a batch (its advantages stay normalised over the whole batch)."""
+    return dataclasses.replace(
+        batch,
+        obs=index_obs(batch.obs, idx),
+        context=index_context(batch.context, idx),
+        **{k: getattr(batch, k)[idx] for k in ("actions", "old_log_prob", "returns", "adv", "mean_old", "eps", "pi_features")},
+    )
 
 
 def index_obs(obs: Any, idx: th.Tensor) -> Any:
