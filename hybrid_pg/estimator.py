@@ -349,7 +349,7 @@ class BatchMoments:
             ss_cross=self.ss_cross + other.ss_cross + k * float(dp @ dm),
             # blocks never straddle chunks, and sum_j L_j = n, so the same Chan term applies; both
             # chunks need blocks, else the merged batch has none
-            n_blocks=self.n_blocks + other.n_blocks if self.has_blocks and other.has_blocks else 0,
+            n_blocks=self.n_blocks + other.n_blocks if self.n_blocks > 0 and other.n_blocks > 0 else 0,
             lr_ss_path=self.lr_ss_path + other.lr_ss_path + k * float(dp @ dp),
             lr_ss_score=self.lr_ss_score + other.lr_ss_score + k * float(dm @ dm),
             lr_ss_cross=self.lr_ss_cross + other.lr_ss_cross + k * float(dp @ dm),

@@ -38,7 +38,7 @@ from hybrid_pg.estimator import BatchMoments, LambdaEstimate
 from hybrid_pg.oracle import Oracle, OracleEnv, check_oracle_env
 from hybrid_pg.per_sample import GROUPS, all_finite
 from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy
-from hybrid_pg.rollout import RolloutBatch, check_rollout_finite, index_context, index_obs, minibatches, prepare_batch, rollout_group_moments
+from hybrid_pg.rollout import RolloutBatch, check_rollout_finite, rollout_blocks, index_context, index_obs, minibatches, prepare_batch, rollout_group_moments
 from hybrid_pg.settings import DEPRECATED_ALIASES, HybridPGSettings, check_rollout_shape, settings_docs, validate_settings
 from hybrid_pg.sources import PathwiseSource, choose_source
 from hybrid_pg.surrogates import ActorHead, gaussian_entropy, gaussian_kl, gaussian_log_prob, scale_gradient
@@ -352,6 +352,11 @@ class HybridPG(OnPolicyAlgorithm):
             return {"mean": lam["global"], "log_std": lam["global"], "global": lam["global"]}
         return lam
 
+    @property
+    def gradient_batch_size(self) -> int:
+        """B of the weight rule's bias term (see :meth:`_gradient_batch_size`)."""
+        return self._gradient_batch_size()
+
     def _gradient_batch_size(self) -> int:
         """B of the bias-aware rule: the rollout size, floored at ``bias_min_samples``.
 
@@ -396,7 +401,11 @@ class HybridPG(OnPolicyAlgorithm):
 
         # -- statistics of this rollout (they join the window only after the update) ---------------
         t_stats = time.perf_counter()
-        moments = rollout_group_moments(self.policy, self.actor_head, self.pathwise, batch, chunk_size=s.stats_chunk_size)
+        # blocks of the env-major rollout (cut at episode starts): the moments carry long-run
+        # variances, which the weight rule's bias UCL and the window's ESS use
+        moments = rollout_group_moments(
+            self.policy, self.actor_head, self.pathwise, batch, chunk_size=s.stats_chunk_size, blocks=rollout_blocks(self.rollout_buffer)
+        )
         stats_time = time.perf_counter() - t_stats
         stats_ok = moments is not None and all_finite(moments.values())
         if not stats_ok and s.estimator == "hybrid" and s.fixed_lambda is None:

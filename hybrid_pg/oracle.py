@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import gymnasium as gym
@@ -35,8 +36,10 @@ from stable_baselines3.common.preprocessing import is_image_space, is_image_spac
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, VecTransposeImage, unwrap_vec_wrapper
 
-from hybrid_pg.estimator import LambdaEstimate
-from hybrid_pg.rollout import prepare_batch, rollout_group_moments
+from hybrid_pg.correlation import block_ids, default_block_length
+from hybrid_pg.estimator import BatchMoments, LambdaEstimate
+from hybrid_pg.rollout import prepare_batch, rollout_group_moments, subset_batch
+from hybrid_pg.weight_rule import OracleLambdas, oracle_lambdas
 from hybrid_pg.surrogates import gaussian_log_prob
 from hybrid_pg_envs.clock import env_clock, has_clock, sync_clock
 from hybrid_pg_envs.differentiable import find_differentiable_model
@@ -121,6 +124,45 @@ def _as_vec_env(env: OracleEnv, algorithm: Algorithm) -> VecEnv:
     return env
 
 
+#: parts the oracle batch is cut into for the jackknife SEs of lam* (contiguous runs of whole blocks)
+ORACLE_PARTS = 16
+
+
+@dataclass(frozen=True)
+class OracleEstimate:
+    """The oracle's reference weights for one batch.
+
+    :ivar lam: the reference the applied weight is scored against (``hybrid/oracle_lambda``):
+        the variance-optimal lam* for an exact source (it has no bias, so that is the best weight)
+        or when the run has ``bias_correction=False``, else (a learned source) the MSE-optimal
+        weight at the training batch size.
+    :ivar kind: "var" or "mse": which of the two ``lam`` is.
+    :ivar lambdas: both, with jackknife standard errors over the batch's parts.
+    :ivar pooled: the algorithm's own weight estimate on the whole batch (its moments: var_path,
+        var_score, cov, degenerate); attributes not defined here are read from it.
+    """
+
+    lam: float
+    kind: str
+    lambdas: OracleLambdas
+    pooled: LambdaEstimate
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("pooled", "__setstate__") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.pooled, name)
+
+
+def oracle_parts(n_envs: int, n_steps: int, episode_starts: Any = None, n_parts: int = ORACLE_PARTS) -> Tuple[np.ndarray, np.ndarray]:
+    """(part label, block label) per env-major sample: about ``n_parts`` contiguous parts, each a run
+    of whole blocks of one env's trajectory (parts do not cut blocks, so merged parts keep exact
+    batch-means statistics)."""
+    small = default_block_length(n_steps)
+    per_env = max(1, math.ceil(n_parts / n_envs))
+    part_len = small * math.ceil(math.ceil(n_steps / small) / per_env)
+    return block_ids(n_envs, n_steps, block_len=part_len), block_ids(n_envs, n_steps, block_len=small, episode_starts=episode_starts)
+
+
 def _require_clock(venv: VecEnv, which: str) -> None:
     if not has_clock(venv):
         raise ValueError(
@@ -151,7 +193,7 @@ class OracleLambda:
     """Oracle batches for ``algorithm`` and the lam* they give (see the module docstring).
 
     Uses the algorithm's public API only: ``policy``, ``pathwise`` (the source), ``settings``,
-    ``rollout_clock``, ``n_rollouts_trained``, ``weight_estimate``.
+    ``rollout_clock``, ``n_rollouts_trained``, ``weight_estimate``, ``gradient_batch_size``.
     """
 
     def __init__(self, algorithm: Algorithm, env: OracleEnv, n_samples: int, frozen_clock: Optional[int] = None) -> None:
@@ -193,9 +235,12 @@ class OracleLambda:
         model = find_differentiable_model(self.env)
         return source if model is None else source.with_model(model.to(self.algorithm.device))
 
-    def estimate(self) -> Optional[LambdaEstimate]:
+    def estimate(self) -> Optional[OracleEstimate]:
         """lam* from a fresh batch at the current policy (None when its gradients are not finite).
 
+        The moments are computed part by part (:func:`oracle_parts`, with long-run block statistics
+        inside each part); :func:`hybrid_pg.weight_rule.oracle_lambdas` merges them into the
+        variance- and MSE-optimal lam* and a delete-one-part jackknife gives their standard errors.
         The training run's RNG streams are restored afterwards, whatever happens."""
         algorithm = self.algorithm
         np_state, th_state = np.random.get_state(), th.get_rng_state()
@@ -207,18 +252,43 @@ class OracleLambda:
             self.calls += 1
             generator = th.Generator(device=algorithm.device).manual_seed(seed)
             self.env.seed(seed)
-            data = self._rollout(generator)
+            data, episode_starts = self._rollout(generator)
             source = self._source()
             batch = prepare_batch(algorithm.policy, source, data, algorithm.settings.normalize_advantage, generator=generator)
-            moments = rollout_group_moments(
-                algorithm.policy, algorithm.actor_head, source, batch, chunk_size=algorithm.settings.stats_chunk_size
-            )
+            parts = self._part_moments(source, batch, episode_starts)
         finally:
             np.random.set_state(np_state)
             th.set_rng_state(th_state)
-        if moments is None:
+        if parts is None:
             return None
-        return algorithm.weight_estimate(moments["global"])
+        merged = parts[0]
+        for part in parts[1:]:
+            merged = merged.merge(part)
+        settings = algorithm.settings
+        lambdas = oracle_lambdas(parts, batch_size=algorithm.gradient_batch_size, bounds=settings.lambda_bounds)
+        # the variance-optimal weight is the best one for an exact source, and the one a rule
+        # without bias correction aims at; a learned source's best weight is the MSE-optimal one
+        use_var = bool(getattr(source, "exact", False)) or not settings.bias_correction
+        return OracleEstimate(
+            lam=lambdas.lam_var if use_var else lambdas.lam_mse, kind="var" if use_var else "mse", lambdas=lambdas,
+            pooled=algorithm.weight_estimate(merged),
+        )
+
+    def _part_moments(self, source: Any, batch: Any, episode_starts: np.ndarray) -> Optional[list]:
+        """Global-group moments of each part of the batch (None when any is not finite)."""
+        algorithm = self.algorithm
+        part_labels, block_labels = oracle_parts(self.env.num_envs, self.n_steps, episode_starts)
+        parts: list[BatchMoments] = []
+        for label in np.unique(part_labels):
+            idx = np.flatnonzero(part_labels == label)
+            moments = rollout_group_moments(
+                algorithm.policy, algorithm.actor_head, source, subset_batch(batch, th.as_tensor(idx, device=batch.actions.device)),
+                chunk_size=algorithm.settings.stats_chunk_size, blocks=block_labels[idx],
+            )
+            if moments is None:
+                return None
+            parts.append(moments["global"])
+        return parts
 
     @th.no_grad()
     def _rollout(self, generator: th.Generator) -> Any:
@@ -254,7 +324,8 @@ class OracleLambda:
             buffer.add(obs, actions_np, rewards, episode_starts, values, log_prob)
             obs, episode_starts = new_obs, dones
         buffer.compute_returns_and_advantage(last_values=policy.predict_values(obs_as_tensor(obs, algorithm.device)), dones=dones)
-        return next(buffer.get(batch_size=None))
+        episode_starts = buffer.episode_starts.copy()
+        return next(buffer.get(batch_size=None)), episode_starts
 
 
 class Oracle:
@@ -270,7 +341,7 @@ class Oracle:
     def due(self) -> bool:
         return bool(self.freq) and self.algorithm.n_rollouts_trained % self.freq == 0
 
-    def estimates(self) -> Tuple[Optional[LambdaEstimate], Optional[LambdaEstimate]]:
+    def estimates(self) -> Tuple[Optional[OracleEstimate], Optional[OracleEstimate]]:
         """(live, frozen) lam* estimates now; call before the update (the policy of the rollout)."""
         if self._live is None:
             self._live = OracleLambda(self.algorithm, self.env_spec, self.n_samples)

@@ -36,6 +36,7 @@ def per_sample_group_moments(
     log_std: th.Tensor,
     per_sample: Sequence[th.Tensor],
     chunk_size: int = 256,
+    blocks: Optional[Any] = None,
 ) -> Dict[str, BatchMoments]:
     """Moments of the per-sample gradients of ``fn`` w.r.t. the head parameters and ``log_std``.
 
@@ -44,24 +45,41 @@ def per_sample_group_moments(
     :param head: the module whose parameters form the "mean" group.
     :param log_std: the log_std parameter ("log_std" group).
     :param per_sample: tensors with a leading sample dimension N, vmapped over.
+    :param blocks: optional block label per sample (contiguous blocks, see
+        :func:`hybrid_pg.correlation.block_ids`); chunks then end at block boundaries, so every
+        block lies in one chunk and the merged moments carry exact batch-means statistics.
     :return: {"mean": BatchMoments, "log_std": BatchMoments, "global": BatchMoments}.
     """
     params = {k: v.detach() for k, v in head.named_parameters()}
     names = list(params)
     grad_fn = vmap(jacrev(fn, argnums=(0, 1)), in_dims=(None, None, *([0] * len(per_sample))))
     n = per_sample[0].shape[0]
+    labels = None if blocks is None else th.as_tensor(blocks).reshape(-1).cpu()
     acc: Dict[str, BatchMoments] = {}
-    for start in range(0, n, max(1, int(chunk_size))):
-        chunk = [t[start : start + chunk_size] for t in per_sample]
+    for start, stop in _chunk_bounds(n, max(1, int(chunk_size)), labels):
+        chunk = [t[start:stop] for t in per_sample]
         d_head, d_log_std = grad_fn(params, log_std.detach(), *chunk)
         # each entry: (chunk, 2, *param_shape) -> (chunk, 2, numel)
         mean_part = th.cat([d_head[k].reshape(d_head[k].shape[0], 2, -1) for k in names], dim=2)
         std_part = d_log_std.reshape(d_log_std.shape[0], 2, -1)
         for group, g in (("mean", mean_part), ("log_std", std_part)):
-            m = BatchMoments.from_samples(g[:, 0].double(), g[:, 1].double())
+            m = BatchMoments.from_samples(g[:, 0].double(), g[:, 1].double(), blocks=None if labels is None else labels[start:stop])
             acc[group] = m if group not in acc else acc[group].merge(m)
     acc["global"] = BatchMoments.concat([acc[g] for g in GROUPS])
     return acc
+
+
+def _chunk_bounds(n: int, chunk_size: int, labels: Optional[th.Tensor]) -> Iterable[Tuple[int, int]]:
+    """[start, stop) ranges of about ``chunk_size`` samples; with block labels each range is
+    extended to the end of the block it would cut."""
+    start = 0
+    while start < n:
+        stop = min(start + chunk_size, n)
+        if labels is not None:
+            while stop < n and labels[stop] == labels[stop - 1]:
+                stop += 1
+        yield start, stop
+        start = stop
 
 
 def all_finite(moments: Iterable[BatchMoments]) -> bool:
@@ -167,19 +185,16 @@ def outer_product_group_moments(
     block_index = None
     if blocks is not None:
         _, block_index, block_len = th.unique(th.as_tensor(blocks, device=mean.device).reshape(-1), return_inverse=True, return_counts=True)
-        onehot = th.nn.functional.one_hot(block_index, int(block_len.shape[0])).double()  # (n, K)
+        padded = _padded_block_rows(block_index, block_len)
         lr = [0.0, 0.0, 0.0]
     for layer, h, dp, dm in zip(linears, inputs, deltas_path, deltas_score):
         h, dp, dm = h.detach().double(), dp.double(), dm.double()
         if block_index is not None:
-            # per-block sums of the outer products: (K, out, in) = sum_{i in j} delta_i h_i^T
+            # ||sum_{i in j} delta_i h_i^T||^2 = sum_{i,i' in j} <delta_i, delta_i'> <h_i, h_i'>: Gram
+            # matrices within each block, O(n L (out + in)) without forming any outer product
             hb = th.cat([h, th.ones_like(h[:, :1])], 1) if layer.bias is not None else h
-            sp = th.einsum("nk,no,ni->koi", onehot, dp, hb).reshape(onehot.shape[1], -1)
-            sm = th.einsum("nk,no,ni->koi", onehot, dm, hb).reshape(onehot.shape[1], -1)
-            inv = 1.0 / block_len.double()
-            lr[0] += float(((sp * sp).sum(1) * inv).sum())
-            lr[1] += float(((sm * sm).sum(1) * inv).sum())
-            lr[2] += float(((sp * sm).sum(1) * inv).sum())
+            for k, (a, b) in enumerate(((dp, dp), (dm, dm), (dp, dm))):
+                lr[k] += _block_gram_sum(padded, block_len, a, b, hb)
         h_sq = (h * h).sum(1) + (1.0 if layer.bias is not None else 0.0)
         sum_pp += float(((dp * dp).sum(1) * h_sq).sum())
         sum_mm += float(((dm * dm).sum(1) * h_sq).sum())
@@ -201,6 +216,28 @@ def outer_product_group_moments(
         )
     std_part = BatchMoments.from_samples(v_path.double(), v_score.double(), blocks=None if blocks is None else block_index.cpu())
     return {"mean": mean_part, "log_std": std_part, "global": BatchMoments.concat([mean_part, std_part])}
+
+
+def _padded_block_rows(block_index: th.Tensor, block_len: th.Tensor) -> th.Tensor:
+    """(K, L_max) sample indices of each block, padded with n (a zero row appended by the caller)."""
+    n, k, l_max = block_index.shape[0], int(block_len.shape[0]), int(block_len.max())
+    order = th.argsort(block_index, stable=True)
+    starts = th.cumsum(block_len, 0) - block_len
+    pos = th.arange(n, device=block_index.device) - starts[block_index[order]]
+    rows = th.full((k, l_max), n, dtype=th.long, device=block_index.device)
+    rows[block_index[order], pos] = order
+    return rows
+
+
+def _block_gram_sum(rows: th.Tensor, block_len: th.Tensor, a: th.Tensor, b: th.Tensor, h: th.Tensor) -> float:
+    """sum_j (1 / L_j) <sum_{i in j} a_i h_i^T, sum_{i in j} b_i h_i^T> over the blocks ``rows``."""
+
+    def gather(x: th.Tensor) -> th.Tensor:
+        return th.cat([x, x.new_zeros(1, x.shape[1])])[rows]  # (K, L_max, dim)
+
+    ga, gb, gh = gather(a), gather(b), gather(h)
+    gram = th.bmm(ga, gb.transpose(1, 2)) * th.bmm(gh, gh.transpose(1, 2))
+    return float((gram.sum((1, 2)) / block_len.double()).sum())
 
 
 def _moments_from_sums(n: int, mean_p: th.Tensor, mean_m: th.Tensor, sum_pp: float, sum_mm: float, sum_pm: float) -> BatchMoments:

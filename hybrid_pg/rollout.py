@@ -9,12 +9,14 @@ reduces the per-sample parameter gradients of both surrogates to the window's mo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch as th
 
+from hybrid_pg.correlation import block_ids
 from hybrid_pg.estimator import BatchMoments
 from hybrid_pg.per_sample import (
     outer_product_group_moments,
@@ -78,6 +80,16 @@ def prepare_batch(
         )
 
 
+def subset_batch(batch: RolloutBatch, idx: th.Tensor) -> RolloutBatch:
+    """Rows ``idx`` of a batch (its advantages stay normalised over the whole batch)."""
+    return dataclasses.replace(
+        batch,
+        obs=index_obs(batch.obs, idx),
+        context=index_context(batch.context, idx),
+        **{k: getattr(batch, k)[idx] for k in ("actions", "old_log_prob", "returns", "adv", "mean_old", "eps", "pi_features")},
+    )
+
+
 def index_obs(obs: Any, idx: th.Tensor) -> Any:
     """Rows ``idx`` of a tensor or of every tensor of a Dict observation."""
     if isinstance(obs, dict):
@@ -94,6 +106,12 @@ def minibatches(n: int, batch_size: int, device: th.device) -> Iterator[th.Tenso
     perm = th.as_tensor(np.random.permutation(n), device=device)
     for start in range(0, n, batch_size):
         yield perm[start : start + batch_size]
+
+
+def rollout_blocks(buffer: Any, block_len: Optional[int] = None) -> np.ndarray:
+    """Block labels of SB3's flattened rollout (env-major: index = env * n_steps + t): contiguous
+    runs of ``block_len`` steps (default about sqrt(n_steps)) of one env, cut at episode starts."""
+    return block_ids(buffer.n_envs, buffer.buffer_size, block_len=block_len, episode_starts=buffer.episode_starts)
 
 
 def check_rollout_finite(buffer: Any, num_timesteps: int, n_envs: int) -> None:
@@ -123,7 +141,13 @@ def check_rollout_finite(buffer: Any, num_timesteps: int, n_envs: int) -> None:
 
 
 def rollout_group_moments(
-    policy: Any, actor_head: Any, source: PathwiseSource, batch: RolloutBatch, chunk_size: int = 256, method: str = "auto"
+    policy: Any,
+    actor_head: Any,
+    source: PathwiseSource,
+    batch: RolloutBatch,
+    chunk_size: int = 256,
+    method: str = "auto",
+    blocks: Optional[Any] = None,
 ) -> Optional[Dict[str, BatchMoments]]:
     """Per-group moments of the per-sample parameter gradients of both surrogates at theta_old.
 
@@ -131,6 +155,9 @@ def rollout_group_moments(
     anything else (k-step model returns, heads with non-Linear weights) the general ``torch.func``
     path (``method="vmap"`` forces it). Both give the same numbers (tested). Returns None when the
     gradients are not finite (e.g. a diverged critic).
+
+    ``blocks`` (a label per sample of the env-major flattened rollout, :func:`rollout_blocks`) adds
+    the batch-means (long-run) statistics to every group's moments, on both paths.
     """
     if method not in ("auto", "outer", "vmap"):
         raise ValueError(f"method must be 'auto', 'outer' or 'vmap', got {method!r}")
@@ -144,6 +171,7 @@ def rollout_group_moments(
                 policy.log_std,
                 path_fn=lambda m, s: scale * source.value(m, s, eps, context),
                 score_fn=lambda m, s: batch.adv * gaussian_log_prob(m, s, batch.actions),
+                blocks=blocks,
             )
         keys = list(context)
         fn = single_sample_surrogates(
@@ -160,6 +188,7 @@ def rollout_group_moments(
             policy.log_std,
             [batch.pi_features, eps, batch.actions, batch.adv, *(context[k] for k in keys)],
             chunk_size=chunk_size,
+            blocks=blocks,
         )
     except ValueError:
         # BatchMoments rejects non-finite gradients

@@ -97,11 +97,17 @@ def record_weight(
 
 
 def oracle_log(
-    oracle: LambdaEstimate, applied: float, window: float, batch: Optional[float], frozen: Optional[LambdaEstimate] = None
+    oracle: Any, applied: float, window: float, batch: Optional[float], frozen: Optional[Any] = None
 ) -> Dict[str, float]:
     """Scalars comparing the estimates with the oracle's lam: absolute errors, plus the exact excess
     variance Var(lam) - Var(lam*_var) = (lam - lam*_var)^2 Var(g_P - g_M) of the weight applied,
-    lam*_var being the oracle batch's unclipped variance minimiser."""
+    lam*_var being the oracle batch's unclipped variance minimiser.
+
+    ``oracle`` is a :class:`hybrid_pg.oracle.OracleEstimate` (a plain ``LambdaEstimate`` is read as
+    the reference only). ``oracle_lambda`` is its reference: the variance-optimal lam* for an exact
+    source, the MSE-optimal weight for a learned one (``oracle_lambda_is_mse`` says which);
+    ``oracle_lambda_var``/``_mse`` (with jackknife ``_se``) are both, and
+    ``oracle_error_applied_var``/``_mse`` the applied weight's distance to each."""
     lam_var = lambda_from_moments(oracle.var_path, oracle.var_score, oracle.cov, bounds=None).lam
     out = {
         "oracle_lambda": oracle.lam,
@@ -115,6 +121,18 @@ def oracle_log(
         # gradients are 0) and lam* is the fallback, not an estimate; score the windows elsewhere
         "oracle_degenerate": float(oracle.degenerate),
     }
+    lambdas = getattr(oracle, "lambdas", None)
+    if lambdas is not None:
+        out.update(
+            oracle_lambda_is_mse=float(oracle.kind == "mse"),
+            oracle_lambda_var=lambdas.lam_var,
+            oracle_lambda_var_se=lambdas.lam_var_se,
+            oracle_lambda_mse=lambdas.lam_mse,
+            oracle_lambda_mse_se=lambdas.lam_mse_se,
+            oracle_bias_sq=lambdas.bias_sq,
+            oracle_error_applied_var=abs(applied - lambdas.lam_var),
+            oracle_error_applied_mse=abs(applied - lambdas.lam_mse),
+        )
     if batch is not None:
         out["oracle_error_batch"] = abs(batch - oracle.lam)
     if frozen is not None:

@@ -146,3 +146,49 @@ def test_a_new_regime_is_not_absorbed_into_the_reference():
                 break
     assert len(delays) == 40 and min(delays) >= 0
     assert np.median(delays) <= 1, delays
+
+
+def _switch_delays(before, after, n_seeds=20, **kwargs):
+    delays = []
+    for seed in range(n_seeds):
+        rng = np.random.default_rng(seed)
+        x = np.stack([rng.normal(before, 0.3, 60), rng.normal(0.2, 0.05, 60)], 1)
+        x[40:, 0] += after - before
+        times = [t for t in _alarm_times(x, **kwargs) if t >= 40]
+        delays.append(times[0] - 40 if times else 99)
+    return delays
+
+
+@pytest.mark.parametrize("before, after", [(-1.0, 1.0), (1.0, -1.0)])  # log r: low -> high, high -> low
+def test_trend_reference_alarms_on_a_variance_switch_within_a_few_rollouts(before, after):
+    delays = _switch_delays(before, after, reference="trend")
+    assert max(delays) <= 3, delays
+
+
+def test_trend_reference_does_not_alarm_on_a_slow_linear_drift():
+    drift = np.linspace(0.0, 3.0, 200)[:, None]  # 3 sd over 200 rollouts, both components
+    trend = sum(len(_alarm_times(np.random.default_rng(s).normal(size=(200, 2)) + drift, reference="trend")) for s in range(8))
+    level = sum(len(_alarm_times(np.random.default_rng(s).normal(size=(200, 2)) + drift, reference="level")) for s in range(8))
+    assert trend <= 1 and level >= 10, (trend, level)
+
+
+def test_trend_reference_false_alarm_rate_on_a_stationary_stream_is_low():
+    alarms = _alarm_times(np.random.default_rng(0).normal(3.0, 0.2, size=(2000, 2)), reference="trend")
+    assert len(alarms) <= 3 * 2000 / 600, alarms
+
+
+def test_trend_state_round_trip_and_old_saves_compare_with_the_level():
+    x = np.random.default_rng(4).normal(size=(30, 2))
+    a = CusumDetector(2, reference="trend")
+    for v in x[:20]:
+        a.update(v)
+    b = CusumDetector(1)
+    b.load_state_dict(a.state_dict())
+    assert [a.update(v) for v in x[20:]] == [b.update(v) for v in x[20:]]
+    old = CusumDetector(2).state_dict()
+    del old["config"]["reference"], old["config"]["forgetting"]
+    for s in old["streams"]:
+        del s["sums"]
+    c = CusumDetector(2, reference="trend")
+    c.load_state_dict(old)
+    assert c.reference == "level"
