@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from hybrid_pg.sources.base import Context, PathwiseSource
 from hybrid_pg.sources.critic import AdvantageHeadSource
 from hybrid_pg.sources.model import ModelSource
+from hybrid_pg.sources.replay_critic import ReplayCriticSource, make_replay_critic
 
 #: factory(algorithm) -> source; raises ValueError with the reason when the env cannot support it
 SourceFactory = Callable[[Any], PathwiseSource]
@@ -68,6 +69,7 @@ def _model(algorithm: Any) -> PathwiseSource:
 
 register_source("critic", _critic)
 register_source("model", _model)
+register_source("replay_critic", lambda algorithm: make_replay_critic(algorithm))
 
 
 def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
@@ -96,6 +98,7 @@ __all__ = [
     "Context",
     "ModelSource",
     "PathwiseSource",
+    "ReplayCriticSource",
     "SOURCE_NAMES",
     "choose_source",
     "register_source",
