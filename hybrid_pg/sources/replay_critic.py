@@ -39,9 +39,10 @@ return noise through Q's fit; with thousands of samples per fit the effect is th
 fitted critic.)
 
 Q is a standalone MLP (smooth ELU activations, so its action-gradient is smooth) on
-``[normalised obs, action / action half-range]``; its output is ``center + scale * net(...)`` with
-``center``/``scale`` the targets' mean and std at the first fit (kept fixed afterwards, so the warm
-start stays valid). The input normaliser is also set once, from the first fit's observations.
+``[standardised obs, standardised action]``; its output is ``center + scale * net(...)`` with
+``center``/``scale`` the targets' mean and std at the first fit. The input standardisers (mean and
+std of the first fit's observations and applied actions) are also set once and kept fixed
+afterwards, so the warm start of later fits stays valid.
 Q is in reward units (``reward_units = True``): the algorithm divides the pathwise term by the
 advantage normaliser, exactly like the advantages. Inside the pathwise surrogate Q's weights are
 frozen (:class:`hybrid_pg.surrogates.FrozenModule`).
@@ -72,11 +73,10 @@ STATE_ATTRIBUTE = "replay_critic_state"
 
 
 class QNetwork(nn.Module):
-    """Q(s, a) = center + scale * MLP([(s - obs_mean) / obs_std, a / action_half_range])."""
+    """Q(s, a) = center + scale * MLP([(s - obs_mean) / obs_std, (a - action_mean) / action_std])."""
 
-    def __init__(self, obs_dim: int, action_low: np.ndarray, action_high: np.ndarray, hidden: Sequence[int]) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
-        act_dim = len(action_low)
         layers: List[nn.Module] = []
         width = obs_dim + act_dim
         for size in hidden:
@@ -84,9 +84,8 @@ class QNetwork(nn.Module):
             width = size
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
-        low, high = th.as_tensor(action_low, dtype=th.float32), th.as_tensor(action_high, dtype=th.float32)
-        self.register_buffer("action_center", (high + low) / 2)
-        self.register_buffer("action_half_range", (high - low) / 2)
+        self.register_buffer("action_mean", th.zeros(act_dim))
+        self.register_buffer("action_std", th.ones(act_dim))
         self.register_buffer("obs_mean", th.zeros(obs_dim))
         self.register_buffer("obs_std", th.ones(obs_dim))
         self.register_buffer("center", th.zeros(()))
@@ -94,7 +93,7 @@ class QNetwork(nn.Module):
         self.register_buffer("initialised", th.zeros((), dtype=th.bool))
 
     def forward(self, obs: th.Tensor, action: th.Tensor) -> th.Tensor:
-        x = th.cat([(obs - self.obs_mean) / self.obs_std, (action - self.action_center) / self.action_half_range], dim=-1)
+        x = th.cat([(obs - self.obs_mean) / self.obs_std, (action - self.action_mean) / self.action_std], dim=-1)
         return self.center + self.scale * self.net(x).squeeze(-1)
 
 
@@ -155,7 +154,7 @@ class ReplayCriticSource(PathwiseSource):
             self._generator.manual_seed(int(th.randint(0, 2**62, (1,)).item()))
         with th.random.fork_rng(devices=[]):
             th.manual_seed(int(th.randint(0, 2**62, (1,), generator=self._generator).item()))
-            self.q = QNetwork(self.obs_dim, act_space.low, act_space.high, hidden).to(policy.device)
+            self.q = QNetwork(self.obs_dim, int(np.prod(act_space.shape)), hidden).to(policy.device)
         self.optimizer = th.optim.Adam(self.q.parameters(), lr=learning_rate)
         self._frozen = FrozenModule(self.q)
         self.replay: Deque[Dict[str, np.ndarray]] = deque(maxlen=self.window)
@@ -236,6 +235,8 @@ class ReplayCriticSource(PathwiseSource):
             with th.no_grad():
                 self.q.obs_mean.copy_(obs.mean(0))
                 self.q.obs_std.copy_(obs.std(0).clamp_min(1e-3) if len(obs) > 1 else th.ones_like(obs[0]))
+                self.q.action_mean.copy_(actions.mean(0))
+                self.q.action_std.copy_(actions.std(0).clamp_min(1e-3) if len(actions) > 1 else th.ones_like(actions[0]))
                 self.q.center.copy_(targets.mean())
                 self.q.scale.copy_(targets.std().clamp_min(1e-3) if len(targets) > 1 else th.ones(()))
                 self.q.initialised.fill_(True)
