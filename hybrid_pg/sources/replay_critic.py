@@ -6,13 +6,17 @@ Pendulum. This source keeps its own Q network, its own Adam and a replay of the 
 rollouts (by default the window the weight keeps, ``lambda_window``), and refits Q before every
 update.
 
-Data (per stored step, as SB3's rollout buffer holds it): the observation (already normalised when
-the env is wrapped in ``VecNormalize(norm_obs)``, so Q conditions on exactly what the policy sees),
-the action *as applied* (``clip`` to the Box), the reward the algorithm learns from (the
-normalised reward under ``VecNormalize(norm_reward)``, so Q is in the same units as the buffer's
-returns and advantages; for a time-limit truncation SB3 has already added gamma * V(terminal obs)
-to it), and whether the next step starts a new episode (the next observation is the next row, or
-the observation after the rollout for its last row).
+Data (per stored step, as SB3's rollout buffer holds it):
+
+* the observation: already normalised under ``VecNormalize(norm_obs)``, so Q conditions on exactly
+  what the policy sees (older rollouts keep the normaliser statistics of their time, a drift the
+  window's shortness bounds);
+* the action *as applied* (``clip`` to the Box);
+* the reward the algorithm learns from: the normalised one under ``VecNormalize(norm_reward)``, so Q,
+  the buffer's returns and advantages and V's bootstrap are all in the same units; for a time-limit
+  truncation SB3 has already added gamma * V(terminal obs) to it;
+* whether the next step starts a new episode (the next observation is the next row, or the
+  observation after the rollout for its last row).
 
 Targets: TD(lambda) returns along each stored trajectory,
 
@@ -167,8 +171,12 @@ class ReplayCriticSource(PathwiseSource):
     def refresh(self, algorithm: Any) -> None:
         """Add the algorithm's current rollout to the replay, recompute the targets, fit Q."""
         self.add_rollout(algorithm.rollout_buffer, algorithm._last_obs, algorithm._last_episode_starts)
-        self.fit()
+        fit = self.fit()
         setattr(algorithm, STATE_ATTRIBUTE, self.state_dict())
+        logger = getattr(algorithm, "_logger", None)
+        if logger is not None:
+            for key, value in fit.items():
+                logger.record(f"replay_critic/{key}", value)
 
     def context(self, policy: Any, observations: Any, actions: th.Tensor, generator: Optional[th.Generator] = None) -> Context:
         return {"obs": self._flat(observations)}
