@@ -12,6 +12,19 @@ together in one pool, so the critic and replay-critic runs share the machine's c
     python examples/replay_critic_pendulum.py --seeds 1 --steps 8192 --workers 2
 
 Writes one JSON per run and ``summary.json`` / ``summary.md`` to ``--out``.
+
+Measured (3 seeds, 50k steps = 13 rollouts of 4096, 2 shared CPU cores, 2 workers; eval return of
+10 deterministic episodes)::
+
+    pathwise_critic  -1439.6, -1519.3, -698.4   mean -1219.1
+    pathwise_replay  -1110.6, -1219.3, -646.6   mean  -992.2
+    hybrid_critic     -187.7,  -251.7, -141.5   mean  -193.6
+    hybrid_replay     -150.0,  -272.7, -140.2   mean  -187.6
+
+Wall time per env step, replay critic / advantage head, same seeds run side by side: 0.90 (pathwise),
+0.91 (hybrid): fitting Q on the replay costs less than the advantage head's regression inside every
+minibatch step. Pure pathwise with the replay critic is better than with the advantage head on every
+seed but still does not learn to swing up at this budget.
 """
 
 from __future__ import annotations
