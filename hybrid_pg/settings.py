@@ -144,7 +144,8 @@ class HybridPGSettings(BaseModel):
     pathwise_source: str = Field(
         "auto",
         description="where dQ/da comes from: 'critic' (the learned advantage head), 'model' (the env's differentiable model, "
-        "see hybrid_pg_envs), 'mujoco' (MuJoCo simulator derivatives, HalfCheetah/Hopper/Walker2d/Swimmer-v5) or 'auto' "
+        "see hybrid_pg_envs), 'mujoco' (MuJoCo simulator derivatives, HalfCheetah/Hopper/Walker2d/Swimmer-v5), 'replay_critic' (a Q network fitted "
+        "with TD(lambda) targets on the last lambda_window rollouts) or 'auto' "
         "(model if the env provides one, else critic). See hybrid_pg.sources.",
     )
     model_horizon: Int = Field(1, ge=1, description="k of the model source's k-step return.")

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from hybrid_pg.sources.base import Context, PathwiseSource
 from hybrid_pg.sources.critic import AdvantageHeadSource
 from hybrid_pg.sources.model import ModelSource, MujocoSource, Normalization
+from hybrid_pg.sources.replay_critic import ReplayCriticSource, make_replay_critic
 
 #: factory(algorithm) -> source; raises ValueError with the reason when the env cannot support it
 SourceFactory = Callable[[Any], PathwiseSource]
@@ -138,6 +139,7 @@ def _mujoco(algorithm: Any) -> PathwiseSource:
 register_source("critic", _critic)
 register_source("model", _model)
 register_source("mujoco", _mujoco)
+register_source("replay_critic", lambda algorithm: make_replay_critic(algorithm))
 
 
 def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
@@ -168,6 +170,7 @@ __all__ = [
     "MujocoSource",
     "Normalization",
     "PathwiseSource",
+    "ReplayCriticSource",
     "SOURCE_NAMES",
     "choose_source",
     "register_source",
