@@ -127,6 +127,23 @@ def _plain_deepcopy(obj: Any, memo: Dict[int, Any]) -> Any:
     return new
 
 
+def _copy_mujoco_state(source: Any, target: Any) -> None:
+    """MuJoCo envs deep-copy as a fresh env (gymnasium's ``MujocoEnv`` is ``EzPickle``): carry the
+    integration state (time, qpos, qvel, act, warm start) and the RNG over, as NS-Gym's own copy does."""
+    model, data = getattr(source, "model", None), getattr(source, "data", None)
+    if source is target or type(model).__name__ != "MjModel" or type(data).__name__ != "MjData":
+        return
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    state = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(model, data, state, spec)
+    mujoco.mj_setState(target.model, target.data, state, spec)
+    mujoco.mj_forward(target.model, target.data)
+    if getattr(source, "_np_random", None) is not None:
+        target._np_random = copy.deepcopy(source._np_random)
+
+
 class _ParamAccess:
     """Reads and writes the tunable parameters the way NS-Gym's wrapper does (``getattr`` on the
     base env for classic control, the wrapper's MuJoCo getters/setters; a MuJoCo gravity vector is
@@ -467,7 +484,11 @@ class NSGymAdapter(gym.Wrapper):
     def __deepcopy__(self, memo: Dict[int, Any]) -> "NSGymAdapter":
         """A faithful copy (simulator state, RNGs, the schedule generator), not NS-Gym's planning env."""
         _plain_deepcopy(self._ns, memo)
-        return _plain_deepcopy(self, memo)
+        new = _plain_deepcopy(self, memo)
+        new._applied = None  # a base env that pickles by its constructor (MuJoCo's EzPickle) comes back fresh
+        new._apply()
+        _copy_mujoco_state(self.unwrapped, new.unwrapped)
+        return new
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ def _run(env, n, seed=0):
     rng = np.random.default_rng(seed)
     infos = []
     for _ in range(n):
-        obs, reward, term, trunc, info = env.step(rng.uniform(-2, 2, size=(1,)).astype(np.float32))
+        space = env.action_space
+        obs, reward, term, trunc, info = env.step(rng.uniform(space.low, space.high).astype(space.dtype))
         infos.append(info)
         if term or trunc:
             env.reset()
@@ -222,3 +223,29 @@ def test_hybrid_pg_trains_and_logs_the_drifting_parameter():
     clock = oracle_env.env_method("get_clock")[0]
     assert clock == model.rollout_clock
     assert oracle_env.env_method("get_wrapper_attr", "current_params")[0] == env.params_at(clock)
+
+
+def test_mujoco_half_cheetah_mass_and_gravity():
+    pytest.importorskip("mujoco")
+    fns = {
+        "torso_mass": IncrementUpdate(PeriodicScheduler(period=50), k=0.5),
+        "gravity": LinearInterpolation(ContinuousScheduler(), -9.81, -12.0, T=200),  # z component
+    }
+    env = make_nsgym_env("HalfCheetah-v5", fns, checkpoint_every=32)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (17,) and set(info["env_params"]) == {"torso_mass", "gravity"}
+    torso = env.unwrapped.model.body("torso").id
+    mass0 = float(gym.make("HalfCheetah-v5").unwrapped.model.body_mass[torso])
+    infos = _run(env, 60)
+    assert infos[-1]["env_params"]["torso_mass"] == pytest.approx(mass0 + 1.0)  # fired at t = 0 and 50
+    assert infos[-1]["env_params"]["gravity"] == pytest.approx(-9.81 - 2.19 * 59 / 200)
+    np.testing.assert_allclose(env.unwrapped.model.opt.gravity, [0.0, 0.0, env.current_params["gravity"]])
+    # MuJoCo envs deep-copy as fresh envs: the adapter carries the simulator state and parameters over
+    twin = copy.deepcopy(env)
+    action = np.full(6, 0.3, np.float32)
+    a, b = env.step(action), twin.step(action)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    twin.set_clock(10, steps_per_tick=0)
+    assert twin.unwrapped.model.body_mass[torso] == pytest.approx(mass0 + 0.5)
+    assert twin.unwrapped.model.opt.gravity[2] == pytest.approx(env.params_at(10)["gravity"])
+    assert env.unwrapped.model.body_mass[torso] == pytest.approx(mass0 + 1.0)  # the original is untouched
