@@ -249,3 +249,15 @@ def test_mujoco_half_cheetah_mass_and_gravity():
     assert twin.unwrapped.model.body_mass[torso] == pytest.approx(mass0 + 0.5)
     assert twin.unwrapped.model.opt.gravity[2] == pytest.approx(env.params_at(10)["gravity"])
     assert env.unwrapped.model.body_mass[torso] == pytest.approx(mass0 + 1.0)  # the original is untouched
+
+
+def test_quickstart_example_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "nsgym_quickstart.py"
+    spec = importlib.util.spec_from_file_location("nsgym_quickstart", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--timesteps", "1024"])
+    assert "clock 1024" in capsys.readouterr().out
