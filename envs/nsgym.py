@@ -65,10 +65,16 @@ backwards (O(``checkpoint_every``) update-function calls). Consequences:
   ``DiscreteScheduler`` events or ``LinearInterpolation(T=...)`` in training steps, and beware of
   update functions whose step grows with ``t`` (``DeterministicTrend``: ``p + slope * t``).
 
-Limitations: classic-control and MuJoCo NS-Gym wrappers (the ones with ``initial_params``);
+Copies. ``copy.deepcopy`` bypasses NS-Gym's own ``__deepcopy__`` (which builds a *planning* env: a
+fresh ``gym.make`` of a hard-coded id, frozen parameters, re-seeded update functions) and copies
+the simulator faithfully (MuJoCo: integration state and RNG carried over). ``env.spec`` records
+:func:`make_nsgym_env`'s arguments (update functions as at construction), so ``gym.make(env.spec)``
+rebuilds the env on the same schedule, e.g. for the oracle when training runs in SubprocVecEnv workers.
+
+Limitations: NS-Gym's classic-control and MuJoCo wrappers only (those with ``initial_params``);
 Acrobot's constraint check reads the live simulator, so a replay after ``set_clock`` into the past
-may accept/reject a borderline link update differently; the env copy for SubprocVecEnv workers is
-built from a factory (``oracle_env=functools.partial(make_nsgym_env, ...)``), not from a spec.
+may accept/reject a borderline link update differently; the spec exists only when the adapter wraps
+NS-Gym's wrapper directly and the base env was made by ``gym.make``.
 """
 
 from __future__ import annotations
