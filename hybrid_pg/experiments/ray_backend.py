@@ -183,7 +183,10 @@ def run_cells(
         return 0
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        if address is None:  # a private local instance: no dashboard
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
     elif address is not None:
         log(f"Ray is already initialised in this process; using it, not address={address!r}")
     # retries are ours (reported, bounded); Ray sets OMP_NUM_THREADS=1 for a 1-CPU task and the
