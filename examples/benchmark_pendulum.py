@@ -10,6 +10,7 @@ A2C uses the zoo's "almost tuned" Pendulum settings (tuned for 1e6 steps, report
     python examples/benchmark_pendulum.py                 # 3 seeds, 100k steps, all cores
     python examples/benchmark_pendulum.py --seeds 5 --steps 50000 --only hybrid_critic reinforce_critic
     python examples/benchmark_pendulum.py --ablations --only hybrid_critic hybrid_critic_no_trust_region
+    python examples/benchmark_pendulum.py --backend ray --address auto   # the grid on a Ray cluster
 
 Results (one JSON per run, resumable) and ``summary.md`` / ``summary.json`` go to ``--out``.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from hybrid_pg.experiments.benchmark import markdown_table, run_config, summarize
+from hybrid_pg.experiments.ray_backend import RayNotInstalledError, require_ray
 from hybrid_pg.experiments.runner import run_grid
 
 PPO_ZOO = dict(n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3, clip_range=0.2)
@@ -78,13 +80,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: all cores)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: one Ray task per run (pip install -e \".[ray]\")")
+    parser.add_argument("--address", default=None, help="--backend ray: the Ray cluster (auto: the one 'ray start' runs here)")
     parser.add_argument("--only", nargs="*", default=[], help="run only these labels (e.g. hybrid_critic ppo_zoo)")
     parser.add_argument("--ablations", action="store_true", help="add hybrid_critic variants with one design choice switched off")
     parser.add_argument("--out", default="results/benchmark_pendulum")
     args = parser.parse_args()
+    if args.backend == "ray":
+        try:
+            require_ray()
+        except RayNotInstalledError as exc:
+            parser.error(str(exc))  # exit 2
 
     runs = build_runs(args.seeds, args.steps, args.only, args.ablations)
-    results = run_grid(runs, Path(args.out) / "runs", workers=args.workers)
+    results = run_grid(runs, Path(args.out) / "runs", workers=args.workers, backend=args.backend, address=args.address)
     rows = summarize(results)
     table = markdown_table(rows)
     print(table)

@@ -25,6 +25,7 @@ Outputs in ``output_dir``: ``table.md``, ``table.csv``, ``summary.json`` and the
 marked), ``error_per_mode.png``, ``returns.png`` and ``drift_decomposition.png``.
 
     python examples/nonstationary_study.py configs/nonstationary_study.yaml --workers 2
+    python examples/nonstationary_study.py configs/nonstationary_study.yaml --backend ray --address auto   # on a Ray cluster
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import yaml
 
 from hybrid_pg.experiments.benchmark import run_config
 from hybrid_pg.experiments.results import learning_curve, update_series
+from hybrid_pg.experiments.ray_backend import RayNotInstalledError, require_ray
 from hybrid_pg.experiments.runner import run_grid
 
 TOLERANCE, HOLD = 0.05, 3
@@ -360,11 +362,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: one Ray task per run (pip install -e \".[ray]\")")
+    parser.add_argument("--address", default=None, help="--backend ray: the Ray cluster (auto: the one 'ray start' runs here)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="override total_timesteps (smoke runs)")
     parser.add_argument("--oracle-samples", type=int, default=None, help="override algo.oracle_samples (smoke runs)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.backend == "ray":
+        try:
+            require_ray()
+        except RayNotInstalledError as exc:
+            parser.error(str(exc))  # exit 2
     cfg = yaml.safe_load(Path(args.config).read_text())
     if args.steps:
         cfg["total_timesteps"] = args.steps
@@ -372,7 +381,7 @@ def main() -> None:
         cfg["algo"]["oracle_samples"] = args.oracle_samples
     out = Path(args.out or cfg["output_dir"])
     runs = build_runs(cfg, args.seeds or list(cfg["seeds"]))
-    results = run_grid(runs, out / "runs", workers=args.workers)
+    results = run_grid(runs, out / "runs", workers=args.workers, backend=args.backend, address=args.address)
     rows = summarize(cfg, results)
     table = markdown(rows)
     print(table)

@@ -165,8 +165,9 @@ class AblationResult:
     out_dir: Path
     runs_total: int
     runs_trained: int
-    workers: int
+    workers: int  # local worker processes; with backend "ray", the cap on runs in flight (0: none)
     written: List[Path]
+    backend: str = "local"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,33 +431,63 @@ def load_ablation(path: Union[str, Path], seeds: Optional[Sequence[int]] = None)
 # ------------------------------------------------------------------------------------------------
 
 
+def select_estimators(ablation: Ablation, only: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """The estimator names to train: ``only`` (checked against the file's estimators) or all."""
+    names = [e.name for e in ablation.estimators]
+    if not only:
+        return tuple(names)
+    for name in only:
+        if name not in names:
+            raise ConfigError(f"--only {name!r} is not an estimator of the ablation file (estimators: {names}){suggest(name, names)}")
+    return tuple(n for n in names if n in only)
+
+
+def selected_runs(ablation: Ablation, only: Optional[Sequence[str]] = None) -> List[Tuple[str, Dict[str, Any]]]:
+    """:meth:`Ablation.runs` restricted to the estimators of ``only`` (all when empty)."""
+    chosen = {f"{cell.env.name}__{name}" for cell in ablation.cells for name in select_estimators(ablation, only)}
+    return [(label, cfg) for label, cfg in ablation.runs() if label in chosen]
+
+
 def run_ablation(
     ablation: Ablation,
     out_dir: Optional[Union[str, Path]] = None,
     workers: Optional[int] = None,
     progress: bool = True,
+    backend: str = "local",
+    address: Optional[str] = None,
+    only: Optional[Sequence[str]] = None,
 ) -> AblationResult:
     """Train the missing runs of a validated ablation, then write every env's report.
 
     :param out_dir: output folder (default: the file's ``output_dir``); run directories go to ``runs/``.
-    :param workers: parallel worker processes (default: all cores; never more than the cores).
+    :param workers: parallel worker processes (default: all cores; never more than the cores); with
+        ``backend="ray"``, the most runs in flight (default: as many as the cluster schedules).
     :param progress: show a progress bar while training.
+    :param backend: ``"local"`` or ``"ray"`` (see :func:`hybrid_pg.experiments.runner.run_grid`).
+    :param address: the Ray cluster's address (``backend="ray"``).
+    :param only: train only these estimators (by name); the reports still cover every finished run
+        of the grid, so a grid can be filled over several invocations.
     """
     from hybrid_pg.experiments.ablate_report import write_env_report
-    from hybrid_pg.experiments.runner import pending, run_grid, worker_count
+    from hybrid_pg.experiments.runner import is_finished, load_result, pending, run_grid, run_key, worker_count
 
     out = Path(out_dir if out_dir is not None else ablation.output_dir)
     runs_dir = out / RUNS_SUBDIR
-    runs = ablation.runs()
+    runs = selected_runs(ablation, only)
     todo = pending(runs, runs_dir)
-    n_workers = worker_count(workers, len(todo))
-    results = run_grid(runs, runs_dir, workers=n_workers, progress=progress)
+    n_workers = worker_count(workers, len(todo)) if backend == "local" else workers
+    run_grid(runs, runs_dir, workers=n_workers, progress=progress, backend=backend, address=address)
+    # the reports: every finished run of the whole grid (other estimators may come from earlier calls)
     by_label: Dict[str, List[Dict[str, Any]]] = {}
-    for result in results:
-        by_label.setdefault(result["spec"]["label"], []).append(result)
+    for label, cfg in ablation.runs():
+        if is_finished(runs_dir / run_key(label, cfg)):
+            by_label.setdefault(label, []).append(load_result(runs_dir / run_key(label, cfg), label=label))
     written: List[Path] = []
     for env in ablation.envs:
-        per_estimator = {est.name: by_label[f"{env.name}__{est.name}"] for est in ablation.estimators}
+        per_estimator = {est.name: by_label[f"{env.name}__{est.name}"] for est in ablation.estimators if f"{env.name}__{est.name}" in by_label}
+        if not per_estimator:
+            continue
+        per_estimator.setdefault(ablation.reference, [])  # compared with nothing until the reference has runs
         written += write_env_report(
             out,
             env_name=env.name,
@@ -466,4 +497,4 @@ def run_ablation(
             skip_updates=ablation.skip_updates,
             total_timesteps=ablation.total_timesteps,
         )
-    return AblationResult(out_dir=out, runs_total=len(runs), runs_trained=len(todo), workers=n_workers, written=written)
+    return AblationResult(out_dir=out, runs_total=len(runs), runs_trained=len(todo), workers=n_workers or 0, written=written, backend=backend)

@@ -4,7 +4,8 @@
 
     hybrid-pg train [CONFIG] [--set KEY=VALUE ...] [--out RUN_DIR] [--quiet]
     hybrid-pg plot RUN_DIR [RUN_DIR ...] [--out PNG]
-    hybrid-pg ablate CONFIG [--workers N] [--out DIR] [--seeds S [S ...]] [--dry-run] [--quiet]
+    hybrid-pg ablate CONFIG [--workers N] [--out DIR] [--seeds S [S ...]] [--only NAME [NAME ...]]
+                     [--backend local|ray] [--address ADDR] [--dry-run] [--quiet]
     hybrid-pg bench [--steps N] [--seeds K] [--out DIR] [--env ID] [--n-envs N] [--n-steps N] [--eval-episodes N]
 
 ``train`` reads CONFIG (default: the packaged ``default.yaml``, which the repository's
@@ -29,6 +30,10 @@ returns of several runs in one PNG.
 processes (at most one per core), finished runs are never redone, and per env it writes
 ``table_<env>.md/.csv``, ``runs_<env>.csv``, ``curves_<env>.png`` and ``variance_<env>.png``
 (:mod:`hybrid_pg.experiments.ablate_report`). ``--dry-run`` validates and lists the grid without training.
+``--only NAME ...`` trains only the named estimators (the tables cover every finished run), so a
+grid can be filled over several invocations. ``--backend ray [--address ADDR]`` trains the runs as
+Ray tasks on a cluster, written here in the same resumable layout
+(:mod:`hybrid_pg.experiments.ray_backend`); without Ray installed it exits 2.
 
 ``bench`` times HybridPG against SB3's A2C and PPO with the same env, n_steps and n_envs, runs
 interleaved in one process with one torch thread, and records every run's final deterministic
@@ -77,28 +82,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
+def _require_backend(args: argparse.Namespace) -> None:
+    """Fail fast (exit 2, nothing validated or trained) on a backend that cannot run."""
+    if args.backend != "ray":
+        if args.address is not None:
+            raise UsageError("--address is for --backend ray")
+        return
+    from hybrid_pg.experiments.ray_backend import RayNotInstalledError, require_ray
+
+    try:
+        require_ray()
+    except RayNotInstalledError as exc:
+        raise UsageError(f"--backend ray: {exc}") from exc
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from hybrid_pg.experiments.ablate import RUNS_SUBDIR, load_ablation, run_ablation
+    from hybrid_pg.experiments.ablate import RUNS_SUBDIR, load_ablation, run_ablation, select_estimators, selected_runs
     from hybrid_pg.experiments.runner import available_cores, pending
 
+    _require_backend(args)
     ablation = load_ablation(args.config, seeds=args.seeds)
     out = Path(args.out) if args.out is not None else Path(ablation.output_dir)
-    specs = ablation.runs()
+    specs = selected_runs(ablation, args.only)
     todo = pending(specs, out / RUNS_SUBDIR)
-    if args.workers is not None and args.workers > available_cores() and not args.quiet:
+    if args.backend == "local" and args.workers is not None and args.workers > available_cores() and not args.quiet:
         print(f"{PROG}: --workers {args.workers} capped at the {available_cores()} available cores", file=sys.stderr)
     if not args.quiet or args.dry_run:
+        estimators = select_estimators(ablation, args.only)
+        which = f" (--only {' '.join(estimators)})" if args.only else ""
         print(
-            f"ablation {ablation.name}: {len(ablation.envs)} envs x {len(ablation.estimators)} estimators x "
+            f"ablation {ablation.name}: {len(ablation.envs)} envs x {len(estimators)} estimators{which} x "
             f"{len(ablation.seeds)} seeds = {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to train; output {out}"
         )
     if args.dry_run:
         for cell in ablation.cells:
-            print(f"  {cell.label}: {cell.env.id} x{cell.env.n_envs} {cell.config['algo']['algorithm']} {cell.algo_kwargs}")
+            if not args.only or cell.estimator.name in args.only:
+                print(f"  {cell.label}: {cell.env.id} x{cell.env.n_envs} {cell.config['algo']['algorithm']} {cell.algo_kwargs}")
         return 0
-    result = run_ablation(ablation, out, workers=args.workers, progress=not args.quiet)
+    result = run_ablation(ablation, out, workers=args.workers, progress=not args.quiet, backend=args.backend, address=args.address, only=args.only)
     if not args.quiet:
-        how = f"in {result.workers} worker process{'es' if result.workers > 1 else ''}" if result.runs_trained else "all were done"
+        if not result.runs_trained:
+            how = "all were done"
+        elif result.backend == "ray":
+            how = "as Ray tasks"
+        else:
+            how = f"in {result.workers} worker process{'es' if result.workers > 1 else ''}"
         print(f"trained {result.runs_trained} of {result.runs_total} runs ({how}); wrote:")
     for path in result.written:
         print(path)
@@ -227,9 +255,34 @@ def _add_ablate_parser(commands) -> None:
     ablate.add_argument("--workers", type=_positive_int, metavar="N", help="parallel training processes (default: all cores; capped at the cores)")
     ablate.add_argument("--out", metavar="DIR", help="output folder (default: the file's output_dir, else results/<name>)")
     ablate.add_argument("--seeds", type=_seed, nargs="+", metavar="S", help="the seeds to run, replacing the file's seeds (e.g. --seeds 0 1 2)")
+    ablate.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="train only these estimators of the file (e.g. --only reinforce); the tables cover every finished run of the grid",
+    )
+    _add_backend_arguments(ablate)
     ablate.add_argument("--dry-run", action="store_true", help="validate and list the grid and what is left to train; train nothing")
     ablate.add_argument("--quiet", action="store_true", help="no progress bar; print only the written files")
     ablate.set_defaults(handler=_cmd_ablate)
+
+
+def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and --address: where a grid's runs train (:func:`hybrid_pg.experiments.runner.run_grid`)."""
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help=(
+            "local: worker processes on this machine (default); ray: one Ray task per run on a Ray cluster, "
+            'the run directories written here (needs pip install -e ".[ray]")'
+        ),
+    )
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="--backend ray: the cluster to join (auto: the one 'ray start' runs on this node; default: a local Ray instance)",
+    )
 
 
 def _add_bench_parser(commands) -> None:

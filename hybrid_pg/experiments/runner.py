@@ -16,7 +16,7 @@ directory every time::
 
 ``train``, ``ablate``, ``bench`` and the example scripts call :func:`run` (grids through
 :func:`run_grid`, which skips finished run directories and trains the rest in parallel worker
-processes), and read back what it wrote with :func:`load_result`.
+processes, or as Ray tasks on a cluster with ``backend="ray"``), and read back what it wrote with :func:`load_result`.
 
 :func:`make_vec_env_from` is the env factory: ``env.n_envs`` Monitor-wrapped copies (dummy or
 subproc) with the config's wrappers, VecNormalize with the algorithm's discount when
@@ -61,6 +61,7 @@ __all__ = [
     "RESULT_FILE",
     "RunDirError",
     "RunResult",
+    "BACKENDS",
     "available_cores",
     "build_model",
     "check_buildable",
@@ -425,40 +426,75 @@ def _naming_failures(label: str, config: Mapping[str, Any]) -> Iterator[None]:
         raise RuntimeError(f"run {run_key(label, config)} ({label}, seed {config['train']['seed']}) failed: {exc!r}") from exc
 
 
-def run_grid(runs: Grid, out_dir: Union[str, Path], workers: Optional[int] = None, progress: bool = True) -> List[Dict[str, Any]]:
-    """Train every run without a finished directory under ``out_dir`` (in up to ``workers``
-    spawned processes, one torch thread each, never more than the cores) and return every run's
-    :func:`load_result`, in order, labelled."""
+BACKENDS = ("local", "ray")
+
+
+def run_grid(
+    runs: Grid,
+    out_dir: Union[str, Path],
+    workers: Optional[int] = None,
+    progress: bool = True,
+    backend: str = "local",
+    address: Optional[str] = None,
+    max_retries: Optional[int] = None,
+) -> List[Dict[str, Any]]:
+    """Train every run without a finished directory under ``out_dir`` and return every run's
+    :func:`load_result`, in order, labelled.
+
+    ``backend="local"`` (default): up to ``workers`` spawned processes on this machine, one torch
+    thread each, never more than the cores; a failed run raises after the others finished.
+    ``backend="ray"``: one Ray task per run (``num_cpus=1``, one torch thread) on the cluster at
+    ``address``, the run directories returned to this process and written here in the same layout,
+    a failed run retried up to ``max_retries`` times (default 2) while the others go on
+    (:mod:`hybrid_pg.experiments.ray_backend`); ``workers`` then caps the runs in flight.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend != "ray" and (address is not None or max_retries is not None):
+        raise ValueError("address and max_retries apply to backend='ray' only")
+    if backend == "ray":
+        from hybrid_pg.experiments.ray_backend import require_ray
+
+        require_ray()  # before anything is created
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keys = [run_key(label, cfg) for label, cfg in runs]
     if len(set(keys)) != len(keys):
         raise ValueError("two runs of the grid are identical; give them different labels or seeds")
     todo = pending(runs, out)
-    n_workers = worker_count(workers, len(todo))
-    if todo:
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    if todo and backend == "ray":
+        from hybrid_pg.experiments.ray_backend import DEFAULT_MAX_RETRIES, run_cells
 
-            bar = tqdm(total=len(todo), desc=f"runs ({n_workers} workers)")
-        if n_workers == 1:
-            for label, cfg in todo:
-                with _naming_failures(label, cfg):
-                    _run_fresh(cfg, str(out / run_key(label, cfg)))
+        cells = [(label, cfg, run_key(label, cfg)) for label, cfg in todo]
+        retries = DEFAULT_MAX_RETRIES if max_retries is None else max_retries
+        run_cells(cells, out, _run_fresh, address=address, workers=workers, max_retries=retries, progress=progress, result_file=RESULT_FILE)
+    elif todo:
+        _run_local(todo, out, worker_count(workers, len(todo)), progress)
+    return [load_result(out / key, label=label) for key, (label, _) in zip(keys, runs)]
+
+
+def _run_local(todo: Grid, out: Path, n_workers: int, progress: bool) -> None:
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"runs ({n_workers} workers)")
+    if n_workers == 1:
+        for label, cfg in todo:
+            with _naming_failures(label, cfg):
+                _run_fresh(cfg, str(out / run_key(label, cfg)))
+            if bar is not None:
+                bar.update()
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_fresh, cfg, str(out / run_key(label, cfg))): (label, cfg) for label, cfg in todo}
+            for future in as_completed(futures):
+                # on a failure the pool still finishes (and saves) the other runs, then this raises
+                with _naming_failures(*futures[future]):
+                    future.result()
                 if bar is not None:
                     bar.update()
-        else:
-            import multiprocessing as mp
-
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_run_fresh, cfg, str(out / run_key(label, cfg))): (label, cfg) for label, cfg in todo}
-                for future in as_completed(futures):
-                    # on a failure the pool still finishes (and saves) the other runs, then this raises
-                    with _naming_failures(*futures[future]):
-                        future.result()
-                    if bar is not None:
-                        bar.update()
-        if bar is not None:
-            bar.close()
-    return [load_result(out / key, label=label) for key, (label, _) in zip(keys, runs)]
+    if bar is not None:
+        bar.close()
