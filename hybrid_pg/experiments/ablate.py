@@ -442,7 +442,7 @@ def run_ablation(
     :param workers: parallel worker processes (default: all cores; never more than the cores).
     :param progress: show a progress bar while training.
     """
-    from hybrid_pg.experiments.ablate_report import write_env_report
+    from hybrid_pg.experiments.ablate_report import write_env_report, write_summary
     from hybrid_pg.experiments.runner import pending, run_grid, worker_count
 
     out = Path(out_dir if out_dir is not None else ablation.output_dir)
@@ -455,8 +455,9 @@ def run_ablation(
     for result in results:
         by_label.setdefault(result["spec"]["label"], []).append(result)
     written: List[Path] = []
+    per_env: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
     for env in ablation.envs:
-        per_estimator = {est.name: by_label[f"{env.name}__{est.name}"] for est in ablation.estimators}
+        per_estimator = per_env[env.name] = {est.name: by_label[f"{env.name}__{est.name}"] for est in ablation.estimators}
         written += write_env_report(
             out,
             env_name=env.name,
@@ -466,4 +467,5 @@ def run_ablation(
             skip_updates=ablation.skip_updates,
             total_timesteps=ablation.total_timesteps,
         )
+    written += write_summary(out, per_env, ablation.reference)
     return AblationResult(out_dir=out, runs_total=len(runs), runs_trained=len(todo), workers=n_workers, written=written)
