@@ -284,13 +284,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _band(ax, grid: np.ndarray, curves: np.ndarray, label: str, log: bool = False) -> None:
+#: (linestyle, linewidth) per estimator, in order: the first is solid and widest and lies
+#: underneath, later ones are dashed/dotted, thinner and on top, so coinciding curves (the first
+#: updates, where every estimator is still at lam = 0) all stay visible
+_STYLES = (("-", 2.6), ("--", 1.9), (":", 1.9), ("-.", 1.6), ((0, (5, 1, 1, 1)), 1.4), ((0, (1, 3)), 1.4))
+
+
+def _band(ax, grid: np.ndarray, curves: np.ndarray, label: str, log: bool = False, index: int = 0) -> None:
     values = np.log(curves) if log else curves
     centre, low, high = curve_mean_ci(values)
     if log:
         centre, low, high = np.exp(centre), np.exp(low), np.exp(high)
-    (line,) = ax.plot(grid, centre, label=f"{label} (n={curves.shape[0]})")
-    ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    style, width = _STYLES[index % len(_STYLES)]
+    (line,) = ax.plot(grid, centre, label=f"{label} (n={curves.shape[0]})", linestyle=style, linewidth=width, zorder=3 + index)
+    ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.15, linewidth=0, zorder=1)
 
 
 def _mark_empty(ax, what: str) -> None:
@@ -301,10 +308,10 @@ def plot_curves(results: Results, out_png: Path, title: str) -> Path:
     """Training return against env steps per estimator: mean over seeds, 95% CI band."""
     fig, (ax,) = _figure(1)
     drawn = False
-    for name, runs in results.items():
+    for i, (name, runs) in enumerate(results.items()):
         common = _on_common_grid([learning_curve(r) for r in runs])
         if common is not None:
-            _band(ax, *common, label=name)
+            _band(ax, *common, label=name, index=i)
             drawn = True
     if not drawn:
         _mark_empty(ax, "training return")
@@ -328,10 +335,10 @@ def plot_variance(results: Results, out_png: Path, title: str, skip_updates: int
     panels = (("hybrid/var_applied", "Var(applied gradient)"), ("hybrid/variance_ratio_vs_score", "Var(applied) / Var(score), same rollout"))
     for ax, (key, label) in zip(axes, panels):
         drawn = False
-        for name, runs in results.items():
+        for i, (name, runs) in enumerate(results.items()):
             common = _on_common_grid([_positive(update_series(r, key), skip_updates) for r in runs])
             if common is not None:
-                _band(ax, *common, label=name, log=True)
+                _band(ax, *common, label=name, log=True, index=i)
                 drawn = True
         if drawn:
             ax.set_yscale("log")
