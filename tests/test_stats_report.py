@@ -15,7 +15,7 @@ from hybrid_pg.experiments.aggregate import (
     MIN_RUNS_FOR_SIGNIFICANCE,
     compare,
     normalise_min_max,
-    paired_bootstrap_difference_ci,
+    bootstrap_difference_ci,
     performance_profile,
     probability_of_improvement,
     rliable_available,
@@ -64,7 +64,7 @@ def test_pairing_removes_the_shared_seed_effect():
     assert shuffled.diff == paired.diff and shuffled.p_value == paired.p_value
     # different seed sets: unpaired
     assert not compare(a, b, seeds_a=range(8), seeds_b=range(1, 9)).paired
-    point = paired_bootstrap_difference_ci(a, b)
+    point = bootstrap_difference_ci(a, b, paired=True)
     assert point.point == pytest.approx(np.mean(a - b))
     assert math.isnan(wilcoxon_p_value([1.0, 2.0], [1.0, 2.0]))
 

@@ -49,7 +49,6 @@ __all__ = [
     "iqm_is_informative",
     "mean",
     "normalise_min_max",
-    "paired_bootstrap_difference_ci",
     "performance_profile",
     "probability_of_improvement",
     "rliable_available",
@@ -179,14 +178,24 @@ def bootstrap_difference_ci(
     reps: int = DEFAULT_REPS,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: Optional[int] = 0,
+    paired: bool = False,
 ) -> Interval:
     """``statistic(a) - statistic(b)`` for independent samples, with a percentile bootstrap CI
-    (``a`` and ``b`` resampled independently). "Significant" at this level = the CI excludes 0."""
+    (``a`` and ``b`` resampled independently). "Significant" at this level = the CI excludes 0.
+
+    ``paired=True``: ``a[i]`` and ``b[i]`` share seed i; the result is ``statistic(a - b)`` and the
+    bootstrap resamples the *pairs*, so the seed-to-seed variation both share cancels, which an
+    unpaired comparison would count as noise."""
     _check_confidence(confidence, reps)
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     if a.size == 0 or b.size == 0:
         raise ValueError("both samples need at least one score")
     rng = np.random.default_rng(seed)
+    if paired:
+        if a.size != b.size:
+            raise ValueError(f"paired samples need the same length, got {a.size} and {b.size}")
+        low, high = _percentiles(statistic(_resample([a - b], reps, rng)), confidence)
+        return Interval(float(statistic(a - b)), float(low), float(high))
     diffs = statistic(_resample([a], reps, rng)) - statistic(_resample([b], reps, rng))
     low, high = _percentiles(diffs, confidence)
     return Interval(float(statistic(a) - statistic(b)), float(low), float(high))
@@ -226,27 +235,6 @@ def curve_mean_ci(
 # ------------------------------------------------------------------------------------------------
 # comparisons that never overclaim
 # ------------------------------------------------------------------------------------------------
-
-
-def paired_bootstrap_difference_ci(
-    a: ArrayLike,
-    b: ArrayLike,
-    statistic: Statistic = mean,
-    reps: int = DEFAULT_REPS,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: Optional[int] = 0,
-) -> Interval:
-    """``statistic(a - b)`` for paired samples (``a[i]`` and ``b[i]`` share seed i), with a
-    percentile bootstrap CI that resamples the *pairs*: the seed-to-seed variation both share
-    cancels, which an unpaired comparison would count as noise."""
-    _check_confidence(confidence, reps)
-    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
-    if a.size != b.size or a.size == 0:
-        raise ValueError(f"paired samples need the same non-zero length, got {a.size} and {b.size}")
-    diffs = a - b
-    samples = statistic(_resample([diffs], reps, np.random.default_rng(seed)))
-    low, high = _percentiles(samples, confidence)
-    return Interval(float(statistic(diffs)), float(low), float(high))
 
 
 def wilcoxon_p_value(a: ArrayLike, b: ArrayLike) -> float:
@@ -316,7 +304,7 @@ def compare(
     if paired:
         order_b = {s: i for i, s in enumerate(seeds_b)}
         b = b[[order_b[s] for s in seeds_a]]
-        diff = paired_bootstrap_difference_ci(a, b, reps=reps, confidence=confidence, seed=seed)
+        diff = bootstrap_difference_ci(a, b, reps=reps, confidence=confidence, seed=seed, paired=True)
         p, test = wilcoxon_p_value(a, b), "wilcoxon"
     else:
         diff = bootstrap_difference_ci(a, b, reps=reps, confidence=confidence, seed=seed)
