@@ -60,15 +60,20 @@ def test_smoke_ablation_writes_tables_and_figures(smoke_run):
         assert set(rows) == {"hybrid", "reinforce"}
         hybrid, reference = rows["hybrid"], rows["reinforce"]
         for metric in ("final_return", "auc", "var_applied", "variance_ratio"):
-            for stat in ("mean", "iqm"):
-                low, point, high = (float(hybrid[f"{metric}_{stat}{s}"]) for s in ("_lo", "", "_hi"))
-                assert low <= point <= high, (env, metric, stat)
-            assert hybrid[f"{metric}_significant"] in ("0", "1")
+            low, point, high = (float(hybrid[f"{metric}_mean{s}"]) for s in ("_lo", "", "_hi"))
+            assert low <= point <= high, (env, metric)
+            assert hybrid[f"{metric}_iqm"] == ""  # 2 seeds: the IQM would only repeat the mean
+            # 2 seeds per cell: paired by seed, and never called significant
+            assert hybrid[f"{metric}_paired"] == "1" and hybrid[f"{metric}_test"] == "wilcoxon"
+            assert hybrid[f"{metric}_verdict"] == "too few runs" and hybrid[f"{metric}_significant"] == "0"
             assert reference[f"{metric}_diff_vs_ref"] == ""  # the reference is not compared with itself
         assert float(reference["variance_ratio_mean"]) == pytest.approx(1.0)  # REINFORCE is the score gradient
         md = (out / f"table_{env}.md").read_text()
         assert "## Compared with reinforce" in md and "| hybrid | final return |" in md and "IQM" in md
+        assert "too few runs" in md and ", significant" not in md
         assert (out / f"curves_{env}.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("summary.md", "summary.csv", "performance_profile.png"):  # across envs
+        assert (out / name).is_file() and str(out / name) in stdout.split(), name
 
 
 def test_a_second_invocation_trains_nothing(smoke_run, monkeypatch):

@@ -13,9 +13,19 @@ rl_zoo3 = pytest.importorskip("rl_zoo3")
 optuna = pytest.importorskip("optuna")
 
 from hybrid_pg import HybridPG  # noqa: E402
-from hybrid_pg.experiments.zoo import ALGO_NAME, convert_hybrid_pg_params, main, register, sample_hybrid_pg_params  # noqa: E402
+import hybrid_pg.experiments.zoo as zoo  # noqa: E402
+from hybrid_pg.experiments.zoo import (  # noqa: E402
+    ALGO_NAME,
+    DEFAULT_ZOO_CONFIG,
+    convert_hybrid_pg_params,
+    main,
+    register,
+    sample_hybrid_pg_params,
+    zoo_argv,
+)
 
-ZOO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "zoo" / "hybrid_pg.yml"
+REPO = Path(__file__).resolve().parents[1]
+ZOO_CONFIG = REPO / "configs" / "zoo" / "hybrid_pg.yml"
 
 
 def _quiet_main(argv):
@@ -66,12 +76,13 @@ def test_sampled_hyperparameters_build_a_model():
 
 
 def test_train_then_enjoy_through_the_zoo(tmp_path):
+    """No -conf: the packaged hyperparameters; one torch thread by default."""
     logs = tmp_path / "logs"
     status, out, err = _quiet_main(
         [
-            "train", "--algo", ALGO_NAME, "--env", "Pendulum-v1", "-conf", str(ZOO_CONFIG),
+            "train", "--algo", ALGO_NAME, "--env", "Pendulum-v1",
             "-n", "256", "-params", "n_envs:1", "n_steps:128", "n_epochs:1",
-            "--eval-freq", "-1", "-f", str(logs), "--seed", "0", "--num-threads", "1", "--verbose", "0",
+            "--eval-freq", "-1", "-f", str(logs), "--seed", "0", "--verbose", "0",
         ]
     )  # fmt: skip
     assert status == 0, err
@@ -79,6 +90,8 @@ def test_train_then_enjoy_through_the_zoo(tmp_path):
     # the zoo saves the hyperparameters it used as a YAML OrderedDict (a file this test just wrote)
     saved = dict(yaml.unsafe_load((run_dir / "Pendulum-v1" / "config.yml").read_text()))
     assert saved["estimator"] == "hybrid" and saved["n_steps"] == 128 and saved["n_envs"] == 1
+    args = dict(yaml.unsafe_load((run_dir / "Pendulum-v1" / "args.yml").read_text()))
+    assert args["num_threads"] == 1 and args["conf_file"] == str(DEFAULT_ZOO_CONFIG)
     model = HybridPG.load(run_dir / "Pendulum-v1.zip", device="cpu")
     assert model.num_timesteps == 256 and model.estimator == "hybrid"
     status, out, err = _quiet_main(
@@ -86,6 +99,51 @@ def test_train_then_enjoy_through_the_zoo(tmp_path):
     )
     assert status == 0, err
     assert "Episode Reward" in out or "Mean reward" in out
+
+
+def test_two_trial_optimize_on_a_tiny_budget(tmp_path):
+    status, out, err = _quiet_main(
+        [
+            "train", "--algo", ALGO_NAME, "--env", "Pendulum-v1", "-n", "64", "-optimize",
+            "--n-trials", "2", "--n-jobs", "1", "--sampler", "random", "--pruner", "none",
+            "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots",
+            "-params", "n_envs:1", "n_epochs:1",
+            "-f", str(tmp_path / "logs"), "--seed", "0", "--verbose", "0",
+        ]
+    )  # fmt: skip
+    assert status == 0, err
+    reports = list((tmp_path / "logs" / ALGO_NAME).rglob("report_Pendulum-v1_2-trials-*.csv"))
+    assert len(reports) == 1, list((tmp_path / "logs").rglob("*"))
+
+
+def test_default_arguments_and_their_overrides():
+    assert zoo_argv("train", ["--env", "X"]) == ["--env", "X", "--num-threads", "1", "-conf", str(DEFAULT_ZOO_CONFIG)]
+    assert zoo_argv("train", ["--num-threads", "4", "--conf-file", "my.yml"]) == ["--num-threads", "4", "--conf-file", "my.yml"]
+    assert zoo_argv("train", ["--num-threads=-1", "-conf", "a.yml"]) == ["--num-threads=-1", "-conf", "a.yml"]
+    assert zoo_argv("enjoy", ["-f", "logs"]) == ["-f", "logs", "--num-threads", "1"]  # enjoy takes no -conf
+
+
+def test_the_zoo_hyperparameters_are_packaged():
+    import fnmatch
+    import tomllib
+
+    assert DEFAULT_ZOO_CONFIG.is_file() and ZOO_CONFIG.resolve() == DEFAULT_ZOO_CONFIG
+    assert {"Pendulum-v1", "hybrid_pg/Pendulum-v0"} <= set(yaml.safe_load(DEFAULT_ZOO_CONFIG.read_text()))
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["hybrid_pg.experiments"]
+    relative = DEFAULT_ZOO_CONFIG.relative_to(REPO / "hybrid_pg" / "experiments").as_posix()
+    assert any(fnmatch.fnmatch(relative, p) for p in patterns), (relative, patterns)
+    extra = pyproject["project"]["optional-dependencies"]["zoo"]
+    assert any(req.startswith("requests") for req in extra)  # rl_zoo3's enjoy imports it undeclared
+
+
+def test_a_missing_zoo_dependency_is_a_message_not_a_traceback(monkeypatch):
+    def missing(command):
+        raise ModuleNotFoundError("No module named 'requests'", name="requests")
+
+    monkeypatch.setattr(zoo, "_entry_point", missing)
+    status, _, err = _quiet_main(["enjoy", "--algo", ALGO_NAME, "--env", "Pendulum-v1"])
+    assert status == 2 and "'requests'" in err and 'pip install "hybrid-pg[zoo]"' in err and "Traceback" not in err
 
 
 def test_usage_errors():

@@ -468,7 +468,7 @@ def run_ablation(
     :param only: train only these estimators (by name); the reports still cover every finished run
         of the grid, so a grid can be filled over several invocations.
     """
-    from hybrid_pg.experiments.ablate_report import write_env_report
+    from hybrid_pg.experiments.ablate_report import write_env_report, write_summary
     from hybrid_pg.experiments.runner import is_finished, load_result, pending, run_grid, run_key, worker_count
 
     out = Path(out_dir if out_dir is not None else ablation.output_dir)
@@ -483,11 +483,13 @@ def run_ablation(
         if is_finished(runs_dir / run_key(label, cfg)):
             by_label.setdefault(label, []).append(load_result(runs_dir / run_key(label, cfg), label=label))
     written: List[Path] = []
+    per_env: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
     for env in ablation.envs:
         per_estimator = {est.name: by_label[f"{env.name}__{est.name}"] for est in ablation.estimators if f"{env.name}__{est.name}" in by_label}
         if not per_estimator:
             continue
         per_estimator.setdefault(ablation.reference, [])  # compared with nothing until the reference has runs
+        per_env[env.name] = per_estimator
         written += write_env_report(
             out,
             env_name=env.name,
@@ -497,4 +499,5 @@ def run_ablation(
             skip_updates=ablation.skip_updates,
             total_timesteps=ablation.total_timesteps,
         )
+    written += write_summary(out, per_env, ablation.reference)
     return AblationResult(out_dir=out, runs_total=len(runs), runs_trained=len(todo), workers=n_workers or 0, written=written, backend=backend)

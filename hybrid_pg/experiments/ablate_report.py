@@ -11,12 +11,27 @@ Per run (from what the run engine wrote, :func:`hybrid_pg.experiments.runner.loa
   the score-function (REINFORCE) gradient's variance on the same rollout (1 for reinforce itself).
 
 (The variance medians leave out the first ``skip_updates`` updates.) Per estimator, every metric is
-aggregated over seeds as the mean and the IQM, each with a 95% bootstrap CI (the runs of the env
-form the single stratum of :func:`hybrid_pg.experiments.aggregate.stratified_bootstrap_ci`; 2000 resamples,
-fixed generator seed, so reports are reproducible). Each estimator is compared with the reference
-(default reinforce) per metric: the difference of means with its 95% bootstrap CI (the two groups
-resampled independently); the difference is called significant when that CI excludes 0. Welch's
-t-test p-value is given alongside for reference (with few seeds, read both with care).
+aggregated over seeds as the mean with a 95% bootstrap CI (the runs of the env form the single
+stratum of :func:`hybrid_pg.experiments.aggregate.stratified_bootstrap_ci`; 2000 resamples, fixed
+generator seed, so reports are reproducible), and the IQM with its CI where it is not the mean by
+definition (4 runs or more; "—" below). Each estimator is compared with the reference (default
+reinforce) per metric by :func:`hybrid_pg.experiments.aggregate.compare`: runs with the same seed
+share the env's random numbers, so when both estimators ran the same seeds the comparison is
+*paired* (mean of the per-seed differences, paired bootstrap CI, Wilcoxon signed-rank p), else
+unpaired (difference of means, independent bootstrap, Welch's p). A difference is called
+significant only when the CI excludes 0 *and* p < 0.05 *and* each estimator has at least
+:data:`~hybrid_pg.experiments.aggregate.MIN_RUNS_FOR_SIGNIFICANCE` (5) runs; with fewer the verdict
+is "too few runs" (see that constant for why).
+
+Across envs (:func:`write_summary`, files ``summary.md``, ``summary.csv``,
+``performance_profile.png``): the final return normalised per env by min-max over every run of
+every estimator on that env (0 = the worst run there, 1 = the best; relative to the estimators
+compared), then per estimator the mean and IQM of the normalised scores (stratified bootstrap, envs
+as strata), the probability of improvement over the reference (P(a run of the estimator beats a
+run of the reference on the same env), averaged over envs; stratified bootstrap CI; needs no
+normalisation), and the performance profile (fraction of runs with normalised score above tau).
+rliable computes the last two when it imports (else the numpy fallback of
+:mod:`hybrid_pg.experiments.aggregate`).
 
 Files written into the output folder, ``<env>`` being the env entry's name:
 
@@ -38,10 +53,23 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hybrid_pg.experiments.aggregate import Interval, bootstrap_difference_ci, curve_mean_ci, iqm, mean, stratified_bootstrap_ci, welch_p_value
+from hybrid_pg.experiments.aggregate import (
+    MIN_RUNS_FOR_SIGNIFICANCE,
+    Comparison,
+    Interval,
+    compare,
+    curve_mean_ci,
+    iqm,
+    iqm_is_informative,
+    mean,
+    normalise_min_max,
+    performance_profile,
+    probability_of_improvement,
+    stratified_bootstrap_ci,
+)
 from hybrid_pg.experiments.results import learning_curve, median_over_updates, normalized_auc, update_series
 
-__all__ = ["METRICS", "Metric", "estimator_summary", "markdown_table", "run_metrics", "write_env_report"]
+__all__ = ["METRICS", "Metric", "estimator_summary", "markdown_table", "run_metrics", "write_env_report", "write_summary"]
 
 Results = Mapping[str, Sequence[Dict[str, Any]]]  # estimator name -> its runs' results
 
@@ -72,9 +100,11 @@ def run_metrics(result: Dict[str, Any], skip_updates: int = 0) -> Dict[str, floa
     }
 
 
-def _finite(values: Sequence[float]) -> np.ndarray:
+def _finite(values: Sequence[float], seeds: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, Optional[List[int]]]:
+    """The finite values, and the seeds of those values (None if ``seeds`` is None)."""
     arr = np.asarray(values, dtype=float)
-    return arr[np.isfinite(arr)]
+    keep = np.isfinite(arr)
+    return arr[keep], None if seeds is None else [s for s, k in zip(seeds, keep) if k]
 
 
 def _nan_interval() -> Interval:
@@ -82,47 +112,50 @@ def _nan_interval() -> Interval:
 
 
 def _aggregate(values: np.ndarray) -> Tuple[Interval, Interval]:
+    """Mean and IQM with CIs; the IQM is NaN where it would only repeat the mean (n < 4)."""
     if values.size == 0:
         return _nan_interval(), _nan_interval()
-    return stratified_bootstrap_ci(values, mean), stratified_bootstrap_ci(values, iqm)
+    iqm_ci = stratified_bootstrap_ci(values, iqm) if iqm_is_informative(values.size) else _nan_interval()
+    return stratified_bootstrap_ci(values, mean), iqm_ci
 
 
 def estimator_summary(
     name: str,
     per_run: Sequence[Dict[str, float]],
     reference_runs: Optional[Sequence[Dict[str, float]]],
+    seeds: Optional[Sequence[int]] = None,
+    reference_seeds: Optional[Sequence[int]] = None,
 ) -> Dict[str, Any]:
     """One row of the table: per metric n, mean and IQM with CIs, and (unless ``reference_runs``
-    is None) the difference of means vs the reference with its CI, Welch p and verdict."""
+    is None) the :class:`~hybrid_pg.experiments.aggregate.Comparison` with the reference under
+    ``"comparison"`` (paired by seed when both seed lists are given and match)."""
     row: Dict[str, Any] = {"estimator": name, "runs": len(per_run)}
     for metric in METRICS:
-        values = _finite([r[metric.key] for r in per_run])
+        values, kept = _finite([r[metric.key] for r in per_run], seeds)
         mean_ci, iqm_ci = _aggregate(values)
         row[metric.key] = {"n": int(values.size), "mean": mean_ci, "iqm": iqm_ci}
         if reference_runs is None:
             continue
-        ref = _finite([r[metric.key] for r in reference_runs])
-        if values.size and ref.size:
-            diff = bootstrap_difference_ci(values, ref)
-            row[metric.key]["diff"] = diff
-            row[metric.key]["welch_p"] = welch_p_value(values, ref)
-            row[metric.key]["significant"] = diff.excludes(0.0)
-        else:
-            row[metric.key].update(diff=_nan_interval(), welch_p=math.nan, significant=False)
+        ref, ref_kept = _finite([r[metric.key] for r in reference_runs], reference_seeds)
+        row[metric.key]["comparison"] = compare(values, ref, kept, ref_kept) if values.size and ref.size else None
     return row
 
 
-def _verdict(metric: Metric, cell: Mapping[str, Any], reference: str) -> str:
-    if not cell.get("significant"):
+def _verdict(metric: Metric, comparison: Optional[Comparison], reference: str) -> str:
+    if comparison is None:
+        return "n/a"
+    if comparison.verdict == "too few runs":
+        return f"too few runs (n = {comparison.n_a} and {comparison.n_b}; a verdict needs >= {MIN_RUNS_FOR_SIGNIFICANCE} each)"
+    if not comparison.significant:
         return "no significant difference"
-    higher = cell["diff"].point > 0
+    higher = comparison.diff.point > 0
     better = higher == metric.higher_is_better
     return f"{'higher' if higher else 'lower'} than {reference} ({'better' if better else 'worse'}), significant"
 
 
-def _ci_text(interval: Interval, fmt: str) -> str:
+def _ci_text(interval: Interval, fmt: str, missing: str = "n/a") -> str:
     if math.isnan(interval.point):
-        return "n/a"
+        return missing
     return f"{fmt.format(interval.point)} [{fmt.format(interval.low)}, {fmt.format(interval.high)}]"
 
 
@@ -130,32 +163,48 @@ def _p_text(p: float) -> str:
     return "n/a" if math.isnan(p) else f"{p:.3g}"
 
 
+def _p_text(comparison: Comparison) -> str:
+    name = "Wilcoxon" if comparison.test == "wilcoxon" else "Welch"
+    return f"{name} n/a" if math.isnan(comparison.p_value) else f"{name} {comparison.p_value:.3g}"
+
+
 def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -> str:
     """The env's markdown report: aggregates, then comparisons with ``reference``, then a legend."""
-    lines = [f"# {title}", "", "Aggregates over seeds (point estimate [95% bootstrap CI]).", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Aggregates over seeds (point estimate [95% bootstrap CI]; IQM — where it would equal the mean: fewer than 4 runs).",
+        "",
+    ]
     header = ["estimator", "runs"] + [f"{m.title}: {stat}" for m in METRICS for stat in ("mean", "IQM")]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["estimator"], str(row["runs"])]
         for m in METRICS:
-            cells += [_ci_text(row[m.key]["mean"], m.fmt), _ci_text(row[m.key]["iqm"], m.fmt)]
+            cells += [_ci_text(row[m.key]["mean"], m.fmt), _ci_text(row[m.key]["iqm"], m.fmt, missing="—" if row[m.key]["n"] else "n/a")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         f"## Compared with {reference}",
         "",
-        f"Difference of means (estimator - {reference}) with its 95% bootstrap CI; **significant** when the CI excludes 0. "
-        "Welch's t-test p-value (two-sided) alongside.",
+        f"Paired by seed where both ran the same seeds: mean of the per-seed differences (estimator - {reference}) with a "
+        "paired 95% bootstrap CI and Wilcoxon's signed-rank p; otherwise the difference of means, independent bootstrap, "
+        f"Welch's p. **Significant** only when the CI excludes 0, p < 0.05 and both have >= {MIN_RUNS_FOR_SIGNIFICANCE} runs "
+        "(below that: too few runs, whatever the numbers say).",
         "",
-        "| estimator | metric | difference of means [95% CI] | Welch p | verdict |",
-        "|---|---|---|---|---|",
+        "| estimator | metric | paired | difference [95% CI] | test p | verdict |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        if "diff" not in row[METRICS[0].key]:
+        if "comparison" not in row[METRICS[0].key]:
             continue  # the reference itself
         for m in METRICS:
-            cell = row[m.key]
-            lines.append(f"| {row['estimator']} | {m.title} | {_ci_text(cell['diff'], m.fmt)} | {_p_text(cell['welch_p'])} | {_verdict(m, cell, reference)} |")
+            c = row[m.key]["comparison"]
+            if c is None:
+                lines.append(f"| {row['estimator']} | {m.title} | | n/a | n/a | n/a |")
+                continue
+            paired = "yes" if c.paired else "no"
+            lines.append(f"| {row['estimator']} | {m.title} | {paired} | {_ci_text(c.diff, m.fmt)} | {_p_text(c)} | {_verdict(m, c, reference)} |")
     lines += [
         "",
         "Final return: mean of the deterministic evaluation episodes after training. AUC: area under the training-return "
@@ -175,13 +224,19 @@ def _csv_rows(env_name: str, env_id: str, rows: Sequence[Dict[str, Any]], refere
             cell = row[m.key]
             flat[f"{m.key}_n"] = cell["n"]
             for stat in ("mean", "iqm"):
-                flat[f"{m.key}_{stat}"], flat[f"{m.key}_{stat}_lo"], flat[f"{m.key}_{stat}_hi"] = dataclasses.astuple(cell[stat])
-            compared = "diff" in cell  # not for the reference itself
-            flat[f"{m.key}_diff_vs_ref"] = cell["diff"].point if compared else ""
-            flat[f"{m.key}_diff_lo"] = cell["diff"].low if compared else ""
-            flat[f"{m.key}_diff_hi"] = cell["diff"].high if compared else ""
-            flat[f"{m.key}_welch_p"] = cell["welch_p"] if compared else ""
-            flat[f"{m.key}_significant"] = int(cell["significant"]) if compared else ""
+                values = dataclasses.astuple(cell[stat])
+                if math.isnan(values[0]):
+                    values = ("", "", "")  # not computed (no runs, or the IQM would repeat the mean)
+                flat[f"{m.key}_{stat}"], flat[f"{m.key}_{stat}_lo"], flat[f"{m.key}_{stat}_hi"] = values
+            c = cell.get("comparison")  # absent for the reference itself, None without data
+            flat[f"{m.key}_diff_vs_ref"] = c.diff.point if c else ""
+            flat[f"{m.key}_diff_lo"] = c.diff.low if c else ""
+            flat[f"{m.key}_diff_hi"] = c.diff.high if c else ""
+            flat[f"{m.key}_paired"] = int(c.paired) if c else ""
+            flat[f"{m.key}_test"] = c.test if c else ""
+            flat[f"{m.key}_p"] = c.p_value if c else ""
+            flat[f"{m.key}_verdict"] = c.verdict if c else ""
+            flat[f"{m.key}_significant"] = int(c.significant) if c else ""
         out.append(flat)
     return out
 
@@ -229,13 +284,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _band(ax, grid: np.ndarray, curves: np.ndarray, label: str, log: bool = False) -> None:
+#: (linestyle, linewidth) per estimator, in order: the first is solid and widest and lies
+#: underneath, later ones are dashed/dotted, thinner and on top, so coinciding curves (the first
+#: updates, where every estimator is still at lam = 0) all stay visible
+_STYLES = (("-", 2.6), ("--", 1.9), (":", 1.9), ("-.", 1.6), ((0, (5, 1, 1, 1)), 1.4), ((0, (1, 3)), 1.4))
+
+
+def _band(ax, grid: np.ndarray, curves: np.ndarray, label: str, log: bool = False, index: int = 0) -> None:
     values = np.log(curves) if log else curves
     centre, low, high = curve_mean_ci(values)
     if log:
         centre, low, high = np.exp(centre), np.exp(low), np.exp(high)
-    (line,) = ax.plot(grid, centre, label=f"{label} (n={curves.shape[0]})")
-    ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    style, width = _STYLES[index % len(_STYLES)]
+    (line,) = ax.plot(grid, centre, label=f"{label} (n={curves.shape[0]})", linestyle=style, linewidth=width, zorder=3 + index)
+    ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.15, linewidth=0, zorder=1)
 
 
 def _mark_empty(ax, what: str) -> None:
@@ -246,10 +308,10 @@ def plot_curves(results: Results, out_png: Path, title: str) -> Path:
     """Training return against env steps per estimator: mean over seeds, 95% CI band."""
     fig, (ax,) = _figure(1)
     drawn = False
-    for name, runs in results.items():
+    for i, (name, runs) in enumerate(results.items()):
         common = _on_common_grid([learning_curve(r) for r in runs])
         if common is not None:
-            _band(ax, *common, label=name)
+            _band(ax, *common, label=name, index=i)
             drawn = True
     if not drawn:
         _mark_empty(ax, "training return")
@@ -273,10 +335,10 @@ def plot_variance(results: Results, out_png: Path, title: str, skip_updates: int
     panels = (("hybrid/var_applied", "Var(applied gradient)"), ("hybrid/variance_ratio_vs_score", "Var(applied) / Var(score), same rollout"))
     for ax, (key, label) in zip(axes, panels):
         drawn = False
-        for name, runs in results.items():
+        for i, (name, runs) in enumerate(results.items()):
             common = _on_common_grid([_positive(update_series(r, key), skip_updates) for r in runs])
             if common is not None:
-                _band(ax, *common, label=name, log=True)
+                _band(ax, *common, label=name, log=True, index=i)
                 drawn = True
         if drawn:
             ax.set_yscale("log")
@@ -308,7 +370,11 @@ def write_env_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_run = {name: [run_metrics(r, skip_updates) for r in runs] for name, runs in results.items()}
-    rows = [estimator_summary(name, metrics, None if name == reference else per_run[reference]) for name, metrics in per_run.items()]
+    seeds_of = {name: [r["spec"]["seed"] for r in runs] for name, runs in results.items()}
+    rows = [
+        estimator_summary(name, metrics, None if name == reference else per_run[reference], seeds_of[name], seeds_of[reference])
+        for name, metrics in per_run.items()
+    ]
     seeds = sorted({r["spec"]["seed"] for runs in results.values() for r in runs})
     budget = f", {total_timesteps} steps per run" if total_timesteps else ""
     label = env_id if env_name == env_id.replace("/", "-") else f"{env_id} ({env_name})"
@@ -325,3 +391,111 @@ def write_env_report(
     curves = plot_curves(results, out_dir / f"curves_{env_name}.png", label)
     variance = plot_variance(results, out_dir / f"variance_{env_name}.png", env_name, skip_updates)
     return [md, table_csv, runs_csv, curves, variance]
+
+
+# ------------------------------------------------------------------------------------------------
+# across envs
+# ------------------------------------------------------------------------------------------------
+
+#: metrics aggregated across envs (both higher-is-better returns; see the module docstring)
+SUMMARY_METRICS = tuple(m for m in METRICS if m.key in ("final_return", "auc"))
+PROFILE_TAUS = np.linspace(0.0, 1.0, 51)
+
+
+def _per_env_scores(per_env: Mapping[str, Results], estimators: Sequence[str], key: str) -> List[List[np.ndarray]]:
+    """scores[env][estimator] of one metric, non-finite values dropped."""
+    return [[_finite([run_metrics(r)[key] for r in results[name]])[0] for name in estimators] for results in per_env.values()]
+
+
+def _plot_profiles(profiles: Mapping[str, Tuple[np.ndarray, np.ndarray, np.ndarray]], n_envs: int, out_png: Path) -> Path:
+    fig, (ax,) = _figure(1)
+    for name, (point, low, high) in profiles.items():
+        (line,) = ax.step(PROFILE_TAUS, point, where="post", label=name)
+        ax.fill_between(PROFILE_TAUS, low, high, step="post", color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set(
+        xlabel="normalised final return tau (per env: 0 = worst run, 1 = best run of any estimator)",
+        ylabel="fraction of runs with score > tau",
+        title=f"Performance profile over {n_envs} env(s), 95% stratified-bootstrap CI",
+        ylim=(-0.02, 1.02),
+    )
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return _save(fig, out_png)
+
+
+def write_summary(out_dir: Path, per_env: Mapping[str, Results], reference: str) -> List[Path]:
+    """The cross-env files of the module docstring (``summary.md``, ``summary.csv``,
+    ``performance_profile.png``). ``per_env``: env name -> estimator name -> that cell's runs."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    estimators = list(next(iter(per_env.values())))
+    lines = [
+        f"# Across {len(per_env)} env(s): {', '.join(per_env)}",
+        "",
+        "Scores normalised per env by min-max over every run of every estimator on that env (0 = worst run there, "
+        "1 = best; relative to the estimators compared). Mean / IQM of the normalised scores over all runs with a 95% "
+        "stratified bootstrap CI (envs as strata; IQM — below 4 runs). P(improvement): probability that a run of the "
+        f"estimator beats a run of {reference} on the same env (ties half), averaged over envs, with a 95% stratified "
+        f"bootstrap CI; a tendency is named only with >= {MIN_RUNS_FOR_SIGNIFICANCE} runs per estimator and env and a CI "
+        "that excludes 0.5.",
+        "",
+        "| metric | estimator | runs | normalised mean [95% CI] | normalised IQM [95% CI] | P(improvement over "
+        f"{reference}) [95% CI] | reading |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    csv_rows: List[Dict[str, Any]] = []
+    profiles = {}
+    for metric in SUMMARY_METRICS:
+        raw = _per_env_scores(per_env, estimators, metric.key)
+        if any(s.size == 0 for env in raw for s in env):
+            continue
+        normalised = normalise_min_max(raw)
+        ref_index = estimators.index(reference)
+        for j, name in enumerate(estimators):
+            strata = [env[j] for env in normalised]
+            n_min = min(s.size for s in strata)
+            total = sum(s.size for s in strata)
+            mean_ci = stratified_bootstrap_ci(strata, mean)
+            iqm_ci = stratified_bootstrap_ci(strata, iqm) if iqm_is_informative(total) else _nan_interval()
+            poi = None if name == reference else probability_of_improvement([env[j] for env in raw], [env[ref_index] for env in raw])
+            min_ref = min(env[ref_index].size for env in raw)
+            if poi is None:
+                reading = "reference"
+            elif min(n_min, min_ref) < MIN_RUNS_FOR_SIGNIFICANCE:
+                reading = "too few runs"
+            elif poi.excludes(0.5):
+                reading = f"{'better' if poi.point > 0.5 else 'worse'} than {reference}"
+            else:
+                reading = "no clear tendency"
+            lines.append(
+                f"| {metric.title} | {name} | {total} | {_ci_text(mean_ci, '{:.3f}')} | {_ci_text(iqm_ci, '{:.3f}', missing='—')} | "
+                f"{_ci_text(poi, '{:.3f}') if poi else '—'} | {reading} |"
+            )
+            csv_rows.append(
+                {
+                    "metric": metric.key,
+                    "estimator": name,
+                    "runs": total,
+                    "norm_mean": mean_ci.point,
+                    "norm_mean_lo": mean_ci.low,
+                    "norm_mean_hi": mean_ci.high,
+                    "norm_iqm": "" if math.isnan(iqm_ci.point) else iqm_ci.point,
+                    "norm_iqm_lo": "" if math.isnan(iqm_ci.point) else iqm_ci.low,
+                    "norm_iqm_hi": "" if math.isnan(iqm_ci.point) else iqm_ci.high,
+                    "poi_vs_ref": poi.point if poi else "",
+                    "poi_lo": poi.low if poi else "",
+                    "poi_hi": poi.high if poi else "",
+                    "reading": reading,
+                }
+            )
+            if metric.key == "final_return":
+                profiles[name] = performance_profile(strata, PROFILE_TAUS)
+    written = []
+    md = out_dir / "summary.md"
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    written.append(md)
+    if csv_rows:
+        written.append(_write_csv(out_dir / "summary.csv", csv_rows))
+    if profiles:
+        written.append(_plot_profiles(profiles, len(per_env), out_dir / "performance_profile.png"))
+    return written

@@ -6,11 +6,19 @@ median) and percentile confidence intervals from a *stratified* bootstrap, which
 of each task (stratum) with replacement, independently per task, so every resample keeps the
 design's number of runs per task.
 
-Why not the ``rliable`` package: with pandas 3 (installed here) ``from rliable import library``
-fails inside its import chain, and the computation is short; so it is implemented here with numpy
-(and scipy for Welch's test). Conventions follow rliable: the IQM is scipy's 25% trimmed mean
-(``int(0.25 * n)`` scores cut from each end) of all scores pooled over tasks, and intervals are
-percentile intervals of the resampled statistic.
+Also here: comparisons that never overclaim (:func:`compare`: paired by seed when both groups
+ran the same seeds, and no verdict below :data:`MIN_RUNS_FOR_SIGNIFICANCE` runs per group), the
+probability of improvement (:func:`probability_of_improvement`), performance profiles
+(:func:`performance_profile`) and min-max normalisation for aggregating across envs
+(:func:`normalise_min_max`).
+
+rliable: :func:`probability_of_improvement` and :func:`performance_profile` use the ``rliable``
+package when it imports (``pip install rliable "pandas<3"``: its import chain fails with pandas 3)
+and fall back to the numpy implementation here otherwise (``backend="numpy"`` forces it). Both
+compute the same point estimates; their bootstrap intervals differ only by resampling noise (tested).
+Conventions follow rliable: the IQM is scipy's 25% trimmed mean (``int(0.25 * n)`` scores cut from
+each end) of all scores pooled over tasks, and intervals are percentile intervals of the resampled
+statistic.
 
 Every function takes plain sequences or arrays, ignores nothing silently (NaNs are the caller's to
 drop; a NaN in the input gives a NaN result) and is deterministic for a given ``seed``.
@@ -18,26 +26,53 @@ drop; a NaN in the input gives a NaN result) and is deterministic for a given ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Callable, Optional, Sequence, Union
+import warnings
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 __all__ = [
+    "Comparison",
     "DEFAULT_CONFIDENCE",
     "DEFAULT_REPS",
     "Interval",
+    "MIN_RUNS_FOR_IQM",
+    "MIN_RUNS_FOR_SIGNIFICANCE",
+    "SIGNIFICANCE_LEVEL",
     "bootstrap_difference_ci",
+    "compare",
     "curve_mean_ci",
     "iqm",
+    "iqm_is_informative",
     "mean",
+    "normalise_min_max",
+    "performance_profile",
+    "probability_of_improvement",
+    "rliable_available",
     "stratified_bootstrap_ci",
     "welch_p_value",
+    "wilcoxon_p_value",
 ]
 
 DEFAULT_REPS = 2000
 DEFAULT_CONFIDENCE = 0.95
+SIGNIFICANCE_LEVEL = 0.05
+
+#: Fewest runs per group for which :func:`compare` gives a verdict ("too few runs" below). Five is
+#: the usual floor in RL reporting, and below it the tools used here cannot support a claim: a
+#: percentile bootstrap of n values has only C(2n-1, n) distinct resamples (3 for n = 2, 10 for
+#: n = 3, 35 for n = 4), so its "95%" interval is essentially the sample's range and covers far less
+#: than 95%; a t-test's p-value then rests entirely on the normality of 2-4 numbers; and the exact
+#: two-sided Wilcoxon signed-rank p cannot go below 2 / 2**n (0.25 for n = 3, 0.125 for n = 4). Note
+#: that 2 / 2**5 = 0.0625: a paired comparison (CI *and* Wilcoxon required) needs 6 seeds to be
+#: called significant at 5%.
+MIN_RUNS_FOR_SIGNIFICANCE = 5
+
+#: Fewest scores for which the IQM differs from the mean by definition (``int(0.25 * n) >= 1``).
+MIN_RUNS_FOR_IQM = 4
 
 ArrayLike = Union[Sequence[float], np.ndarray]
 #: reduces the last axis: (..., n) -> (...)
@@ -71,6 +106,11 @@ def iqm(x: np.ndarray) -> np.ndarray:
         raise ValueError("iqm of an empty sample")
     cut = int(0.25 * n)
     return np.mean(values[..., cut : n - cut], axis=-1)
+
+
+def iqm_is_informative(n: int) -> bool:
+    """False where the IQM is the mean by definition (n < 4: nothing is trimmed)."""
+    return int(0.25 * n) >= 1
 
 
 def _as_strata(scores: Union[ArrayLike, Sequence[ArrayLike]]) -> list[np.ndarray]:
@@ -138,14 +178,24 @@ def bootstrap_difference_ci(
     reps: int = DEFAULT_REPS,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: Optional[int] = 0,
+    paired: bool = False,
 ) -> Interval:
     """``statistic(a) - statistic(b)`` for independent samples, with a percentile bootstrap CI
-    (``a`` and ``b`` resampled independently). "Significant" at this level = the CI excludes 0."""
+    (``a`` and ``b`` resampled independently). "Significant" at this level = the CI excludes 0.
+
+    ``paired=True``: ``a[i]`` and ``b[i]`` share seed i; the result is ``statistic(a - b)`` and the
+    bootstrap resamples the *pairs*, so the seed-to-seed variation both share cancels, which an
+    unpaired comparison would count as noise."""
     _check_confidence(confidence, reps)
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     if a.size == 0 or b.size == 0:
         raise ValueError("both samples need at least one score")
     rng = np.random.default_rng(seed)
+    if paired:
+        if a.size != b.size:
+            raise ValueError(f"paired samples need the same length, got {a.size} and {b.size}")
+        low, high = _percentiles(statistic(_resample([a - b], reps, rng)), confidence)
+        return Interval(float(statistic(a - b)), float(low), float(high))
     diffs = statistic(_resample([a], reps, rng)) - statistic(_resample([b], reps, rng))
     low, high = _percentiles(diffs, confidence)
     return Interval(float(statistic(a) - statistic(b)), float(low), float(high))
@@ -180,3 +230,242 @@ def curve_mean_ci(
     means = curves[rows].mean(axis=1)  # (reps, points)
     low, high = _percentiles(means, confidence)
     return curves.mean(axis=0), low, high
+
+
+# ------------------------------------------------------------------------------------------------
+# comparisons that never overclaim
+# ------------------------------------------------------------------------------------------------
+
+
+def wilcoxon_p_value(a: ArrayLike, b: ArrayLike) -> float:
+    """Two-sided p-value of the Wilcoxon signed-rank test of the paired differences ``a - b``
+    (exact for small samples); NaN when undefined (no pairs, or every difference 0)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.size != b.size:
+        raise ValueError(f"paired samples need the same length, got {a.size} and {b.size}")
+    diffs = a - b
+    if diffs.size == 0 or np.all(diffs == 0):
+        return math.nan
+    return float(stats.wilcoxon(diffs, alternative="two-sided").pvalue)
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """``a`` against ``b``: the difference (of means, or mean of paired differences) with its CI,
+    the test's p-value and the verdict.
+
+    ``verdict`` is ``"too few runs"`` when either group has fewer than ``min_runs`` runs (nothing
+    is claimed, whatever the CI), else ``"significant"`` when the CI excludes 0 *and* p <
+    :data:`SIGNIFICANCE_LEVEL`, else ``"not significant"``.
+    """
+
+    diff: Interval
+    p_value: float
+    test: str  # "wilcoxon" (paired) or "welch" (unpaired)
+    paired: bool
+    n_a: int
+    n_b: int
+    verdict: str
+
+    @property
+    def significant(self) -> bool:
+        return self.verdict == "significant"
+
+
+def compare(
+    a: ArrayLike,
+    b: ArrayLike,
+    seeds_a: Optional[Sequence[int]] = None,
+    seeds_b: Optional[Sequence[int]] = None,
+    min_runs: int = MIN_RUNS_FOR_SIGNIFICANCE,
+    reps: int = DEFAULT_REPS,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: Optional[int] = 0,
+) -> Comparison:
+    """Compare two groups of per-run scores.
+
+    Paired when both seed lists are given and hold the same seeds (runs with the same seed share
+    the env's random numbers): the pairs are matched by seed, the difference is the mean of the
+    paired differences with a paired bootstrap CI, and the test is Wilcoxon's signed-rank.
+    Otherwise unpaired: difference of means, the groups resampled independently, Welch's t-test.
+    See :data:`MIN_RUNS_FOR_SIGNIFICANCE` for why small groups get no verdict.
+    """
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError("both samples need at least one score")
+    paired = False
+    if seeds_a is not None and seeds_b is not None:
+        seeds_a, seeds_b = list(seeds_a), list(seeds_b)
+        if len(seeds_a) != a.size or len(seeds_b) != b.size:
+            raise ValueError("one seed per score is needed")
+        paired = len(set(seeds_a)) == a.size and set(seeds_a) == set(seeds_b)
+    if paired:
+        order_b = {s: i for i, s in enumerate(seeds_b)}
+        b = b[[order_b[s] for s in seeds_a]]
+        diff = bootstrap_difference_ci(a, b, reps=reps, confidence=confidence, seed=seed, paired=True)
+        p, test = wilcoxon_p_value(a, b), "wilcoxon"
+    else:
+        diff = bootstrap_difference_ci(a, b, reps=reps, confidence=confidence, seed=seed)
+        p, test = welch_p_value(a, b), "welch"
+    if min(a.size, b.size) < min_runs:
+        verdict = "too few runs"
+    elif diff.excludes(0.0) and p < SIGNIFICANCE_LEVEL:  # NaN p: never significant
+        verdict = "significant"
+    else:
+        verdict = "not significant"
+    return Comparison(diff=diff, p_value=p, test=test, paired=paired, n_a=int(a.size), n_b=int(b.size), verdict=verdict)
+
+
+# ------------------------------------------------------------------------------------------------
+# across tasks: normalisation, probability of improvement, performance profiles
+# ------------------------------------------------------------------------------------------------
+
+
+def normalise_min_max(per_task: Sequence[Sequence[ArrayLike]]) -> List[List[np.ndarray]]:
+    """Min-max normalise scores per task over every run of every method on that task.
+
+    :param per_task: ``per_task[t][m]``: the scores of method ``m`` on task ``t``.
+    :return: the same nesting with ``(x - lo_t) / (hi_t - lo_t)``, ``lo_t`` / ``hi_t`` the lowest
+        and highest score of any method on task ``t`` (0.5 everywhere on a task whose scores are all
+        equal). So 0 is the worst run on the task and 1 the best: scores become comparable across
+        tasks, but they are relative to the methods compared (add or drop one and they move).
+    """
+    out: List[List[np.ndarray]] = []
+    for methods in per_task:
+        arrays = [np.asarray(m, dtype=float).ravel() for m in methods]
+        pooled = np.concatenate(arrays) if arrays else np.zeros(0)
+        lo, hi = (float(np.min(pooled)), float(np.max(pooled))) if pooled.size else (0.0, 1.0)
+        span = hi - lo
+        out.append([(x - lo) / span if span > 0 else np.full_like(x, 0.5) for x in arrays])
+    return out
+
+
+def rliable_available() -> bool:
+    """True when ``rliable`` imports (it does not with pandas 3)."""
+    return _rliable() is not None
+
+
+def _rliable():
+    try:
+        from rliable import library, metrics
+    except Exception:  # ImportError, or pandas 3 breaking its import chain
+        return None
+    return library, metrics
+
+
+@contextlib.contextmanager
+def _quiet_arch() -> Iterator[None]:
+    """rliable passes ``random_state`` to arch, which warns that it is deprecated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _use_rliable(backend: str, strata_sizes: Sequence[int]) -> bool:
+    if backend not in ("auto", "rliable", "numpy"):
+        raise ValueError(f"backend must be 'auto', 'rliable' or 'numpy', got {backend!r}")
+    if backend == "numpy":
+        return False
+    usable = _rliable() is not None and len(set(strata_sizes)) == 1  # rliable: runs x tasks matrices
+    if backend == "rliable" and not usable:
+        raise ImportError("rliable is not importable (pip install rliable 'pandas<3'), or the tasks have different numbers of runs")
+    return usable
+
+
+def _matrix(strata: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack([np.asarray(s, dtype=float) for s in strata], axis=1)  # runs x tasks
+
+
+def _improvement(x: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> float:
+    """mean over tasks of P(X > Y) + P(X = Y) / 2 (the Mann-Whitney U statistic / (n m))."""
+    probs = []
+    for xs, ys in zip(x, y):
+        greater = np.mean(xs[:, None] > ys[None, :])
+        ties = np.mean(xs[:, None] == ys[None, :])
+        probs.append(greater + 0.5 * ties)
+    return float(np.mean(probs))
+
+
+def probability_of_improvement(
+    x: Sequence[ArrayLike],
+    y: Sequence[ArrayLike],
+    reps: int = DEFAULT_REPS,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: Optional[int] = 0,
+    backend: str = "auto",
+) -> Interval:
+    """P(X > Y): the probability that a run of method X beats a run of method Y on the same task
+    (ties count half), averaged over tasks, with a stratified bootstrap CI (X's and Y's runs
+    resampled independently, within each task). 0.5: no tendency; robust to outliers and to the
+    tasks' score scales, so it needs no normalisation.
+
+    :param x: per task, X's scores; ``y`` likewise (same tasks, same order).
+    :param backend: ``"auto"`` (rliable when it imports and every task has as many runs as the
+        others; else numpy), ``"rliable"`` or ``"numpy"``.
+    """
+    _check_confidence(confidence, reps)
+    xs, ys = [np.asarray(s, dtype=float).ravel() for s in x], [np.asarray(s, dtype=float).ravel() for s in y]
+    if len(xs) != len(ys) or not xs or any(s.size == 0 for s in xs + ys):
+        raise ValueError("x and y need the same non-empty tasks, each with at least one score")
+    if _use_rliable(backend, [s.size for s in xs]) and len({s.size for s in ys}) == 1:
+        library, metrics = _rliable()
+        with _quiet_arch():
+            point, interval = library.get_interval_estimates(
+                {"x_y": (_matrix(xs), _matrix(ys))},
+                metrics.probability_of_improvement,
+                reps=reps,
+                confidence_interval_size=confidence,
+                random_state=np.random.RandomState(seed),
+            )
+        low, high = np.ravel(interval["x_y"])
+        return Interval(float(point["x_y"]), float(low), float(high))
+    rng = np.random.default_rng(seed)
+    samples = np.empty(reps)
+    for r in range(reps):
+        samples[r] = _improvement([s[rng.integers(0, s.size, s.size)] for s in xs], [s[rng.integers(0, s.size, s.size)] for s in ys])
+    low, high = _percentiles(samples, confidence)
+    return Interval(_improvement(xs, ys), float(low), float(high))
+
+
+def _profile(strata: Sequence[np.ndarray], taus: np.ndarray) -> np.ndarray:
+    """Fraction of runs scoring above each tau, per task, averaged over tasks."""
+    return np.mean([np.mean(s[:, None] > taus[None, :], axis=0) for s in strata], axis=0)
+
+
+def performance_profile(
+    scores: Sequence[ArrayLike],
+    taus: ArrayLike,
+    reps: int = DEFAULT_REPS,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: Optional[int] = 0,
+    backend: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score distribution (rliable's performance profile): for each threshold tau, the fraction of
+    runs whose (normalised) score exceeds tau, averaged over tasks, with a pointwise stratified
+    bootstrap CI. Returns (profile, low, high), each of ``len(taus)``.
+
+    :param scores: per task, one method's (normalised) scores.
+    :param backend: as in :func:`probability_of_improvement`.
+    """
+    _check_confidence(confidence, reps)
+    strata = [np.asarray(s, dtype=float).ravel() for s in scores]
+    taus = np.asarray(taus, dtype=float).ravel()
+    if not strata or any(s.size == 0 for s in strata):
+        raise ValueError("every task needs at least one score")
+    if _use_rliable(backend, [s.size for s in strata]):
+        library, _ = _rliable()
+        with _quiet_arch():
+            point, interval = library.get_interval_estimates(
+                {"m": _matrix(strata)},
+                lambda m: library.score_distributions(m, taus),
+                reps=reps,
+                confidence_interval_size=confidence,
+                random_state=np.random.RandomState(seed),
+            )
+        return np.asarray(point["m"], dtype=float), np.asarray(interval["m"][0], dtype=float), np.asarray(interval["m"][1], dtype=float)
+    rng = np.random.default_rng(seed)
+    samples = np.stack([_profile([s[rng.integers(0, s.size, s.size)] for s in strata], taus) for _ in range(reps)])
+    low, high = _percentiles(samples, confidence)
+    return _profile(strata, taus), low, high

@@ -177,13 +177,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     for run_dir in run_dirs:
         if not run_dir.is_dir():
             raise UsageError(f"{run_dir} is not a directory")
-    if args.out is not None:
-        written = [plot_returns(run_dirs, args.out)]
-    elif len(run_dirs) == 1:
-        run_dir = run_dirs[0]
-        written = [plot_returns([run_dir], run_dir / "returns.png"), plot_lambda(run_dir, run_dir / "lambda.png")]
-    else:
-        raise UsageError("--out PNG is required to overlay several runs")
+    try:
+        if args.out is not None:
+            written = [plot_returns(run_dirs, args.out)]
+        elif len(run_dirs) == 1:
+            run_dir = run_dirs[0]
+            written = [plot_returns([run_dir], run_dir / "returns.png"), plot_lambda(run_dir, run_dir / "lambda.png")]
+        else:
+            raise UsageError("--out PNG is required to overlay several runs")
+    except FileNotFoundError as exc:  # not a run directory (nor a tensorboard log): a usage error
+        raise UsageError(str(exc)) from exc
     for path in written:
         print(path)
     return 0

@@ -43,6 +43,14 @@ one copy.
 YAML note: the loader is a SafeLoader (``!!python/object`` and friends are refused) that reads
 ``1e-3`` as a float (plain YAML 1.1 would read it as a string) and rejects duplicate keys instead of
 silently keeping the last one.
+
+Trust: configs and model files are trusted input. A config's ``env.id`` (``"module:Id"``) and
+``env.wrappers`` (``"package.module:Class"``) *import* the module they name, which runs that module's
+code; what is checked is only what the name resolves to: a wrapper must be a ``gymnasium.Wrapper``
+subclass, and an env id's registered entry point a ``gymnasium.Env`` subclass or a Python function
+(an env factory), so e.g. ``os:system`` is refused before anything is called. Model files
+(``model.zip``, ``vecnormalize.pkl``) are pickles, as in SB3: loading one can run arbitrary code.
+Run only configs and models from sources you trust.
 """
 
 from __future__ import annotations
@@ -348,15 +356,19 @@ WRAPPER_ALIASES = {"nonstationary": "hybrid_pg_envs.nonstationary:NonStationaryW
 
 
 def resolve_wrapper(name: str) -> Any:
-    """The gymnasium wrapper class named ``name`` (an alias or ``"package.module:Class"``)."""
+    """The gymnasium wrapper class named ``name`` (an alias or ``"package.module:Class"``): it must
+    be a ``gymnasium.Wrapper`` subclass (any other callable, e.g. ``os:system``, is refused; the
+    module is imported to find out: see "Trust" in the module docstring)."""
+    import gymnasium as gym
+
     target = WRAPPER_ALIASES.get(name, name)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"expected one of {sorted(WRAPPER_ALIASES)} or 'package.module:Class', got {name!r}")
     module = importlib.import_module(module_name)
     wrapper = getattr(module, attr, None)
-    if not callable(wrapper):
-        raise ValueError(f"{target!r} is not a class in {module_name}")
+    if not (inspect.isclass(wrapper) and issubclass(wrapper, gym.Wrapper)):
+        raise ValueError(f"{target!r} is not a gymnasium.Wrapper subclass (got {type(wrapper).__name__})")
     return wrapper
 
 
@@ -659,7 +671,7 @@ def _lookup_env_id(env_id: str) -> None:
         except ImportError as exc:
             raise ConfigError(f"env.id={env_id!r}: cannot import module {module!r}: {exc}") from exc
     try:
-        gym.spec(name)
+        spec = gym.spec(name)
     except gym.error.Error as exc:
         hint = ""
         if name.startswith("hybrid_pg/"):
@@ -668,6 +680,25 @@ def _lookup_env_id(env_id: str) -> None:
                 + ("which does not register this one)" if plugins else "which is not installed)")
             )
         raise ConfigError(f"env.id={env_id!r} is not a registered gymnasium environment: {exc}{hint}") from exc
+    _check_entry_point(env_id, spec.entry_point)
+
+
+def _check_entry_point(env_id: str, entry_point: Any) -> None:
+    """An env id's entry point must be a ``gymnasium.Env`` subclass or a Python function (a
+    factory); anything else (a builtin such as ``os.system``, a non-Env class) is refused before
+    ``gymnasium.make`` would call it."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    try:
+        creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"env.id={env_id!r}: its entry point {entry_point!r} cannot be loaded: {exc}") from exc
+    if inspect.isclass(creator) and issubclass(creator, gym.Env):
+        return
+    if inspect.isfunction(creator):
+        return
+    raise ConfigError(f"env.id={env_id!r}: its entry point {entry_point!r} is neither a gymnasium.Env subclass nor an env factory function")
 
 
 def run_name(config: Mapping[str, Any], timestamp: str) -> str:

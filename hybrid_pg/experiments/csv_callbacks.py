@@ -19,6 +19,12 @@ returns of ``n_eval_episodes`` episodes on a separate env, before training, ever
 env steps and once more at the end of training (unless the last evaluation was at that step;
 with ``eval_freq=0`` only then). A non-stationary evaluation env follows the training env's clock:
 before each evaluation its clock is set to the training env's and held there for the episodes.
+
+:class:`RolloutProgressBar` replaces SB3's ``progress_bar=True``: an on-policy algorithm trains
+whole rollouts, so it runs ``ceil(budget / rollout) * rollout`` steps (80,896 for a budget of 80,000
+with rollouts of 1,024), and SB3's bar, whose total is the budget, ends at ``80,896/80,000``; with a
+budget below one rollout it shows ``1,024/1``. This bar's total is the rollout-rounded budget, its
+count never passes it, and its label says so.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ __all__ = [
     "EVALUATIONS_FILE",
     "DiagnosticsCallback",
     "EvalCSVCallback",
+    "RolloutProgressBar",
     "WideCSVWriter",
+    "rollout_budget",
     "format_progress_line",
     "read_csv_columns",
 ]
@@ -119,6 +127,52 @@ def _to_float(text: str) -> float:
         return math.nan
 
 
+def rollout_budget(total_timesteps: int, rollout_size: Optional[int]) -> int:
+    """The env steps an on-policy run with this budget actually takes: whole rollouts of
+    ``rollout_size`` (``n_steps * n_envs``) until the budget is reached; the budget itself for an
+    algorithm without rollouts (``rollout_size`` None or 0)."""
+    if not rollout_size or total_timesteps <= 0:
+        return max(int(total_timesteps), 0)
+    return int(math.ceil(total_timesteps / rollout_size) * rollout_size)
+
+
+class RolloutProgressBar(BaseCallback):
+    """A progress bar of env steps whose total is the rollout-rounded budget (module docstring).
+    tqdm's rich bar like SB3's; the count is clamped to the total."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pbar = None
+        self.total = 0
+        self.shown = 0
+
+    def _on_training_start(self) -> None:
+        import warnings
+
+        from tqdm import TqdmExperimentalWarning
+
+        warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)  # as SB3 does for its bar
+        from tqdm.rich import tqdm
+
+        budget = int(self.locals["total_timesteps"]) - int(self.model.num_timesteps)
+        rollout = getattr(self.model, "n_steps", 0) * self.training_env.num_envs
+        self.total = rollout_budget(budget, rollout)
+        self._start = int(self.model.num_timesteps)
+        self.pbar = tqdm(total=self.total, desc="env steps")  # short: the bar needs the terminal's width
+
+    def _on_step(self) -> bool:
+        done = min(int(self.num_timesteps) - self._start, self.total)
+        if done > self.shown:
+            self.pbar.update(done - self.shown)
+            self.shown = done
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.pbar is not None:
+            self.pbar.refresh()
+            self.pbar.close()
+
+
 def format_progress_line(row: Mapping[str, Any], total_timesteps: Optional[int] = None) -> str:
     """One short line for a diagnostics row: steps, training return, applied and batch lambda."""
     steps = f"{row['timesteps']:>8d}" + (f"/{total_timesteps}" if total_timesteps else "")
@@ -165,6 +219,9 @@ class DiagnosticsCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._t0 = time.perf_counter()
+        if self.total_timesteps:  # the steps the run will take: whole rollouts (rollout_budget)
+            rollout = getattr(self.model, "n_steps", 0) * self.training_env.num_envs
+            self.total_timesteps = int(self.model.num_timesteps) + rollout_budget(self.total_timesteps - int(self.model.num_timesteps), rollout)
 
     def _on_step(self) -> bool:
         return True

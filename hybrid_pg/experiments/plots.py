@@ -4,6 +4,13 @@ Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas direc
 this module never switches the process-wide pyplot backend. Every function tolerates missing files and
 columns (a REINFORCE run logs lam = 0 and no windowed estimate worth plotting, an old run may lack
 newer keys): what is absent is left out or marked "not logged".
+
+A directory without those CSV files is read from its tensorboard event files instead (searched
+recursively: an SB3 ``tensorboard_log`` folder, an rl-zoo3 ``-tb`` folder, or a ``hybrid-pg`` run's
+``tensorboard/``): ``rollout/ep_rew_mean`` and ``hybrid/*`` by step as the diagnostics,
+``eval/mean_reward`` (SB3's ``EvalCallback``; no std) as the evaluations. Where several runs' event
+folders lie below the directory, the most recently written one is read. A directory with neither
+raises :class:`FileNotFoundError` (``hybrid-pg plot`` turns it into a usage error, exit status 2).
 """
 
 from __future__ import annotations
@@ -27,6 +34,47 @@ Columns = Dict[str, np.ndarray]
 def _read(run_dir: Path, name: str) -> Columns:
     path = run_dir / name
     return read_csv_columns(path) if path.is_file() else {}
+
+
+def _tensorboard_columns(run_dir: Path) -> Tuple[Columns, Columns]:
+    """(diagnostics-like, evaluations-like) columns from the newest event folder below ``run_dir``;
+    two empty dicts when there is none (or tensorboard is not installed)."""
+    events = sorted(run_dir.rglob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    if not events:
+        return {}, {}
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return {}, {}
+    acc = EventAccumulator(str(events[-1].parent), size_guidance={"scalars": 0})
+    acc.Reload()
+    scalars = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags().get("scalars", [])}
+
+    def table(tags: Sequence[str], rename: Dict[str, str]) -> Columns:
+        tags = [t for t in tags if t in scalars]
+        if not tags:
+            return {}
+        steps = np.array(sorted({step for t in tags for step in scalars[t]}), dtype=float)
+        out: Columns = {"timesteps": steps}
+        for t in tags:
+            out[rename.get(t, t)] = np.array([scalars[t].get(int(step), np.nan) for step in steps], dtype=float)
+        return out
+
+    diag = table(["rollout/ep_rew_mean", *[t for t in scalars if t.startswith("hybrid/")]], {})
+    evals = table(["eval/mean_reward"], {"eval/mean_reward": "mean"})
+    return diag, evals
+
+
+def _run_columns(run_dir: Path) -> Tuple[Columns, Columns]:
+    """(diagnostics, evaluations) of a run directory: its CSV files, else its tensorboard logs."""
+    diag, evals = _read(run_dir, DIAGNOSTICS_FILE), _read(run_dir, EVALUATIONS_FILE)
+    if not diag and not evals:
+        diag, evals = _tensorboard_columns(run_dir)
+    if not diag and not evals:
+        raise FileNotFoundError(
+            f"{run_dir}: not a run directory (no {DIAGNOSTICS_FILE}, no {EVALUATIONS_FILE}, no tensorboard event files below it)"
+        )
+    return diag, evals
 
 
 def _series(columns: Columns, key: str, x_key: str = "timesteps") -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -53,9 +101,19 @@ def _mark_empty(ax: Axes, what: str) -> None:
     ax.text(0.5, 0.5, f"{what}: not logged in this run", ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
+#: why the training curve trails the evaluations (printed on returns.png)
+LAG_NOTE = (
+    "train: SB3's mean of the last 100 finished episodes (stats window), so it lags the policy "
+    "by up to 100 episodes (20k steps for 200-step episodes);\neval: the policy at that step"
+)
+
+
 def plot_returns(run_dirs: Sequence[PathLike], out_png: PathLike, labels: Optional[Sequence[str]] = None) -> Path:
     """Training return (``rollout/ep_rew_mean``, solid) and deterministic evaluation return (mean,
-    dashed, +- std band) against env steps, one colour per run. Returns the written path.
+    dashed, +- 1 std band over the evaluation episodes, labelled) against env steps, one colour per
+    run. The training curve is SB3's moving mean over the last 100 finished episodes, so it trails
+    the evaluations (by up to 100 episodes: 20k steps on Pendulum); a note on the figure says so.
+    Returns the written path.
 
     :param run_dirs: run directories (each with ``diagnostics.csv`` and/or ``evaluations.csv``).
     :param out_png: the PNG to write (parent folders are created).
@@ -71,24 +129,33 @@ def plot_returns(run_dirs: Sequence[PathLike], out_png: PathLike, labels: Option
     ax = fig.add_subplot()
     plotted = False
     for i, (run_dir, name) in enumerate(zip(dirs, names)):
-        diag, evals = _read(run_dir, DIAGNOSTICS_FILE), _read(run_dir, EVALUATIONS_FILE)
-        if not diag and not evals:
-            raise FileNotFoundError(f"{run_dir}: neither {DIAGNOSTICS_FILE} nor {EVALUATIONS_FILE} found (not a run directory?)")
+        diag, evals = _run_columns(run_dir)
         color = f"C{i % 10}"
         train = _series(diag, "rollout/ep_rew_mean")
         if train is not None:
-            ax.plot(*train, color=color, lw=1.6, label=f"{name}: train (episode mean)")
+            ax.plot(*train, color=color, lw=1.6, label=f"{name}: train (moving mean of the last 100 episodes)")
             plotted = True
         mean, std = _series(evals, "mean"), _series(evals, "std")
         if mean is not None:
-            ax.plot(*mean, color=color, ls="--", marker="o", ms=3.5, label=f"{name}: eval (deterministic)")
+            ax.plot(*mean, color=color, ls="--", marker="o", ms=3.5, label=f"{name}: eval (deterministic, mean)")
             if std is not None and len(std[1]) == len(mean[1]):
-                ax.fill_between(mean[0], mean[1] - std[1], mean[1] + std[1], color=color, alpha=0.15, lw=0)
+                ax.fill_between(
+                    mean[0], mean[1] - std[1], mean[1] + std[1], color=color, alpha=0.15, lw=0, label=f"{name}: eval mean +- 1 std over episodes"
+                )
             plotted = True
     if not plotted:
         _mark_empty(ax, "episode returns")
     else:
         ax.legend(fontsize="small", loc="best")
+        ax.text(
+            0.01,
+            0.01,
+            LAG_NOTE,
+            transform=ax.transAxes,
+            fontsize="x-small",
+            color="0.35",
+            va="bottom",
+        )
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return")
     ax.set_title("returns" if len(dirs) > 1 else f"returns: {names[0]}", fontsize="medium")
@@ -133,9 +200,7 @@ def plot_lambda(run_dir: PathLike, out_png: PathLike) -> Path:
     Returns the written path.
     """
     run_dir = Path(run_dir)
-    diag = _read(run_dir, DIAGNOSTICS_FILE)
-    if not diag:
-        raise FileNotFoundError(f"{run_dir}: {DIAGNOSTICS_FILE} not found or empty")
+    diag, _ = _run_columns(run_dir)
     fig = Figure(figsize=(8, 9))
     ax_lam, ax_var, ax_red = fig.subplots(3, 1, sharex=True)
 

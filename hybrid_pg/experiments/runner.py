@@ -253,7 +253,7 @@ def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True
     import torch as th
     from stable_baselines3.common.callbacks import CallbackList
 
-    from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, DiagnosticsCallback, EvalCSVCallback
+    from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, DiagnosticsCallback, EvalCSVCallback, RolloutProgressBar
     from hybrid_pg.experiments.plots import plot_lambda, plot_returns
 
     run_dir = Path(run_dir)
@@ -277,7 +277,8 @@ def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True
             _print_header(config, run_dir)
         interrupted, t0 = False, time.perf_counter()
         try:
-            model.learn(train["total_timesteps"], callback=CallbackList([diagnostics, evaluation, *callbacks]), progress_bar=train["progress_bar"] and not quiet)
+            bar = [RolloutProgressBar()] if train["progress_bar"] and not quiet else []  # SB3's bar overshoots its total
+            model.learn(train["total_timesteps"], callback=CallbackList([diagnostics, evaluation, *callbacks, *bar]))
         except KeyboardInterrupt:
             interrupted = True
         seconds = time.perf_counter() - t0 - evaluation.eval_seconds

@@ -19,21 +19,47 @@ Everything after the command goes to the zoo's own ``train`` / ``enjoy`` unchang
 * ``hybrid_pg_envs`` is imported, so the ``hybrid_pg/`` ids (e.g. ``hybrid_pg/Pendulum-v0``, whose
   differentiable model HybridPG uses with ``pathwise_source: model``) are registered.
 
-The zoo is an optional dependency: ``pip install "hybrid-pg[zoo]"`` (``rl_zoo3``).
-``configs/zoo/hybrid_pg.yml`` holds hyperparameters in the zoo's format (one entry per env id).
+Defaults this wrapper adds (each overridden by passing the option yourself):
+
+* ``--num-threads 1``: the zoo otherwise lets torch use every core, which on small MLPs is mostly
+  thread contention (a tiny Pendulum run took 3 min 17 s with all threads vs 13 s with one on a
+  2-core machine). ``--num-threads N`` sets N; ``--num-threads -1`` keeps torch's default.
+* ``train`` without ``-conf`` / ``--conf-file``: the packaged HybridPG hyperparameters
+  (:data:`DEFAULT_ZOO_CONFIG`, ``hybrid_pg/experiments/configs/zoo/hybrid_pg.yml``; the repository's
+  ``configs/zoo/hybrid_pg.yml`` links to it), in the zoo's format (one entry per env id). The zoo's
+  own default, ``rl_zoo3/hyperparams/hybrid_pg.yml``, does not exist.
+
+The zoo is an optional dependency: ``pip install "hybrid-pg[zoo]"`` (``rl_zoo3``, and ``requests``,
+which the zoo's ``enjoy`` imports for its hub loader without declaring it). A missing module gives
+a message and exit status 2, not a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-__all__ = ["ALGO_NAME", "COMMANDS", "convert_hybrid_pg_params", "main", "register", "sample_hybrid_pg_params"]
+__all__ = [
+    "ALGO_NAME",
+    "COMMANDS",
+    "DEFAULT_THREADS",
+    "DEFAULT_ZOO_CONFIG",
+    "convert_hybrid_pg_params",
+    "main",
+    "register",
+    "sample_hybrid_pg_params",
+    "zoo_argv",
+]
 
 ALGO_NAME = "hybrid_pg"
 COMMANDS = ("train", "enjoy")
 INSTALL_HINT = 'the RL Zoo is not installed: pip install "hybrid-pg[zoo]" (or pip install rl_zoo3)'
+#: the packaged hyperparameters, used by ``train`` when no ``-conf`` is given
+DEFAULT_ZOO_CONFIG = Path(__file__).resolve().parent / "configs" / "zoo" / "hybrid_pg.yml"
+#: torch threads unless ``--num-threads`` is given (see the module docstring)
+DEFAULT_THREADS = 1
 
 #: network sizes the sampler chooses from; the advantage head A_phi(s, a) gets the same hidden sizes
 NET_ARCHS: Dict[str, List[int]] = {"tiny": [64], "small": [64, 64], "medium": [256, 256]}
@@ -67,7 +93,7 @@ def convert_hybrid_pg_params(sampled: Dict[str, Any]) -> Dict[str, Any]:
     policy_kwargs: Dict[str, Any] = {}
     if "net_arch" in params:
         hidden = NET_ARCHS[params.pop("net_arch")]
-        policy_kwargs.update(net_arch=dict(pi=list(hidden), vf=list(hidden)), q_net_arch=list(hidden))
+        policy_kwargs.update(net_arch=dict(pi=list(hidden), vf=list(hidden)), advantage_net_arch=list(hidden))
     if "activation_fn" in params:
         policy_kwargs["activation_fn"] = {"tanh": nn.Tanh, "relu": nn.ReLU}[params.pop("activation_fn")]
     if policy_kwargs:
@@ -154,10 +180,25 @@ def _entry_point(command: str) -> Callable[[], Any]:
     return enjoy
 
 
+def _has_option(args: Sequence[str], *names: str) -> bool:
+    return any(a in names or any(a.startswith(f"{n}=") for n in names) for a in args)
+
+
+def zoo_argv(command: str, rest: Sequence[str]) -> List[str]:
+    """The zoo's arguments: ``rest`` plus this wrapper's defaults (module docstring) where absent."""
+    args = list(rest)
+    if not _has_option(args, "--num-threads"):
+        args += ["--num-threads", str(DEFAULT_THREADS)]
+    if command == "train" and not _has_option(args, "-conf", "--conf-file"):
+        args += ["-conf", str(DEFAULT_ZOO_CONFIG)]
+    return args
+
+
 def _usage() -> str:
     return (
         f"usage: python -m hybrid_pg.experiments.zoo {{{','.join(COMMANDS)}}} [rl_zoo3 options ...]\n"
-        f"  e.g. python -m hybrid_pg.experiments.zoo train --algo {ALGO_NAME} --env Pendulum-v1 -conf configs/zoo/hybrid_pg.yml\n"
+        f"  e.g. python -m hybrid_pg.experiments.zoo train --algo {ALGO_NAME} --env Pendulum-v1\n"
+        f"  defaults added when absent: --num-threads {DEFAULT_THREADS}; train: -conf {DEFAULT_ZOO_CONFIG}\n"
         "  (python -m hybrid_pg.experiments.zoo train --help lists the zoo's options)"
     )
 
@@ -174,11 +215,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         register()
+        entry = _entry_point(command)
     except ImportError as exc:
-        print(f"python -m hybrid_pg.experiments.zoo: error: {exc}", file=sys.stderr)
+        missing = getattr(exc, "name", None)
+        hint = f" (rl_zoo3's {command} imports {missing!r}; it is part of the zoo extra)" if missing and missing != "rl_zoo3" else ""
+        fix = "" if "pip install" in str(exc) else ': pip install "hybrid-pg[zoo]"'
+        print(f"python -m hybrid_pg.experiments.zoo: error: {exc}{hint}{fix}", file=sys.stderr)
         return 2
-    with _argv([f"python -m hybrid_pg.experiments.zoo {command}", *rest]):
-        _entry_point(command)()
+    with _argv([f"python -m hybrid_pg.experiments.zoo {command}", *zoo_argv(command, rest)]):
+        entry()
     return 0
 
 
