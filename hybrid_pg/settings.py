@@ -286,16 +286,17 @@ def settings_docs() -> List[Tuple[str, str]]:
 
 
 def check_rollout_shape(settings: HybridPGSettings, n_envs: int) -> None:
-    """Checks that need the number of envs: refuse a rollout whose weight can never leave its
-    fallback, warn where PPO warns about minibatches."""
+    """Checks that need the number of envs: warn when the weight can never leave its fallback (a
+    one-sample rollout), and where PPO warns about minibatches."""
     rollout = settings.n_steps * n_envs
     adaptive = settings.estimator == "hybrid" and settings.fixed_lambda is None
     if adaptive and rollout < 2:
-        raise SettingsError(
-            "n_steps",
-            settings.n_steps,
-            f"a rollout of {rollout} sample(s) (n_steps * n_envs) has no spread, so the adaptive weight would stay at 0 "
-            "for the whole run; use n_steps * n_envs >= 2 (or estimator='reinforce'/'pathwise', or fixed_lambda)",
+        # a warning, not an error: SB3's A2C accepts n_steps=1 and so must a drop-in replacement
+        warnings.warn(
+            f"n_steps={settings.n_steps}: a rollout of {rollout} sample(s) (n_steps * n_envs) has no spread, so the adaptive "
+            "weight stays at 0 (pure REINFORCE) for the whole run; use n_steps * n_envs >= 2 for a hybrid gradient",
+            UserWarning,
+            stacklevel=3,
         )
     batch = settings.batch_size
     if batch is None or rollout % batch == 0:

@@ -72,9 +72,9 @@ def test_a_non_finite_observation_is_a_clear_error_and_leaves_the_parameters_alo
     assert all(th.equal(a, b) for a, b in zip(before, model.policy.parameters()))
 
 
-def test_degenerate_rollout_shapes_are_refused_or_warned():
-    with pytest.raises(ValueError, match="n_steps=1"):
-        HybridPG("MlpPolicy", "Pendulum-v1", n_steps=1, seed=0)
+def test_degenerate_rollout_shapes_are_warned():
+    with pytest.warns(UserWarning, match="n_steps=1: a rollout of 1 sample"):
+        HybridPG("MlpPolicy", "Pendulum-v1", n_steps=1, batch_size=1, seed=0)
     HybridPG("MlpPolicy", "Pendulum-v1", n_steps=1, batch_size=1, estimator="reinforce", seed=0)  # no weight to estimate
     with pytest.warns(UserWarning, match="is larger than the rollout"):
         HybridPG("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=64, seed=0)
