@@ -25,6 +25,32 @@ starts from the clip boundary; :attr:`ModelSource.clipped_fraction` reports the 
 the last rollout), and the buffer's observations were normalised with the statistics of their own
 step, which the end-of-rollout snapshot matches only up to the drift of the running mean/var within
 one rollout. A clipped normalised next observation or reward has a zero derivative, as in the env.
+
+**Simulator models: one simulation per rollout.** A model that is a simulator called outside torch
+(:class:`hybrid_pg_envs.mujoco_model.MujocoStepModel`) costs ``1 + 2 nu`` frame-skipped simulations
+per sample for its action Jacobian; stepping it in every :meth:`ModelSource.value` call repeats that
+for the statistics and for every minibatch of every epoch (11x per rollout with 10 epochs). With a
+one-step return such models are used through their first-order expansion around the rollout's own
+(clipped) actions a0, computed once in :meth:`ModelSource.context` (``model.linearize``)::
+
+    s'(a) = s'(a0) + ds'/da|a0 (a - a0),   dx(a) = dx(a0) + ddx/da|a0 (a - a0)
+    Q~(a) = r_ctrl(a) + c_fwd dx(a) / dt + r_healthy(a0) + gamma V(norm(s'(a)))
+
+Only the dynamics are linearised. The control cost is the exact quadratic, and the frozen value head
+is re-evaluated at the linearised next state (not linearised too): it is a cheap torch network that
+the full path also evaluates, so this keeps the value head *current* (it is trained within the update,
+and ``FrozenModule`` follows it exactly as the full path does) and keeps its curvature and
+``VecNormalize``'s observation clip exact; linearising it as well would freeze the value head at its
+rollout-time weights for the whole update and save nothing measurable. The health indicator and the
+terminal flag are held at a0's next state (0/1 functions, locally constant in the full path too).
+
+Exactness: at theta = theta_old the pathwise action is a0 up to rounding, so the values and the
+action-gradients are the simulator's; this covers the per-sample statistics (computed at theta_old,
+hence the weight lam) and the first minibatch step of the update. Later steps move the actions
+a - a0 = (mu - mu_old) + (sigma - sigma_old) eps, which the pathwise KL limit bounds: a sample's term is
+dropped once KL(pi_old || pi) at its state exceeds ``pathwise_kl_limit`` ("auto": clip_range^2 / 2,
+a mean shift of clip_range sigma at a fixed sigma); the model's error is second order in (a - a0). ``linearize=False``
+restores the full simulator path (every call steps the simulator).
 """
 
 from __future__ import annotations
@@ -96,11 +122,13 @@ class ModelSource(PathwiseSource):
     name = "model"
     reward_units = True
 
-    def __init__(self, policy: Any, model: Any, gamma: float, horizon: int = 1) -> None:
+    def __init__(self, policy: Any, model: Any, gamma: float, horizon: int = 1, linearize: Optional[bool] = None) -> None:
         self.policy = policy
         self.model = model
         self.gamma = float(gamma)
         self.horizon = int(horizon)
+        #: None: linearise whenever the model offers it (see :attr:`linear`); False: never
+        self.linearize = linearize
         #: the training env's VecNormalize statistics at the last refresh (None: raw units)
         self.normalization: Optional[Normalization] = None
         #: share of the last rollout's observations that VecNormalize clipped (not exactly invertible)
@@ -116,6 +144,16 @@ class ModelSource(PathwiseSource):
     @property
     def one_step(self) -> bool:
         return self.horizon == 1
+
+    @property
+    def linear(self) -> bool:
+        """True when the update uses the model's first-order expansion around the rollout's actions
+        (one simulation with Jacobians per rollout, in :meth:`context`) instead of stepping the model
+        in every :meth:`value` call: for models that offer ``linearize``/``step_linear`` (the MuJoCo
+        simulator), one-step returns, unless ``linearize=False``."""
+        if self.linearize is False or self.horizon != 1:
+            return False
+        return hasattr(self.model, "linearize") and hasattr(self.model, "step_linear")
 
     def refresh(self, algorithm: Any) -> None:
         model = algorithm.env_model_for_rollout()
@@ -133,10 +171,17 @@ class ModelSource(PathwiseSource):
         if self.normalization is not None and isinstance(observations, th.Tensor):
             self.clipped_fraction = float(self.normalization.clipped(observations).float().mean()) if n else 0.0
         future = max(self.horizon - 1, 1)
-        return {
+        context = {
             "obs": observations,
             "future_eps": th.randn(n, future, act_dim, device=actions.device, generator=generator),
         }
+        if self.linear:
+            # the expansion point: the clipped action the env saw (= clip(mu_old + sigma_old eps) up to
+            # rounding), in the model's raw units; one simulation with Jacobians for the whole update
+            state = observations if self.normalization is None else self.normalization.raw_obs(observations)
+            with th.no_grad():
+                context.update(self.model.linearize(state, self.policy.clip_action(actions)))
+        return context
 
     def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
         clip = self.policy.clip_action
@@ -149,13 +194,17 @@ class ModelSource(PathwiseSource):
         # alive: 1 until the model reports a terminal state; rewards after it and the bootstrap
         # value of a terminal state are dropped, as GAE drops them on the score side.
         discount, alive = 1.0, th.ones_like(total)
+        linear = self.linear and "lin_jac" in context
         for step in range(self.horizon):
-            state, reward = self.model.step(state, action)
+            if linear:  # first-order model around the rollout's action (see the class docstring)
+                state, reward = self.model.step_linear(action, context)
+            else:
+                state, reward = self.model.step(state, action)
             obs = state if norm is None else norm.obs(state)  # what the policy and value head see
             if norm is not None:
                 reward = norm.reward(reward)
             total = total + discount * alive * reward
-            alive = alive * (1.0 - self.model.terminal(state))
+            alive = alive * (1.0 - self.model.terminal(context["lin_next"] if linear else state))
             discount *= self.gamma
             if step + 1 < self.horizon:
                 if mean_fn is None:
@@ -176,7 +225,8 @@ class ModelSource(PathwiseSource):
 
 class MujocoSource(ModelSource):
     """The model source through a MuJoCo step model (``pathwise_source="mujoco"``): the simulator's
-    forward and its exact local Jacobians (:mod:`hybrid_pg_envs.mujoco_model`). Same values as
+    forward and its exact local Jacobians (:mod:`hybrid_pg_envs.mujoco_model`), computed once per rollout
+    at the rollout's actions and used to first order within the update (module docstring). Same values as
     ``pathwise_source="model"`` on a ``MujocoDifferentiableWrapper``-wrapped env; this name also builds
     the model from an unwrapped gymnasium MuJoCo env (in-process VecEnvs) and says so when it cannot."""
 
