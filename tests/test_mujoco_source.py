@@ -134,8 +134,6 @@ def test_mujoco_source_refusals_are_clear():
         HybridPG("MlpPolicy", "Pendulum-v1", pathwise_source="mujoco", **MJ)
     with pytest.raises(ValueError, match="pathwise_source='mujoco'.*PendulumModel.*pathwise_source='model'"):
         HybridPG("MlpPolicy", "hybrid_pg/Pendulum-v0", pathwise_source="mujoco", **MJ)
-    with pytest.raises(ValueError, match="pathwise_source='mujoco'.*model_horizon=1"):
-        HybridPG("MlpPolicy", "HalfCheetah-v5", pathwise_source="mujoco", model_horizon=2, **MJ)
     env = make_vec_env("HalfCheetah-v5", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"))
     try:
         with pytest.raises(ValueError, match="SubprocVecEnv.*MujocoDifferentiableWrapper"):
@@ -270,3 +268,34 @@ def test_the_simulator_is_called_once_per_rollout():
     algo.learn(64 * 2)
     assert calls == [64, 64]  # the statistics and 3 epochs x 4 minibatches reuse each rollout's Jacobians
     assert 0.0 < algo.last_lambda["global"] <= 1.0
+
+
+def test_k_step_model_statistics_outer_product_equals_torch_func():
+    """Future actions carry no theta-gradient, so a k-step return depends on theta only through
+    (mu(s_i), log_std): the two-pass outer-product moments are exact at k > 1 too (which is what a
+    simulator, untraceable by torch.func, needs)."""
+    from hybrid_pg.rollout import prepare_batch, rollout_group_moments
+
+    algo = HybridPG("MlpPolicy", "hybrid_pg/Pendulum-v0", pathwise_source="model", model_horizon=3, n_steps=128, batch_size=128, n_epochs=1, learning_rate=0.0, seed=0, device="cpu")
+    algo.learn(128)
+    assert not algo.pathwise.one_step  # a traceable model keeps torch.func (unchanged numbers)
+    batch = prepare_batch(algo.policy, algo.pathwise, next(algo.rollout_buffer.get(batch_size=None)), True, generator=th.Generator().manual_seed(1))
+    outer = rollout_group_moments(algo.policy, algo.actor_head, algo.pathwise, batch, method="outer")
+    vmap = rollout_group_moments(algo.policy, algo.actor_head, algo.pathwise, batch, method="vmap")
+    for name in outer:
+        a, b = outer[name], vmap[name]
+        assert th.allclose(a.mean_path, b.mean_path, rtol=1e-6, atol=1e-9)
+        for key in ("ss_path", "ss_score", "ss_cross"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-6, abs=1e-10)
+
+
+def test_mujoco_source_with_a_two_step_return_trains_on_the_outer_product_statistics():
+    _mujoco()
+    env = VecNormalize(make_vec_env("Hopper-v5", n_envs=1, seed=0))
+    algo = HybridPG("MlpPolicy", env, pathwise_source="mujoco", model_horizon=2, lambda_warmup=0, **MJ)
+    source = algo.pathwise
+    assert source.one_step and not source.linear  # the simulator every call, with state Jacobians
+    algo.learn(2 * 32)
+    assert algo.logger.name_to_value["hybrid/stats_valid"] == 1.0
+    assert 0.0 <= algo.last_lambda["global"] <= 1.0
+    assert all(th.isfinite(p).all() for p in algo.policy.parameters())

@@ -143,7 +143,12 @@ class ModelSource(PathwiseSource):
 
     @property
     def one_step(self) -> bool:
-        return self.horizon == 1
+        """Sample i's Q~ depends on theta only through (mu(s_i), log_std) at every horizon, since the
+        future actions carry no theta-gradient (:meth:`value`); the outer-product moments then equal
+        the ``torch.func`` ones (tested at k = 3). k-step returns keep ``torch.func`` for models it can
+        trace (unchanged numbers); a simulator called outside torch (``supports_vmap = False``) has
+        only the outer-product path, which is what makes ``model_horizon > 1`` possible for it."""
+        return self.horizon == 1 or not getattr(self.model, "supports_vmap", True)
 
     @property
     def linear(self) -> bool:
