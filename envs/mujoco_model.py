@@ -133,8 +133,9 @@ class MujocoStepModel(DifferentiableModel):
     :param nthread: threads of ``mujoco.rollout`` (1: no thread pool).
     """
 
-    #: the forward runs the simulator in numpy, so ``torch.func.vmap`` cannot trace it (k-step
-    #: returns through it need vmap for their per-sample statistics; one-step ones do not)
+    #: the forward runs the simulator in numpy, so ``torch.func.vmap`` cannot trace it (the library's
+    #: per-sample statistics then use their outer-product path, exact because future actions of a
+    #: k-step return carry no policy gradient)
     supports_vmap = False
 
     def __init__(
