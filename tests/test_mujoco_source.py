@@ -299,3 +299,23 @@ def test_mujoco_source_with_a_two_step_return_trains_on_the_outer_product_statis
     assert algo.logger.name_to_value["hybrid/stats_valid"] == 1.0
     assert 0.0 <= algo.last_lambda["global"] <= 1.0
     assert all(th.isfinite(p).all() for p in algo.policy.parameters())
+
+
+def test_mujoco_cost_example_runs_every_cell(monkeypatch):
+    _mujoco()
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "mujoco_cost.py"
+    spec = importlib.util.spec_from_file_location("mujoco_cost", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setitem(example.SETTINGS, "n_steps", 32)
+    monkeypatch.setitem(example.SETTINGS, "batch_size", 32)
+    monkeypatch.setitem(example.SETTINGS, "n_epochs", 1)
+    table = example.cells(forced=True)
+    assert {"ppo", "reinforce", "hybrid", "hybrid_replay", "hybrid_mujoco", "hybrid_mujoco_full"} == set(table)
+    for name in ("ppo", "hybrid_mujoco", "hybrid_mujoco_full"):
+        m = example.measure(table[name], "HalfCheetah-v5", 64)
+        assert m["step_s"] > 0 and m["update_s"] > 0
+        assert m["path_share"] == (0.0 if name == "ppo" else 1.0)
