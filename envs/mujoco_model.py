@@ -434,7 +434,7 @@ class MujocoStepModel(DifferentiableModel):
     # first-order model around fixed actions (one simulation per rollout, see ``linearize``)
     # ------------------------------------------------------------------------------------------
 
-    def linearize(self, obs: th.Tensor, action: th.Tensor) -> Dict[str, th.Tensor]:
+    def linearize(self, obs: th.Tensor, action: th.Tensor, wrt_obs: bool = False) -> Dict[str, th.Tensor]:
         """The step at ``(obs, action)`` (B, obs_dim), (B, act_dim) and its exact local action
         Jacobian, as per-sample tensors (leading dimension B) for :meth:`step_linear`:
 
@@ -443,10 +443,13 @@ class MujocoStepModel(DifferentiableModel):
           displacement at a0;
         * ``lin_jac`` (B, obs_dim + 1, act_dim): d(next_obs, dx)/da at a0 (``1 + 2 nu`` perturbed
           rollouts per sample, whatever the Jacobian method; the state columns are not needed);
-        * ``lin_healthy`` (B,): the health indicator of the true next state at a0.
+        * ``lin_healthy`` (B,): the health indicator of the true next state at a0;
+        * with ``wrt_obs``: ``lin_obs`` (B, obs_dim), the expansion point s0, and ``lin_jac_obs``
+          (B, obs_dim + 1, obs_dim), d(next_obs, dx)/ds at (s0, a0) (all state perturbations: the later
+          steps of a k-step return, whose state depends on the first action).
 
-        No gradient flows into ``obs`` through it (the first-order model is in the action only)."""
-        out = self.simulate(obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=True, wrt_obs=False)
+        Without ``wrt_obs`` the first-order model is in the action only."""
+        out = self.simulate(obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=True, wrt_obs=wrt_obs)
         as_t = lambda a: th.as_tensor(a, device=obs.device).to(obs.dtype)  # noqa: E731
         self._last_state = (out["qpos"], out["qvel"])
         lin = {
@@ -456,15 +459,20 @@ class MujocoStepModel(DifferentiableModel):
             "lin_jac": as_t(out["jac_act"]),
         }
         lin["lin_healthy"] = self._healthy_last_state(lin["lin_dx"])
+        if wrt_obs:
+            lin.update(lin_obs=obs.detach().reshape(-1, self.obs_dim), lin_jac_obs=as_t(out["jac_obs"]))
         return lin
 
-    def step_linear(self, action: th.Tensor, lin: Dict[str, th.Tensor]) -> Tuple[th.Tensor, th.Tensor]:
+    def step_linear(self, action: th.Tensor, lin: Dict[str, th.Tensor], obs: Optional[th.Tensor] = None) -> Tuple[th.Tensor, th.Tensor]:
         """(next_obs, reward) of the first-order model around ``lin`` (:meth:`linearize`) at
         ``action`` (B, act_dim), differentiable in the action: ``next = next0 + J_next (a - a0)``,
-        ``dx = dx0 + J_dx (a - a0)``; the control cost is the exact quadratic of ``action``, the health
-        indicator that of a0's next state. At ``action == a0`` value and action-gradient are the
-        simulator's (:meth:`step`); no simulator call."""
+        ``dx = dx0 + J_dx (a - a0)`` (plus ``J_s (obs - s0)`` when ``obs`` is given, which needs a
+        ``lin`` made ``wrt_obs``); the control cost is the exact quadratic of ``action``, the health
+        indicator that of a0's next state. At ``action == a0`` (and ``obs == s0``) value and gradients
+        are the simulator's (:meth:`step`); no simulator call."""
         delta = th.einsum("boa,ba->bo", lin["lin_jac"], action - lin["lin_action"])
+        if obs is not None:
+            delta = delta + th.einsum("bos,bs->bo", lin["lin_jac_obs"], obs - lin["lin_obs"])
         next_obs = lin["lin_next"] + delta[:, :-1]
         dx = lin["lin_dx"] + delta[:, -1]
         self.last_clipped = self.clipped(lin["lin_next"])

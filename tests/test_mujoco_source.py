@@ -202,12 +202,14 @@ def test_short_halfcheetah_training_with_the_mujoco_source_and_vecnormalize_logs
 # ------------------------------------------------------------------------------------------------
 
 
-def _halfcheetah_at_theta_old(env_id: str = "HalfCheetah-v5", n: int = 64):
+def _halfcheetah_at_theta_old(env_id: str = "HalfCheetah-v5", n: int = 64, horizon: int = 1):
     """A HybridPG on a VecNormalize'd MuJoCo env with its rollout buffer full at theta_old (lr 0)."""
     _mujoco()
     th.manual_seed(0)
     env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=0), gamma=0.99)
-    algo = HybridPG("MlpPolicy", env, pathwise_source="mujoco", learning_rate=0.0, n_steps=n, batch_size=n, n_epochs=1, seed=0, device="cpu")
+    algo = HybridPG(
+        "MlpPolicy", env, pathwise_source="mujoco", model_horizon=horizon, learning_rate=0.0, n_steps=n, batch_size=n, n_epochs=1, seed=0, device="cpu"
+    )
     algo.learn(n)
     full = copy.copy(algo.pathwise)
     full.linearize = False
@@ -222,17 +224,18 @@ def _value_and_grad(source, policy, batch, shift: float = 0.0):
     return (q.detach(), *th.autograd.grad(q.sum(), (mean, log_std)))
 
 
-@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Hopper-v5"])
-def test_linearised_source_is_the_simulator_at_theta_old_values_gradients_and_statistics(env_id):
+@pytest.mark.parametrize("env_id,horizon", [("HalfCheetah-v5", 1), ("Hopper-v5", 1), ("Hopper-v5", 3)])
+def test_linearised_source_is_the_simulator_at_theta_old_values_gradients_and_statistics(env_id, horizon):
     """At theta_old the first-order model's values, action-gradients and the per-sample moments (hence
     lam) are those of stepping the simulator in every call; away from it the error is second order."""
     from hybrid_pg.rollout import prepare_batch, rollout_group_moments
 
-    algo, full = _halfcheetah_at_theta_old(env_id)
+    algo, full = _halfcheetah_at_theta_old(env_id, horizon=horizon)
     policy, source = algo.policy, algo.pathwise
     data = next(algo.rollout_buffer.get(batch_size=None))
-    batch = prepare_batch(policy, source, data, True)
+    batch = prepare_batch(policy, source, data, True, generator=th.Generator().manual_seed(1))
     assert {"lin_next", "lin_dx", "lin_jac", "lin_action", "lin_healthy"} <= set(batch.context)
+    assert ("lin2_jac_obs" in batch.context) == (horizon == 3)
     calls = []
     simulate = source.model.simulate
     source.model.simulate = lambda *a, **k: calls.append(k) or simulate(*a, **k)
@@ -294,8 +297,12 @@ def test_mujoco_source_with_a_two_step_return_trains_on_the_outer_product_statis
     env = VecNormalize(make_vec_env("Hopper-v5", n_envs=1, seed=0))
     algo = HybridPG("MlpPolicy", env, pathwise_source="mujoco", model_horizon=2, lambda_warmup=0, **MJ)
     source = algo.pathwise
-    assert source.one_step and not source.linear  # the simulator every call, with state Jacobians
+    assert source.one_step and source.linear  # linearised along the nominal 2-step trajectory
+    calls = []
+    simulate = source.model.simulate
+    source.model.simulate = lambda obs, *a, **k: calls.append(k["wrt_obs"]) or simulate(obs, *a, **k)
     algo.learn(2 * 32)
+    assert calls == [False, True] * 2  # per rollout: the action Jacobian, then state + action
     assert algo.logger.name_to_value["hybrid/stats_valid"] == 1.0
     assert 0.0 <= algo.last_lambda["global"] <= 1.0
     assert all(th.isfinite(p).all() for p in algo.policy.parameters())

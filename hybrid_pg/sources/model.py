@@ -44,6 +44,12 @@ and ``FrozenModule`` follows it exactly as the full path does) and keeps its cur
 rollout-time weights for the whole update and save nothing measurable. The health indicator and the
 terminal flag are held at a0's next state (0/1 functions, locally constant in the full path too).
 
+A k-step return (``model_horizon > 1``) is linearised along its nominal trajectory at theta_old (the
+rollout's action, then the policy's actions with the context's future noise): step j's next state is
+``s'_j0 + A_j (s_j - s_j0) + B_j (a_j - a_j0)`` with the state Jacobian A_j too (2 (2 nv + nu) + 1
+perturbed simulations per sample and step, once per rollout); the future actions (policy frozen, as
+always) and the value head are evaluated exactly at the linearised states.
+
 Exactness: at theta = theta_old the pathwise action is a0 up to rounding, so the values and the
 action-gradients are the simulator's; this covers the per-sample statistics (computed at theta_old,
 hence the weight lam) and the first minibatch step of the update. Later steps move the actions
@@ -155,8 +161,9 @@ class ModelSource(PathwiseSource):
         """True when the update uses the model's first-order expansion around the rollout's actions
         (one simulation with Jacobians per rollout, in :meth:`context`) instead of stepping the model
         in every :meth:`value` call: for models that offer ``linearize``/``step_linear`` (the MuJoCo
-        simulator), one-step returns, unless ``linearize=False``."""
-        if self.linearize is False or self.horizon != 1:
+        simulator), unless ``linearize=False``. A k-step return is linearised along its nominal
+        trajectory (module docstring)."""
+        if self.linearize is False:
             return False
         return hasattr(self.model, "linearize") and hasattr(self.model, "step_linear")
 
@@ -181,12 +188,29 @@ class ModelSource(PathwiseSource):
             "future_eps": th.randn(n, future, act_dim, device=actions.device, generator=generator),
         }
         if self.linear:
-            # the expansion point: the clipped action the env saw (= clip(mu_old + sigma_old eps) up to
-            # rounding), in the model's raw units; one simulation with Jacobians for the whole update
-            state = observations if self.normalization is None else self.normalization.raw_obs(observations)
             with th.no_grad():
-                context.update(self.model.linearize(state, self.policy.clip_action(actions)))
+                context.update(self._linearize(observations, actions, context["future_eps"]))
         return context
+
+    def _linearize(self, observations: th.Tensor, actions: th.Tensor, future_eps: th.Tensor) -> Context:
+        """The first-order model's context: one simulation with Jacobians per step of the return, along
+        the nominal trajectory at theta_old. The expansion point of the first step is the clipped
+        action the env saw (= clip(mu_old + sigma_old eps) up to rounding); step j > 0 (keys
+        ``lin{j}_*``) expands around the state the nominal trajectory reaches and the action the
+        policy at theta_old takes there with the context's future noise, i.e. exactly what
+        :meth:`value` computes at theta_old."""
+        norm, clip = self.normalization, self.policy.clip_action
+        state = observations if norm is None else norm.raw_obs(observations)  # raw units
+        action = clip(actions)
+        std = th.exp(self.policy.log_std)
+        lin: Context = {}
+        for step in range(self.horizon):
+            point = self.model.linearize(state, action, wrt_obs=step > 0)
+            lin.update({_lin_key(key, step): value for key, value in point.items()})
+            if step + 1 < self.horizon:
+                state = point["lin_next"]
+                action = clip(self.frozen_mean(state if norm is None else norm.obs(state)) + std * future_eps[:, step])
+        return lin
 
     def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
         clip = self.policy.clip_action
@@ -201,15 +225,18 @@ class ModelSource(PathwiseSource):
         discount, alive = 1.0, th.ones_like(total)
         linear = self.linear and "lin_jac" in context
         for step in range(self.horizon):
-            if linear:  # first-order model around the rollout's action (see the class docstring)
-                state, reward = self.model.step_linear(action, context)
+            if linear:  # first-order model along the rollout's nominal trajectory (module docstring)
+                lin = _lin_step(context, step)
+                state, reward = self.model.step_linear(action, lin, state if step else None)
+                ended = lin["lin_next"]  # the terminal flag: held at the nominal next state
             else:
                 state, reward = self.model.step(state, action)
+                ended = state
             obs = state if norm is None else norm.obs(state)  # what the policy and value head see
             if norm is not None:
                 reward = norm.reward(reward)
             total = total + discount * alive * reward
-            alive = alive * (1.0 - self.model.terminal(context["lin_next"] if linear else state))
+            alive = alive * (1.0 - self.model.terminal(ended))
             discount *= self.gamma
             if step + 1 < self.horizon:
                 if mean_fn is None:
@@ -226,6 +253,19 @@ class ModelSource(PathwiseSource):
 
     def _value(self, observations: th.Tensor) -> th.Tensor:
         return self._frozen_value(self.policy.extract_features(observations, self.policy.vf_features_extractor))
+
+
+def _lin_key(key: str, step: int) -> str:
+    """``lin_x`` of step 0 stays ``lin_x``; step j > 0 is ``lin{j}_x``."""
+    return key if step == 0 else f"lin{step}_{key[len('lin_'):]}"
+
+
+def _lin_step(context: Context, step: int) -> Context:
+    """Step ``step``'s first-order model out of a context, under the model's ``lin_*`` names."""
+    if step == 0:
+        return context
+    prefix = f"lin{step}_"
+    return {f"lin_{key[len(prefix):]}": value for key, value in context.items() if key.startswith(prefix)}
 
 
 class MujocoSource(ModelSource):
