@@ -321,7 +321,7 @@ def test_mujoco_cost_example_runs_every_cell(monkeypatch):
     monkeypatch.setitem(example.SETTINGS, "batch_size", 32)
     monkeypatch.setitem(example.SETTINGS, "n_epochs", 1)
     table = example.cells(forced=True)
-    assert {"ppo", "reinforce", "hybrid", "hybrid_replay", "hybrid_mujoco", "hybrid_mujoco_full"} == set(table)
+    assert {"ppo", "reinforce", "hybrid", "hybrid_replay", "hybrid_mujoco", "hybrid_mujoco_full", "hybrid_mujoco_k2"} == set(table)
     for name in ("ppo", "hybrid_mujoco", "hybrid_mujoco_full"):
         m = example.measure(table[name], "HalfCheetah-v5", 64)
         assert m["step_s"] > 0 and m["update_s"] > 0
