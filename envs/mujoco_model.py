@@ -133,8 +133,9 @@ class MujocoStepModel(DifferentiableModel):
     :param nthread: threads of ``mujoco.rollout`` (1: no thread pool).
     """
 
-    #: the forward runs the simulator in numpy, so ``torch.func.vmap`` cannot trace it (k-step
-    #: returns through it need vmap for their per-sample statistics; one-step ones do not)
+    #: the forward runs the simulator in numpy, so ``torch.func.vmap`` cannot trace it (the library's
+    #: per-sample statistics then use their outer-product path, exact because future actions of a
+    #: k-step return carry no policy gradient)
     supports_vmap = False
 
     def __init__(
@@ -409,18 +410,73 @@ class MujocoStepModel(DifferentiableModel):
         batch = obs.shape[:-1]
         flat_obs, flat_act = obs.reshape(-1, self.obs_dim), action.reshape(-1, self.nu).to(obs)
         next_obs, dx = _SimulatorStep.apply(flat_obs, flat_act, self)
-        healthy = th.ones_like(dx)
-        if self.healthy_z_range is not None or self.healthy_state_range is not None:
-            q = th.as_tensor(np.concatenate(self._last_state, axis=1), device=obs.device)
-            healthy = self._healthy(q[:, 1], q[:, 2], q[:, 2:]).to(dx)
-        p = {name: buf.to(obs) for name, buf in self.named_buffers()}
-        reward = (
-            p["forward_reward_weight"] * dx / p["dt"]
-            - p["ctrl_cost_weight"] * (flat_act**2).sum(dim=-1)
-            + p["healthy_reward"] * healthy
-        )
+        healthy = self._healthy_last_state(dx)
+        reward = self._reward(dx, flat_act, healthy)
         self.last_clipped = (self.clipped(flat_obs) | self.clipped(next_obs.detach())).reshape(batch)
         return next_obs.reshape(*batch, self.obs_dim), reward.reshape(batch)
+
+    def _healthy_last_state(self, like: th.Tensor) -> th.Tensor:
+        """The health indicator (0/1, as ``like``) of the true next states of the last simulation."""
+        if self.healthy_z_range is None and self.healthy_state_range is None:
+            return th.ones_like(like)
+        q = th.as_tensor(np.concatenate(self._last_state, axis=1), device=like.device)
+        return self._healthy(q[:, 1], q[:, 2], q[:, 2:]).to(like)
+
+    def _reward(self, dx: th.Tensor, action: th.Tensor, healthy: th.Tensor) -> th.Tensor:
+        p = {name: buf.to(dx) for name, buf in self.named_buffers()}
+        return (
+            p["forward_reward_weight"] * dx / p["dt"]
+            - p["ctrl_cost_weight"] * (action**2).sum(dim=-1)
+            + p["healthy_reward"] * healthy
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # first-order model around fixed actions (one simulation per rollout, see ``linearize``)
+    # ------------------------------------------------------------------------------------------
+
+    def linearize(self, obs: th.Tensor, action: th.Tensor, wrt_obs: bool = False) -> Dict[str, th.Tensor]:
+        """The step at ``(obs, action)`` (B, obs_dim), (B, act_dim) and its exact local action
+        Jacobian, as per-sample tensors (leading dimension B) for :meth:`step_linear`:
+
+        * ``lin_action``: the expansion point a0 (B, act_dim);
+        * ``lin_next`` (B, obs_dim), ``lin_dx`` (B,): the simulator's next observation and root x
+          displacement at a0;
+        * ``lin_jac`` (B, obs_dim + 1, act_dim): d(next_obs, dx)/da at a0 (``1 + 2 nu`` perturbed
+          rollouts per sample, whatever the Jacobian method; the state columns are not needed);
+        * ``lin_healthy`` (B,): the health indicator of the true next state at a0;
+        * with ``wrt_obs``: ``lin_obs`` (B, obs_dim), the expansion point s0, and ``lin_jac_obs``
+          (B, obs_dim + 1, obs_dim), d(next_obs, dx)/ds at (s0, a0) (all state perturbations: the later
+          steps of a k-step return, whose state depends on the first action).
+
+        Without ``wrt_obs`` the first-order model is in the action only."""
+        out = self.simulate(obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=True, wrt_obs=wrt_obs)
+        as_t = lambda a: th.as_tensor(a, device=obs.device).to(obs.dtype)  # noqa: E731
+        self._last_state = (out["qpos"], out["qvel"])
+        lin = {
+            "lin_action": action.detach().reshape(-1, self.nu).to(obs.dtype),
+            "lin_next": as_t(out["next_obs"]),
+            "lin_dx": as_t(out["dx"]),
+            "lin_jac": as_t(out["jac_act"]),
+        }
+        lin["lin_healthy"] = self._healthy_last_state(lin["lin_dx"])
+        if wrt_obs:
+            lin.update(lin_obs=obs.detach().reshape(-1, self.obs_dim), lin_jac_obs=as_t(out["jac_obs"]))
+        return lin
+
+    def step_linear(self, action: th.Tensor, lin: Dict[str, th.Tensor], obs: Optional[th.Tensor] = None) -> Tuple[th.Tensor, th.Tensor]:
+        """(next_obs, reward) of the first-order model around ``lin`` (:meth:`linearize`) at
+        ``action`` (B, act_dim), differentiable in the action: ``next = next0 + J_next (a - a0)``,
+        ``dx = dx0 + J_dx (a - a0)`` (plus ``J_s (obs - s0)`` when ``obs`` is given, which needs a
+        ``lin`` made ``wrt_obs``); the control cost is the exact quadratic of ``action``, the health
+        indicator that of a0's next state. At ``action == a0`` (and ``obs == s0``) value and gradients
+        are the simulator's (:meth:`step`); no simulator call."""
+        delta = th.einsum("boa,ba->bo", lin["lin_jac"], action - lin["lin_action"])
+        if obs is not None:
+            delta = delta + th.einsum("bos,bs->bo", lin["lin_jac_obs"], obs - lin["lin_obs"])
+        next_obs = lin["lin_next"] + delta[:, :-1]
+        dx = lin["lin_dx"] + delta[:, -1]
+        self.last_clipped = self.clipped(lin["lin_next"])
+        return next_obs, self._reward(dx, action, lin["lin_healthy"])
 
 
 class _SimulatorStep(th.autograd.Function):

@@ -225,7 +225,7 @@ def test_the_mujoco_benchmark_grid_is_valid():
     assert [e.id for e in ablation.envs] == ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"]
     assert ablation.output_dir == "docs/results/mujoco" and ablation.seeds == (0, 1, 2, 3, 4)
     runs = ablation.runs()
-    assert len(runs) == 45
+    assert len(runs) == 75  # 3 envs x 5 cells x 5 seeds
     for label, config in runs:
         assert config["env"]["normalize"] is True and config["train"]["eval_freq"] == 20_000 and config["train"]["eval_episodes"] == 5
         assert config["algo"]["n_steps"] == 2048 and config["algo"]["policy_kwargs"] == {"net_arch": [64, 64]}

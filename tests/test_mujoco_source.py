@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch as th
@@ -132,8 +134,6 @@ def test_mujoco_source_refusals_are_clear():
         HybridPG("MlpPolicy", "Pendulum-v1", pathwise_source="mujoco", **MJ)
     with pytest.raises(ValueError, match="pathwise_source='mujoco'.*PendulumModel.*pathwise_source='model'"):
         HybridPG("MlpPolicy", "hybrid_pg/Pendulum-v0", pathwise_source="mujoco", **MJ)
-    with pytest.raises(ValueError, match="pathwise_source='mujoco'.*model_horizon=1"):
-        HybridPG("MlpPolicy", "HalfCheetah-v5", pathwise_source="mujoco", model_horizon=2, **MJ)
     env = make_vec_env("HalfCheetah-v5", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"))
     try:
         with pytest.raises(ValueError, match="SubprocVecEnv.*MujocoDifferentiableWrapper"):
@@ -195,3 +195,134 @@ def test_short_halfcheetah_training_with_the_mujoco_source_and_vecnormalize_logs
     assert len(lam) == 2 and lam[0] == 0.0 and 0.0 <= lam[1] <= 1.0
     assert algo.pathwise.exact and algo.pathwise.normalization is not None
     assert all(th.isfinite(p).all() for p in algo.policy.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# the MuJoCo source's first-order model: one simulation with Jacobians per rollout
+# ------------------------------------------------------------------------------------------------
+
+
+def _halfcheetah_at_theta_old(env_id: str = "HalfCheetah-v5", n: int = 64, horizon: int = 1):
+    """A HybridPG on a VecNormalize'd MuJoCo env with its rollout buffer full at theta_old (lr 0)."""
+    _mujoco()
+    th.manual_seed(0)
+    env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=0), gamma=0.99)
+    algo = HybridPG(
+        "MlpPolicy", env, pathwise_source="mujoco", model_horizon=horizon, learning_rate=0.0, n_steps=n, batch_size=n, n_epochs=1, seed=0, device="cpu"
+    )
+    algo.learn(n)
+    full = copy.copy(algo.pathwise)
+    full.linearize = False
+    assert algo.pathwise.linear and not full.linear
+    return algo, full
+
+
+def _value_and_grad(source, policy, batch, shift: float = 0.0):
+    mean = (batch.mean_old + shift * th.exp(batch.log_std_old)).requires_grad_(True)
+    log_std = policy.log_std.detach().clone().requires_grad_(True)
+    q = source.value(mean, log_std, batch.eps, batch.context)
+    return (q.detach(), *th.autograd.grad(q.sum(), (mean, log_std)))
+
+
+@pytest.mark.parametrize("env_id,horizon", [("HalfCheetah-v5", 1), ("Hopper-v5", 1), ("Hopper-v5", 3)])
+def test_linearised_source_is_the_simulator_at_theta_old_values_gradients_and_statistics(env_id, horizon):
+    """At theta_old the first-order model's values, action-gradients and the per-sample moments (hence
+    lam) are those of stepping the simulator in every call; away from it the error is second order."""
+    from hybrid_pg.rollout import prepare_batch, rollout_group_moments
+
+    algo, full = _halfcheetah_at_theta_old(env_id, horizon=horizon)
+    policy, source = algo.policy, algo.pathwise
+    data = next(algo.rollout_buffer.get(batch_size=None))
+    batch = prepare_batch(policy, source, data, True, generator=th.Generator().manual_seed(1))
+    assert {"lin_next", "lin_dx", "lin_jac", "lin_action", "lin_healthy"} <= set(batch.context)
+    assert ("lin2_jac_obs" in batch.context) == (horizon == 3)
+    calls = []
+    simulate = source.model.simulate
+    source.model.simulate = lambda *a, **k: calls.append(k) or simulate(*a, **k)
+    lin = _value_and_grad(source, policy, batch)
+    assert calls == []  # the update's values need no simulator call
+    source.model.simulate = simulate
+    ref = _value_and_grad(full, policy, batch)
+    for a, b in zip(lin, ref):
+        assert th.allclose(a, b, rtol=1e-4, atol=1e-5)
+    m_lin = rollout_group_moments(policy, algo.actor_head, source, batch)
+    m_full = rollout_group_moments(policy, algo.actor_head, full, batch)
+    for name in m_lin:
+        a, b = m_lin[name], m_full[name]
+        assert th.allclose(a.mean_path, b.mean_path, rtol=1e-4, atol=1e-6)
+        assert th.equal(a.mean_score, b.mean_score)
+        for key in ("ss_path", "ss_cross", "lr_ss_path", "lr_ss_cross"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-4, abs=1e-9)
+    # a step of 0.1 sigma (inside the pathwise KL limit): the model's error is second order, i.e.
+    # small against the first-order change of Q~ itself
+    q0 = ref[0]
+    q_lin, q_full = _value_and_grad(source, policy, batch, 0.1)[0], _value_and_grad(full, policy, batch, 0.1)[0]
+    assert (q_lin - q_full).abs().median() < 0.1 * (q_full - q0).abs().median()
+
+
+def test_the_simulator_is_called_once_per_rollout():
+    _mujoco()
+    env = VecNormalize(make_vec_env("HalfCheetah-v5", n_envs=1, seed=0))
+    algo = HybridPG("MlpPolicy", env, n_steps=64, batch_size=16, n_epochs=3, lambda_warmup=0, pathwise_source="mujoco", seed=0, device="cpu")
+    model = algo.pathwise.model
+    calls = []
+    simulate = model.simulate
+    model.simulate = lambda obs, *a, **k: calls.append(len(obs)) or simulate(obs, *a, **k)
+    algo.learn(64 * 2)
+    assert calls == [64, 64]  # the statistics and 3 epochs x 4 minibatches reuse each rollout's Jacobians
+    assert 0.0 < algo.last_lambda["global"] <= 1.0
+
+
+def test_k_step_model_statistics_outer_product_equals_torch_func():
+    """Future actions carry no theta-gradient, so a k-step return depends on theta only through
+    (mu(s_i), log_std): the two-pass outer-product moments are exact at k > 1 too (which is what a
+    simulator, untraceable by torch.func, needs)."""
+    from hybrid_pg.rollout import prepare_batch, rollout_group_moments
+
+    algo = HybridPG("MlpPolicy", "hybrid_pg/Pendulum-v0", pathwise_source="model", model_horizon=3, n_steps=128, batch_size=128, n_epochs=1, learning_rate=0.0, seed=0, device="cpu")
+    algo.learn(128)
+    assert not algo.pathwise.one_step  # a traceable model keeps torch.func (unchanged numbers)
+    batch = prepare_batch(algo.policy, algo.pathwise, next(algo.rollout_buffer.get(batch_size=None)), True, generator=th.Generator().manual_seed(1))
+    outer = rollout_group_moments(algo.policy, algo.actor_head, algo.pathwise, batch, method="outer")
+    vmap = rollout_group_moments(algo.policy, algo.actor_head, algo.pathwise, batch, method="vmap")
+    for name in outer:
+        a, b = outer[name], vmap[name]
+        assert th.allclose(a.mean_path, b.mean_path, rtol=1e-6, atol=1e-9)
+        for key in ("ss_path", "ss_score", "ss_cross"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-6, abs=1e-10)
+
+
+def test_mujoco_source_with_a_two_step_return_trains_on_the_outer_product_statistics():
+    _mujoco()
+    env = VecNormalize(make_vec_env("Hopper-v5", n_envs=1, seed=0))
+    algo = HybridPG("MlpPolicy", env, pathwise_source="mujoco", model_horizon=2, lambda_warmup=0, **MJ)
+    source = algo.pathwise
+    assert source.one_step and source.linear  # linearised along the nominal 2-step trajectory
+    calls = []
+    simulate = source.model.simulate
+    source.model.simulate = lambda obs, *a, **k: calls.append(k["wrt_obs"]) or simulate(obs, *a, **k)
+    algo.learn(2 * 32)
+    assert calls == [False, True] * 2  # per rollout: the action Jacobian, then state + action
+    assert algo.logger.name_to_value["hybrid/stats_valid"] == 1.0
+    assert 0.0 <= algo.last_lambda["global"] <= 1.0
+    assert all(th.isfinite(p).all() for p in algo.policy.parameters())
+
+
+def test_mujoco_cost_example_runs_every_cell(monkeypatch):
+    _mujoco()
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "mujoco_cost.py"
+    spec = importlib.util.spec_from_file_location("mujoco_cost", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setitem(example.SETTINGS, "n_steps", 32)
+    monkeypatch.setitem(example.SETTINGS, "batch_size", 32)
+    monkeypatch.setitem(example.SETTINGS, "n_epochs", 1)
+    table = example.cells(forced=True)
+    assert {"ppo", "reinforce", "hybrid", "hybrid_replay", "hybrid_mujoco", "hybrid_mujoco_full", "hybrid_mujoco_k2"} == set(table)
+    for name in ("ppo", "hybrid_mujoco", "hybrid_mujoco_full"):
+        m = example.measure(table[name], "HalfCheetah-v5", 64)
+        assert m["step_s"] > 0 and m["update_s"] > 0
+        assert m["path_share"] == (0.0 if name == "ppo" else 1.0)

@@ -7,7 +7,8 @@ when it has one and the critic otherwise. New sources register a factory with
 
 ``"mujoco"`` is the model source through :class:`hybrid_pg_envs.mujoco_model.MujocoStepModel`. A name
 of its own, rather than only ``"model"`` + ``MujocoDifferentiableWrapper``, because it states the
-(expensive: simulator Jacobians every minibatch) choice at the call site and works on a plain
+(costly: the simulator's action Jacobian once per rollout, more with ``model_horizon > 1``) choice at
+the call site and works on a plain
 ``make_vec_env("HalfCheetah-v5")``: it builds the model from the in-process sub-envs, or uses the
 wrapper's when the env is wrapped (the only way for ``SubprocVecEnv``, which it says when it refuses).
 ``"auto"`` uses a MuJoCo model only when the env is wrapped, i.e. declares one; never by itself.
@@ -68,11 +69,6 @@ def _unsupported(algorithm: Any, model: Any) -> str:
         return "the model source needs a flat Box observation space"
     if unwrap_vec_wrapper(algorithm.env, VecFrameStack) is not None:
         return "the model steps single observations, but the env is wrapped in VecFrameStack"
-    if algorithm.settings.model_horizon > 1 and not getattr(model, "supports_vmap", True):
-        return (
-            f"model_horizon={algorithm.settings.model_horizon} needs torch.func over k-step returns, which cannot "
-            f"trace {type(model).__name__} (a simulator called outside torch); use model_horizon=1"
-        )
     return ""
 
 

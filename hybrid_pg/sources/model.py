@@ -25,6 +25,38 @@ starts from the clip boundary; :attr:`ModelSource.clipped_fraction` reports the 
 the last rollout), and the buffer's observations were normalised with the statistics of their own
 step, which the end-of-rollout snapshot matches only up to the drift of the running mean/var within
 one rollout. A clipped normalised next observation or reward has a zero derivative, as in the env.
+
+**Simulator models: one simulation per rollout.** A model that is a simulator called outside torch
+(:class:`hybrid_pg_envs.mujoco_model.MujocoStepModel`) costs ``1 + 2 nu`` frame-skipped simulations
+per sample for its action Jacobian; stepping it in every :meth:`ModelSource.value` call repeats that
+for the statistics and for every minibatch of every epoch (11x per rollout with 10 epochs). With a
+one-step return such models are used through their first-order expansion around the rollout's own
+(clipped) actions a0, computed once in :meth:`ModelSource.context` (``model.linearize``)::
+
+    s'(a) = s'(a0) + ds'/da|a0 (a - a0),   dx(a) = dx(a0) + ddx/da|a0 (a - a0)
+    Q~(a) = r_ctrl(a) + c_fwd dx(a) / dt + r_healthy(a0) + gamma V(norm(s'(a)))
+
+Only the dynamics are linearised. The control cost is the exact quadratic, and the frozen value head
+is re-evaluated at the linearised next state (not linearised too): it is a cheap torch network that
+the full path also evaluates, so this keeps the value head *current* (it is trained within the update,
+and ``FrozenModule`` follows it exactly as the full path does) and keeps its curvature and
+``VecNormalize``'s observation clip exact; linearising it as well would freeze the value head at its
+rollout-time weights for the whole update and save nothing measurable. The health indicator and the
+terminal flag are held at a0's next state (0/1 functions, locally constant in the full path too).
+
+A k-step return (``model_horizon > 1``) is linearised along its nominal trajectory at theta_old (the
+rollout's action, then the policy's actions with the context's future noise): step j's next state is
+``s'_j0 + A_j (s_j - s_j0) + B_j (a_j - a_j0)`` with the state Jacobian A_j too (2 (2 nv + nu) + 1
+perturbed simulations per sample and step, once per rollout); the future actions (policy frozen, as
+always) and the value head are evaluated exactly at the linearised states.
+
+Exactness: at theta = theta_old the pathwise action is a0 up to rounding, so the values and the
+action-gradients are the simulator's; this covers the per-sample statistics (computed at theta_old,
+hence the weight lam) and the first minibatch step of the update. Later steps move the actions
+a - a0 = (mu - mu_old) + (sigma - sigma_old) eps, which the pathwise KL limit bounds: a sample's term is
+dropped once KL(pi_old || pi) at its state exceeds ``pathwise_kl_limit`` ("auto": clip_range^2 / 2,
+a mean shift of clip_range sigma at a fixed sigma); the model's error is second order in (a - a0). ``linearize=False``
+restores the full simulator path (every call steps the simulator).
 """
 
 from __future__ import annotations
@@ -96,11 +128,13 @@ class ModelSource(PathwiseSource):
     name = "model"
     reward_units = True
 
-    def __init__(self, policy: Any, model: Any, gamma: float, horizon: int = 1) -> None:
+    def __init__(self, policy: Any, model: Any, gamma: float, horizon: int = 1, linearize: Optional[bool] = None) -> None:
         self.policy = policy
         self.model = model
         self.gamma = float(gamma)
         self.horizon = int(horizon)
+        #: None: linearise whenever the model offers it (see :attr:`linear`); False: never
+        self.linearize = linearize
         #: the training env's VecNormalize statistics at the last refresh (None: raw units)
         self.normalization: Optional[Normalization] = None
         #: share of the last rollout's observations that VecNormalize clipped (not exactly invertible)
@@ -115,7 +149,23 @@ class ModelSource(PathwiseSource):
 
     @property
     def one_step(self) -> bool:
-        return self.horizon == 1
+        """Sample i's Q~ depends on theta only through (mu(s_i), log_std) at every horizon, since the
+        future actions carry no theta-gradient (:meth:`value`); the outer-product moments then equal
+        the ``torch.func`` ones (tested at k = 3). k-step returns keep ``torch.func`` for models it can
+        trace (unchanged numbers); a simulator called outside torch (``supports_vmap = False``) has
+        only the outer-product path, which is what makes ``model_horizon > 1`` possible for it."""
+        return self.horizon == 1 or not getattr(self.model, "supports_vmap", True)
+
+    @property
+    def linear(self) -> bool:
+        """True when the update uses the model's first-order expansion around the rollout's actions
+        (one simulation with Jacobians per rollout, in :meth:`context`) instead of stepping the model
+        in every :meth:`value` call: for models that offer ``linearize``/``step_linear`` (the MuJoCo
+        simulator), unless ``linearize=False``. A k-step return is linearised along its nominal
+        trajectory (module docstring)."""
+        if self.linearize is False:
+            return False
+        return hasattr(self.model, "linearize") and hasattr(self.model, "step_linear")
 
     def refresh(self, algorithm: Any) -> None:
         model = algorithm.env_model_for_rollout()
@@ -133,10 +183,34 @@ class ModelSource(PathwiseSource):
         if self.normalization is not None and isinstance(observations, th.Tensor):
             self.clipped_fraction = float(self.normalization.clipped(observations).float().mean()) if n else 0.0
         future = max(self.horizon - 1, 1)
-        return {
+        context = {
             "obs": observations,
             "future_eps": th.randn(n, future, act_dim, device=actions.device, generator=generator),
         }
+        if self.linear:
+            with th.no_grad():
+                context.update(self._linearize(observations, actions, context["future_eps"]))
+        return context
+
+    def _linearize(self, observations: th.Tensor, actions: th.Tensor, future_eps: th.Tensor) -> Context:
+        """The first-order model's context: one simulation with Jacobians per step of the return, along
+        the nominal trajectory at theta_old. The expansion point of the first step is the clipped
+        action the env saw (= clip(mu_old + sigma_old eps) up to rounding); step j > 0 (keys
+        ``lin{j}_*``) expands around the state the nominal trajectory reaches and the action the
+        policy at theta_old takes there with the context's future noise, i.e. exactly what
+        :meth:`value` computes at theta_old."""
+        norm, clip = self.normalization, self.policy.clip_action
+        state = observations if norm is None else norm.raw_obs(observations)  # raw units
+        action = clip(actions)
+        std = th.exp(self.policy.log_std)
+        lin: Context = {}
+        for step in range(self.horizon):
+            point = self.model.linearize(state, action, wrt_obs=step > 0)
+            lin.update({_lin_key(key, step): value for key, value in point.items()})
+            if step + 1 < self.horizon:
+                state = point["lin_next"]
+                action = clip(self.frozen_mean(state if norm is None else norm.obs(state)) + std * future_eps[:, step])
+        return lin
 
     def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
         clip = self.policy.clip_action
@@ -149,13 +223,20 @@ class ModelSource(PathwiseSource):
         # alive: 1 until the model reports a terminal state; rewards after it and the bootstrap
         # value of a terminal state are dropped, as GAE drops them on the score side.
         discount, alive = 1.0, th.ones_like(total)
+        linear = self.linear and "lin_jac" in context
         for step in range(self.horizon):
-            state, reward = self.model.step(state, action)
+            if linear:  # first-order model along the rollout's nominal trajectory (module docstring)
+                lin = _lin_step(context, step)
+                state, reward = self.model.step_linear(action, lin, state if step else None)
+                ended = lin["lin_next"]  # the terminal flag: held at the nominal next state
+            else:
+                state, reward = self.model.step(state, action)
+                ended = state
             obs = state if norm is None else norm.obs(state)  # what the policy and value head see
             if norm is not None:
                 reward = norm.reward(reward)
             total = total + discount * alive * reward
-            alive = alive * (1.0 - self.model.terminal(state))
+            alive = alive * (1.0 - self.model.terminal(ended))
             discount *= self.gamma
             if step + 1 < self.horizon:
                 if mean_fn is None:
@@ -174,9 +255,23 @@ class ModelSource(PathwiseSource):
         return self._frozen_value(self.policy.extract_features(observations, self.policy.vf_features_extractor))
 
 
+def _lin_key(key: str, step: int) -> str:
+    """``lin_x`` of step 0 stays ``lin_x``; step j > 0 is ``lin{j}_x``."""
+    return key if step == 0 else f"lin{step}_{key[len('lin_'):]}"
+
+
+def _lin_step(context: Context, step: int) -> Context:
+    """Step ``step``'s first-order model out of a context, under the model's ``lin_*`` names."""
+    if step == 0:
+        return context
+    prefix = f"lin{step}_"
+    return {f"lin_{key[len(prefix):]}": value for key, value in context.items() if key.startswith(prefix)}
+
+
 class MujocoSource(ModelSource):
     """The model source through a MuJoCo step model (``pathwise_source="mujoco"``): the simulator's
-    forward and its exact local Jacobians (:mod:`hybrid_pg_envs.mujoco_model`). Same values as
+    forward and its exact local Jacobians (:mod:`hybrid_pg_envs.mujoco_model`), computed once per rollout
+    at the rollout's actions and used to first order within the update (module docstring). Same values as
     ``pathwise_source="model"`` on a ``MujocoDifferentiableWrapper``-wrapped env; this name also builds
     the model from an unwrapped gymnasium MuJoCo env (in-process VecEnvs) and says so when it cannot."""
 

@@ -1,0 +1,137 @@
+"""Wall time per env step of the MuJoCo benchmark's cells, side by side, on HalfCheetah-v5.
+
+Every cell of ``configs/mujoco_benchmark.yaml`` (SB3's PPO, HybridPG REINFORCE, the hybrid with the
+advantage head, the replay-window critic and the MuJoCo simulator as pathwise source), plus the
+MuJoCo source without its first-order model (``linearize=False``: the simulator and its Jacobians in
+every minibatch, the previous behaviour), trains ``--steps`` env steps with the benchmark's settings
+(n_steps 2048, batch 64, 10 epochs, 64x64, VecNormalize) on one thread. The cells run round-robin,
+``--repeats`` times, so a machine's load drifts over all of them alike; the best repeat is reported.
+
+Printed per cell: wall time per env step (collection + update) and its ratio to PPO, the update's
+share alone per sample (``train()`` time / samples) with its ratio to PPO's update, and the share of
+updates that used the pathwise term (lam > 0: the first ``lambda_warmup`` = 2 updates and any with
+lam = 0 skip it, so a short run understates a source's cost)::
+
+    python examples/mujoco_cost.py --steps 10240 --repeats 2
+
+``--forced`` measures the sources' own cost instead: every hybrid cell with ``fixed_lambda=0.5`` and
+no warmup (the pathwise term in every update), against REINFORCE (no pathwise term).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable, Dict, List
+
+import torch as th
+
+SETTINGS = dict(
+    policy_kwargs=dict(net_arch=[64, 64]),
+    n_steps=2048,
+    batch_size=64,
+    n_epochs=10,
+    gamma=0.99,
+    gae_lambda=0.95,
+    learning_rate=3e-4,
+    clip_range=0.2,
+)
+
+
+def _env(env_id: str, seed: int) -> Any:
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    return VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), gamma=SETTINGS["gamma"])
+
+
+def cells(forced: bool = False) -> Dict[str, Callable[[Any, int], Any]]:
+    """name -> (env, seed) -> model, as the benchmark's cells build them (``forced``: the hybrid
+    cells at lam = 0.5 from the first update)."""
+    from stable_baselines3 import PPO
+
+    from hybrid_pg import HybridPG
+
+    force = dict(fixed_lambda=0.5, lambda_warmup=0) if forced else {}
+
+    def hybrid(**kw: Any) -> Callable[[Any, int], Any]:
+        extra = force if kw.get("estimator") == "hybrid" else {}
+        return lambda env, seed: HybridPG("MlpPolicy", env, seed=seed, device="cpu", **SETTINGS, **kw, **extra)
+
+    def mujoco_full(env: Any, seed: int) -> Any:
+        model = hybrid(estimator="hybrid", pathwise_source="mujoco")(env, seed)
+        model.pathwise.linearize = False  # the simulator in every value() call
+        return model
+
+    return {
+        "ppo": lambda env, seed: PPO("MlpPolicy", env, seed=seed, device="cpu", **SETTINGS),
+        "reinforce": hybrid(estimator="reinforce"),
+        "hybrid": hybrid(estimator="hybrid", pathwise_source="critic"),
+        "hybrid_replay": hybrid(estimator="hybrid", pathwise_source="replay_critic"),
+        "hybrid_mujoco": hybrid(estimator="hybrid", pathwise_source="mujoco"),
+        "hybrid_mujoco_full": mujoco_full,
+        # not a benchmark cell (only with --cells): a two-step return through the simulator
+        "hybrid_mujoco_k2": hybrid(estimator="hybrid", pathwise_source="mujoco", model_horizon=2),
+    }
+
+
+def measure(build: Callable[[Any, int], Any], env_id: str, steps: int, seed: int = 0) -> Dict[str, float]:
+    """Seconds per env step of ``learn(steps)`` and of its ``train()`` calls per sample."""
+    model = build(_env(env_id, seed), seed)
+    spent: List[float] = []
+    with_path: List[bool] = []
+    train = model.train
+
+    def timed_train() -> None:
+        t0 = time.perf_counter()
+        train()
+        spent.append(time.perf_counter() - t0)
+        lam = getattr(model, "last_lambda", None)
+        with_path.append(bool(lam) and max(lam.values()) > 0.0)
+
+    model.train = timed_train
+    t0 = time.perf_counter()
+    model.learn(steps)
+    total = time.perf_counter() - t0
+    samples = len(spent) * model.n_steps * model.n_envs
+    model.env.close()
+    return {
+        "step_s": total / model.num_timesteps,
+        "update_s": sum(spent) / max(samples, 1),
+        "path_share": sum(with_path) / max(len(with_path), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="HalfCheetah-v5")
+    parser.add_argument("--steps", type=int, default=10240)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cells", nargs="*", default=None, help="a subset of the cells (default: all)")
+    parser.add_argument("--forced", action="store_true", help="hybrid cells at fixed_lambda=0.5, no warmup")
+    args = parser.parse_args()
+    th.set_num_threads(1)
+    table = cells(args.forced)
+    names = args.cells or [name for name in table if name != "hybrid_mujoco_k2"]
+    best: Dict[str, Dict[str, float]] = {}
+    for _ in range(args.repeats):
+        for name in names:
+            m = measure(table[name], args.env, args.steps)
+            if name not in best or m["step_s"] < best[name]["step_s"]:
+                best[name] = m
+            print(f"  {name:20s} {m['step_s'] * 1e3:7.3f} ms/step, update {m['update_s'] * 1e3:7.3f} ms/sample", flush=True)
+    ref_name = "reinforce" if args.forced else "ppo"
+    ref = best.get(ref_name)
+    what = "hybrid cells at fixed_lambda=0.5, no warmup" if args.forced else "the benchmark's settings"
+    print(f"\n{args.env}, {args.steps} steps, {what}, best of {args.repeats}, one thread")
+    x = f"x {ref_name}"
+    print(f"{'cell':20s} {'ms/step':>8s} {x:>11s} {'update ms/sample':>17s} {x:>11s} {'lam>0':>6s}")
+    for name in names:
+        m = best[name]
+        r1 = f"{m['step_s'] / ref['step_s']:11.2f}" if ref else f"{'-':>11s}"
+        r2 = f"{m['update_s'] / ref['update_s']:11.2f}" if ref else f"{'-':>11s}"
+        print(f"{name:20s} {m['step_s'] * 1e3:8.3f} {r1} {m['update_s'] * 1e3:17.3f} {r2} {m['path_share']:6.0%}")
+
+
+if __name__ == "__main__":
+    main()
