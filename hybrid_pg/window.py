@@ -54,6 +54,10 @@ class WindowedLambda:
         be overridden per call of :meth:`estimate` or by setting the attribute.
     :param confidence: z of the bias upper confidence limit.
     :param long_run: variance part of lam from long-run (block) moments when available.
+    :param trend: predict the moments one batch ahead from the window's trend (slope shrunk by
+        its signal-to-noise; :func:`hybrid_pg.weight_rule.trend_moments`), so a window of previous
+        rollouts does not lag a weight that moves while the policy trains (default True; states
+        saved before this option existed load with False, so a resumed run continues as it was).
     :param fallback: lam while the window cannot determine it (empty, or degenerate moments).
     :param min_weight: EMA batches whose weight fell below this are dropped (bounded memory; the
         default 1e-3 loses less than 0.1% of the total weight).
@@ -73,6 +77,7 @@ class WindowedLambda:
         source: str = "learned",
         confidence: float = DEFAULT_CONFIDENCE_Z,
         long_run: bool = False,
+        trend: bool = True,
     ) -> None:
         if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
@@ -92,6 +97,7 @@ class WindowedLambda:
             raise ValueError(f"source must be one of {SOURCE_KINDS}, got {source!r}")
         self.bias_rule, self.source = bias_rule, source
         self.confidence, self.long_run = float(confidence), bool(long_run)
+        self.trend = bool(trend)
         self.window = window
         self.mode = mode
         self.decay = float(decay)
@@ -170,6 +176,7 @@ class WindowedLambda:
             long_run=self.long_run,
             bounds=self.bounds,
             fallback=self.fallback,
+            trend=self.trend,
         )
 
     def estimate(self, batch_size: Optional[float] = None, source: Optional[str] = None, with_se: bool = False) -> LambdaEstimate:
@@ -241,6 +248,7 @@ class WindowedLambda:
                 "source": self.source,
                 "confidence": self.confidence,
                 "long_run": self.long_run,
+                "trend": self.trend,
             },
             "n_updates": self.n_updates,
             "detector_state": None if self.detector is None else self.detector.state_dict(),
@@ -271,7 +279,8 @@ class WindowedLambda:
             raise ValueError(f"not a WindowedLambda state dict: missing {exc}") from exc
         if len(batches) != len(weights):
             raise ValueError("corrupt WindowedLambda state: one weight per batch is required")
-        fresh = WindowedLambda(**{**config, "bounds": None if config["bounds"] is None else tuple(config["bounds"])})
+        # states saved before the trend option existed continue without it
+        fresh = WindowedLambda(**{"trend": False, **config, "bounds": None if config["bounds"] is None else tuple(config["bounds"])})
         restored = [
             BatchMoments(
                 n=int(b["n"]),
