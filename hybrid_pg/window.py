@@ -11,6 +11,7 @@ window mixes regimes.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -29,6 +30,21 @@ from hybrid_pg.estimator import (
 from hybrid_pg.weight_rule import DEFAULT_CONFIDENCE_Z, SOURCE_KINDS, WeightRule
 
 WINDOW_MODES = ("sliding", "ema", "adaptive")
+
+
+def _stored(moments: BatchMoments) -> BatchMoments:
+    """The moments as the window keeps them: mean vectors rounded to float32 (held as float64).
+
+    The means enter lam only through the bias estimate ||b_hat||^2 and the health statistic, where
+    float32's relative 6e-8 is far below their noise; rounding when a batch is *added* (not only
+    when saved) makes a saved window, stored as float32, restore the very numbers the running one
+    computes with, so a resumed run gives bit-identical lam.
+    """
+    return replace(
+        moments,
+        mean_path=moments.mean_path.detach().cpu().to(th.float32).to(th.float64),
+        mean_score=moments.mean_score.detach().cpu().to(th.float32).to(th.float64),
+    )
 
 
 class WindowedLambda:
@@ -128,6 +144,7 @@ class WindowedLambda:
                 f"gradient dimension changed from {tuple(self._batches[-1].mean_path.shape)} "
                 f"to {tuple(moments.mean_path.shape)}"
             )
+        moments = _stored(moments)
         if self.mode == "ema":
             self._weights = [w * self.decay for w in self._weights]
         self._batches.append(moments)
@@ -256,8 +273,9 @@ class WindowedLambda:
             "batches": [
                 {
                     "n": b.n,
-                    "mean_path": b.mean_path.detach().cpu().clone(),
-                    "mean_score": b.mean_score.detach().cpu().clone(),
+                    # float32 holds them exactly (see _stored), at half the size
+                    "mean_path": b.mean_path.detach().cpu().to(th.float32),
+                    "mean_score": b.mean_score.detach().cpu().to(th.float32),
                     "ss_path": b.ss_path,
                     "ss_score": b.ss_score,
                     "ss_cross": b.ss_cross,
