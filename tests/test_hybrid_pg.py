@@ -216,7 +216,7 @@ def test_learn_logs_every_hybrid_scalar():
     model.set_logger(Logger(folder=None, output_formats=[cap]))
     model.learn(64 * 3)
     last = cap.rows[-1]
-    for key in ("lambda", "lambda_batch", "lambda_window", "var_path", "var_score", "cov", "corr", "variance_reduction", "bias_sq", "window_size", "var_applied", "effective_sample_size"):
+    for key in ("lambda", "lambda_batch", "lambda_window", "var_path", "var_score", "cov", "corr", "variance_reduction", "bias_sq", "window_size", "var_applied", "effective_sample_size", "variance_ratio_vs_reinforce"):
         assert f"hybrid/{key}" in last, key
         assert math.isfinite(last[f"hybrid/{key}"]), key
     # SB3 dumps an update's records at the start of the next iteration: the last row written
@@ -224,6 +224,9 @@ def test_learn_logs_every_hybrid_scalar():
     assert last["hybrid/window_size"] == 2
     assert len(model.lambda_windows["global"]) == 3
     assert 0.0 <= last["hybrid/lambda"] <= 1.0
+    # a critic is a learned source: no "reduction vs the better estimator" against a biased one
+    assert "hybrid/variance_reduction_vs_better" not in last
+    assert last["hybrid/variance_ratio_vs_reinforce"] == last["hybrid/variance_ratio_vs_score"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -691,3 +694,16 @@ def test_drift_trackers_pickled_with_snapshots_still_load():
     restored.__setstate__(old_state)
     assert restored._previous.n == 3 and len(restored._snapshots) == 0 and restored._snapshots.maxlen == 4
     assert pickle.loads(pickle.dumps(restored))._snapshots.maxlen == 4
+
+
+def test_console_shows_the_headline_keys_only():
+    from stable_baselines3.common.logger import HumanOutputFormat, Logger
+    import io
+
+    out = io.StringIO()
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, lambda_warmup=0, seed=0, device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[HumanOutputFormat(out)]))
+    model.learn(64 * 2)
+    shown = {line.split("|")[1].strip() for line in out.getvalue().splitlines() if line.startswith("|    ")}
+    assert {"lambda", "variance_ratio_vs_reinforce"} <= shown
+    assert not shown & {"variance_reduction", "var_path", "cov", "window_f_path", "drift_cos_path", "kl_to_oldest"}
