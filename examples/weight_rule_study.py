@@ -37,7 +37,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import hybrid_pg_envs  # noqa: F401  (registers the envs)
 from hybrid_pg import HybridPG
 from hybrid_pg.estimator import lambda_from_moments
-from hybrid_pg.ground_truth.coupled_bandit import bandit_moments
+
+try:
+    from hybrid_pg.ground_truth.coupled_bandit import bandit_moments
+except ImportError:  # the pre-refactor code kept the closed form beside the env
+    from hybrid_pg_envs.coupled_bandit import bandit_moments
 from hybrid_pg_envs.coupled_bandit import CoupledBanditEnv, CoupledBanditModel
 
 N_ENVS, N_STEPS, WARMUP = 4, 256, 8
@@ -104,6 +108,7 @@ def _policy_at_obs(model):
     features = model.policy.extract_features(obs, model.policy.pi_features_extractor)
     mean = head(features)[0, 0]
     grads = th.autograd.grad(mean, list(head.parameters()))
+    mean = mean.detach()
     with th.no_grad():
         value = float(model.policy.predict_values(obs)[0, 0])
     return float(mean), model.policy.log_std[0].item(), value, float(sum((g.double() ** 2).sum() for g in grads))

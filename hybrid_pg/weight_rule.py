@@ -116,8 +116,10 @@ def pool(
         # a long-run variance below the per-sample one (negative correlation, or noise in a few
         # blocks) is not trusted to shrink the noise floor
         d_var = max(lr[0] + lr[1] - 2.0 * lr[2], d_var)
+    bias_hat_sq = float(diff @ diff)
     if trend:
         var_p, var_m, cov = trend_moments(batches, w, (var_p, var_m, cov), ages)
+        bias_hat_sq = max(bias_hat_sq + bias_trend_shift(batches, w, ages), 0.0)
     return PooledStatistics(
         n=n_eff,
         dof=dof,
@@ -127,7 +129,7 @@ def pool(
         lr_var_path=lr[0],
         lr_var_score=lr[1],
         lr_cov=lr[2],
-        bias_hat_sq=float(diff @ diff),
+        bias_hat_sq=bias_hat_sq,
         tau=max(d_var, 0.0) / n_eff,
     )
 
@@ -157,30 +159,54 @@ def trend_moments(
     :data:`TREND_MIN_BATCHES` batches or when the predicted moments are not a valid covariance
     (a variance < 0 or |Cov| > sqrt(Var_P Var_M)).
     """
+    shifts = _trend_shifts(batches, weights, ages, [[getattr(b, a) / max(b.n - 1, 1) for b in batches] for a in ("ss_path", "ss_score", "ss_cross")])
+    if shifts is None:
+        return level
+    vp, vm, c = (lev + sh for lev, sh in zip(level, shifts))
+    if vp < 0.0 or vm < 0.0 or c * c > vp * vm:
+        return level
+    return vp, vm, c
+
+
+def _trend_shifts(
+    batches: Sequence[BatchMoments], weights: Sequence[float], ages: Optional[Sequence[float]], series: Sequence[Sequence[float]]
+) -> Optional[list]:
+    """For each per-batch series, -c s a_bar: the shrunk weighted-LS line's move from the window's
+    mean age to age 0 (see :func:`trend_moments`); None when no trend can be fitted."""
     k = len(batches)
     if k < TREND_MIN_BATCHES:
-        return level
+        return None
     u = [float(w) * (b.n - 1) for w, b in zip(weights, batches)]
     total = sum(u)
     if total <= 0:
-        return level
+        return None
     ages = [float(k - i) for i in range(k)] if ages is None else [float(a) for a in ages]
     a_bar = sum(ui * a for ui, a in zip(u, ages)) / total
     sxx = sum(ui * (a - a_bar) ** 2 for ui, a in zip(u, ages))
     if sxx <= 0:
-        return level
+        return None
     out = []
-    for attr, lev in zip(("ss_path", "ss_score", "ss_cross"), level):
-        m = [getattr(b, attr) / max(b.n - 1, 1) for b in batches]
+    for m in series:
+        mean = sum(ui * mi for ui, mi in zip(u, m)) / total
         slope = sum(ui * (a - a_bar) * mi for ui, a, mi in zip(u, ages, m)) / sxx
-        resid = sum(ui * (mi - lev - slope * (a - a_bar)) ** 2 for ui, a, mi in zip(u, ages, m)) / (k - 2)
+        resid = sum(ui * (mi - mean - slope * (a - a_bar)) ** 2 for ui, a, mi in zip(u, ages, m)) / (k - 2)
         se_sq = resid / sxx
         shrink = max(0.0, 1.0 - se_sq / (slope * slope)) if slope != 0.0 else 0.0
-        out.append(lev - shrink * slope * a_bar)
-    vp, vm, c = out
-    if vp < 0.0 or vm < 0.0 or c * c > vp * vm:
-        return level
-    return vp, vm, c
+        out.append(-shrink * slope * a_bar)
+    return out
+
+
+def bias_trend_shift(batches: Sequence[BatchMoments], weights: Sequence[float], ages: Optional[Sequence[float]] = None) -> float:
+    """The shrunk trend's move of ||b||^2 from the window's mean age to the next batch (0 without a
+    trend): fitted to each batch's unbiased q_k = ||mean_P,k - mean_M,k||^2 - D_k / n_k, as the
+    moments are (:func:`trend_moments`), so a bias that grows while the policy trains is not lagged."""
+    q = []
+    for b in batches:
+        d = b.mean_path - b.mean_score
+        d_var = (b.ss_path + b.ss_score - 2.0 * b.ss_cross) / max(b.n - 1, 1)
+        q.append(float(d @ d) - d_var / b.n)
+    shifts = _trend_shifts(batches, weights, ages, [q])
+    return 0.0 if shifts is None else shifts[0]
 
 
 def bias_upper_confidence_limit(bias_hat_sq: float, tau: float, z: float = DEFAULT_CONFIDENCE_Z) -> float:
