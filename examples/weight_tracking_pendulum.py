@@ -77,6 +77,9 @@ def run_one(source: str, seed: int, args: argparse.Namespace) -> dict:
         learning_rate=1e-3, clip_range=0.2, pathwise_source=pathwise, lambda_warmup=2, policy_kwargs=dict(net_arch=[64, 64]),
         oracle_freq=args.oracle_freq, oracle_samples=args.oracle_samples, seed=seed, device="cpu",
     )
+    if args.trend != "default":
+        for window in model.lambda_windows.values():
+            window.trend = args.trend == "on"
     rec = _Record()
     start = time.perf_counter()
     model.learn(args.steps, callback=rec)
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--n-steps", type=int, default=256)
     parser.add_argument("--oracle-freq", type=int, default=2)
     parser.add_argument("--oracle-samples", type=int, default=8192)
+    parser.add_argument("--trend", choices=("default", "on", "off"), default="default", help="the windows' trend extrapolation")
     args = parser.parse_args()
     folder = args.out / args.label
     folder.mkdir(parents=True, exist_ok=True)
