@@ -24,7 +24,6 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["plot_lambda", "plot_lambda_columns"]
@@ -146,11 +145,9 @@ def plot_lambda_columns(columns: Columns, out_png: PathLike, title: str = "") ->
     if title:
         fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=120)
-    return out
+    from hybrid_pg.experiments.plots import _save  # here, not at the top: plots imports this module
+
+    return _save(fig, out_png)
 
 
 def plot_lambda(run_dir: PathLike, out_png: PathLike) -> Path:
