@@ -183,7 +183,7 @@ def main() -> None:
     print(f"mean |lam - reference| after {WARMUP} updates ({args.updates} updates of {N_ENVS * N_STEPS}, seeds {args.seeds});")
     print("reference: closed-form weight at theta_old; cells: mean over seeds [min, max] (mean signed lam - reference)")
     print("o: mean |lam - weight from the oracle's sampled moments| (the old reference, noisy near lam = 1)")
-    print(f"{'problem':<12}" + "".join(f"{r:>34}" for r in args.rules))
+    print(f"{'problem':<12}" + "".join(f"{r:>44}" for r in args.rules))
     results = {}
     for problem in args.problems:
         cells = []
@@ -192,8 +192,8 @@ def main() -> None:
             results[f"{problem}/{rule}"] = {"seeds": args.seeds, "runs": runs}
             errs, signed = [r["error"] for r in runs], [r["signed"] for r in runs]
             vs_oracle = np.mean([r["error_vs_oracle"] for r in runs])
-            cells.append(f"{np.mean(errs):.3f} [{min(errs):.3f}, {max(errs):.3f}] ({np.mean(signed):+.3f}) o{vs_oracle:.3f}")
-        print(f"{problem:<12}" + "".join(f"{c:>34}" for c in cells), flush=True)
+            cells.append(f"{np.mean(errs):.3f} [{min(errs):.3f}, {max(errs):.3f}] ({np.mean(signed):+.3f}) o{vs_oracle:.3f} ")
+        print(f"{problem:<12}" + "".join(f"{c:>44}" for c in cells), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh)
