@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Deque, Dict, Optional
+from typing import Any, Deque, Dict, Optional
 
 import torch as th
 from torch import nn
@@ -65,6 +65,18 @@ class DriftTracker:
                 out[f"rel_change_{name}"] = _relative_change(now, before)
         self._previous = moments
         return out
+
+    # A saved model keeps the previous rollout's moments (so the drift of the next one is known)
+    # but not the policy snapshots: they are max_window copies of the actor (most of a saved
+    # model's size), and after a resume kl_to_oldest reports nan until the window has refilled.
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"previous": self._previous, "max_window": self._snapshots.maxlen}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        if "_snapshots" in state:  # saved before snapshots were left out: drop them all the same
+            state = {"previous": state.get("_previous"), "max_window": state["_snapshots"].maxlen}
+        self._previous = state["previous"]
+        self._snapshots = deque(maxlen=state["max_window"])
 
     @th.no_grad()
     def kl_to_oldest(self, head: nn.Module, features: th.Tensor, window_length: int) -> float:

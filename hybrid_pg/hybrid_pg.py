@@ -42,7 +42,7 @@ from hybrid_pg.rollout import RolloutBatch, check_rollout_finite, rollout_blocks
 from hybrid_pg.settings import DEPRECATED_ALIASES, HybridPGSettings, check_rollout_shape, settings_docs, validate_settings
 from hybrid_pg.sources import PathwiseSource, choose_source
 from hybrid_pg.surrogates import ActorHead, gaussian_entropy, gaussian_kl, gaussian_log_prob, scale_gradient
-from hybrid_pg.update_log import mean_env_params, new_step_logs, oracle_log, record_step_logs, record_weight
+from hybrid_pg.update_log import CONSOLE_KEYS, QUIET, mean_env_params, new_step_logs, oracle_log, record_step_logs, record_weight
 from hybrid_pg.window import WindowedLambda
 from hybrid_pg_envs.clock import env_clock, has_clock, load_vec_state_dicts, model_at, vec_state_dicts
 
@@ -514,8 +514,8 @@ class HybridPG(OnPolicyAlgorithm):
         record("train/explained_variance", explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
         record("train/n_updates", self._n_updates, exclude="tensorboard")
         record("train/std", th.exp(self.policy.log_std).mean().item())
-        record("hybrid/stats_valid", float(moments is not None))
-        record("hybrid/stats_time_fraction", stats_time / max(stats_time + update_time, 1e-12))
+        record("hybrid/stats_valid", float(moments is not None), exclude=QUIET)
+        record("hybrid/stats_time_fraction", stats_time / max(stats_time + update_time, 1e-12), exclude=QUIET)
         window = self.lambda_windows["global"]
         window_estimate = window.estimate(batch_size=self._gradient_batch_size())
         rollout_estimate = self.weight_estimate(moments["global"]) if moments is not None else None
@@ -525,15 +525,15 @@ class HybridPG(OnPolicyAlgorithm):
         # policy drift vs env drift (see hybrid_pg.drift), and the env's current parameters
         if moments is not None:
             for name, value in self._drift.moments_drift(moments["global"]).items():
-                record(f"hybrid/drift_{name}", value)
-        record("hybrid/kl_to_oldest", self._drift.kl_to_oldest(self.actor_head, batch.pi_features, len(window)))
+                record(f"hybrid/drift_{name}", value, exclude=QUIET)
+        record("hybrid/kl_to_oldest", self._drift.kl_to_oldest(self.actor_head, batch.pi_features, len(window)), exclude=QUIET)
         for name, value in self._env_params.items():
             record(f"env/{name}", value)
         if oracle is not None and oracle[0] is not None:
             live, frozen = oracle
             batch_lam = rollout_estimate.lam if rollout_estimate is not None else None
             for name, value in oracle_log(live, lam["global"], window_estimate.lam, batch_lam, frozen).items():
-                record(f"hybrid/{name}", value)
+                record(f"hybrid/{name}", value, exclude=None if f"hybrid/{name}" in CONSOLE_KEYS else QUIET)
 
     def _update_info_buffer(self, infos: List[Dict[str, Any]], dones: Optional[np.ndarray] = None) -> None:
         super()._update_info_buffer(infos, dones)

@@ -23,6 +23,12 @@ STEP_KEYS = ("policy_loss", "loss", "path", "score", "value_loss", "advantage_lo
 EVENT_KEYS = ("advantage_diverged", "skipped_steps")
 
 
+#: SB3 output formats a diagnostic is kept out of (it still reaches CSV, JSON and tensorboard)
+QUIET = ("stdout", "log")
+#: the hybrid/* keys the console shows (the rest are diagnostics for files and plots)
+CONSOLE_KEYS = ("hybrid/lambda", "hybrid/lambda_mean", "hybrid/lambda_log_std", "hybrid/variance_ratio_vs_reinforce", "hybrid/oracle_lambda")
+
+
 def new_step_logs() -> Dict[str, List[Any]]:
     return {k: [] for k in (*STEP_KEYS, *EVENT_KEYS)}
 
@@ -46,8 +52,8 @@ def record_step_logs(record: Record, logs: Mapping[str, List[Any]]) -> None:
     if "entropy" in means:
         record("train/entropy_loss", -means["entropy"])
     if "path_dropped" in means:
-        record("hybrid/pathwise_dropped_fraction", means["path_dropped"])
-    record("hybrid/critic_diverged_steps", len(logs["advantage_diverged"]))
+        record("hybrid/pathwise_dropped_fraction", means["path_dropped"], exclude=QUIET)
+    record("hybrid/critic_diverged_steps", len(logs["advantage_diverged"]), exclude=QUIET)
     record("hybrid/skipped_steps", len(logs["skipped_steps"]))
 
 
@@ -61,39 +67,61 @@ def record_weight(
     moments: Optional[Mapping[str, BatchMoments]],
     bounds: Any,
 ) -> None:
-    """The weight applied, the window's estimate and health, and this rollout's own statistics."""
+    """The weight applied, the window's estimate and health, and this rollout's own statistics.
+
+    The console (SB3's stdout table) shows the headline only: the lam applied (per group when
+    weights are per group) and ``variance_ratio_vs_reinforce``, plus the oracle's lam when it runs
+    (:func:`oracle_log`, :data:`CONSOLE_KEYS`); every key still goes to CSV and tensorboard.
+
+    ``variance_ratio_vs_reinforce`` = Var(applied mix) / Var(score) on this rollout, per sample:
+    the gradient noise relative to REINFORCE with the same samples (< 1: the mix helps). The
+    window's predicted ``variance_reduction_vs_better`` = 1 - Var(mix) / min(Var_P, Var_M) is
+    logged for exact sources only: against a learned (biased) pathwise estimator "the better
+    estimator" is not a fair reference and the number reads as a large negative "reduction".
+    Deprecated (one release): ``hybrid/variance_reduction`` (the same quantity, logged for every
+    source; use ``variance_reduction_vs_better`` or ``variance_ratio_vs_reinforce``) and
+    ``hybrid/variance_ratio_vs_score`` (renamed ``variance_ratio_vs_reinforce``).
+    """
+    per_group_shown = QUIET if not per_group else None
     record("hybrid/lambda", float("nan") if per_group else lam["global"])
-    record("hybrid/lambda_mean", lam["mean"])
-    record("hybrid/lambda_log_std", lam["log_std"])
-    record("hybrid/lambda_window", window_estimate.lam)
-    record("hybrid/window_size", len(window))
+    record("hybrid/lambda_mean", lam["mean"], exclude=per_group_shown)
+    record("hybrid/lambda_log_std", lam["log_std"], exclude=per_group_shown)
+    record("hybrid/lambda_window", window_estimate.lam, exclude=QUIET)
+    record("hybrid/window_size", len(window), exclude=QUIET)
     if window.detector is not None:
-        record("hybrid/change_alarm", float(window.last_alarm is not None))
-        record("hybrid/change_alarms_total", window.detector.n_alarms)
-    record("hybrid/effective_sample_size", window.effective_sample_size)
+        record("hybrid/change_alarm", float(window.last_alarm is not None), exclude=QUIET)
+        record("hybrid/change_alarms_total", window.detector.n_alarms, exclude=QUIET)
+    record("hybrid/effective_sample_size", window.effective_sample_size, exclude=QUIET)
     health = window.between_within()
-    record("hybrid/window_f_path", health["path"])
-    record("hybrid/window_f_score", health["score"])
+    record("hybrid/window_f_path", health["path"], exclude=QUIET)
+    record("hybrid/window_f_score", health["score"], exclude=QUIET)
     if moments is None or rollout_estimate is None:
         return
     batch = rollout_estimate
-    record("hybrid/lambda_batch", batch.lam)
-    record("hybrid/var_path", batch.var_path)
-    record("hybrid/var_score", batch.var_score)
-    record("hybrid/cov", batch.cov)
-    record("hybrid/corr", batch.corr)
-    record("hybrid/bias_sq", batch.bias_sq)
+    for key, value in (
+        ("lambda_batch", batch.lam),
+        ("var_path", batch.var_path),
+        ("var_score", batch.var_score),
+        ("cov", batch.cov),
+        ("corr", batch.corr),
+        ("bias_sq", batch.bias_sq),
+    ):
+        record(f"hybrid/{key}", value, exclude=QUIET)
     applied = applied_variance(moments, lam)
-    record("hybrid/var_applied", applied)
-    record("hybrid/variance_ratio_vs_score", applied / batch.var_score if batch.var_score > 0 else float("nan"))
-    record("hybrid/variance_reduction", window_estimate.variance_reduction)
+    record("hybrid/var_applied", applied, exclude=QUIET)
+    ratio = applied / batch.var_score if batch.var_score > 0 else float("nan")
+    record("hybrid/variance_ratio_vs_reinforce", ratio)
+    record("hybrid/variance_ratio_vs_score", ratio, exclude=QUIET)  # deprecated name
+    record("hybrid/variance_reduction", window_estimate.variance_reduction, exclude=QUIET)  # deprecated
+    if getattr(window, "source", "learned") == "exact":
+        record("hybrid/variance_reduction_vs_better", window_estimate.variance_reduction, exclude=QUIET)
     if window_estimate.var_score > 0:
-        record("hybrid/variance_reduction_vs_score", 1.0 - window_estimate.var_hybrid / window_estimate.var_score)
+        record("hybrid/variance_reduction_vs_score", 1.0 - window_estimate.var_hybrid / window_estimate.var_score, exclude=QUIET)
     # how much one weight per group would lower this rollout's variance vs one global weight
     groups = [pooled_estimate([moments[g]], bounds=bounds) for g in GROUPS]
     best_global = pooled_estimate([moments["global"]], bounds=bounds).var_hybrid
     if best_global > 0:
-        record("hybrid/per_group_gain", 1.0 - sum(p.var_hybrid for p in groups) / best_global)
+        record("hybrid/per_group_gain", 1.0 - sum(p.var_hybrid for p in groups) / best_global, exclude=QUIET)
 
 
 def oracle_log(

@@ -11,6 +11,7 @@ window mixes regimes.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -29,6 +30,21 @@ from hybrid_pg.estimator import (
 from hybrid_pg.weight_rule import DEFAULT_CONFIDENCE_Z, SOURCE_KINDS, WeightRule
 
 WINDOW_MODES = ("sliding", "ema", "adaptive")
+
+
+def _stored(moments: BatchMoments) -> BatchMoments:
+    """The moments as the window keeps them: mean vectors rounded to float32 (held as float64).
+
+    The means enter lam only through the bias estimate ||b_hat||^2 and the health statistic, where
+    float32's relative 6e-8 is far below their noise; rounding when a batch is *added* (not only
+    when saved) makes a saved window, stored as float32, restore the very numbers the running one
+    computes with, so a resumed run gives bit-identical lam.
+    """
+    return replace(
+        moments,
+        mean_path=moments.mean_path.detach().cpu().to(th.float32).to(th.float64),
+        mean_score=moments.mean_score.detach().cpu().to(th.float32).to(th.float64),
+    )
 
 
 class WindowedLambda:
@@ -54,6 +70,10 @@ class WindowedLambda:
         be overridden per call of :meth:`estimate` or by setting the attribute.
     :param confidence: z of the bias upper confidence limit.
     :param long_run: variance part of lam from long-run (block) moments when available.
+    :param trend: predict the moments one batch ahead from the window's trend (slope shrunk by
+        its signal-to-noise; :func:`hybrid_pg.weight_rule.trend_moments`), so a window of previous
+        rollouts does not lag a weight that moves while the policy trains (default True; states
+        saved before this option existed load with False, so a resumed run continues as it was).
     :param fallback: lam while the window cannot determine it (empty, or degenerate moments).
     :param min_weight: EMA batches whose weight fell below this are dropped (bounded memory; the
         default 1e-3 loses less than 0.1% of the total weight).
@@ -73,6 +93,7 @@ class WindowedLambda:
         source: str = "learned",
         confidence: float = DEFAULT_CONFIDENCE_Z,
         long_run: bool = False,
+        trend: bool = True,
     ) -> None:
         if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
@@ -92,6 +113,7 @@ class WindowedLambda:
             raise ValueError(f"source must be one of {SOURCE_KINDS}, got {source!r}")
         self.bias_rule, self.source = bias_rule, source
         self.confidence, self.long_run = float(confidence), bool(long_run)
+        self.trend = bool(trend)
         self.window = window
         self.mode = mode
         self.decay = float(decay)
@@ -122,6 +144,7 @@ class WindowedLambda:
                 f"gradient dimension changed from {tuple(self._batches[-1].mean_path.shape)} "
                 f"to {tuple(moments.mean_path.shape)}"
             )
+        moments = _stored(moments)
         if self.mode == "ema":
             self._weights = [w * self.decay for w in self._weights]
         self._batches.append(moments)
@@ -170,6 +193,7 @@ class WindowedLambda:
             long_run=self.long_run,
             bounds=self.bounds,
             fallback=self.fallback,
+            trend=self.trend,
         )
 
     def estimate(self, batch_size: Optional[float] = None, source: Optional[str] = None, with_se: bool = False) -> LambdaEstimate:
@@ -241,6 +265,7 @@ class WindowedLambda:
                 "source": self.source,
                 "confidence": self.confidence,
                 "long_run": self.long_run,
+                "trend": self.trend,
             },
             "n_updates": self.n_updates,
             "detector_state": None if self.detector is None else self.detector.state_dict(),
@@ -248,8 +273,9 @@ class WindowedLambda:
             "batches": [
                 {
                     "n": b.n,
-                    "mean_path": b.mean_path.detach().cpu().clone(),
-                    "mean_score": b.mean_score.detach().cpu().clone(),
+                    # float32 holds them exactly (see _stored), at half the size
+                    "mean_path": b.mean_path.detach().cpu().to(th.float32),
+                    "mean_score": b.mean_score.detach().cpu().to(th.float32),
                     "ss_path": b.ss_path,
                     "ss_score": b.ss_score,
                     "ss_cross": b.ss_cross,
@@ -271,7 +297,8 @@ class WindowedLambda:
             raise ValueError(f"not a WindowedLambda state dict: missing {exc}") from exc
         if len(batches) != len(weights):
             raise ValueError("corrupt WindowedLambda state: one weight per batch is required")
-        fresh = WindowedLambda(**{**config, "bounds": None if config["bounds"] is None else tuple(config["bounds"])})
+        # states saved before the trend option existed continue without it
+        fresh = WindowedLambda(**{"trend": False, **config, "bounds": None if config["bounds"] is None else tuple(config["bounds"])})
         restored = [
             BatchMoments(
                 n=int(b["n"]),

@@ -216,7 +216,7 @@ def test_learn_logs_every_hybrid_scalar():
     model.set_logger(Logger(folder=None, output_formats=[cap]))
     model.learn(64 * 3)
     last = cap.rows[-1]
-    for key in ("lambda", "lambda_batch", "lambda_window", "var_path", "var_score", "cov", "corr", "variance_reduction", "bias_sq", "window_size", "var_applied", "effective_sample_size"):
+    for key in ("lambda", "lambda_batch", "lambda_window", "var_path", "var_score", "cov", "corr", "variance_reduction", "bias_sq", "window_size", "var_applied", "effective_sample_size", "variance_ratio_vs_reinforce"):
         assert f"hybrid/{key}" in last, key
         assert math.isfinite(last[f"hybrid/{key}"]), key
     # SB3 dumps an update's records at the start of the next iteration: the last row written
@@ -224,6 +224,9 @@ def test_learn_logs_every_hybrid_scalar():
     assert last["hybrid/window_size"] == 2
     assert len(model.lambda_windows["global"]) == 3
     assert 0.0 <= last["hybrid/lambda"] <= 1.0
+    # a critic is a learned source: no "reduction vs the better estimator" against a biased one
+    assert "hybrid/variance_reduction_vs_better" not in last
+    assert last["hybrid/variance_ratio_vs_reinforce"] == last["hybrid/variance_ratio_vs_score"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -651,3 +654,56 @@ def test_model_source_follows_a_drifting_env_through_subprocesses(model_mode, ex
         assert float(model.pathwise.model.g) == expected_g
     finally:
         env.close()
+
+
+def test_saved_model_size_is_bounded_and_a_resume_gives_bit_identical_lambda(tmp_path):
+    """The windows' mean vectors are stored as float32 (rounded when added) and the drift tracker's
+    policy snapshots are not saved: a full window on Pendulum saves in about half the former 2.1 MB,
+    and the loaded model applies exactly the lam the running one would."""
+    import os
+    import pickle
+
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, lambda_warmup=0, seed=0, device="cpu")
+    model.learn(64 * 10)
+    model.save(tmp_path / "m.zip")
+    d = model.lambda_windows["global"].batches[0].mean_path.numel()
+    # 3 windows x 8 batches x 2 means x d floats: float32, with 10% for everything else
+    assert len(pickle.dumps(model.lambda_windows)) < 1.1 * 3 * 8 * 2 * d * 4
+    assert len(pickle.dumps(model._drift)) < 2 * 2 * d * 8 + 10_000  # the previous rollout's moments only
+    assert os.path.getsize(tmp_path / "m.zip") < 1_250_000
+    expected = model._weights_for_this_update()
+    loaded = HybridPG.load(tmp_path / "m.zip", env=make_vec_env("Pendulum-v1", n_envs=1, seed=0), device="cpu")
+    for name in ("global", *GROUPS):
+        a, b = model.lambda_windows[name], loaded.lambda_windows[name]
+        assert a.estimate(with_se=True) == b.estimate(with_se=True)
+        assert all(th.equal(x.mean_path, y.mean_path) and x.mean_path.dtype == th.float64 for x, y in zip(a.batches, b.batches))
+    assert loaded._weights_for_this_update() == expected
+    loaded.learn(64, reset_num_timesteps=False)
+    assert loaded.last_lambda == expected
+    assert math.isnan(loaded._drift.kl_to_oldest(loaded.actor_head, th.zeros(1, 3), 8))
+
+
+def test_drift_trackers_pickled_with_snapshots_still_load():
+    import pickle
+
+    from hybrid_pg.drift import DriftTracker
+
+    tracker = DriftTracker(4)
+    old_state = {"_previous": BatchMoments.from_samples(th.ones(3, 2), th.zeros(3, 2)), "_snapshots": __import__("collections").deque([{}], maxlen=4)}
+    restored = DriftTracker.__new__(DriftTracker)
+    restored.__setstate__(old_state)
+    assert restored._previous.n == 3 and len(restored._snapshots) == 0 and restored._snapshots.maxlen == 4
+    assert pickle.loads(pickle.dumps(restored))._snapshots.maxlen == 4
+
+
+def test_console_shows_the_headline_keys_only():
+    from stable_baselines3.common.logger import HumanOutputFormat, Logger
+    import io
+
+    out = io.StringIO()
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, lambda_warmup=0, seed=0, device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[HumanOutputFormat(out)]))
+    model.learn(64 * 2)
+    shown = {line.split("|")[1].strip() for line in out.getvalue().splitlines() if line.startswith("|    ")}
+    assert {"lambda", "variance_ratio_vs_reinforce"} <= shown
+    assert not shown & {"variance_reduction", "var_path", "cov", "window_f_path", "drift_cos_path", "kl_to_oldest"}

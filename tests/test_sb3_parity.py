@@ -398,7 +398,10 @@ def _diff(ref_rows, res_rows, prefix):
 def test_resume_reproduces_the_drift_diagnostics(tmp_path):
     ref_rows, res_rows = _resumed_logs(tmp_path)
     assert _diff(ref_rows, res_rows, "hybrid/drift_") == []
-    assert _diff(ref_rows, res_rows, "hybrid/kl_to_oldest") == []
+    # the policy snapshots behind kl_to_oldest are not saved (most of a saved model's size): after
+    # the resume it reads nan until the window has refilled, then matches again
+    diffs = _diff(ref_rows, res_rows, "hybrid/kl_to_oldest")
+    assert all(isinstance(new, float) and np.isnan(new) for _, _, _, new in diffs)
 
 
 def test_resume_reproduces_the_oracle_logs(tmp_path):

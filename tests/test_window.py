@@ -78,7 +78,7 @@ def test_sliding_window_forgets_the_oldest_batch():
 def test_ema_weights_match_the_pooled_formula_and_bound_memory():
     rng = np.random.default_rng(3)
     batches = [_batch(rng, 30, scale_m=1.0 + 0.3 * i) for i in range(6)]
-    win = WindowedLambda(window=3, mode="ema")
+    win = WindowedLambda(window=3, mode="ema", trend=False)  # the level: the pooled formula
     assert win.decay == pytest.approx(0.5)
     for gp, gm in batches:
         win.update(gp, gm)
@@ -193,3 +193,67 @@ def test_chunked_moments_merge_to_the_one_pass_moments():
     for attr in ("ss_path", "ss_score", "ss_cross"):
         assert getattr(merged, attr) == pytest.approx(getattr(whole, attr), rel=1e-12)
     assert th.allclose(merged.mean_path, whole.mean_path) and th.allclose(merged.mean_score, whole.mean_score)
+
+
+def _drifting_stream(rng, k, n=1024, d=2, growth=0.1):
+    """Batch k: Var_P = d (1 + growth k)^2, Var_M = 10 d, Cov = d (1 + growth k) (lam* falls with k)."""
+    z, e = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    return z * (1 + growth * k), z + 3 * e
+
+
+def _lam_star(k, d=2, growth=0.1):
+    s = 1 + growth * k
+    vp, vm, c = d * s * s, 10.0 * d, d * s
+    return (vm - c) / (vp + vm - 2 * c)
+
+
+def test_trend_removes_the_lag_of_a_drifting_window():
+    """Moments drifting steadily: the level lags the next batch's lam* by ~W/2 batches, the trend does not."""
+    rng = np.random.default_rng(0)
+    level, trend = WindowedLambda(window=8, trend=False), WindowedLambda(window=8)
+    err_level, err_trend = [], []
+    for k in range(20):
+        gp, gm = _drifting_stream(rng, k)
+        level.update(gp, gm), trend.update(gp, gm)
+        if k >= 8:
+            err_level.append(abs(level.lam - _lam_star(k + 1)))
+            err_trend.append(abs(trend.lam - _lam_star(k + 1)))
+    assert np.mean(err_level) > 0.08
+    assert np.mean(err_trend) < 0.25 * np.mean(err_level)
+
+
+def test_trend_stays_near_the_level_on_a_stationary_stream():
+    rng = np.random.default_rng(1)
+    level, trend = WindowedLambda(window=8, trend=False), WindowedLambda(window=8)
+    diffs, ses = [], []
+    for _ in range(40):
+        gp, gm = _batch(rng, 256)
+        level.update(gp, gm), trend.update(gp, gm)
+        if len(trend) == 8:
+            diffs.append(trend.lam - level.lam)
+            ses.append(level.estimate(with_se=True).lam_se)
+    # the shrunk slope is followed only when it stands out of its noise
+    assert np.sqrt(np.mean(np.square(diffs))) < np.mean(ses)
+
+
+def test_trend_needs_four_batches_and_a_valid_covariance():
+    from hybrid_pg.weight_rule import pool
+
+    rng = np.random.default_rng(2)
+    win = WindowedLambda(window=8)
+    for k in range(3):
+        win.update(*_drifting_stream(rng, 5 * k))
+    assert pool(win.batches, win.weights, trend=True) == pool(win.batches, win.weights)
+
+
+def test_states_saved_before_the_trend_option_continue_without_it():
+    rng = np.random.default_rng(3)
+    win = WindowedLambda(window=8, trend=False)
+    for k in range(6):
+        win.update(*_drifting_stream(rng, k))
+    state = win.state_dict()
+    del state["config"]["trend"]
+    restored = WindowedLambda()
+    restored.load_state_dict(state)
+    assert restored.trend is False and restored.lam == win.lam
+
