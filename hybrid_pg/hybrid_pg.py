@@ -112,6 +112,7 @@ class HybridPG(OnPolicyAlgorithm):
         oracle_frozen_clock: Optional[int] = None,
         lambda_bounds: Optional[Tuple[float, float]] = (0.0, 1.0),
         bias_correction: bool = True,
+        lambda_trend: bool = True,
         bias_min_samples: int = 2048,
         lambda_groups: str = "global",
         lambda_warmup: int = 2,
@@ -248,6 +249,7 @@ class HybridPG(OnPolicyAlgorithm):
                 )
             window.bounds = s.lambda_bounds
             window.bias_correction = s.bias_correction
+            window.trend = s.lambda_trend
 
     def _make_oracle(self) -> Optional[Oracle]:
         s = self.settings

@@ -163,6 +163,11 @@ class HybridPGSettings(BaseModel):
     bias_correction: Bool = Field(
         True, description="minimise the MSE of the update's gradient instead of its variance, the score estimator being the unbiased reference."
     )
+    lambda_trend: Bool = Field(
+        True,
+        description="follow the window's moments one rollout ahead along their linear trend (slope shrunk by its "
+        "signal-to-noise), so a window of previous rollouts does not lag a weight that moves while the policy trains.",
+    )
     bias_min_samples: Int = Field(
         2048, ge=1, description="floor of the sample count B of the bias-aware rule (formerly bias_horizon); larger rollouts use their own size."
     )

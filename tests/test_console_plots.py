@@ -25,11 +25,11 @@ def _run(argv):
 def _capture(monkeypatch, module):
     figures = []
 
-    def save(fig, path, *args):
+    def save(fig, path, *args, **kwargs):
         figures.append(fig)
         return path
 
-    monkeypatch.setattr(module, "_save", save)
+    monkeypatch.setattr(module, "save_figure", save)
     return figures
 
 

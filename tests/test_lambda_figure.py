@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from hybrid_pg.experiments.lambda_figure import plot_lambda, plot_lambda_columns
+from hybrid_pg.experiments.lambda_figure import plot_lambda_columns
+from hybrid_pg.experiments.plots import plot_lambda
 
 
 def _columns(n=30, oracle=True, old=False):

@@ -53,6 +53,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from hybrid_pg.experiments.figure_io import save_figure
 from hybrid_pg.experiments.aggregate import (
     MIN_RUNS_FOR_SIGNIFICANCE,
     Comparison,
@@ -157,10 +158,6 @@ def _ci_text(interval: Interval, fmt: str, missing: str = "n/a") -> str:
     if math.isnan(interval.point):
         return missing
     return f"{fmt.format(interval.point)} [{fmt.format(interval.low)}, {fmt.format(interval.high)}]"
-
-
-def _p_text(p: float) -> str:
-    return "n/a" if math.isnan(p) else f"{p:.3g}"
 
 
 def _p_text(comparison: Comparison) -> str:
@@ -275,15 +272,6 @@ def _figure(n_axes: int):
     return fig, [fig.add_subplot(1, n_axes, i + 1) for i in range(n_axes)]
 
 
-def _save(fig, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
 #: (linestyle, linewidth) per estimator, in order: the first is solid and widest and lies
 #: underneath, later ones are dashed/dotted, thinner and on top, so coinciding curves (the first
 #: updates, where every estimator is still at lam = 0) all stay visible
@@ -319,7 +307,7 @@ def plot_curves(results: Results, out_png: Path, title: str) -> Path:
     if drawn:
         ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png, tight=True)
 
 
 def _positive(series: Tuple[np.ndarray, np.ndarray], skip: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -349,7 +337,7 @@ def plot_variance(results: Results, out_png: Path, title: str, skip_updates: int
             ax.axhline(1.0, color="0.5", linestyle=":", linewidth=1)
         ax.set(xlabel="env steps (end of the update's rollout)", ylabel=label, title=f"{title}: {label}")
         ax.grid(alpha=0.3, which="both")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png, tight=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -420,7 +408,7 @@ def _plot_profiles(profiles: Mapping[str, Tuple[np.ndarray, np.ndarray, np.ndarr
     )
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png, tight=True)
 
 
 def write_summary(out_dir: Path, per_env: Mapping[str, Results], reference: str) -> List[Path]:

@@ -181,7 +181,8 @@ def format_progress_line(row: Mapping[str, Any], total_timesteps: Optional[int] 
         ("ep_rew_mean", "rollout/ep_rew_mean", "{:9.2f}"),
         ("lam", "hybrid/lambda", "{:.3f}"),
         ("lam_batch", "hybrid/lambda_batch", "{:.3f}"),
-        ("var_red", "hybrid/variance_reduction", "{:+.3f}"),
+        ("lam*", "hybrid/oracle_lambda", "{:.3f}"),
+        ("var/RF", "hybrid/variance_ratio_vs_reinforce", "{:.3g}"),
     ):
         value = row.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):

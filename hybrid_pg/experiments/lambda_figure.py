@@ -20,13 +20,15 @@ Runs logged before ``variance_ratio_vs_reinforce`` existed fall back to ``varian
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["plot_lambda", "plot_lambda_columns"]
+from hybrid_pg.experiments.figure_io import save_figure
+
+__all__ = ["plot_lambda_columns"]
 
 PathLike = Union[str, Path]
 Columns = Mapping[str, np.ndarray]
@@ -145,19 +147,5 @@ def plot_lambda_columns(columns: Columns, out_png: PathLike, title: str = "") ->
     if title:
         fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
-    from hybrid_pg.experiments.plots import _save  # here, not at the top: plots imports this module
 
-    return _save(fig, out_png)
-
-
-def plot_lambda(run_dir: PathLike, out_png: PathLike) -> Path:
-    """``lambda.png`` of a run directory (its ``diagnostics.csv``); same signature as the former
-    :func:`hybrid_pg.experiments.plots.plot_lambda`."""
-    from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, read_csv_columns
-
-    run_dir = Path(run_dir)
-    path = run_dir / DIAGNOSTICS_FILE
-    columns: Dict[str, np.ndarray] = read_csv_columns(path) if path.is_file() else {}
-    if not columns:
-        raise FileNotFoundError(f"{run_dir}: {DIAGNOSTICS_FILE} not found or empty")
-    return plot_lambda_columns(columns, out_png, title=f"lambda diagnostics: {run_dir.name}")
+    return save_figure(fig, out_png)

@@ -16,13 +16,14 @@ raises :class:`FileNotFoundError` (``hybrid-pg plot`` turns it into a usage erro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from hybrid_pg.experiments.figure_io import save_figure
+from hybrid_pg.experiments.lambda_figure import plot_lambda_columns
 from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, read_csv_columns
 
 __all__ = ["plot_lambda", "plot_returns"]
@@ -89,14 +90,6 @@ def _series(columns: Columns, key: str, x_key: str = "timesteps") -> Optional[Tu
     return x[keep], y[keep]
 
 
-def _save(fig: Figure, out_png: PathLike) -> Path:
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=120)
-    return out
-
-
 def _mark_empty(ax: Axes, what: str) -> None:
     ax.text(0.5, 0.5, f"{what}: not logged in this run", ha="center", va="center", transform=ax.transAxes, color="0.4")
 
@@ -161,97 +154,13 @@ def plot_returns(run_dirs: Sequence[PathLike], out_png: PathLike, labels: Option
     ax.set_title("returns" if len(dirs) > 1 else f"returns: {names[0]}", fontsize="medium")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, out_png)
-
-
-def _plot_keys(ax: Axes, columns: Columns, keys: Sequence[Tuple[str, str, dict]]) -> List[np.ndarray]:
-    """Plot each present (key, label, style); returns the y arrays drawn."""
-    drawn = []
-    for key, label, style in keys:
-        series = _series(columns, key)
-        if series is not None:
-            ax.plot(*series, label=label, **style)
-            drawn.append(series[1])
-    return drawn
-
-
-def _symlog_threshold(values: Sequence[np.ndarray]) -> float:
-    """A linear-region width for symlog: the power of ten at or below a low percentile of the
-    nonzero magnitudes (a round number keeps the tick labels apart)."""
-    flat = np.abs(np.concatenate([np.asarray(v, dtype=float) for v in values]))
-    flat = flat[np.isfinite(flat) & (flat > 0)]
-    if flat.size == 0:
-        return 1.0
-    return float(10.0 ** np.floor(np.log10(max(np.percentile(flat, 5), 1e-30))))
+    return save_figure(fig, out_png)
 
 
 def plot_lambda(run_dir: PathLike, out_png: PathLike) -> Path:
-    """The weight and the moments behind it, against env steps (three panels):
+    """``lambda.png``: the readable headline figure (:mod:`hybrid_pg.experiments.lambda_figure`) of a run
+    directory or of an SB3/zoo tensorboard directory."""
+    diag, _ = _run_columns(Path(run_dir))
+    return plot_lambda_columns(diag, out_png, title=Path(run_dir).name)
 
-    1. lam applied to each update (the window of previous rollouts; per-group runs show the mean
-       network's and log_std's weights), the window's estimate after the update, and this
-       rollout's own ``lambda_batch``;
-    2. ``var_path``, ``var_score`` and ``cov`` (trace moments per sample) on a symlog axis (cov can
-       be negative);
-    3. the window's predicted ``variance_reduction`` (1 - var_hybrid / min(var_path, var_score);
-       negative when a bias-corrected weight trades variance for less bias) and, when logged,
-       the reduction versus the score estimator (symlog beyond -1).
 
-    Returns the written path.
-    """
-    run_dir = Path(run_dir)
-    diag, _ = _run_columns(run_dir)
-    fig = Figure(figsize=(8, 9))
-    ax_lam, ax_var, ax_red = fig.subplots(3, 1, sharex=True)
-
-    lam_keys = [("hybrid/lambda", "lam applied (window of previous rollouts)", dict(lw=1.8))]
-    if _series(diag, "hybrid/lambda") is None:  # per-group weights: the global one is NaN
-        lam_keys = [
-            ("hybrid/lambda_mean", "lam applied, mean network", dict(lw=1.8)),
-            ("hybrid/lambda_log_std", "lam applied, log_std", dict(lw=1.8)),
-        ]
-    lam_keys += [
-        ("hybrid/lambda_window", "lam window after the update", dict(lw=1.0, ls=":")),
-        ("hybrid/lambda_batch", "lam_batch (this rollout alone)", dict(lw=0, marker=".", ms=4, alpha=0.7)),
-    ]
-    if _plot_keys(ax_lam, diag, lam_keys):
-        ax_lam.legend(fontsize="small", loc="best")
-    else:
-        _mark_empty(ax_lam, "lambda")
-    ax_lam.set_ylabel("lambda")
-
-    var_keys = [
-        ("hybrid/var_path", "var_path", dict()),
-        ("hybrid/var_score", "var_score", dict()),
-        ("hybrid/cov", "cov", dict(ls="--")),
-    ]
-    drawn = _plot_keys(ax_var, diag, var_keys)
-    if drawn:
-        ax_var.set_yscale("symlog", linthresh=_symlog_threshold(drawn))
-        ax_var.legend(fontsize="small", loc="best")
-    else:
-        _mark_empty(ax_var, "gradient variances")
-    ax_var.set_ylabel("per-sample trace moment")
-
-    red_keys = [
-        ("hybrid/variance_reduction", "variance_reduction (vs the better estimator)", dict()),
-        ("hybrid/variance_reduction_vs_score", "variance_reduction_vs_score", dict(ls="--")),
-    ]
-    drawn = _plot_keys(ax_red, diag, red_keys)
-    if drawn:
-        ax_red.axhline(0.0, color="0.5", lw=0.8)
-        if min(float(np.min(y)) for y in drawn) < -1.0:
-            # an MSE-optimal (bias-corrected) weight can cost many times the better variance:
-            # keep [-1, 1] linear and compress the rest
-            ax_red.set_yscale("symlog", linthresh=1.0)
-        ax_red.legend(fontsize="small", loc="best")
-    else:
-        _mark_empty(ax_red, "variance reduction")
-    ax_red.set_ylabel("predicted reduction")
-    ax_red.set_xlabel("env steps")
-
-    for ax in (ax_lam, ax_var, ax_red):
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"lambda diagnostics: {run_dir.name}", fontsize="medium")
-    fig.tight_layout()
-    return _save(fig, out_png)
