@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
@@ -237,20 +237,9 @@ class NonStationaryWrapper(gym.Wrapper):
         ``set_clock``, ``load_state_dict``), so ``reset(seed=s)`` twice gives the same steps (gymnasium's
         determinism contract, checked by ``check_env``). Unseeded resets (SB3's auto-resets between
         episodes) leave the clock running: the schedule is a function of global env steps."""
-        if seed is not None and self.clock != self._seed_clock:
+        if seed is not None:
             self.clock = self._seed_clock
-            self._applied = None
-        # applied before (the reset may read them, e.g. a goal in the first observation) and after
-        # (a base env's reset may re-initialise its attributes)
-        self._applied = None
-        self._apply()
-        obs, info = self.env.reset(seed=seed, options=options)
-        self._applied = None
-        self._apply()
-        info = dict(info)
-        info[INFO_KEY] = self.current_params
-        info[CLOCK_INFO_KEY] = self.clock
-        return obs, info
+        return reset_between_applies(self, seed, options)
 
     def step(self, action):
         used, used_clock = self.current_params, self.clock
@@ -352,6 +341,21 @@ class NonStationaryWrapper(gym.Wrapper):
         if not self._base_has_model():
             raise AttributeError(f"{type(self.env.unwrapped).__name__} has no differentiable model")
         return self._differentiable_model
+
+
+def reset_between_applies(wrapper: Any, seed: Optional[int], options: Optional[dict]) -> Tuple[Any, Dict[str, Any]]:
+    """The reset every clock-driven wrapper shares: the clock's parameters are applied before the base
+    env's reset (it may read them, e.g. a goal in the first observation) and after it (a base env's
+    reset may re-initialise its attributes); ``info`` reports them and the clock."""
+    wrapper._applied = None
+    wrapper._apply()
+    obs, info = wrapper.env.reset(seed=seed, options=options)
+    wrapper._applied = None
+    wrapper._apply()
+    info = dict(info)
+    info[INFO_KEY] = wrapper.current_params
+    info[CLOCK_INFO_KEY] = wrapper.clock
+    return obs, info
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ import numpy as np
 
 from gymnasium.envs.registration import EnvSpec
 
-from .nonstationary import CLOCK_INFO_KEY, INFO_KEY, _check_int
+from .nonstationary import CLOCK_INFO_KEY, INFO_KEY, _check_int, reset_between_applies
 
 STATE_KEYS = ("kind", "clock", "steps_per_tick", "checkpoint_every", "schedule_seed")
 KIND = "ns_gym"
@@ -453,14 +453,7 @@ class NSGymAdapter(gym.Wrapper):
         NS-Gym's reset restores its initial parameters; they are set back to the clock's."""
         if seed is not None:
             self.clock, self._last_used = self._seed_clock, None
-        self._applied = None
-        self._apply()
-        obs, info = self.env.reset(seed=seed, options=options)
-        self._applied = None
-        self._apply()
-        info = dict(info)
-        info[INFO_KEY] = self.current_params
-        info[CLOCK_INFO_KEY] = self.clock
+        obs, info = reset_between_applies(self, seed, options)
         info[ENV_CHANGE_INFO] = {name: 0 for name in self.param_names}
         info[DELTA_CHANGE_INFO] = {name: 0.0 for name in self.param_names}
         return self._state(obs), info

@@ -23,7 +23,6 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Un
 
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -38,10 +37,11 @@ from hybrid_pg.estimator import BatchMoments, LambdaEstimate
 from hybrid_pg.oracle import Oracle, OracleEnv, check_oracle_env
 from hybrid_pg.per_sample import GROUPS, all_finite
 from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy
-from hybrid_pg.rollout import RolloutBatch, check_rollout_finite, rollout_blocks, index_context, index_obs, minibatches, prepare_batch, rollout_group_moments
-from hybrid_pg.settings import DEPRECATED_ALIASES, HybridPGSettings, check_rollout_shape, settings_docs, validate_settings
+from hybrid_pg.rollout import RolloutBatch, check_rollout_finite, raise_if_observation_not_finite, rollout_blocks, index_context, index_obs, minibatches, prepare_batch, rollout_group_moments
+from hybrid_pg.settings import DEPRECATED_ALIASES, HybridPGSettings, check_action_space, check_rollout_shape, settings_docs, validate_settings
 from hybrid_pg.sources import PathwiseSource, choose_source
 from hybrid_pg.surrogates import ActorHead, gaussian_entropy, gaussian_kl, gaussian_log_prob, scale_gradient
+from hybrid_pg.update_weights import gradient_batch_size, pathwise_kl_limit, weights_for_update
 from hybrid_pg.update_log import CONSOLE_KEYS, QUIET, mean_env_params, new_step_logs, oracle_log, record_step_logs, record_weight
 from hybrid_pg.window import WindowedLambda
 from hybrid_pg_envs.clock import env_clock, has_clock, load_vec_state_dicts, model_at, vec_state_dicts
@@ -138,7 +138,7 @@ class HybridPG(OnPolicyAlgorithm):
         settings = validate_settings(**{**values, **deprecated})
         if getattr(env, "action_space", None) is not None:
             # before SB3's own (bare assert) check, so the user gets the reason
-            _check_action_space(env.action_space)
+            check_action_space(env.action_space)
         super().__init__(
             policy,
             env,
@@ -220,7 +220,7 @@ class HybridPG(OnPolicyAlgorithm):
                 f"{type(self.policy).__name__}. Subclass hybrid_pg.policies.HybridActorCriticPolicy instead of ActorCriticPolicy."
             )
         if getattr(self, "action_space", None) is not None:  # unset by SB3 when load(env=None)
-            _check_action_space(self.action_space)
+            check_action_space(self.action_space)
         if self.env is not None:
             check_rollout_shape(self.settings, self.n_envs)
         if self.clip_range is not None:
@@ -339,44 +339,18 @@ class HybridPG(OnPolicyAlgorithm):
 
     def _weights_for_this_update(self) -> Dict[str, float]:
         """lam per group for the rollout about to be used, from previous rollouts only."""
-        s = self.settings
-        if s.estimator == "reinforce":
-            lam = {g: 0.0 for g in ("global", *GROUPS)}
-        elif s.estimator == "pathwise":
-            lam = {g: 1.0 for g in ("global", *GROUPS)}
-        elif s.fixed_lambda is not None:
-            lam = {g: float(s.fixed_lambda) for g in ("global", *GROUPS)}
-        elif self._n_rollouts_trained < s.lambda_warmup:
-            lam = {g: 0.0 for g in ("global", *GROUPS)}
-        else:
-            lam = {g: self.lambda_windows[g].estimate(batch_size=self._gradient_batch_size()).lam for g in ("global", *GROUPS)}
-        if s.lambda_groups == "global":
-            return {"mean": lam["global"], "log_std": lam["global"], "global": lam["global"]}
-        return lam
+        return weights_for_update(self.settings, self.lambda_windows, self._n_rollouts_trained, self._gradient_batch_size())
 
     @property
     def gradient_batch_size(self) -> int:
-        """B of the weight rule's bias term (see :meth:`_gradient_batch_size`)."""
+        """B of the weight rule's bias term (:func:`hybrid_pg.update_weights.gradient_batch_size`)."""
         return self._gradient_batch_size()
 
     def _gradient_batch_size(self) -> int:
-        """B of the bias-aware rule: the rollout size, floored at ``bias_min_samples``.
-
-        Every minibatch step of an update carries the same pathwise bias, while each sample's noise
-        enters the update once per epoch: over the update the noise averages over the whole
-        rollout, so the rollout size (not the minibatch size) is the B that trades bias against
-        variance. With tiny rollouts (A2C's n_steps=5) consecutive updates average their noise
-        too while a critic's bias persists from one to the next, so B never drops below
-        ``bias_min_samples`` (measured: with B = 5 on SB3's identity-env test lam stayed at 0.86
-        against a detected bias and learning stalled; with the floor it matches A2C).
-        """
-        return max(self.n_steps * self.n_envs, self.settings.bias_min_samples)
+        return gradient_batch_size(self.settings, self.n_steps * self.n_envs)
 
     def _pathwise_kl_limit(self, clip_range: Optional[float]) -> Optional[float]:
-        limit = self.settings.pathwise_kl_limit
-        if limit == "auto":
-            return None if clip_range is None else 0.5 * clip_range**2
-        return limit
+        return pathwise_kl_limit(self.settings.pathwise_kl_limit, clip_range)
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -550,7 +524,7 @@ class HybridPG(OnPolicyAlgorithm):
         try:
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         except ValueError as exc:
-            _raise_if_observation_not_finite(self._last_obs, self.num_timesteps, exc)
+            raise_if_observation_not_finite(self._last_obs, self.num_timesteps, exc)
             raise
 
     def learn(
@@ -575,30 +549,3 @@ class HybridPG(OnPolicyAlgorithm):
 HybridPG.__doc__ = HybridPG.__doc__.replace(
     "{settings}", "\n    ".join(f":param {name}: {text}" for name, text in settings_docs())
 )
-
-
-def _raise_if_observation_not_finite(obs: Any, num_timesteps: int, cause: Exception) -> None:
-    """A non-finite observation reaches the policy as Normal(loc=nan): say where it came from."""
-    arrays = obs.items() if isinstance(obs, dict) else [("observation", obs)]
-    for name, values in arrays:
-        values = np.asarray(values)
-        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-            env = int(np.argwhere(~np.isfinite(values))[0][0])
-            kind = "nan" if np.isnan(values[env]).any() else "inf"
-            raise ValueError(
-                f"found {kind} in the {name} of env {env} returned at about global env step {num_timesteps}; no update "
-                "was applied. Check the env's observation at that step (VecCheckNan(raise_exception=True) stops at the exact call)."
-            ) from cause
-
-
-def _check_action_space(action_space: spaces.Space) -> None:
-    if not isinstance(action_space, spaces.Box):
-        raise ValueError(
-            f"HybridPG trains Gaussian policies on continuous (Box) action spaces; got {action_space}. "
-            "Use A2C/PPO for discrete actions."
-        )
-    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-        raise ValueError(
-            "HybridPG needs finite action bounds (the pathwise term clips actions to the Box like "
-            f"SB3 does before env.step); got low={action_space.low}, high={action_space.high}"
-        )

@@ -193,3 +193,17 @@ def rollout_group_moments(
     except ValueError:
         # BatchMoments rejects non-finite gradients
         return None
+
+
+def raise_if_observation_not_finite(obs: Any, num_timesteps: int, cause: Exception) -> None:
+    """A non-finite observation reaches the policy as Normal(loc=nan): say where it came from."""
+    arrays = obs.items() if isinstance(obs, dict) else [("observation", obs)]
+    for name, values in arrays:
+        values = np.asarray(values)
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            env = int(np.argwhere(~np.isfinite(values))[0][0])
+            kind = "nan" if np.isnan(values[env]).any() else "inf"
+            raise ValueError(
+                f"found {kind} in the {name} of env {env} returned at about global env step {num_timesteps}; no update "
+                "was applied. Check the env's observation at that step (VecCheckNan(raise_exception=True) stops at the exact call)."
+            ) from cause

@@ -30,6 +30,7 @@ __all__ = [
     "WINDOW_MODES",
     "HybridPGSettings",
     "SettingsError",
+    "check_action_space",
     "check_rollout_shape",
     "rename_deprecated",
     "settings_docs",
@@ -320,6 +321,22 @@ def check_rollout_shape(settings: HybridPGSettings, n_envs: int) -> None:
         UserWarning,
         stacklevel=3,
     )
+
+
+def check_action_space(action_space: Any) -> None:
+    """A Box with finite bounds: the only action space a Gaussian policy with a pathwise term can serve."""
+    from gymnasium import spaces
+
+    if not isinstance(action_space, spaces.Box):
+        raise ValueError(
+            f"HybridPG trains Gaussian policies on continuous (Box) action spaces; got {action_space}. "
+            "Use A2C/PPO for discrete actions."
+        )
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+        raise ValueError(
+            "HybridPG needs finite action bounds (the pathwise term clips actions to the Box like "
+            f"SB3 does before env.step); got low={action_space.low}, high={action_space.high}"
+        )
 
 
 def field_names(include_deprecated: bool = False) -> Iterable[str]:
