@@ -43,11 +43,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from hybrid_pg.experiments.aggregate import MIN_RUNS_FOR_SIGNIFICANCE, bootstrap_difference_ci, stratified_bootstrap_ci
+from hybrid_pg.experiments.aggregate import MIN_RUNS_FOR_SIGNIFICANCE, stratified_bootstrap_ci
 from hybrid_pg.experiments.config import resolve_config
 from hybrid_pg.experiments.nonstationary_analysis import (
     after_warmup,
     difference_of_differences,
+    draw_drift_split,
     figure,
     final_train_return,
     nanmean,
@@ -403,13 +404,7 @@ def plot_drift(task_name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], 
         if not run:
             ax.set_title(f"{task_name} {env_name}: no finished {ref} run yet", fontsize=9)
             continue
-        steps, live = update_series(run, "hybrid/oracle_lambda")
-        ax.plot(steps, live, "k-", lw=1.2, label="lam* (live env)")
-        f_steps, frozen = update_series(run, "hybrid/oracle_lambda_frozen_env")
-        if f_steps.size:
-            ax.plot(f_steps, frozen, color="tab:blue", lw=1.2, label="lam* (env frozen at its start: policy drift only)")
-            common = np.intersect1d(steps, f_steps)
-            ax.fill_between(common, live[np.isin(steps, common)], frozen[np.isin(f_steps, common)], color="tab:orange", alpha=0.3, label="env drift's share")
+        draw_drift_split(ax, run)
         _overlay(ax, task, env_name, run)
         ax.set_title(f"{task_name} {env_name}: policy drift vs env drift of lam* ({ref}, seed {run['spec']['seed']})", fontsize=9)
         ax.set_ylabel("lam*")

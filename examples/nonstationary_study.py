@@ -44,6 +44,7 @@ from hybrid_pg.experiments.benchmark import run_config
 from hybrid_pg.experiments.nonstationary_analysis import (  # noqa: F401 - re-exported for the tests
     TOLERANCE,
     after_warmup as _after_warmup,
+    draw_drift_split,
     figure as _figure,
     final_train_return as _final_train_return,
     nanmean as _nanmean,
@@ -267,15 +268,7 @@ def plot_drift_decomposition(cfg: Dict[str, Any], results: List[Dict[str, Any]],
         run = _seed0(results, f"{env_name}__{reference}")
         if not run:
             continue
-        steps, live = update_series(run, "hybrid/oracle_lambda")
-        ax.plot(steps, live, "k-", lw=1.2, label="lam* (live env)")
-        f_steps, frozen = update_series(run, "hybrid/oracle_lambda_frozen_env")
-        if f_steps.size:
-            ax.plot(f_steps, frozen, color="tab:blue", lw=1.2, label="lam* (env frozen at its start: policy drift only)")
-            common = np.intersect1d(steps, f_steps)
-            a = live[np.isin(steps, common)]
-            b = frozen[np.isin(f_steps, common)]
-            ax.fill_between(common, a, b, color="tab:orange", alpha=0.3, label="env drift's share")
+        draw_drift_split(ax, run)
         _overlay_param(ax, cfg, env_name, run)
         ax.set_title(f"{env_name}: policy drift vs env drift of lam* ({reference}, seed 0)")
         ax.set_ylabel("lam*")

@@ -32,6 +32,7 @@ __all__ = [
     "TOLERANCE",
     "after_warmup",
     "difference_of_differences",
+    "draw_drift_split",
     "figure",
     "final_train_return",
     "masked_series",
@@ -189,3 +190,15 @@ def save_figure(fig: Any, axes: Sequence[Any], out: Any, xlabel: str = "env step
     axes[-1].set_xlabel(xlabel)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+
+
+def draw_drift_split(ax: Any, run: Mapping[str, Any]) -> None:
+    """lam* at the live env (black) and at the env frozen at its start (blue: moves only with the
+    policy), the gap between them shaded (the env drift's share), along one run's training path."""
+    steps, live = update_series(run, "hybrid/oracle_lambda")
+    ax.plot(steps, live, "k-", lw=1.2, label="lam* (live env)")
+    f_steps, frozen = update_series(run, "hybrid/oracle_lambda_frozen_env")
+    if f_steps.size:
+        ax.plot(f_steps, frozen, color="tab:blue", lw=1.2, label="lam* (env frozen at its start: policy drift only)")
+        common = np.intersect1d(steps, f_steps)
+        ax.fill_between(common, live[np.isin(steps, common)], frozen[np.isin(f_steps, common)], color="tab:orange", alpha=0.3, label="env drift's share")
