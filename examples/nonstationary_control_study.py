@@ -391,7 +391,8 @@ def plot_lambda(task_name: str, task: Mapping[str, Any], cfg: Mapping[str, Any],
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(f"{task_name} {env_name}: applied lam vs oracle lam* (band: ± jackknife SE); grey: env parameter, red: switches", fontsize=9)
         ax.set_ylabel("lam")
-        ax.legend(fontsize=6, ncol=3, loc="lower left")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, ncol=3, loc="lower left")
     save_figure(fig, axes, out)
 
 
@@ -427,7 +428,8 @@ def plot_returns(task_name: str, task: Mapping[str, Any], cfg: Mapping[str, Any]
             _overlay(ax, task, env_name, run)
         ax.set_title(f"{task_name} {env_name}: training return (mean over seeds)", fontsize=9)
         ax.set_ylabel("return")
-        ax.legend(fontsize=6, ncol=3, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, ncol=3, loc="lower right")
     save_figure(fig, axes, out)
 
 
