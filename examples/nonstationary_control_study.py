@@ -326,7 +326,9 @@ def report(task_name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], trac
                    f"{_f(r['oracle_se_var'])} / {_f(r['oracle_se_mse'])} | {_f(r['lag_oracle_updates'], '.1f')} | {rec} | {recovered} | "
                    f"{_f(r['env_drift_share'])} | {_f(r['policy_drift_spread'])} | {_f(r['mean_lambda'])} |")
     out += ["", "Recovery: oracle updates on post-switch rollouts until abs(lam - lam*) <= 0.05 for 3 in a row "
-            "(\"-\": not before the next switch or the end); switches separated by \"/\", seeds by \",\".", "",
+            "(\"-\": not before the next switch or the end); switches separated by \"/\", seeds by \",\". "
+            "Lag: the shift (oracle updates) that best aligns the applied lam with lam*; it means nothing where lam* barely moves "
+            "(every shift fits about equally).", "",
             "## Returns (mean over seeds [95% bootstrap CI over seeds], n runs)", "",
             "| env | cell | runs | final train return (last 10%) | final eval return | mean train return | regret vs stationary (paired by seed) | train s/run |",
             "|---|---|---|---|---|---|---|---|"]
