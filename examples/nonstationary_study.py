@@ -41,11 +41,22 @@ import numpy as np
 import yaml
 
 from hybrid_pg.experiments.benchmark import run_config
+from hybrid_pg.experiments.nonstationary_analysis import (  # noqa: F401 - re-exported for the tests
+    TOLERANCE,
+    after_warmup as _after_warmup,
+    draw_drift_split,
+    figure as _figure,
+    final_train_return as _final_train_return,
+    nanmean as _nanmean,
+    recovery_times,
+    save_figure as _save,
+    switch_steps,
+    tracking_lag,
+)
 from hybrid_pg.experiments.results import learning_curve, update_series
 from hybrid_pg.experiments.ray_backend import RayNotInstalledError, require_ray
 from hybrid_pg.experiments.runner import run_grid
 
-TOLERANCE, HOLD = 0.05, 3
 
 
 def _moving_parameter(cfg: Dict[str, Any], env_name: str) -> str:
@@ -87,67 +98,6 @@ def build_runs(cfg: Dict[str, Any], seeds: List[int]) -> List[Tuple[str, Dict[st
                 )
                 runs.append((f"{env_name}__{mode_name}", config))
     return runs
-
-
-def switch_steps(schedule: Dict[str, Any], total: int) -> List[float]:
-    if not isinstance(schedule, dict) or schedule.get("kind") != "switch":
-        return []
-    if "every" in schedule:
-        return [float(s) for s in range(int(schedule["every"]), total, int(schedule["every"]))]
-    return [float(s) for s in schedule.get("at", []) if s < total]
-
-
-def recovery_times(result: Dict[str, Any], switches: List[float]) -> List[float]:
-    """Per switch: updates on post-switch rollouts until |lam applied - oracle| <= TOLERANCE for
-    HOLD consecutive updates (NaN: never within the budget or before the next switch)."""
-    steps, error = _masked_series(result, "hybrid/oracle_error_applied", math.inf)  # no lam* to be near
-    out = []
-    for k, switch in enumerate(switches):
-        end = switches[k + 1] if k + 1 < len(switches) else math.inf
-        # an update's rollout ended at `step`; it is post-switch when it started at or after the switch
-        after = [e for s, e in zip(steps, error) if s > switch and s <= end]
-        rec = math.nan
-        for i in range(len(after) - HOLD + 1):
-            if all(e <= TOLERANCE for e in after[i : i + HOLD]):
-                rec = float(i + 1)
-                break
-        out.append(rec)
-    return out
-
-
-def tracking_lag(result: Dict[str, Any], warmup: int, max_lag: int = 20) -> float:
-    """The lag (in updates) of the applied lam behind the oracle: the shift k that minimises the
-    mean |lam applied(t) - lam*_oracle(t - k)| (0: no lag; NaN: too short a run)."""
-    lam = _after_warmup(result, "hybrid/lambda", warmup)
-    oracle = _after_warmup(result, "hybrid/oracle_lambda", warmup)
-    n = min(len(lam), len(oracle))
-    best, best_k = math.inf, math.nan
-    for k in range(0, min(max_lag, n - 2) + 1):
-        gaps = np.abs(lam[k:n] - oracle[: n - k])
-        if np.isfinite(gaps).sum() >= 2:
-            gap = float(np.nanmean(gaps))
-            if gap < best - 1e-12:
-                best, best_k = gap, float(k)
-    return best_k
-
-
-def _masked_series(result: Dict[str, Any], key: str, fill: float) -> Tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a per-update key, ``fill`` where the oracle was degenerate (its lam* is
-    then a fallback, not an estimate)."""
-    steps, values = update_series(result, key)
-    d_steps, degenerate = update_series(result, "hybrid/oracle_degenerate")
-    bad = set(d_steps[degenerate > 0].tolist())
-    return steps, np.array([fill if s in bad else v for s, v in zip(steps, values)], dtype=float)
-
-
-def _after_warmup(result: Dict[str, Any], key: str, warmup: int) -> np.ndarray:
-    """A per-update key after the warm-up, NaN where the oracle was degenerate."""
-    return _masked_series(result, key, math.nan)[1][warmup:]
-
-
-def _nanmean(values: List[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 def summarize(cfg: Dict[str, Any], results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -194,15 +144,6 @@ def summarize(cfg: Dict[str, Any], results: List[Dict[str, Any]]) -> List[Dict[s
     return sorted(rows, key=lambda row: (env_order.index(row["env"]), mode_order.index(row["mode"])))
 
 
-def _final_train_return(result: Dict[str, Any], fraction: float = 0.1) -> float:
-    """Mean training return over the last ``fraction`` of rollouts: the return on the env as it is
-    at the end (a deterministic evaluation on a fresh env would see the env's starting parameters
-    unless the runner holds its clock; the training return needs no such care)."""
-    _, values = learning_curve(result)
-    tail = values[-max(1, int(round(fraction * len(values)))) :]
-    return float(np.mean(tail)) if tail.size else math.nan
-
-
 def _stationary_env(cfg: Dict[str, Any]) -> str:
     return next((name for name, sched in cfg["envs"].items() if _is_stationary(sched)), "")
 
@@ -243,15 +184,6 @@ def write_csv(rows: List[Dict[str, Any]], path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _figure(n_rows: int, width: float = 12.0, height: float = 3.0) -> Tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height * n_rows))
-    FigureCanvasAgg(fig)
-    return fig, [fig.add_subplot(n_rows, 1, i + 1) for i in range(n_rows)]
-
-
 def _seed0(results: List[Dict[str, Any]], label: str) -> Dict[str, Any]:
     runs = sorted((r for r in results if r["spec"]["label"] == label), key=lambda r: r["spec"]["seed"])
     return runs[0] if runs else {}
@@ -270,12 +202,6 @@ def _overlay_param(ax: Any, cfg: Dict[str, Any], env_name: str, run: Dict[str, A
 def _mark_switches(ax: Any, cfg: Dict[str, Any], env_name: str) -> None:
     for s in switch_steps(_schedule(cfg, env_name), int(cfg["total_timesteps"])):
         ax.axvline(s, color="red", alpha=0.3)
-
-
-def _save(fig: Any, axes: List[Any], out: Path) -> None:
-    axes[-1].set_xlabel("env steps")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
 
 
 def plot_tracking(cfg: Dict[str, Any], results: List[Dict[str, Any]], out: Path) -> None:
@@ -342,15 +268,7 @@ def plot_drift_decomposition(cfg: Dict[str, Any], results: List[Dict[str, Any]],
         run = _seed0(results, f"{env_name}__{reference}")
         if not run:
             continue
-        steps, live = update_series(run, "hybrid/oracle_lambda")
-        ax.plot(steps, live, "k-", lw=1.2, label="lam* (live env)")
-        f_steps, frozen = update_series(run, "hybrid/oracle_lambda_frozen_env")
-        if f_steps.size:
-            ax.plot(f_steps, frozen, color="tab:blue", lw=1.2, label="lam* (env frozen at its start: policy drift only)")
-            common = np.intersect1d(steps, f_steps)
-            a = live[np.isin(steps, common)]
-            b = frozen[np.isin(f_steps, common)]
-            ax.fill_between(common, a, b, color="tab:orange", alpha=0.3, label="env drift's share")
+        draw_drift_split(ax, run)
         _overlay_param(ax, cfg, env_name, run)
         ax.set_title(f"{env_name}: policy drift vs env drift of lam* ({reference}, seed 0)")
         ax.set_ylabel("lam*")
