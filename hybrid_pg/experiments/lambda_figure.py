@@ -112,6 +112,9 @@ def plot_lambda_columns(columns: Columns, out_png: PathLike, title: str = "") ->
             ax_ratio.plot(bx[keep], 1.0 - by[keep], color="C3", lw=1.0, ls="--", label="predicted Var(lam) / min(Var_P, Var_M) (exact source)")
         ax_ratio.axhline(1.0, color="0.4", lw=0.8)
         ax_ratio.set_yscale("log")
+        # at least a decade around 1, so a flat ratio (e.g. lam = 0 during warm-up) reads as flat
+        lo, hi = float(np.min(ratio[1])), float(np.max(ratio[1]))
+        ax_ratio.set_ylim(min(lo / 1.5, 0.3), max(hi * 1.5, 3.0))
         median = float(np.median(ratio[1]))
         ax_ratio.set_title(f"median ratio vs REINFORCE {median:.3g} (below 1: less gradient noise)", fontsize="small")
         ax_ratio.legend(fontsize="small", loc="best")
