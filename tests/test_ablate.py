@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,24 @@ def test_a_second_invocation_trains_nothing(smoke_run, monkeypatch):
     assert status == 0, err
     assert "8 done, 0 to train" in stdout and "trained 0 of 8 runs" in stdout
     assert {d.name: _mtimes(d) for d in (out / "runs").iterdir()} == before
+
+
+def test_report_only_rewrites_the_tables_and_trains_nothing(smoke_run, monkeypatch, tmp_path):
+    out, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "runs", copy / "runs")
+    some = sorted((copy / "runs").iterdir())[0]
+    (some / "result.json").unlink()  # an unfinished run: left alone, left out of the tables
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--report-only trained a run")
+
+    monkeypatch.setattr(runner, "run_grid", no_training)
+    monkeypatch.setattr(runner, "run", no_training)
+    status, stdout, err = _run(["ablate", str(SMOKE), "--out", str(copy), "--report-only", "--quiet"])
+    assert status == 0, err
+    assert (copy / "summary.md").exists() and any(p.name.startswith("table_") for p in copy.iterdir())
+    assert not (some / "result.json").exists() and some.exists()
 
 
 def test_dry_run_lists_the_grid_and_trains_nothing(tmp_path):

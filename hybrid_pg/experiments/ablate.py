@@ -456,6 +456,7 @@ def run_ablation(
     backend: str = "local",
     address: Optional[str] = None,
     only: Optional[Sequence[str]] = None,
+    train: bool = True,
 ) -> AblationResult:
     """Train the missing runs of a validated ablation, then write every env's report.
 
@@ -467,6 +468,8 @@ def run_ablation(
     :param address: the Ray cluster's address (``backend="ray"``).
     :param only: train only these estimators (by name); the reports still cover every finished run
         of the grid, so a grid can be filled over several invocations.
+    :param train: False writes the reports from the runs already finished and trains nothing (safe
+        while another invocation is filling the grid: it never touches an unfinished run).
     """
     from hybrid_pg.experiments.ablate_report import write_env_report, write_summary
     from hybrid_pg.experiments.runner import is_finished, load_result, pending, run_grid, run_key, worker_count
@@ -474,9 +477,10 @@ def run_ablation(
     out = Path(out_dir if out_dir is not None else ablation.output_dir)
     runs_dir = out / RUNS_SUBDIR
     runs = selected_runs(ablation, only)
-    todo = pending(runs, runs_dir)
+    todo = pending(runs, runs_dir) if train else []
     n_workers = worker_count(workers, len(todo)) if backend == "local" else workers
-    run_grid(runs, runs_dir, workers=n_workers, progress=progress, backend=backend, address=address)
+    if train:
+        run_grid(runs, runs_dir, workers=n_workers, progress=progress, backend=backend, address=address)
     # the reports: every finished run of the whole grid (other estimators may come from earlier calls)
     by_label: Dict[str, List[Dict[str, Any]]] = {}
     for label, cfg in ablation.runs():

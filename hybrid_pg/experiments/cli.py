@@ -4,7 +4,7 @@
 
     hybrid-pg train [CONFIG] [--set KEY=VALUE ...] [--out RUN_DIR] [--quiet]
     hybrid-pg plot RUN_DIR [RUN_DIR ...] [--out PNG]
-    hybrid-pg ablate CONFIG [--workers N] [--out DIR] [--seeds S [S ...]] [--only NAME [NAME ...]]
+    hybrid-pg ablate CONFIG [--workers N] [--out DIR] [--seeds S [S ...]] [--only NAME [NAME ...]] [--report-only]
                      [--backend local|ray] [--address ADDR] [--dry-run] [--quiet]
     hybrid-pg bench [--steps N] [--seeds K] [--out DIR] [--env ID] [--n-envs N] [--n-steps N] [--eval-episodes N]
 
@@ -119,7 +119,10 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             if not args.only or cell.estimator.name in args.only:
                 print(f"  {cell.label}: {cell.env.id} x{cell.env.n_envs} {cell.config['algo']['algorithm']} {cell.algo_kwargs}")
         return 0
-    result = run_ablation(ablation, out, workers=args.workers, progress=not args.quiet, backend=args.backend, address=args.address, only=args.only)
+    result = run_ablation(
+        ablation, out, workers=args.workers, progress=not args.quiet, backend=args.backend, address=args.address, only=args.only,
+        train=not args.report_only,
+    )
     if not args.quiet:
         if not result.runs_trained:
             how = "all were done"
@@ -266,6 +269,11 @@ def _add_ablate_parser(commands) -> None:
     )
     _add_backend_arguments(ablate)
     ablate.add_argument("--dry-run", action="store_true", help="validate and list the grid and what is left to train; train nothing")
+    ablate.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the tables and figures from the runs already finished; train nothing (safe while the grid is being filled)",
+    )
     ablate.add_argument("--quiet", action="store_true", help="no progress bar; print only the written files")
     ablate.set_defaults(handler=_cmd_ablate)
 
