@@ -129,3 +129,15 @@ def test_summary_across_envs(tmp_path):
     # min-max per env over both estimators: a: (10, 11) of [0, 11]; b: (-5, -4) of [-9, -4]
     assert float(rows["hybrid"]["norm_mean"]) == pytest.approx((10 / 11 + 1.0 + 0.8 + 1.0) / 4)
     assert rows["reinforce"]["poi_vs_ref"] == "" and rows["reinforce"]["reading"] == "reference"
+
+
+def test_summary_of_a_partially_filled_grid(tmp_path):
+    # a grid filled over several invocations: an estimator without runs on every env is listed, not compared
+    per_env = {
+        "a": {"ppo": [_result(1.0, 0), _result(2.0, 1)], "reinforce": [_result(0.0, 0)], "hybrid": []},
+        "b": {"ppo": [_result(3.0, 0), _result(5.0, 1)], "reinforce": [], "hybrid": []},
+    }
+    write_summary(tmp_path, per_env, "reinforce")
+    md = (tmp_path / "summary.md").read_text()
+    assert "Not yet compared (no finished runs on every env): reinforce, hybrid." in md
+    assert "no reinforce runs on every env yet" in md

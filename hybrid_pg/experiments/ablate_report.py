@@ -416,10 +416,15 @@ def write_summary(out_dir: Path, per_env: Mapping[str, Results], reference: str)
     ``performance_profile.png``). ``per_env``: env name -> estimator name -> that cell's runs."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    estimators = list(next(iter(per_env.values())))
+    # a grid filled over several invocations: compare only estimators with runs on every env
+    names = list(dict.fromkeys(name for results in per_env.values() for name in results))
+    estimators = [name for name in names if all(results.get(name) for results in per_env.values())]
+    left_out = [name for name in names if name not in estimators]
+    has_reference = reference in estimators
     lines = [
         f"# Across {len(per_env)} env(s): {', '.join(per_env)}",
         "",
+        *([f"Not yet compared (no finished runs on every env): {', '.join(left_out)}.", ""] if left_out else []),
         "Scores normalised per env by min-max over every run of every estimator on that env (0 = worst run there, "
         "1 = best; relative to the estimators compared). Mean / IQM of the normalised scores over all runs with a 95% "
         "stratified bootstrap CI (envs as strata; IQM — below 4 runs). P(improvement): probability that a run of the "
@@ -438,17 +443,19 @@ def write_summary(out_dir: Path, per_env: Mapping[str, Results], reference: str)
         if any(s.size == 0 for env in raw for s in env):
             continue
         normalised = normalise_min_max(raw)
-        ref_index = estimators.index(reference)
+        ref_index = estimators.index(reference) if has_reference else None
         for j, name in enumerate(estimators):
             strata = [env[j] for env in normalised]
             n_min = min(s.size for s in strata)
             total = sum(s.size for s in strata)
             mean_ci = stratified_bootstrap_ci(strata, mean)
             iqm_ci = stratified_bootstrap_ci(strata, iqm) if iqm_is_informative(total) else _nan_interval()
-            poi = None if name == reference else probability_of_improvement([env[j] for env in raw], [env[ref_index] for env in raw])
-            min_ref = min(env[ref_index].size for env in raw)
-            if poi is None:
+            poi = None if ref_index is None or name == reference else probability_of_improvement([env[j] for env in raw], [env[ref_index] for env in raw])
+            min_ref = 0 if ref_index is None else min(env[ref_index].size for env in raw)
+            if name == reference:
                 reading = "reference"
+            elif poi is None:
+                reading = f"no {reference} runs on every env yet"
             elif min(n_min, min_ref) < MIN_RUNS_FOR_SIGNIFICANCE:
                 reading = "too few runs"
             elif poi.excludes(0.5):
