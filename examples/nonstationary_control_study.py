@@ -497,19 +497,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = yaml.safe_load(Path(args.config).read_text())
     if args.quick:
         cfg = quick_config(cfg)
-    if args.seeds:
-        cfg["seeds"] = list(args.seeds)
+    # train the seeds asked for; report every finished run of the file's seeds and those (a run with
+    # --seeds 3 4 5 must not shrink the report to seeds 3-5)
+    train_seeds = list(args.seeds) if args.seeds else list(cfg["seeds"])
+    cfg["seeds"] = sorted(set(cfg["seeds"]) | set(train_seeds))
     tasks = args.task or list(cfg["tasks"])
     unknown = sorted(set(tasks) - set(cfg["tasks"]))
     if unknown:
         parser.error(f"unknown task(s) {unknown}; the config has {sorted(cfg['tasks'])}")
     out = Path(args.out or (cfg["output_dir"] + ("_quick" if args.quick else "")))
     runs = build_runs(cfg, tasks, cfg["seeds"])
-    if args.report_only:
-        results = finished_results(runs, out / "runs")
-        print(f"{len(results)} of {len(runs)} runs finished")
-    else:
-        results = run_grid(runs, out / "runs", workers=args.workers, backend=args.backend, address=args.address)
+    if not args.report_only:
+        run_grid(build_runs(cfg, tasks, train_seeds), out / "runs", workers=args.workers, backend=args.backend, address=args.address)
+    results = finished_results(runs, out / "runs")
+    print(f"{len(results)} of {len(runs)} runs finished")
     analyse(cfg, tasks, results, out)
     print(f"wrote {out}/report_<task>.md, summary_<task>.json and <task>_lambda, _drift, _returns, _question .png for {tasks}")
 
