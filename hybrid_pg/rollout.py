@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch as th
@@ -114,19 +114,32 @@ def rollout_blocks(buffer: Any, block_len: Optional[int] = None) -> np.ndarray:
     return block_ids(buffer.n_envs, buffer.buffer_size, block_len=block_len, episode_starts=buffer.episode_starts)
 
 
+def _named_arrays(obs: Any, name: str) -> List[Tuple[str, Any]]:
+    """(name, array) of an observation: one array, or one per key of a Dict observation."""
+    return list(obs.items()) if isinstance(obs, dict) else [(name, obs)]
+
+
+def _first_non_finite(values: Any) -> Optional[Tuple[Tuple[int, ...], str]]:
+    """Index of the first NaN/inf of a float array and which it is ("nan" or "inf"); None when all
+    finite or not a float array (images are uint8)."""
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.floating):
+        return None
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    return index, "nan" if np.isnan(values[index]) else "inf"
+
+
 def check_rollout_finite(buffer: Any, num_timesteps: int, n_envs: int) -> None:
     """Refuse a rollout with a non-finite observation, reward or value before it reaches any parameter,
     naming the step and the env."""
-    observations = buffer.observations
-    arrays = list(observations.items()) if isinstance(observations, dict) else [("observations", observations)]
+    arrays = _named_arrays(buffer.observations, "observations")
     for name, values in [*arrays, *((n, getattr(buffer, n)) for n in ("rewards", "values", "returns", "advantages"))]:
-        values = np.asarray(values)
-        if not np.issubdtype(values.dtype, np.floating):
-            continue
-        bad = ~np.isfinite(values)
-        if bad.any():
-            step, env = (int(i) for i in np.argwhere(bad)[0][:2])
-            kind = "nan" if np.isnan(values[step, env]).any() else "inf"
+        found = _first_non_finite(values)
+        if found is not None:
+            (step, env, *_), kind = found
             global_step = num_timesteps - (buffer.buffer_size - step) * n_envs + env + 1
             if name in ("rewards", "returns", "advantages"):
                 hint = "Check the env's reward at that step (VecCheckNan(raise_exception=True) stops at the exact call)."
@@ -197,12 +210,10 @@ def rollout_group_moments(
 
 def raise_if_observation_not_finite(obs: Any, num_timesteps: int, cause: Exception) -> None:
     """A non-finite observation reaches the policy as Normal(loc=nan): say where it came from."""
-    arrays = obs.items() if isinstance(obs, dict) else [("observation", obs)]
-    for name, values in arrays:
-        values = np.asarray(values)
-        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-            env = int(np.argwhere(~np.isfinite(values))[0][0])
-            kind = "nan" if np.isnan(values[env]).any() else "inf"
+    for name, values in _named_arrays(obs, "observation"):
+        found = _first_non_finite(values)
+        if found is not None:
+            (env, *_), kind = found
             raise ValueError(
                 f"found {kind} in the {name} of env {env} returned at about global env step {num_timesteps}; no update "
                 "was applied. Check the env's observation at that step (VecCheckNan(raise_exception=True) stops at the exact call)."

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -337,8 +337,3 @@ def check_action_space(action_space: Any) -> None:
             "HybridPG needs finite action bounds (the pathwise term clips actions to the Box like "
             f"SB3 does before env.step); got low={action_space.low}, high={action_space.high}"
         )
-
-
-def field_names(include_deprecated: bool = False) -> Iterable[str]:
-    names = list(HybridPGSettings.model_fields)
-    return names + list(DEPRECATED_ALIASES) if include_deprecated else names
