@@ -137,6 +137,11 @@ class MujocoStepModel(DifferentiableModel):
     #: per-sample statistics then use their outer-product path, exact because future actions of a
     #: k-step return carry no policy gradient)
     supports_vmap = False
+    #: not an unbiased pathwise source: the local Jacobian of a step through contacts is not the
+    #: gradient of the expected return (the simulator's step is non-smooth there; Suh et al. 2022),
+    #: so the weight rule treats this model like a learned source and backs off when it disagrees
+    #: with the score gradient
+    exact = False
 
     def __init__(
         self,

@@ -127,7 +127,7 @@ def closed_form_reference(problem: str, mu: float, log_std: float, value: float,
     return lambda_from_moments(bm.var_path, bm.var_score, bm.cov, bias_sq=bias_sq, batch_size=batch_size).lam
 
 
-def run(problem: str, rule: str, seed: int, updates: int) -> dict:
+def run(problem: str, rule: str, seed: int, updates: int, window: int = 8) -> dict:
     """One training run; its mean |lam - reference| (``error``), mean signed lam - reference
     (``signed``: the lag shows as a sign), and the per-update series."""
     th.set_num_threads(1)
@@ -143,6 +143,7 @@ def run(problem: str, rule: str, seed: int, updates: int) -> dict:
         "MlpPolicy", env, n_steps=N_STEPS, batch_size=256, n_epochs=4, learning_rate=3e-3, gamma=0.0, gae_lambda=1.0,
         pathwise_source="model", lambda_warmup=2, bias_correction=True, normalize_advantage=False,
         oracle_freq=1, oracle_samples=4096, oracle_env=make, seed=seed, device="cpu",
+        **({} if window == 8 else {"lambda_window": window}),  # (the pre-refactor code knows 8 only as its default)
     )
     bias_rule, _, extrapolation = rule.partition("-")  # e.g. "ucl-trend": UCL bias rule, trend on
     for window in model.lambda_windows.values():
@@ -176,11 +177,12 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--problems", nargs="+", default=["stationary", "drifting", "biased"])
-    parser.add_argument("--rules", nargs="+", default=["point", "ucl"], help="weight rules to compare: point | ucl, optionally -level or -trend (the window's "
+    parser.add_argument("--rules", nargs="+", default=["point", "ucl", "posterior"], help="weight rules to compare: point | ucl | posterior, optionally -level or -trend (the window's "
                         "extrapolation; default: the library's); the pre-refactor code ignores them")
+    parser.add_argument("--window", type=int, default=8, help="lambda_window (rollouts the weight pools)")
     parser.add_argument("--json", default=None, help="write every run's result (series included) here")
     args = parser.parse_args()
-    print(f"mean |lam - reference| after {WARMUP} updates ({args.updates} updates of {N_ENVS * N_STEPS}, seeds {args.seeds});")
+    print(f"mean |lam - reference| after {WARMUP} updates ({args.updates} updates of {N_ENVS * N_STEPS}, window {args.window}, seeds {args.seeds});")
     print("reference: closed-form weight at theta_old; cells: mean over seeds [min, max] (mean signed lam - reference)")
     print("o: mean |lam - weight from the oracle's sampled moments| (the old reference, noisy near lam = 1)")
     print(f"{'problem':<12}" + "".join(f"{r:>44}" for r in args.rules))
@@ -188,7 +190,7 @@ def main() -> None:
     for problem in args.problems:
         cells = []
         for rule in args.rules:
-            runs = [run(problem, rule, s, args.updates) for s in args.seeds]
+            runs = [run(problem, rule, s, args.updates, args.window) for s in args.seeds]
             results[f"{problem}/{rule}"] = {"seeds": args.seeds, "runs": runs}
             errs, signed = [r["error"] for r in runs], [r["signed"] for r in runs]
             vs_oracle = np.mean([r["error_vs_oracle"] for r in runs])

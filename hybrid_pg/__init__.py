@@ -32,7 +32,7 @@ from hybrid_pg.estimator import (
 )
 from hybrid_pg.window import WindowedLambda
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY = {"HybridPG": "hybrid_pg.hybrid_pg", "HybridPGSettings": "hybrid_pg.settings"}
 

@@ -112,6 +112,7 @@ class HybridPG(OnPolicyAlgorithm):
         oracle_frozen_clock: Optional[int] = None,
         lambda_bounds: Optional[Tuple[float, float]] = (0.0, 1.0),
         bias_correction: bool = True,
+        bias_rule: str = "posterior",
         lambda_trend: bool = True,
         bias_min_samples: int = 2048,
         lambda_groups: str = "global",
@@ -175,6 +176,7 @@ class HybridPG(OnPolicyAlgorithm):
                 decay=settings.lambda_decay,
                 bounds=settings.lambda_bounds,
                 bias_correction=settings.bias_correction,
+                bias_rule=settings.bias_rule,
                 detector=settings.lambda_detector,
             )
             for name in ("global", *GROUPS)
@@ -249,6 +251,7 @@ class HybridPG(OnPolicyAlgorithm):
                 )
             window.bounds = s.lambda_bounds
             window.bias_correction = s.bias_correction
+            window.bias_rule = s.bias_rule
             window.trend = s.lambda_trend
 
     def _make_oracle(self) -> Optional[Oracle]:

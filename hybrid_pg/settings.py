@@ -164,6 +164,13 @@ class HybridPGSettings(BaseModel):
     bias_correction: Bool = Field(
         True, description="minimise the MSE of the update's gradient instead of its variance, the score estimator being the unbiased reference."
     )
+    bias_rule: Literal["posterior", "ucl", "point"] = Field(
+        "posterior",
+        description="what a learned source's squared bias ||b||^2 is taken to be (an exact source has none): 'posterior' "
+        "(default: its posterior mean ||b_hat||^2 + tr Var(b_hat) under a flat prior, which makes lam the Bayes-optimal "
+        "weight for the gradient's expected MSE), 'ucl' (its upper confidence limit: more cautious) or 'point' "
+        "(max(||b_hat||^2 - tr Var(b_hat), 0), the pre-0.2 rule: its noise, times B, moves lam). See hybrid_pg.weight_rule.",
+    )
     lambda_trend: Bool = Field(
         True,
         description="follow the window's moments one rollout ahead along their linear trend (slope shrunk by its "

@@ -63,9 +63,10 @@ class WindowedLambda:
     :param decay: EMA forgetting factor in [0, 1); overrides the default derived from ``window``.
     :param bounds: clip range for lam (see :data:`hybrid_pg.estimator.DEFAULT_BOUNDS`).
     :param bias_correction: use the MSE-optimal (bias-aware) weight, by ``bias_rule``.
-    :param bias_rule: how the bias enters (:class:`hybrid_pg.weight_rule.WeightRule`): ``"ucl"``
-        (default: upper confidence limit of ||b||^2 for a learned source, nothing for an exact one)
-        or ``"point"`` (the old noise-corrected point estimate, for any source).
+    :param bias_rule: how the bias enters (:class:`hybrid_pg.weight_rule.WeightRule`):
+        ``"posterior"`` (default: the posterior mean of ||b||^2 for a learned source, nothing for an
+        exact one), ``"ucl"`` (its upper confidence limit: more cautious) or ``"point"`` (the old
+        noise-corrected point estimate, for any source).
     :param source: ``"learned"`` (default, cautious) or ``"exact"``: the pathwise source kind; can
         be overridden per call of :meth:`estimate` or by setting the attribute.
     :param confidence: z of the bias upper confidence limit.
@@ -89,7 +90,7 @@ class WindowedLambda:
         fallback: float = DEFAULT_FALLBACK,
         min_weight: float = 1e-3,
         detector: Optional[Dict[str, Any]] = None,
-        bias_rule: str = "ucl",
+        bias_rule: str = "posterior",
         source: str = "learned",
         confidence: float = DEFAULT_CONFIDENCE_Z,
         long_run: bool = False,
@@ -107,8 +108,8 @@ class WindowedLambda:
         if not 0.0 < float(min_weight) < 1.0:
             raise ValueError(f"min_weight must lie in (0, 1), got {min_weight!r}")
         _check_bounds(bounds)
-        if bias_rule not in ("ucl", "point"):
-            raise ValueError(f"bias_rule must be 'ucl' or 'point', got {bias_rule!r}")
+        if bias_rule not in ("ucl", "posterior", "point"):
+            raise ValueError(f"bias_rule must be 'ucl', 'posterior' or 'point', got {bias_rule!r}")
         if source not in SOURCE_KINDS:
             raise ValueError(f"source must be one of {SOURCE_KINDS}, got {source!r}")
         self.bias_rule, self.source = bias_rule, source

@@ -15,7 +15,14 @@ from hybrid_pg.ground_truth.coupled import (
     sample_biased_gradients,
     sample_gradients,
 )
-from hybrid_pg.weight_rule import WeightRule, bias_upper_confidence_limit, oracle_lambdas, split_moments
+from hybrid_pg.weight_rule import (
+    WeightRule,
+    bias_upper_confidence_limit,
+    oracle_lambdas,
+    pool,
+    posterior_mean_bias_sq,
+    split_moments,
+)
 from hybrid_pg.window import WindowedLambda
 
 th.set_num_threads(1)
@@ -78,6 +85,38 @@ def test_old_point_rule_is_noisier_than_the_exact_rule_on_an_unbiased_model():
     for name, kw in {"old": {"bias_rule": "point"}, "new": {"source": "exact"}}.items():
         err[name] = np.mean([abs(_window(kw, 0.0, 8, s, window=8).lam - truth) for s in range(8)])
     assert err["new"] < 0.05 and err["new"] < err["old"]
+
+
+@pytest.mark.parametrize("kappa", [0.033, 0.066])
+def test_posterior_rule_is_centred_on_the_mse_weight_where_ucl_falls_below_and_point_above(kappa):
+    """Window of 8 rollouts (the default), 16 seeds: the posterior-mean rule's average weight is the
+    closed-form MSE-optimal one within its standard error; the UCL's caution puts it below, the
+    point rule's convexity (E[1/(D + B beta_hat)] > 1/(D + B E beta_hat)) above."""
+    truth = biased_coupled_moments(THETA, ALPHA, kappa, B, baseline=BASE)
+    lams = {rule: np.array([_window({"bias_rule": rule}, kappa, 8, s, window=8).lam for s in range(16)]) for rule in ("posterior", "ucl", "point")}
+    post = lams["posterior"]
+    assert abs(post.mean() - truth.lam_mse) < 3 * post.std(ddof=1) / math.sqrt(len(post))
+    assert lams["ucl"].mean() < post.mean() < lams["point"].mean()
+    assert np.mean(np.abs(post - truth.lam_mse)) <= np.mean(np.abs(lams["ucl"] - truth.lam_mse))
+
+
+def test_posterior_rule_minimises_the_posterior_expected_mse():
+    """Independent check of the decision: draw b from its posterior N(b_hat, S) (S isotropic, trace
+    tau) and minimise the Monte Carlo mean of lam^2 ||b||^2 + Var(mix) / B over a grid of lam."""
+    rng = np.random.default_rng(0)
+    gp = rng.normal(size=(512, 3)) + 0.05
+    gm = 0.6 * gp + rng.normal(size=(512, 3))
+    stats = pool([BatchMoments.from_samples(gp, gm)])
+    batch = 256.0
+    est = WeightRule(bias="posterior", bounds=None)([BatchMoments.from_samples(gp, gm)], batch_size=batch, with_se=False)
+    assert est.bias_sq_used == pytest.approx(posterior_mean_bias_sq(stats.bias_hat_sq, stats.tau))
+    b_hat = (gp.mean(0) - gm.mean(0))
+    draws = b_hat + rng.normal(size=(200_000, 3)) * math.sqrt(stats.tau / 3)
+    bias_sq = np.mean(np.sum(draws**2, axis=1))
+    grid = np.linspace(-0.5, 1.5, 4001)
+    vp, vm, c = stats.var_path, stats.var_score, stats.cov
+    risk = grid**2 * bias_sq + (grid**2 * vp + (1 - grid) ** 2 * vm + 2 * grid * (1 - grid) * c) / batch
+    assert est.lam_unclipped == pytest.approx(grid[np.argmin(risk)], abs=2e-3)
 
 
 def test_bias_ucl_properties():

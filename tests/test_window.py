@@ -236,6 +236,31 @@ def test_trend_stays_near_the_level_on_a_stationary_stream():
     assert np.sqrt(np.mean(np.square(diffs))) < np.mean(ses)
 
 
+def test_a_trend_that_leaves_the_covariance_cone_is_followed_to_its_boundary():
+    """The correlation of the two estimators climbs towards 1 (lam* passes 1): the three linear
+    trends cannot all continue, so the prediction stops where the moments are still a covariance,
+    rather than falling back to the window's lagging level."""
+    from hybrid_pg.estimator import BatchMoments, lambda_from_moments
+    from hybrid_pg.weight_rule import pool, trend_moments
+
+    rng = np.random.default_rng(5)
+    batches = []
+    for k in range(8):
+        rho = 0.6 + 0.05 * k  # 0.60 .. 0.95; the line runs past 1 within the next batches
+        z, e = rng.normal(size=(4096, 1)), rng.normal(size=(4096, 1))
+        gp = z
+        gm = 2.0 * (rho * z + math.sqrt(1 - rho * rho) * e)
+        batches.append(BatchMoments.from_samples(gp, gm))
+    w = [1.0] * len(batches)
+    level = pool(batches, w)
+    lvl = (level.var_path, level.var_score, level.cov)
+    vp, vm, c = trend_moments(batches, w, lvl)
+    assert c * c <= vp * vm * (1 + 1e-9) and vp >= 0 and vm >= 0
+    assert c * c > 0.99 * vp * vm  # it went as far as the boundary
+    # followed, not dropped: the weight moves past the level's, as lam* does
+    assert lambda_from_moments(vp, vm, c, bounds=None).lam_unclipped > lambda_from_moments(*lvl, bounds=None).lam_unclipped + 0.2
+
+
 def test_trend_needs_four_batches_and_a_valid_covariance():
     from hybrid_pg.weight_rule import pool
 

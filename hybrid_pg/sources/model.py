@@ -144,8 +144,13 @@ class ModelSource(PathwiseSource):
 
     @property
     def exact(self) -> bool:  # type: ignore[override]
-        """A model may declare itself inexact (a deliberately stale or a learned model)."""
-        return bool(getattr(self.model, "exact", True))
+        """True only when the pathwise estimator is unbiased: the model is exact (a model may declare
+        itself inexact: a stale or learned model, or a simulator whose local Jacobians are biased
+        through contacts) *and* Q~ has no learned part. With gamma > 0 the bootstrap
+        gamma^k V(s_k) is the value head, whose state-gradient carries the critic's error into
+        dQ~/da: the weight rule must then treat the source as learned (on Pendulum-v0, trusting it
+        as exact gave lam = 1 and learning slower than REINFORCE)."""
+        return bool(getattr(self.model, "exact", True)) and self.gamma == 0.0
 
     @property
     def one_step(self) -> bool:

@@ -1,0 +1,36 @@
+"""Which pathwise sources the weight rule may treat as unbiased ("exact")."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+from stable_baselines3.common.env_util import make_vec_env
+
+import hybrid_pg_envs  # noqa: F401
+from hybrid_pg import HybridPG
+
+
+def _model_algo(env_id: str, gamma: float) -> HybridPG:
+    env = make_vec_env(env_id, n_envs=1, seed=0)
+    algo = HybridPG("MlpPolicy", env, n_steps=16, batch_size=16, n_epochs=1, gamma=gamma, pathwise_source="model", seed=0, device="cpu")
+    return algo.learn(16)  # one update: the windows learn the source's kind in train()
+
+
+def test_an_exact_model_without_bootstrap_is_an_exact_source():
+    algo = _model_algo("hybrid_pg/CoupledBandit-v0", gamma=0.0)
+    assert algo.pathwise.exact
+    assert all(w.source == "exact" for w in algo.lambda_windows.values())
+
+
+def test_an_exact_model_with_a_value_bootstrap_is_a_learned_source():
+    # Q~ = r + gamma V(s'): V is the learned value head, so dQ~/da carries its error
+    algo = _model_algo("hybrid_pg/Pendulum-v0", gamma=0.9)
+    assert not algo.pathwise.exact
+    assert all(w.source == "learned" for w in algo.lambda_windows.values())
+    assert _model_algo("hybrid_pg/Pendulum-v0", gamma=0.0).pathwise.exact
+
+
+def test_a_model_that_declares_itself_inexact_stays_learned_at_gamma_zero():
+    algo = _model_algo("hybrid_pg/Pendulum-v0", gamma=0.0)
+    algo.pathwise.model.exact = False
+    assert not algo.pathwise.exact
+    assert gym.spec("hybrid_pg/Pendulum-v0") is not None
