@@ -84,6 +84,8 @@ class CoupledBanditModel(DifferentiableModel):
     """Torch twin of :meth:`CoupledBanditEnv.step`: obs ``(..., 1)``, action ``(..., 1)`` ->
     the same obs and ``-min((z - m)^2, c^2)``; every transition is terminal."""
 
+    max_episode_steps = 1  # Q~ = r: no value bootstrap, so the pathwise gradient is exact
+
     def __init__(self, m: float = 0.0, c: float = 1.0, action_bound: float = DEFAULT_ACTION_BOUND):
         super().__init__()
         for name, value in dict(m=m, c=c, action_bound=action_bound).items():

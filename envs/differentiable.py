@@ -36,6 +36,9 @@ class DifferentiableModel(nn.Module):
 
     #: std of the process noise the numpy env adds and the model leaves out (0: exact model).
     noise_std: float = 0.0
+    #: every episode ends after at most this many steps (None: not bounded). A k-step model return
+    #: with k >= it is the whole return: no learned value bootstrap enters it.
+    max_episode_steps: Optional[int] = None
 
     def step(self, obs: th.Tensor, action: th.Tensor) -> Tuple[th.Tensor, th.Tensor]:
         """``(next_obs, reward)`` for a batch: obs (B, obs_dim), action (B, act_dim) -> (B, obs_dim), (B,)."""

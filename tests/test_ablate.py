@@ -171,6 +171,10 @@ def _with(change):
         (lambda r: r["estimators"].append({"algo": {}}), "estimators[2].name is required"),
         (lambda r: r["estimators"].append("hybrid"), "estimators[2]: name 'hybrid' is already used by estimators[0]"),
         (lambda r: r["estimators"].append("bad name"), "estimators[2] must be a non-empty name"),
+        (lambda r: r.update(baseline={"name": "ppo"}), "baseline.name='ppo' is not one of the estimators"),
+        (lambda r: r.update(baseline={"name": "hybrid", "floor": "reinforce"}), "baseline.floor and baseline.floor_at_steps go together"),
+        (lambda r: r.update(baseline={"floor": "reinforce"}), "baseline.name is required"),
+        (lambda r: r.update(baseline={"name": "hybrid", "flor": "reinforce"}), "baseline.flor is not a known key"),
     ],
 )
 def test_bad_ablation_files_name_the_key(change, key):
@@ -249,3 +253,26 @@ def test_the_mujoco_benchmark_grid_is_valid():
         assert config["env"]["normalize"] is True and config["train"]["eval_freq"] == 20_000 and config["train"]["eval_episodes"] == 5
         assert config["algo"]["n_steps"] == 2048 and config["algo"]["policy_kwargs"] == {"net_arch": [64, 64]}
         assert config["algo"]["algorithm"] == ("ppo" if label.endswith("__ppo") else "hybrid_pg")
+
+
+def test_extra_seeds_train_only_themselves_but_the_reports_cover_the_file_seeds_too():
+    ablation = load_ablation(SMOKE, seeds=[5])
+    assert ablation.seeds == (5,) and ablation.report_seeds == (0, 1, 5)
+    assert load_ablation(SMOKE).report_seeds == (0, 1)
+
+
+def test_a_baseline_section_adds_the_goals_report(smoke_run, tmp_path):
+    out, _ = smoke_run
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["baseline"] = {"name": "reinforce", "floor": "reinforce", "floor_at_steps": 256}
+    config = tmp_path / "with_baseline.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    before = _mtimes(out / "runs")
+    status, stdout, err = _run(["ablate", str(config), "--out", str(out), "--report-only"])
+    assert status == 0, err
+    assert _mtimes(out / "runs") == before  # the baseline is not part of a run's name: nothing retrains
+    text = (out / "goals_reinforce.md").read_text()
+    assert str(out / "goals_reinforce.md") in stdout.split()
+    for env in ENVS:
+        assert f"## {env}" in text
+    assert "| hybrid | 2 |" in text and "not decided: fewer than 5 runs per side" in text

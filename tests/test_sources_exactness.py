@@ -21,6 +21,11 @@ def test_an_exact_model_without_bootstrap_is_an_exact_source():
     assert all(w.source == "exact" for w in algo.lambda_windows.values())
 
 
+def test_a_one_step_episode_has_no_bootstrap_at_any_gamma():
+    # the bandit's episodes end after one step: Q~ = r whatever gamma
+    assert _model_algo("hybrid_pg/CoupledBandit-v0", gamma=0.9).pathwise.exact
+
+
 def test_an_exact_model_with_a_value_bootstrap_is_a_learned_source():
     # Q~ = r + gamma V(s'): V is the learned value head, so dQ~/da carries its error
     algo = _model_algo("hybrid_pg/Pendulum-v0", gamma=0.9)

@@ -14,6 +14,10 @@ Ablation file (YAML; ``configs/ablate_pendulum.yaml`` is a full example)::
     eval_episodes: 10              # deterministic evaluation episodes after training (default 10)
     skip_updates: 0                # first updates left out of the gradient-variance medians (default 0)
     reference: reinforce           # the estimator every other one is compared with (default reinforce)
+    baseline:                      # optional: also write goals_<name>.md, every cell against this one
+      name: ppo                    #   (hybrid_pg.experiments.baseline_goals): IQM, P(improvement), steps
+      floor: reinforce             #   to its return, worst seeds; floor + floor_at_steps: each cell's
+      floor_at_steps: 100000       #   worst seed at that budget against the floor cell's worst
     normalize: false               # VecNormalize for every env (default false; an env entry may override)
     eval_freq: 0                   # env steps between evaluations during training (default 0: only at the end)
     algo:                          # settings shared by every cell (the algo section of `hybrid-pg
@@ -44,7 +48,10 @@ Runs are trained by the one run engine (:func:`hybrid_pg.experiments.runner.run_
 ``<env name>__<estimator name>``, each in its run directory under ``<out>/runs/`` (named by label,
 seed and a hash of the resolved config); each is deterministic given its seed. A run directory with
 a ``result.json`` is finished and never retrained; changing a cell's settings changes its runs'
-names, so they run again; adding seeds runs only the new ones.
+names, so they run again; adding seeds runs only the new ones. The name hashes the *resolved*
+settings, defaults included, so a release that adds a setting renames every HybridPG run and a grid
+reruns after such an upgrade: deliberately, since a run's name then says exactly which settings made
+it. ``--seeds`` trains only the seeds given, while the reports cover the file's seeds and those.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ __all__ = [
 
 TOP_LEVEL_KEYS = (
     "name",
+    "baseline",
     "output_dir",
     "seeds",
     "total_timesteps",
@@ -131,6 +139,15 @@ class Cell:
 
 
 @dataclasses.dataclass(frozen=True)
+class BaselineEntry:
+    """The optional ``baseline`` section: whose goals report to write."""
+
+    name: str
+    floor: Optional[str] = None
+    floor_at_steps: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Ablation:
     """A parsed ablation file (``cells`` is empty until :func:`validate_cells` fills it)."""
 
@@ -146,6 +163,10 @@ class Ablation:
     envs: Tuple[EnvEntry, ...]
     estimators: Tuple[EstimatorEntry, ...]
     cells: Tuple[Cell, ...] = ()
+    baseline: Optional[BaselineEntry] = None
+    #: the seeds the reports cover: the file's and any --seeds given (training extra seeds must not
+    #: shrink the tables to those seeds)
+    report_seeds: Tuple[int, ...] = ()
 
     def runs(self) -> List[Tuple[str, Dict[str, Any]]]:
         """(label, resolved run config) per cell and seed, env by env, estimator by estimator."""
@@ -325,12 +346,14 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
     names = [e.name for e in estimators]
     if reference not in names:
         raise ConfigError(f"reference={_show(reference)} is not one of the estimators {names}{suggest(reference, names)}")
+    baseline = _parse_baseline(raw["baseline"], names) if raw.get("baseline") is not None else None
+    file_seeds = _parse_seeds(raw.get("seeds", 1))
     if seeds is not None:
         seeds_t = tuple(_int(f"--seeds[{i}]", s, 0) for i, s in enumerate(seeds))
         if not seeds_t or len(set(seeds_t)) != len(seeds_t):
             raise ConfigError(f"--seeds must list distinct seeds, got {list(seeds_t)}")
     else:
-        seeds_t = _parse_seeds(raw.get("seeds", 1))
+        seeds_t = file_seeds
     return Ablation(
         name=name,
         output_dir=output_dir,
@@ -343,7 +366,26 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
         algo=_mapping("algo", raw.get("algo")),
         envs=envs,
         estimators=tuple(estimators),
+        baseline=baseline,
+        report_seeds=tuple(sorted(set(file_seeds) | set(seeds_t))),
     )
+
+
+def _parse_baseline(raw: Any, names: Sequence[str]) -> BaselineEntry:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    raw = _mapping("baseline", raw)
+    _known_keys("baseline", raw, ("name", "floor", "floor_at_steps"))
+    if "name" not in raw:
+        raise ConfigError("baseline.name is required (the estimator every cell is measured against)")
+    for key in ("name", "floor"):
+        value = raw.get(key)
+        if value is not None and value not in names:
+            raise ConfigError(f"baseline.{key}={_show(value)} is not one of the estimators {list(names)}{suggest(str(value), names)}")
+    if ("floor" in raw) != ("floor_at_steps" in raw):
+        raise ConfigError("baseline.floor and baseline.floor_at_steps go together (the floor is checked at that budget)")
+    at = _int("baseline.floor_at_steps", raw["floor_at_steps"], 1) if "floor_at_steps" in raw else None
+    return BaselineEntry(name=raw["name"], floor=raw.get("floor"), floor_at_steps=at)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -448,6 +490,22 @@ def selected_runs(ablation: Ablation, only: Optional[Sequence[str]] = None) -> L
     return [(label, cfg) for label, cfg in ablation.runs() if label in chosen]
 
 
+def finished_results(ablation: Ablation, runs_dir: Union[str, Path]) -> Dict[str, Dict[str, List[Dict[str, Any]]]]:
+    """Every finished run of the grid (the file's seeds and any --seeds), loaded: env name ->
+    estimator name -> runs (grid order)."""
+    from hybrid_pg.experiments.runner import is_finished, load_result, run_key
+
+    runs_dir = Path(runs_dir)
+    per_env: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+    for cell in ablation.cells:
+        for seed in ablation.report_seeds or ablation.seeds:
+            cfg = {**cell.config, "train": {**cell.config["train"], "seed": seed}}
+            run_dir = runs_dir / run_key(cell.label, cfg)
+            if is_finished(run_dir):
+                per_env.setdefault(cell.env.name, {}).setdefault(cell.estimator.name, []).append(load_result(run_dir, label=cell.label))
+    return per_env
+
+
 def run_ablation(
     ablation: Ablation,
     out_dir: Optional[Union[str, Path]] = None,
@@ -472,7 +530,7 @@ def run_ablation(
         while another invocation is filling the grid: it never touches an unfinished run).
     """
     from hybrid_pg.experiments.ablate_report import write_env_report, write_summary
-    from hybrid_pg.experiments.runner import is_finished, load_result, pending, run_grid, run_key, worker_count
+    from hybrid_pg.experiments.runner import pending, run_grid, worker_count
 
     out = Path(out_dir if out_dir is not None else ablation.output_dir)
     runs_dir = out / RUNS_SUBDIR
@@ -482,16 +540,12 @@ def run_ablation(
     if train:
         run_grid(runs, runs_dir, workers=n_workers, progress=progress, backend=backend, address=address)
     # the reports: every finished run of the whole grid (other estimators may come from earlier calls)
-    by_label: Dict[str, List[Dict[str, Any]]] = {}
-    for label, cfg in ablation.runs():
-        if is_finished(runs_dir / run_key(label, cfg)):
-            by_label.setdefault(label, []).append(load_result(runs_dir / run_key(label, cfg), label=label))
     written: List[Path] = []
-    per_env: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+    per_env = finished_results(ablation, runs_dir)
     for env in ablation.envs:
-        per_estimator = {est.name: by_label[f"{env.name}__{est.name}"] for est in ablation.estimators if f"{env.name}__{est.name}" in by_label}
-        if not per_estimator:
+        if env.name not in per_env:
             continue
+        per_estimator = dict(per_env[env.name])
         per_estimator.setdefault(ablation.reference, [])  # compared with nothing until the reference has runs
         per_env[env.name] = per_estimator
         written += write_env_report(
@@ -504,4 +558,9 @@ def run_ablation(
             total_timesteps=ablation.total_timesteps,
         )
     written += write_summary(out, per_env, ablation.reference)
+    if ablation.baseline is not None and per_env:
+        from hybrid_pg.experiments.baseline_goals import write_goals
+
+        b = ablation.baseline
+        written.append(write_goals(out, per_env, b.name, b.floor, b.floor_at_steps, ablation.skip_updates, title=ablation.name))
     return AblationResult(out_dir=out, runs_total=len(runs), runs_trained=len(todo), workers=n_workers or 0, written=written, backend=backend)

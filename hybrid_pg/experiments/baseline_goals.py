@@ -1,0 +1,270 @@
+"""A grid's cells against a baseline cell: the questions a benchmark's goals ask.
+
+``ablate``'s tables compare every cell with the file's ``reference`` (REINFORCE with the same
+update: what isolates the gradient). A user choosing an algorithm asks something else: does it beat
+the baseline they would otherwise run (SB3's PPO), how often, how much sooner, and does it ever
+collapse below it? Per env and estimator this module reports, from the finished runs only:
+
+* final return: mean and IQM over seeds with a 95% bootstrap CI (IQM from 4 runs on);
+* P(improvement) over the baseline: P(a run of the cell beats a run of the baseline on the same env),
+  ties half, with a bootstrap CI; aggregated over envs as a stratified bootstrap (envs as strata);
+* steps to the baseline's return: the first evaluation step at which the cell's mean evaluation
+  curve (over seeds, on the evaluation steps every run has) reaches the baseline's mean final return,
+  and that step over the baseline's own (the goal "in at most 0.5x the steps" reads this ratio);
+* worst seed: the cell's lowest final return against the baseline's lowest (a gain must not come
+  with collapses), and optionally, at an earlier budget, against a *floor* cell's lowest (the
+  hybrid against REINFORCE-with-the-same-update: the weight must never make learning worse than its
+  unbiased fallback);
+* the weight: the median over updates of ``hybrid/lambda`` and of ``hybrid/variance_ratio_vs_reinforce``.
+
+Nothing is called met with fewer than :data:`MIN_RUNS` runs on either side: the row says how many
+there are. Wall time is not read from grid runs (they share cores with whatever else ran); the cost
+ratios come from a side-by-side measurement (``examples/mujoco_cost.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from hybrid_pg.experiments.aggregate import Interval, iqm, iqm_is_informative, mean, probability_of_improvement, stratified_bootstrap_ci
+from hybrid_pg.experiments.results import median_over_updates
+
+#: runs per side before a goal can be called met (the project's rule against 2-3-seed verdicts)
+MIN_RUNS: int = 5
+EVALUATIONS_FILE = "evaluations.csv"
+
+Results = Dict[str, List[Dict[str, Any]]]  # estimator -> finished runs (runner.load_result dicts)
+
+
+def evaluation_curve(result: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """(steps, mean return) of a run's deterministic evaluations (``evaluations.csv``); empty
+    arrays when the run has none."""
+    path = Path(result["run_dir"]) / EVALUATIONS_FILE
+    if not path.is_file():
+        return np.empty(0), np.empty(0)
+    with path.open() as fh:
+        rows = [(float(r["timesteps"]), float(r["mean"])) for r in csv.DictReader(fh)]
+    rows.sort()
+    return np.array([s for s, _ in rows]), np.array([v for _, v in rows])
+
+
+def return_at(result: Mapping[str, Any], step: float) -> float:
+    """The run's evaluation return at the last evaluation at or before ``step`` (nan if none)."""
+    steps, values = evaluation_curve(result)
+    keep = steps <= step
+    return float(values[keep][-1]) if keep.any() else math.nan
+
+
+def mean_curve(results: Sequence[Mapping[str, Any]]) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean evaluation curve over runs, on the evaluation steps every run has."""
+    curves = [evaluation_curve(r) for r in results]
+    curves = [c for c in curves if c[0].size]
+    if not curves:
+        return np.empty(0), np.empty(0)
+    common = sorted(set(curves[0][0].tolist()).intersection(*(set(c[0].tolist()) for c in curves[1:])))
+    steps = np.array(common)
+    values = np.mean([[dict(zip(c[0].tolist(), c[1].tolist()))[s] for s in common] for c in curves], axis=0) if common else np.empty(0)
+    return steps, np.asarray(values, dtype=float)
+
+
+def steps_to_reach(results: Sequence[Mapping[str, Any]], target: float) -> float:
+    """First evaluation step at which the mean curve of ``results`` reaches ``target`` (nan: never)."""
+    steps, values = mean_curve(results)
+    hit = np.nonzero(values >= target)[0]
+    return float(steps[hit[0]]) if hit.size else math.nan
+
+
+def _finals(results: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    values = np.array([float(r["final_return"]) for r in results], dtype=float)
+    return values[np.isfinite(values)]
+
+
+def _interval(values: np.ndarray, statistic) -> Optional[Interval]:
+    if values.size == 0 or (statistic is iqm and not iqm_is_informative(values.size)):
+        return None
+    return stratified_bootstrap_ci([values], statistic=statistic)
+
+
+def _median_key(results: Sequence[Mapping[str, Any]], key: str, skip: int) -> float:
+    values = [median_over_updates(r, key, skip=skip) for r in results]
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.median(values)) if values else math.nan
+
+
+def cell_row(
+    name: str,
+    runs: Sequence[Mapping[str, Any]],
+    baseline_runs: Sequence[Mapping[str, Any]],
+    floor_runs: Optional[Sequence[Mapping[str, Any]]] = None,
+    at_steps: Optional[float] = None,
+    skip_updates: int = 0,
+) -> Dict[str, Any]:
+    """One estimator's numbers on one env against the baseline's (and the floor's at ``at_steps``)."""
+    finals, base = _finals(runs), _finals(baseline_runs)
+    row: Dict[str, Any] = {"estimator": name, "runs": int(finals.size), "baseline_runs": int(base.size)}
+    row["mean"], row["iqm"] = _interval(finals, mean), _interval(finals, iqm)
+    row["poi"] = probability_of_improvement([finals], [base]) if finals.size and base.size else None
+    target = float(np.mean(base)) if base.size else math.nan
+    own, theirs = steps_to_reach(runs, target), steps_to_reach(baseline_runs, target)
+    row["steps_to_baseline"] = own
+    row["steps_ratio"] = own / theirs if math.isfinite(own) and math.isfinite(theirs) and theirs > 0 else math.nan
+    row["worst"] = float(finals.min()) if finals.size else math.nan
+    row["baseline_worst"] = float(base.min()) if base.size else math.nan
+    if floor_runs is not None and at_steps is not None:
+        early = np.array([return_at(r, at_steps) for r in runs])
+        floor = np.array([return_at(r, at_steps) for r in floor_runs])
+        row["worst_at"] = float(np.nanmin(early)) if np.isfinite(early).any() else math.nan
+        row["floor_worst_at"] = float(np.nanmin(floor)) if np.isfinite(floor).any() else math.nan
+        row["floor_runs"] = int(np.isfinite(floor).sum())
+    row["lambda_median"] = _median_key(runs, "hybrid/lambda", skip_updates)
+    row["variance_ratio_median"] = _median_key(runs, "hybrid/variance_ratio_vs_reinforce", skip_updates)
+    return row
+
+
+def env_rows(
+    results: Results, baseline: str, floor: Optional[str] = None, at_steps: Optional[float] = None, skip_updates: int = 0
+) -> List[Dict[str, Any]]:
+    """Every estimator of one env (the baseline's own row included, for scale)."""
+    base = results.get(baseline, [])
+    floor_runs = results.get(floor) if floor is not None else None
+    return [cell_row(name, runs, base, floor_runs, at_steps, skip_updates) for name, runs in results.items()]
+
+
+def aggregate_poi(per_env: Mapping[str, Results], estimator: str, baseline: str) -> Optional[Interval]:
+    """P(improvement) over the baseline averaged over the envs where both have runs (stratified)."""
+    xs, ys = [], []
+    for results in per_env.values():
+        x, y = _finals(results.get(estimator, [])), _finals(results.get(baseline, []))
+        if x.size and y.size:
+            xs.append(x)
+            ys.append(y)
+    return probability_of_improvement(xs, ys) if xs else None
+
+
+def aggregate_normalised_iqm(per_env: Mapping[str, Results], estimator: str, baseline: str) -> Tuple[Optional[Interval], int]:
+    """IQM over all runs of final return / the baseline's mean final return on the run's env
+    (1 = the baseline's mean), stratified bootstrap over envs; and the number of envs used."""
+    strata = []
+    for results in per_env.values():
+        x, y = _finals(results.get(estimator, [])), _finals(results.get(baseline, []))
+        if x.size and y.size and np.mean(y) > 0:
+            strata.append(x / np.mean(y))
+    total = sum(s.size for s in strata)
+    if not strata or not iqm_is_informative(total):
+        return None, len(strata)
+    return stratified_bootstrap_ci(strata, statistic=iqm), len(strata)
+
+
+def goal_verdicts(per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], estimator: str, baseline: str) -> List[Tuple[str, str]]:
+    """The benchmark's goals for one estimator, each as (goal, reading). A goal is "met" or "not
+    met" only when every env has >= MIN_RUNS runs of both; otherwise the reading says what is missing."""
+    rows = {env: next((r for r in rs if r["estimator"] == estimator), None) for env, rs in per_env_rows.items()}
+    rows = {env: r for env, r in rows.items() if r is not None}
+    enough = bool(rows) and len(rows) == len(per_env_rows) and all(r["runs"] >= MIN_RUNS and r["baseline_runs"] >= MIN_RUNS for r in rows.values())
+    base_iqm = {env: next((r["iqm"] for r in per_env_rows[env] if r["estimator"] == baseline), None) for env in rows}
+    out: List[Tuple[str, str]] = []
+
+    def reading(flag: bool, detail: str) -> str:
+        if not enough:
+            counts = ", ".join(f"{env} {r['runs']}/{r['baseline_runs']}" for env, r in rows.items())
+            return f"not decided: fewer than {MIN_RUNS} runs per side ({counts}); so far {detail}"
+        return ("met" if flag else "not met") + f": {detail}"
+
+    above = {env: r["iqm"] is not None and base_iqm[env] is not None and r["iqm"].point > base_iqm[env].point for env, r in rows.items()}
+    out.append((f"IQM final return above {baseline}'s on every env", reading(all(above.values()), f"above on {sum(above.values())} of {len(rows)}")))
+    clear = {env: r["poi"] is not None and r["poi"].low > 0.5 for env, r in rows.items()}
+    out.append((f"P(improvement over {baseline}) > 0.5 with a CI excluding 0.5 on >= 2 envs", reading(sum(clear.values()) >= 2, f"on {sum(clear.values())}")))
+    fast = {env: math.isfinite(r["steps_ratio"]) and r["steps_ratio"] <= 0.5 for env, r in rows.items()}
+    out.append((f"{baseline}'s final return reached in <= 0.5x its steps on >= 1 env", reading(any(fast.values()), f"on {sum(fast.values())}")))
+    safe = {env: r["worst"] >= r["baseline_worst"] for env, r in rows.items()}
+    out.append((f"no seed below {baseline}'s worst seed", reading(all(safe.values()), f"below on {[e for e, ok in safe.items() if not ok] or 'none'}")))
+    return out
+
+
+def _fmt(x: Optional[Interval], digits: int = 0) -> str:
+    if x is None:
+        return "—"
+    return f"{x.point:.{digits}f} [{x.low:.{digits}f}, {x.high:.{digits}f}]"
+
+
+def _num(x: float, fmt: str = ".0f") -> str:
+    return "—" if x is None or not math.isfinite(x) else format(x, fmt)
+
+
+def markdown(
+    per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    per_env: Mapping[str, Results],
+    baseline: str,
+    floor: Optional[str] = None,
+    at_steps: Optional[float] = None,
+    title: str = "",
+) -> str:
+    lines = [f"# {title or 'Against the baseline'}: every cell against {baseline}", ""]
+    lines.append(
+        f"Final return: deterministic evaluation at the end of training, mean and IQM over seeds with a 95% bootstrap CI "
+        f"(IQM from 4 runs). P(impr.): probability that a run beats a run of {baseline} on the same env (ties half), 95% "
+        f"bootstrap CI. Steps to {baseline}: first evaluation step where the mean curve reaches {baseline}'s mean final return, "
+        f"and that over {baseline}'s own. lam, Var ratio: medians over updates (after the warm-up) and seeds of hybrid/lambda and "
+        f"of the applied gradient's variance over REINFORCE's on the same rollout. No goal is called with fewer than {MIN_RUNS} "
+        "runs per side."
+    )
+    for env, rows in per_env_rows.items():
+        lines += ["", f"## {env}", ""]
+        head = f"| estimator | runs | final: mean [CI] | final: IQM [CI] | P(impr. over {baseline}) [CI] | steps to {baseline} (ratio) | worst seed (vs {baseline}'s) |"
+        sep = "|---|---|---|---|---|---|---|"
+        if floor is not None and at_steps is not None:
+            head += f" worst at {at_steps:.0f} (vs {floor}'s) |"
+            sep += "---|"
+        head += " lam | Var ratio |"
+        sep += "---|---|"
+        lines += [head, sep]
+        for r in rows:
+            poi = "—" if r["estimator"] == baseline else _fmt(r["poi"], 2)
+            steps = f"{_num(r['steps_to_baseline'])} ({_num(r['steps_ratio'], '.2f')})"
+            cells = [r["estimator"], str(r["runs"]), _fmt(r["mean"]), _fmt(r["iqm"]), poi, steps, f"{_num(r['worst'])} ({_num(r['baseline_worst'])})"]
+            if floor is not None and at_steps is not None:
+                cells.append(f"{_num(r.get('worst_at', math.nan))} ({_num(r.get('floor_worst_at', math.nan))})")
+            cells += [_num(r["lambda_median"], ".2f"), _num(r["variance_ratio_median"], ".3f")]
+            lines.append("| " + " | ".join(cells) + " |")
+    estimators = [e for e in dict.fromkeys(name for rows in per_env_rows.values() for name in (r["estimator"] for r in rows)) if e != baseline]
+    lines += ["", "## Across envs", "", f"| estimator | IQM of final / {baseline}'s mean [CI] (envs) | P(impr. over {baseline}) [CI] |", "|---|---|---|"]
+    for est in estimators:
+        norm, n_envs = aggregate_normalised_iqm(per_env, est, baseline)
+        lines.append(f"| {est} | {_fmt(norm, 2)} ({n_envs}) | {_fmt(aggregate_poi(per_env, est, baseline), 2)} |")
+    lines += ["", "## Goals", ""]
+    for est in estimators:
+        for goal, verdict in goal_verdicts(per_env_rows, est, baseline):
+            lines.append(f"- **{est}**: {goal}: {verdict}")
+    if floor is not None and at_steps is not None:
+        lines += [""]
+        for est in estimators:
+            if est == floor:
+                continue
+            worse = [env for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est and _num(r.get("worst_at", math.nan)) != "—"
+                     and r["worst_at"] < r["floor_worst_at"]]
+            counts = [f"{env} {r['runs']}/{r.get('floor_runs', 0)}" for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est]
+            lines.append(f"- **{est}** at {at_steps:.0f} steps, worst seed vs {floor}'s worst: below on {worse or 'none'} (runs {', '.join(counts)})")
+    return "\n".join(lines) + "\n"
+
+
+def write_goals(
+    out_dir: Union[str, Path],
+    per_env: Mapping[str, Results],
+    baseline: str,
+    floor: Optional[str] = None,
+    at_steps: Optional[float] = None,
+    skip_updates: int = 0,
+    title: str = "",
+) -> Path:
+    """Write ``goals_<baseline>.md`` into ``out_dir`` and return its path."""
+    per_env_rows = {env: env_rows(results, baseline, floor, at_steps, skip_updates) for env, results in per_env.items()}
+    path = Path(out_dir) / f"goals_{baseline}.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(markdown(per_env_rows, per_env, baseline, floor, at_steps, title))
+    tmp.replace(path)
+    return path
