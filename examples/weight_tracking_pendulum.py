@@ -12,10 +12,10 @@ the window's warm-up, per source over seeds (mean [min, max]):
   differences: the weight's jitter);
 * ``lam - oracle``: the mean signed distance (the lag of a window shows as a sign).
 
-The script runs unchanged on the pre-refactor code (``--label before`` from its checkout), which
+The script runs unchanged on the pre-refactor code (``--label pre-refactor`` from its checkout), which
 logs ``hybrid/oracle_lambda`` only.
 
-    python examples/weight_tracking_pendulum.py --out docs/results/weight/pendulum --label after
+    python examples/weight_tracking_pendulum.py --out docs/results/weight/pendulum --label v0.3
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def summarise(run: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results/weight/pendulum"))
-    parser.add_argument("--label", default="after", help="subfolder of --out (e.g. before / after)")
+    parser.add_argument("--label", default="v0.3", help="subfolder of --out (e.g. pre-refactor / v0.3)")
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=40_000)
