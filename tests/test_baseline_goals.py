@@ -90,3 +90,12 @@ def test_the_floor_check_reads_the_worst_seed_at_the_budget(tmp_path):
     text = path.read_text()
     assert path.name == "goals_r.md" and "below on ['e']" in text and "not decided" in text
     assert np.isfinite(row["worst"])
+
+
+def test_one_run_gets_no_interval_and_no_probability(tmp_path):
+    base = _cell(tmp_path, "ppo", [100.0, 101.0])
+    one = _cell(tmp_path, "h", [150.0])
+    row = cell_row("h", one, base)
+    assert row["poi"] is None and row["mean"].point == 150.0 and math.isnan(row["mean"].low)
+    text = write_goals(tmp_path, {"e": {"ppo": base, "h": one}}, baseline="ppo").read_text()
+    assert "| h | 1 | 150 | — | — |" in text

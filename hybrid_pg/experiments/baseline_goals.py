@@ -87,6 +87,8 @@ def _finals(results: Sequence[Mapping[str, Any]]) -> np.ndarray:
 def _interval(values: np.ndarray, statistic) -> Optional[Interval]:
     if values.size == 0 or (statistic is iqm and not iqm_is_informative(values.size)):
         return None
+    if values.size == 1:  # a bootstrap of one value is that value: no interval to report
+        return Interval(float(values[0]), math.nan, math.nan)
     return stratified_bootstrap_ci([values], statistic=statistic)
 
 
@@ -108,7 +110,8 @@ def cell_row(
     finals, base = _finals(runs), _finals(baseline_runs)
     row: Dict[str, Any] = {"estimator": name, "runs": int(finals.size), "baseline_runs": int(base.size)}
     row["mean"], row["iqm"] = _interval(finals, mean), _interval(finals, iqm)
-    row["poi"] = probability_of_improvement([finals], [base]) if finals.size and base.size else None
+    # one run on either side: a comparison of two numbers, not a probability with an interval
+    row["poi"] = probability_of_improvement([finals], [base]) if finals.size > 1 and base.size > 1 else None
     target = float(np.mean(base)) if base.size else math.nan
     own, theirs = steps_to_reach(runs, target), steps_to_reach(baseline_runs, target)
     row["steps_to_baseline"] = own
@@ -140,7 +143,7 @@ def aggregate_poi(per_env: Mapping[str, Results], estimator: str, baseline: str)
     xs, ys = [], []
     for results in per_env.values():
         x, y = _finals(results.get(estimator, [])), _finals(results.get(baseline, []))
-        if x.size and y.size:
+        if x.size > 1 and y.size > 1:
             xs.append(x)
             ys.append(y)
     return probability_of_improvement(xs, ys) if xs else None
@@ -186,9 +189,17 @@ def goal_verdicts(per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], estim
     return out
 
 
+def _below_floor(row: Mapping[str, Any]) -> bool:
+    """The row's worst seed at the floor budget is below the floor cell's worst there (both known)."""
+    mine, floor = row.get("worst_at", math.nan), row.get("floor_worst_at", math.nan)
+    return math.isfinite(mine) and math.isfinite(floor) and mine < floor
+
+
 def _fmt(x: Optional[Interval], digits: int = 0) -> str:
     if x is None:
         return "—"
+    if not math.isfinite(x.low):
+        return f"{x.point:.{digits}f}"
     return f"{x.point:.{digits}f} [{x.low:.{digits}f}, {x.high:.{digits}f}]"
 
 
@@ -245,8 +256,7 @@ def markdown(
         for est in estimators:
             if est == floor:
                 continue
-            worse = [env for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est and _num(r.get("worst_at", math.nan)) != "—"
-                     and r["worst_at"] < r["floor_worst_at"]]
+            worse = [env for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est and _below_floor(r)]
             counts = [f"{env} {r['runs']}/{r.get('floor_runs', 0)}" for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est]
             lines.append(f"- **{est}** at {at_steps:.0f} steps, worst seed vs {floor}'s worst: below on {worse or 'none'} (runs {', '.join(counts)})")
     return "\n".join(lines) + "\n"
