@@ -14,6 +14,21 @@ calls an *update function* per tunable parameter (``IncrementUpdate``, ``RandomW
     env = make_nsgym_env("Pendulum-v1", {"m": IncrementUpdate(PeriodicScheduler(period=2000), k=0.05)}, schedule_seed=0)
     obs, info = env.reset(seed=0)           # obs: the Box state; info["env_params"] == {"m": ...}
 
+:class:`NSGymWrapper` is the same construction as a wrapper around a base env, with everything by
+name, so a run config can use it (``hybrid_pg.experiments.config`` calls it ``nsgym``)::
+
+    env:
+      id: Pendulum-v1
+      wrappers:
+        - name: nsgym
+          kwargs: {tunable_params: [m], scheduler: PeriodicScheduler, scheduler_kwargs: {period: 5000},
+                   update_fn: IncrementUpdate, update_kwargs: {k: 0.1}, steps_per_tick: 4, schedule_seed: 0}
+
+``tunable_params`` may also give each parameter its own rule,
+``{m: {update_fn: IncrementUpdate, update_kwargs: {k: 0.1}, scheduler: PeriodicScheduler,
+scheduler_kwargs: {period: 5000}}, g: {update_fn: LinearInterpolation, ...}}`` (a key a rule leaves
+out is the shared argument of that name).
+
 :class:`NSGymAdapter` turns such an env into one HybridPG (and any SB3 algorithm) trains on, with
 the clock protocol of :class:`hybrid_pg_envs.NonStationaryWrapper`:
 
@@ -80,6 +95,8 @@ NS-Gym's wrapper directly and the base env was made by ``gym.make``.
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -491,11 +508,22 @@ class NSGymAdapter(gym.Wrapper):
 
 
 # ---------------------------------------------------------------------------------------------
-# one-line construction
+# construction by names: NSGymWrapper (a config's env.wrappers entry) and make_nsgym_env
 # ---------------------------------------------------------------------------------------------
 
 UpdateSpec = Union[str, type, Callable[..., Any]]
 SchedulerSpec = Union[str, type, Any]
+
+#: the keys of one parameter's rule (its own entries, else NSGymWrapper's shared arguments of the same names)
+RULE_KEYS = ("update_fn", "update_kwargs", "scheduler", "scheduler_kwargs")
+#: NS-Gym schedulers that fire at isolated, known clock steps (the switch times of a study); the
+#: others fire at every step (ContinuousScheduler) or at random
+EVENT_SCHEDULERS = ("PeriodicScheduler", "DiscreteScheduler")
+
+
+def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    matches = difflib.get_close_matches(word, list(candidates), n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
 
 
 def _resolve(module: Any, spec: Any, what: str) -> Any:
@@ -504,7 +532,7 @@ def _resolve(module: Any, spec: Any, what: str) -> Any:
             return getattr(module, spec)
         except AttributeError:
             names = sorted(n for n in dir(module) if not n.startswith("_") and isinstance(getattr(module, n), type))
-            raise ValueError(f"unknown NS-Gym {what} {spec!r}; known: {names}") from None
+            raise ValueError(f"unknown NS-Gym {what} {spec!r}{_did_you_mean(spec, names)} (known: {names})") from None
     return spec
 
 
@@ -520,60 +548,81 @@ def _make_scheduler(scheduler: SchedulerSpec, kwargs: Mapping[str, Any]) -> Any:
     return scheduler(**kwargs)
 
 
-def make_nsgym_env(
-    env_id: Union[str, EnvSpec, gym.Env],
-    tunable_params: Union[Mapping[str, Any], Sequence[str]],
+def parameter_rules(
+    tunable_params: Union[str, Sequence[str], Mapping[str, Any]],
     *,
     scheduler: Optional[SchedulerSpec] = None,
     update_fn: Optional[UpdateSpec] = None,
     scheduler_kwargs: Optional[Mapping[str, Any]] = None,
     update_kwargs: Optional[Mapping[str, Any]] = None,
-    clock_start: int = 0,
-    steps_per_tick: int = 1,
-    schedule_seed: Optional[int] = None,
-    checkpoint_every: int = 1000,
-    make_kwargs: Optional[Mapping[str, Any]] = None,
-    render_mode: Optional[str] = None,
-    **ns_kwargs: Any,
-) -> NSGymAdapter:
-    """Build an NS-Gym env with NS-Gym's own wrapper, schedulers and update functions, adapted.
+) -> Dict[str, Any]:
+    """``{parameter: rule}`` from :class:`NSGymWrapper`'s arguments; builds nothing (no NS-Gym needed).
 
-    ``tunable_params`` is either NS-Gym's ``{parameter: update function}`` (instances, used as given)
-    or a list of parameter names that all get ``update_fn`` (an ``ns_gym.update_functions`` class or
-    its name, built as ``update_fn(scheduler, **update_kwargs)``) gated by ``scheduler`` (an
-    ``ns_gym.schedulers`` instance, class or name, with ``scheduler_kwargs``; each parameter gets its
-    own copy)::
+    ``tunable_params`` is a parameter name or a list of names (each gets the shared ``update_fn``,
+    ``update_kwargs``, ``scheduler`` and ``scheduler_kwargs``), or a mapping ``{name: rule}`` where a
+    rule is an NS-Gym update function (used as given) or a mapping with keys among :data:`RULE_KEYS`,
+    each missing one taken from the shared arguments. Mapping rules come back complete (every key of
+    :data:`RULE_KEYS`) and deep-copied."""
+    shared = {"update_fn": update_fn, "update_kwargs": update_kwargs, "scheduler": scheduler, "scheduler_kwargs": scheduler_kwargs}
+    if isinstance(tunable_params, str):
+        tunable_params = [tunable_params]
+    if isinstance(tunable_params, Mapping):
+        items = list(tunable_params.items())
+    elif isinstance(tunable_params, Sequence):
+        items = [(name, {}) for name in tunable_params]
+    else:
+        raise TypeError(f"tunable_params must be a parameter name, a list of names or a {{name: rule}} mapping, got {type(tunable_params).__name__}")
+    if not items:
+        raise ValueError("tunable_params is empty: nothing would drift (NS-Gym's NoUpdate holds a parameter still)")
+    rules: Dict[str, Any] = {}
+    for name, rule in items:
+        if not isinstance(name, str):
+            raise TypeError(f"tunable_params: a parameter name must be a string, got {name!r}")
+        if not isinstance(rule, Mapping):
+            rules[name] = rule  # an NS-Gym update function
+            continue
+        unknown = sorted(str(key) for key in set(rule) - set(RULE_KEYS))
+        if unknown:
+            raise ValueError(f"tunable_params[{name!r}] has unknown key(s) {unknown}{_did_you_mean(unknown[0], RULE_KEYS)} (a rule's keys: {list(RULE_KEYS)})")
+        merged = copy.deepcopy({key: rule[key] if key in rule else shared[key] for key in RULE_KEYS})
+        if merged["scheduler"] is None or merged["update_fn"] is None:
+            raise ValueError(f"parameter {name!r} needs scheduler= and update_fn= (its own or the shared ones)")
+        rules[name] = merged
+    if not any(isinstance(rule, Mapping) for rule in rules.values()) and any(value is not None for value in shared.values()):
+        raise ValueError("scheduler/update_fn (and their kwargs) are not used: every parameter of tunable_params has its own update function")
+    return rules
 
-        make_nsgym_env("Pendulum-v1", ["m", "l"], scheduler="PeriodicScheduler", scheduler_kwargs={"period": 5000},
-                       update_fn="IncrementUpdate", update_kwargs={"k": 0.05})
 
-    ``env_id`` may also be an ``EnvSpec`` or a gymnasium env already made. The wrapper is picked by the base env:
-    ``NSClassicControlWrapper`` (CartPole, Acrobot, MountainCar(Continuous), Pendulum) or
-    ``MujocoWrapper`` (Ant, HalfCheetah, Hopper, ...); ``ns_kwargs`` go to it (``scalar_reward``, ...).
-    The clock arguments go to :class:`NSGymAdapter`."""
-    _require_ns_gym()
+def _update_function(name: str, rule: Any) -> Any:
+    """The NS-Gym update function of one parameter's rule (an update function: itself)."""
+    if not isinstance(rule, Mapping):
+        return rule
     from ns_gym import update_functions
+
+    try:
+        make_fn = _resolve(update_functions, rule["update_fn"], "update function")
+        return make_fn(_make_scheduler(rule["scheduler"], rule["scheduler_kwargs"] or {}), **(rule["update_kwargs"] or {}))
+    except (TypeError, ValueError, AssertionError) as exc:  # NS-Gym checks its arguments with asserts
+        raise ValueError(f"tunable_params[{name!r}]: {type(exc).__name__}: {exc}") from exc
+
+
+def scheduler_events(rule: Mapping[str, Any], stop: int) -> Optional[List[int]]:
+    """The clock steps ``1 <= t < stop`` at which a (mapping) rule's NS-Gym scheduler fires, asked of
+    NS-Gym's scheduler itself, for the event schedulers (:data:`EVENT_SCHEDULERS`); None for the others
+    (they fire at every step or at random: no switch times). Step 0 is the start, not a switch."""
+    _require_ns_gym()
+    scheduler = _make_scheduler(rule["scheduler"], rule.get("scheduler_kwargs") or {})
+    if type(scheduler).__name__ not in EVENT_SCHEDULERS:
+        return None
+    return [t for t in range(1, int(stop)) if scheduler(t)]
+
+
+def _ns_wrap(env: gym.Env, fns: Dict[str, Any], ns_kwargs: Mapping[str, Any]) -> Any:
+    """NS-Gym's wrapper for ``env``'s kind (classic control or MuJoCo) around ``env``, driving ``fns``."""
     from ns_gym.base import MUJOCO_GETTERS, TUNABLE_PARAMS
     from ns_gym.wrappers import MujocoWrapper, NSClassicControlWrapper
 
-    if isinstance(tunable_params, Mapping):
-        if scheduler is not None or update_fn is not None or scheduler_kwargs or update_kwargs:
-            raise ValueError("scheduler/update_fn (and their kwargs) are for a list of parameter names, not a {name: update fn} mapping")
-        fns = dict(tunable_params)
-    else:
-        names = [tunable_params] if isinstance(tunable_params, str) else list(tunable_params)
-        if scheduler is None or update_fn is None:
-            raise ValueError("a list of parameter names needs scheduler= and update_fn=")
-        make_fn = _resolve(update_functions, update_fn, "update function")
-        fns = {name: make_fn(_make_scheduler(scheduler, scheduler_kwargs or {}), **(update_kwargs or {})) for name in names}
-    if not fns:
-        raise ValueError("tunable_params is empty: nothing would drift")
-
-    make_kwargs = dict(make_kwargs or {})
-    if render_mode is not None:
-        make_kwargs["render_mode"] = render_mode
-    base = gym.make(env_id, **make_kwargs) if isinstance(env_id, (str, EnvSpec)) else env_id
-    cls_name = base.unwrapped.__class__.__name__
+    cls_name = env.unwrapped.__class__.__name__
     if cls_name in MUJOCO_GETTERS:
         wrapper = MujocoWrapper
     elif cls_name in TUNABLE_PARAMS:
@@ -583,9 +632,98 @@ def make_nsgym_env(
     known = sorted(TUNABLE_PARAMS.get(cls_name, {}))
     unknown = sorted(set(fns) - set(known))
     if unknown:
-        raise ValueError(f"{cls_name} has no NS-Gym tunable parameter(s) {unknown}; tunable: {known}")
-    ns_env = wrapper(base, fns, **ns_kwargs)
-    return NSGymAdapter(ns_env, clock_start=clock_start, steps_per_tick=steps_per_tick, schedule_seed=schedule_seed, checkpoint_every=checkpoint_every)
+        raise ValueError(f"{cls_name} has no NS-Gym tunable parameter(s) {unknown}{_did_you_mean(unknown[0], known)}; tunable: {known}")
+    return wrapper(env, fns, **ns_kwargs)
 
 
-__all__ = ["NSGymAdapter", "find_ns_wrapper", "make_nsgym_env"]
+class NSGymWrapper(NSGymAdapter):
+    """NS-Gym's wrapper built by names around a *base* env, adapted (:class:`NSGymAdapter`): the
+    ``nsgym`` entry of a config's ``env.wrappers``::
+
+        env: {id: Pendulum-v1, wrappers: [{name: nsgym, kwargs: {tunable_params: [m], scheduler: PeriodicScheduler,
+              scheduler_kwargs: {period: 5000}, update_fn: IncrementUpdate, update_kwargs: {k: 0.1}, steps_per_tick: 4}}]}
+
+    :param env: the base env (``gym.make("Pendulum-v1")``, ``gym.make("HalfCheetah-v5")``, ...).
+    :param tunable_params: parameter names sharing ``update_fn``/``scheduler``, or ``{name: rule}``
+        with a rule per parameter (see :func:`parameter_rules`); names as in ``ns_gym.base.TUNABLE_PARAMS``.
+    :param scheduler, scheduler_kwargs: an ``ns_gym.schedulers`` class or its name (or an instance, then
+        without kwargs); each parameter gets its own.
+    :param update_fn, update_kwargs: an ``ns_gym.update_functions`` class or its name, built as
+        ``update_fn(scheduler, **update_kwargs)``.
+    :param clock_start, steps_per_tick, schedule_seed, checkpoint_every: :class:`NSGymAdapter`'s.
+    :param ns_kwargs: NS-Gym's wrapper settings (:data:`NS_KWARGS`); anything else is refused.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        tunable_params: Union[str, Sequence[str], Mapping[str, Any]],
+        *,
+        scheduler: Optional[SchedulerSpec] = None,
+        update_fn: Optional[UpdateSpec] = None,
+        scheduler_kwargs: Optional[Mapping[str, Any]] = None,
+        update_kwargs: Optional[Mapping[str, Any]] = None,
+        clock_start: int = 0,
+        steps_per_tick: int = 1,
+        schedule_seed: Optional[int] = None,
+        checkpoint_every: int = 1000,
+        **ns_kwargs: Any,
+    ):
+        _require_ns_gym()
+        unknown = sorted(set(ns_kwargs) - set(NS_KWARGS))
+        if unknown:  # NS-Gym's wrappers swallow unknown keywords: a typo would pass silently
+            known = [p for p in inspect.signature(NSGymWrapper.__init__).parameters if p not in ("self", "env", "ns_kwargs")] + list(NS_KWARGS)
+            raise TypeError(f"NSGymWrapper got unknown argument(s) {unknown}{_did_you_mean(unknown[0], known)} (its arguments: {known})")
+        rules = parameter_rules(
+            tunable_params, scheduler=scheduler, update_fn=update_fn, scheduler_kwargs=scheduler_kwargs, update_kwargs=update_kwargs
+        )
+        fns = {name: _update_function(name, rule) for name, rule in rules.items()}
+        super().__init__(
+            _ns_wrap(env, fns, ns_kwargs),
+            clock_start=clock_start,
+            steps_per_tick=steps_per_tick,
+            schedule_seed=schedule_seed,
+            checkpoint_every=checkpoint_every,
+        )
+
+
+def make_nsgym_env(
+    env_id: Union[str, EnvSpec, gym.Env],
+    tunable_params: Union[str, Sequence[str], Mapping[str, Any]],
+    *,
+    make_kwargs: Optional[Mapping[str, Any]] = None,
+    render_mode: Optional[str] = None,
+    **kwargs: Any,
+) -> NSGymWrapper:
+    """Build an NS-Gym env with NS-Gym's own wrapper, schedulers and update functions, adapted:
+    :class:`NSGymWrapper` around ``gym.make(env_id, **make_kwargs)``.
+
+    ``tunable_params`` is either NS-Gym's ``{parameter: update function}`` (instances, used as given),
+    a list of parameter names that all get ``update_fn`` (an ``ns_gym.update_functions`` class or its
+    name, built as ``update_fn(scheduler, **update_kwargs)``) gated by ``scheduler`` (an
+    ``ns_gym.schedulers`` instance, class or name, with ``scheduler_kwargs``; each parameter gets its
+    own copy), or ``{parameter: {update_fn, update_kwargs, scheduler, scheduler_kwargs}}`` (a rule
+    per parameter)::
+
+        make_nsgym_env("Pendulum-v1", ["m", "l"], scheduler="PeriodicScheduler", scheduler_kwargs={"period": 5000},
+                       update_fn="IncrementUpdate", update_kwargs={"k": 0.05})
+
+    ``env_id`` may also be an ``EnvSpec`` or a gymnasium env already made. The wrapper is picked by the base env:
+    ``NSClassicControlWrapper`` (CartPole, Acrobot, MountainCar(Continuous), Pendulum) or
+    ``MujocoWrapper`` (Ant, HalfCheetah, Hopper, ...). ``kwargs`` are :class:`NSGymWrapper`'s (the
+    rules' shared arguments, the clock arguments, NS-Gym's wrapper settings such as ``scalar_reward``)."""
+    _require_ns_gym()
+    make_kwargs = dict(make_kwargs or {})
+    if render_mode is not None:
+        make_kwargs["render_mode"] = render_mode
+    made = isinstance(env_id, (str, EnvSpec))
+    base = gym.make(env_id, **make_kwargs) if made else env_id
+    try:
+        return NSGymWrapper(base, tunable_params, **kwargs)
+    except Exception:
+        if made:
+            base.close()
+        raise
+
+
+__all__ = ["EVENT_SCHEDULERS", "NSGymAdapter", "NSGymWrapper", "RULE_KEYS", "find_ns_wrapper", "make_nsgym_env", "parameter_rules", "scheduler_events"]

@@ -1,7 +1,8 @@
 """lam under non-stationarity on control tasks (Pendulum, HalfCheetah), and the paper's question.
 
 Runs the grid of ``configs/nonstationary_control.yaml`` per task: envs (a stationary one and
-non-stationary versions of the same task, through ``NonStationaryWrapper``) x cells (HybridPG's
+non-stationary versions of the same task, through ``NonStationaryWrapper``, or, for a task with
+``schedules_via: nsgym``, through NS-Gym's own wrapper, schedulers and update functions) x cells (HybridPG's
 hybrid with each lam window mode, REINFORCE with the same update, SB3's PPO) x seeds, with the one
 resumable run engine (:func:`hybrid_pg.experiments.runner.run_grid`). The hybrid runs carry the
 oracle (lam*, variance- and MSE-optimal, with jackknife standard errors) and, on the moving envs, the
@@ -29,6 +30,18 @@ trains nothing (safe while a grid is running), and every table says how many run
     python examples/nonstationary_control_study.py configs/nonstationary_control.yaml --task pendulum --workers 1
     python examples/nonstationary_control_study.py configs/nonstationary_control.yaml --report-only
     python examples/nonstationary_control_study.py configs/nonstationary_control.yaml --quick --task pendulum --out /tmp/q
+
+NS-Gym tasks (``nsgym_pendulum``, ``nsgym_halfcheetah``; the ``[nsgym]`` extra, in its own venv): each
+env entry is the kwargs of the ``nsgym`` config wrapper (:class:`hybrid_pg_envs.nsgym.NSGymWrapper`)
+without the clock arguments; the study sets ``steps_per_tick = n_envs`` and, unless the entry says,
+``schedule_seed`` = the run's seed. NS-Gym refuses an empty set of parameters, so a stationary env is
+NS-Gym's wrapper with ``NoUpdate`` (the same wrapper stack as the moving envs, the parameter held).
+Switch times for the recovery metric are the steps at which an event scheduler (``PeriodicScheduler``,
+``DiscreteScheduler``) fires; a parameter moved at every step (``ContinuousScheduler``) has none, and the
+report marks its recovery n/a.
+
+    python examples/nonstationary_control_study.py configs/nonstationary_control.yaml --task nsgym_pendulum --workers 1
+    python examples/nonstationary_control_study.py configs/nonstationary_control.yaml --task nsgym_halfcheetah --workers 1
 """
 
 from __future__ import annotations
@@ -78,27 +91,86 @@ def cells(cfg: Mapping[str, Any]) -> List[str]:
     return out
 
 
-def is_stationary(schedules: Mapping[str, Any]) -> bool:
-    return all(isinstance(s, (int, float)) or s.get("kind") == "constant" for s in schedules.values())
+def _via_nsgym(task: Mapping[str, Any]) -> bool:
+    return task.get("schedules_via", "wrapper") == "nsgym"
 
 
-def moving_parameter(schedules: Mapping[str, Any]) -> str:
-    """The parameter an env's figures and switch times follow: its first non-constant one."""
-    for name, sched in schedules.items():
-        if isinstance(sched, dict) and sched.get("kind") != "constant":
-            return name
-    return next(iter(schedules))
+def env_rules(task: Mapping[str, Any], env_name: str) -> Dict[str, Any]:
+    """{parameter: how it moves} of an env of a task: its NonStationaryWrapper schedules, or (NS-Gym
+    tasks) its per-parameter NS-Gym rules ``{update_fn, update_kwargs, scheduler, scheduler_kwargs}``
+    with the entry's shared arguments filled in (:func:`hybrid_pg_envs.nsgym.parameter_rules`)."""
+    entry = task["envs"][env_name]
+    if not _via_nsgym(task):
+        return dict(entry)
+    from hybrid_pg_envs.nsgym import RULE_KEYS, parameter_rules
+
+    return parameter_rules(entry["tunable_params"], **{k: v for k, v in entry.items() if k in RULE_KEYS})
+
+
+def _is_still(rule: Any) -> bool:
+    """A parameter that does not move: a number or a ``constant`` schedule, or NS-Gym's ``NoUpdate``."""
+    if isinstance(rule, (int, float)):
+        return True
+    if not isinstance(rule, Mapping):  # an NS-Gym update function given as an object
+        return type(rule).__name__ == "NoUpdate"
+    if "kind" in rule:
+        return rule["kind"] == "constant"
+    update_fn = rule.get("update_fn")
+    return getattr(update_fn, "__name__", update_fn) == "NoUpdate"
+
+
+def is_stationary(rules: Mapping[str, Any]) -> bool:
+    return all(_is_still(rule) for rule in rules.values())
+
+
+def moving_parameter(rules: Mapping[str, Any]) -> str:
+    """The parameter an env's figures and switch times follow: its first moving one."""
+    return next((name for name, rule in rules.items() if not _is_still(rule)), next(iter(rules)))
+
+
+def switch_times(task: Mapping[str, Any], env_name: str) -> List[float]:
+    """The clock steps (= training steps: the clock counts global steps) at which the moving parameter
+    switches, for the recovery metric: a ``switch`` schedule's switches; for NS-Gym rules the steps
+    1 <= t < total at which an event scheduler (PeriodicScheduler: every ``period`` steps from
+    ``start``; DiscreteScheduler: its events) fires, asked of NS-Gym's scheduler. A parameter that
+    changes continually (a linear drift, NS-Gym's ContinuousScheduler) has none: recovery does not
+    apply there."""
+    rules = env_rules(task, env_name)
+    name = moving_parameter(rules)
+    rule, total = rules[name], int(task["total_timesteps"])
+    if not _via_nsgym(task):
+        return switch_steps(rule, total)
+    if _is_still(rule) or not isinstance(rule, Mapping):  # (an update function object: its schedule is not readable)
+        return []
+    from hybrid_pg_envs.nsgym import scheduler_events
+
+    return [float(t) for t in scheduler_events(rule, total) or []]
+
+
+def _env_section(task: Mapping[str, Any], env_name: str, seed: int) -> Dict[str, Any]:
+    """The run config's env section: the task's id and the env's schedules through the task's route,
+    with the clock counting global steps (``steps_per_tick = n_envs``)."""
+    entry = copy.deepcopy(task["envs"][env_name])
+    env: Dict[str, Any] = {"id": task["env_id"], "n_envs": int(task["n_envs"]), "normalize": bool(task.get("normalize", False))}
+    via = task.get("schedules_via", "wrapper")
+    if via == "nsgym":
+        clock_args = sorted({"clock_start", "steps_per_tick"} & set(entry))
+        if clock_args:
+            raise ValueError(f"{env_name}: {clock_args} are set by the study (steps_per_tick = n_envs, the clock from 0)")
+        # random NS-Gym update functions are seeded by the run's seed: the same path in every cell of a seed
+        env["wrappers"] = [{"name": "nsgym", "kwargs": {"schedule_seed": int(seed), **entry, "steps_per_tick": int(task["n_envs"])}}]
+        return env
+    ns_kwargs = {"schedules": entry, "steps_per_tick": int(task["n_envs"])}
+    if via == "env_kwargs":
+        env["env_kwargs"] = ns_kwargs
+    else:
+        env["wrappers"] = [{"name": "nonstationary", "kwargs": ns_kwargs}]
+    return env
 
 
 def run_config_for(task: Mapping[str, Any], cfg: Mapping[str, Any], env_name: str, cell: str, seed: int) -> Dict[str, Any]:
     """The resolved run config of one (env, cell, seed) of a task."""
-    schedules = copy.deepcopy(task["envs"][env_name])
-    env: Dict[str, Any] = {"id": task["env_id"], "n_envs": int(task["n_envs"]), "normalize": bool(task.get("normalize", False))}
-    ns_kwargs = {"schedules": schedules, "steps_per_tick": int(task["n_envs"])}  # the clock counts global steps
-    if task.get("schedules_via", "wrapper") == "env_kwargs":
-        env["env_kwargs"] = ns_kwargs
-    else:
-        env["wrappers"] = [{"name": "nonstationary", "kwargs": ns_kwargs}]
+    env = _env_section(task, env_name, seed)
     algo: Dict[str, Any] = dict(task["algo"])
     if cell == "ppo":
         algo["algorithm"] = "ppo"
@@ -108,7 +180,7 @@ def run_config_for(task: Mapping[str, Any], cfg: Mapping[str, Any], env_name: st
             algo["estimator"] = "reinforce"
         else:
             algo.update(estimator="hybrid", **cfg["modes"][cell[len("hybrid_") :]], **task.get("oracle", {}))
-            if is_stationary(schedules):
+            if is_stationary(env_rules(task, env_name)):
                 algo.pop("oracle_frozen_clock", None)  # the frozen copy would equal the live one
     train = {"total_timesteps": int(task["total_timesteps"]), "seed": int(seed),
              "eval_freq": int(task.get("eval_freq", 0)), "eval_episodes": int(task.get("eval_episodes", 5))}
@@ -150,8 +222,19 @@ def quick_config(cfg: Mapping[str, Any]) -> Dict[str, Any]:
         task["algo"].update(n_steps=50, batch_size=50, n_epochs=1)
         task["oracle"] = {**task.get("oracle", {}), "oracle_freq": 1, "oracle_samples": 64}
         task["hybrid_algo"] = {**task.get("hybrid_algo", {}), "lambda_warmup": 1}
-        for schedules in task["envs"].values():
-            for sched in schedules.values():
+        for env_name, entry in task["envs"].items():
+            if _via_nsgym(task):  # each parameter's own rule, its period and interpolation span shrunk
+                rules = env_rules(task, env_name)
+                from hybrid_pg_envs.nsgym import RULE_KEYS
+
+                task["envs"][env_name] = {**{k: v for k, v in entry.items() if k not in RULE_KEYS}, "tunable_params": rules}
+                for rule in rules.values():
+                    if "period" in (rule["scheduler_kwargs"] or {}):
+                        rule["scheduler_kwargs"]["period"] = steps // 3
+                    if "T" in (rule["update_kwargs"] or {}):
+                        rule["update_kwargs"]["T"] = steps
+                continue
+            for sched in entry.values():
                 if isinstance(sched, dict) and sched.get("kind") == "switch":
                     sched["every"] = steps // 3
                 elif isinstance(sched, dict) and "duration" in sched:
@@ -198,9 +281,8 @@ def _oracle_warmup(cfg_algo: Mapping[str, Any]) -> int:
 
 def tracking_rows(task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mapping[int, Mapping[str, Any]]], cfg: Mapping[str, Any]) -> List[Dict[str, Any]]:
     rows = []
-    total = int(task["total_timesteps"])
-    for env_name, schedules in task["envs"].items():
-        switches = switch_steps(schedules.get(moving_parameter(schedules)), total)
+    for env_name in task["envs"]:
+        switches = switch_times(task, env_name)
         for mode in cfg["modes"]:
             runs = grouped.get((env_name, f"hybrid_{mode}"), {})
             if not runs:
@@ -216,7 +298,7 @@ def tracking_rows(task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Map
             rec = [recovery_times(r, switches) for r in rs]
             flat = [t for per in rec for t in per]
             rows.append({
-                "env": env_name, "mode": mode, "runs": len(rs), "seeds": seeds,
+                "env": env_name, "mode": mode, "runs": len(rs), "seeds": seeds, "switches": switches,
                 "error_to_oracle": _mean_ci(errors),
                 "error_to_lam_var": nanmean([nanmean(after_warmup(r, "hybrid/oracle_error_applied_var", warm).tolist()) for r in rs]),
                 "error_to_lam_mse": nanmean([nanmean(after_warmup(r, "hybrid/oracle_error_applied_mse", warm).tolist()) for r in rs]),
@@ -321,12 +403,15 @@ def report(task_name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], trac
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in tracking:
         rec = " / ".join(", ".join("-" if t is None else f"{t:.0f}" for t in per) for per in zip(*r["recovery_per_switch"])) if r["recovery_per_switch"] and r["recovery_per_switch"][0] else ""
+        if not r.get("switches", True):
+            rec = "n/a (no switches)"
         recovered = "" if not math.isfinite(r["recovered_fraction"]) else f"{100 * r['recovered_fraction']:.0f}%"
         out.append(f"| {r['env']} | {r['mode']} | {r['runs']} | {_ci(r['error_to_oracle'], '.3f')} | {_f(r['error_to_lam_var'])} | {_f(r['error_to_lam_mse'])} | "
                    f"{_f(r['oracle_se_var'])} / {_f(r['oracle_se_mse'])} | {_f(r['lag_oracle_updates'], '.1f')} | {rec} | {recovered} | "
                    f"{_f(r['env_drift_share'])} | {_f(r['policy_drift_spread'])} | {_f(r['mean_lambda'])} |")
     out += ["", "Recovery: oracle updates on post-switch rollouts until abs(lam - lam*) <= 0.05 for 3 in a row "
-            "(\"-\": not before the next switch or the end); switches separated by \"/\", seeds by \",\". "
+            "(\"-\": not before the next switch or the end); switches separated by \"/\", seeds by \",\"; "
+            "\"n/a\": the parameter does not switch (held, or drifting continually: a linear drift, NS-Gym's ContinuousScheduler). "
             "Lag: the shift (oracle updates) that best aligns the applied lam with lam*; it means nothing where lam* barely moves "
             "(every shift fits about equally).", "",
             "## Returns (mean over seeds [95% bootstrap CI over seeds], n runs)", "",
@@ -360,14 +445,13 @@ def _first_seed(runs: Mapping[int, Mapping[str, Any]]) -> Optional[Mapping[str, 
 
 
 def _overlay(ax: Any, task: Mapping[str, Any], env_name: str, run: Mapping[str, Any]) -> None:
-    schedules = task["envs"][env_name]
-    param = moving_parameter(schedules)
+    param = moving_parameter(env_rules(task, env_name))
     steps, values = update_series(run, f"env/{param}")
     if steps.size:
         twin = ax.twinx()
         twin.plot(steps, values, color="grey", alpha=0.35, lw=3)
         twin.set_ylabel(f"{param} (env)", color="grey")
-    for s in switch_steps(schedules.get(param), int(task["total_timesteps"])):
+    for s in switch_times(task, env_name):
         ax.axvline(s, color="red", alpha=0.3)
 
 

@@ -56,3 +56,26 @@ def test_yaml_python_tags_are_refused(tmp_path, no_system):
     with pytest.raises(ConfigError):
         read_config_file(bad)
     assert no_system == []
+
+
+def test_the_nsgym_alias_without_ns_gym_says_what_to_install(tmp_path, monkeypatch, capsys):
+    """Without NS-Gym (simulated where it is installed) the alias still resolves (hybrid_pg_envs.nsgym
+    imports it lazily) and building the env is a ConfigError saying what to install, not a traceback."""
+    import sys
+
+    from hybrid_pg.experiments import cli
+
+    monkeypatch.setitem(sys.modules, "ns_gym", None)  # `import ns_gym` raises ImportError
+    assert issubclass(resolve_wrapper("nsgym"), gym.Wrapper)
+    path = tmp_path / "nsgym.yaml"
+    path.write_text(
+        "env: {id: Pendulum-v1, wrappers: [{name: nsgym, kwargs: {tunable_params: [m], scheduler: PeriodicScheduler, "
+        "scheduler_kwargs: {period: 5000}, update_fn: IncrementUpdate, update_kwargs: {k: 0.1}}}]}\n"
+        f"train: {{total_timesteps: 10}}\noutput: {{dir: {tmp_path / 'runs'}}}\n"
+    )
+    with pytest.raises(ConfigError, match=r'env.wrappers\[0\] \(nsgym\) cannot be built here: NS-Gym is not installed: pip install -e "\.\[nsgym\]"'):
+        check_env(resolve_config(read_config_file(path)))
+    assert cli.main(["train", str(path)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert 'pip install -e ".[nsgym]"' in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

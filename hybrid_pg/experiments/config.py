@@ -9,6 +9,7 @@ A config is a YAML mapping with four sections::
       normalize: false            # VecNormalize (observations and rewards; its discount is algo.gamma)
       env_kwargs: {}              # keyword arguments of gymnasium.make
       wrappers: []                # [{name: nonstationary, kwargs: {schedules: {g: {kind: sinusoid, ...}}}}, ...]
+                                  # (aliases: nonstationary, nsgym; else "package.module:Class")
     algo:
       algorithm: hybrid_pg        # hybrid_pg | ppo | a2c (SB3's, same env, network and normalisation)
       policy: MlpPolicy           # "MlpPolicy", "CnnPolicy" or "MultiInputPolicy"
@@ -352,7 +353,11 @@ class _Section(BaseModel):
 
 
 #: short names for the wrappers most configs need; anything else is "package.module:Class"
-WRAPPER_ALIASES = {"nonstationary": "hybrid_pg_envs.nonstationary:NonStationaryWrapper"}
+WRAPPER_ALIASES = {
+    "nonstationary": "hybrid_pg_envs.nonstationary:NonStationaryWrapper",
+    # NS-Gym's wrapper, schedulers and update functions by name around the base env (needs the [nsgym] extra)
+    "nsgym": "hybrid_pg_envs.nsgym:NSGymWrapper",
+}
 
 
 def resolve_wrapper(name: str) -> Any:
@@ -641,6 +646,9 @@ def check_env(config: Mapping[str, Any]) -> None:
     for i, item in enumerate(config["env"].get("wrappers", [])):
         try:
             env = apply_wrappers(env, [item])
+        except ImportError as exc:  # a wrapper whose optional dependency is missing says what to install
+            env.close()
+            raise ConfigError(f"env.wrappers[{i}] ({item['name']}) cannot be built here: {exc}") from exc
         except Exception as exc:
             env.close()
             raise ConfigError(f"env.wrappers[{i}] ({item['name']}) rejected its kwargs: {type(exc).__name__}: {exc}") from exc
