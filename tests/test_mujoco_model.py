@@ -1,7 +1,7 @@
 """The differentiable MuJoCo step model (hybrid_pg_envs.mujoco_model) against the real envs."""
 
-from __future__ import math
-import annotations
+from __future__ import annotations
+import math
 
 import pickle
 
