@@ -1,8 +1,8 @@
 """The differentiable MuJoCo step model (hybrid_pg_envs.mujoco_model) against the real envs."""
 
 from __future__ import annotations
-import math
 
+import math
 import pickle
 
 import numpy as np
