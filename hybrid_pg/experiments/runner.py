@@ -38,6 +38,7 @@ import platform
 import shutil
 import subprocess
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -65,12 +66,14 @@ __all__ = [
     "available_cores",
     "build_model",
     "check_buildable",
+    "claim_run",
     "is_finished",
     "load_result",
     "make_env",
     "make_vec_env_from",
     "pending",
     "provenance",
+    "release_run",
     "run",
     "run_grid",
     "run_key",
@@ -410,12 +413,75 @@ def pending(runs: Grid, out_dir: Union[str, Path]) -> List[Tuple[str, Mapping[st
     return [(label, cfg) for label, cfg in runs if not is_finished(Path(out_dir) / run_key(label, cfg))]
 
 
-def _run_fresh(config: Mapping[str, Any], run_dir: str) -> str:
-    """A grid worker: clear what an unfinished earlier attempt left, train with one torch thread."""
+#: a run being trained holds ``<run dir>.lock`` (``pid@host``): two grid invocations filling the same
+#: folder (two terminals, two sessions) never train, or wipe, the same run
+LOCK_SUFFIX = ".lock"
+
+
+def _lock_path(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + LOCK_SUFFIX)
+
+
+def _lock_is_live(lock: Path) -> bool:
+    """Whether the process named in ``lock`` still runs. A lock from another host cannot be checked
+    and counts as live; an unreadable or half-written one younger than a minute too (its writer may
+    be between creating and writing it); otherwise a dead pid makes it stale."""
+    try:
+        owner = lock.read_text().strip()
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    pid_text, _, host = owner.partition("@")
+    if not pid_text.isdigit():
+        return age < 60.0
+    if host != platform.node():
+        return True
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def claim_run(run_dir: Union[str, Path]) -> bool:
+    """Claim a run for this process by creating its lock file exclusively; a stale lock (its process
+    is gone) is taken over. False: another live process is training this run."""
+    lock = _lock_path(Path(run_dir))
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _lock_is_live(lock):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}@{platform.node()}")
+        return True
+    return False
+
+
+def release_run(run_dir: Union[str, Path]) -> None:
+    _lock_path(Path(run_dir)).unlink(missing_ok=True)
+
+
+def _run_fresh(config: Mapping[str, Any], run_dir: str) -> Optional[str]:
+    """A grid worker: claim the run (None: another live process trains it), clear what an
+    unfinished earlier attempt left, train with one torch thread."""
     path = Path(run_dir)
-    if path.exists():
-        shutil.rmtree(path)
-    run({**config, "train": {**config["train"], "torch_threads": 1, "progress_bar": False}}, path, quiet=True)
+    if not claim_run(path):
+        return None
+    try:
+        if is_finished(path):  # finished by another process between our listing and our claim
+            return run_dir
+        if path.exists():
+            shutil.rmtree(path)
+        run({**config, "train": {**config["train"], "torch_threads": 1, "progress_bar": False}}, path, quiet=True)
+    finally:
+        release_run(path)
     return run_dir
 
 
@@ -440,7 +506,8 @@ def run_grid(
     max_retries: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """Train every run without a finished directory under ``out_dir`` and return every run's
-    :func:`load_result`, in order, labelled.
+    :func:`load_result`, in order, labelled. A run another live process is training (it holds the
+    run's lock, see :func:`claim_run`) is left to it, with a warning, and is not returned.
 
     ``backend="local"`` (default): up to ``workers`` spawned processes on this machine, one torch
     thread each, never more than the cores; a failed run raises after the others finished.
@@ -471,7 +538,10 @@ def run_grid(
         run_cells(cells, out, _run_fresh, address=address, workers=workers, max_retries=retries, progress=progress, result_file=RESULT_FILE)
     elif todo:
         _run_local(todo, out, worker_count(workers, len(todo)), progress)
-    return [load_result(out / key, label=label) for key, (label, _) in zip(keys, runs)]
+    held = [key for key in keys if not is_finished(out / key) and _lock_path(out / key).exists()]
+    if held:
+        warnings.warn(f"{len(held)} run(s) left to another live process that holds their lock: {', '.join(held)}", stacklevel=2)
+    return [load_result(out / key, label=label) for key, (label, _) in zip(keys, runs) if key not in held]
 
 
 def _run_local(todo: Grid, out: Path, n_workers: int, progress: bool) -> None:

@@ -1,0 +1,75 @@
+"""Two grid invocations on one folder: a run being trained is claimed by a lock file, never trained
+twice or wiped by the other; a lock left by a dead process is taken over."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import hybrid_pg.experiments.runner as runner
+from hybrid_pg.experiments.runner import claim_run, release_run
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _fake_run(calls):
+    def fake(config, run_dir, quiet=True):
+        calls.append(Path(run_dir).name)
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / runner.RESULT_FILE).write_text("{}")
+
+    return fake
+
+
+def test_a_live_lock_keeps_the_run_and_its_directory_away_from_a_second_process(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "run", _fake_run(calls))
+    run_dir = tmp_path / "cell_s0_abc"
+    run_dir.mkdir()
+    (run_dir / "progress.csv").write_text("being written by the other process\n")
+    assert claim_run(run_dir)  # the "other process" is this one: alive
+    assert runner._run_fresh({"train": {}}, str(run_dir)) is None
+    assert calls == [] and (run_dir / "progress.csv").is_file()  # not trained, not wiped
+    release_run(run_dir)
+    assert runner._run_fresh({"train": {}}, str(run_dir)) == str(run_dir)
+    assert calls == ["cell_s0_abc"] and not (tmp_path / "cell_s0_abc.lock").exists()
+
+
+def test_a_lock_of_a_dead_process_is_taken_over(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "run", _fake_run(calls))
+    run_dir = tmp_path / "cell_s1_abc"
+    (tmp_path / "cell_s1_abc.lock").write_text(f"{_dead_pid()}@{runner.platform.node()}")
+    assert runner._run_fresh({"train": {}}, str(run_dir)) == str(run_dir)
+    assert calls == ["cell_s1_abc"] and runner.is_finished(run_dir)
+
+
+def test_claims_are_exclusive_and_a_foreign_host_counts_as_live(tmp_path):
+    run_dir = tmp_path / "r"
+    assert claim_run(run_dir) and not claim_run(run_dir)
+    assert (tmp_path / "r.lock").read_text() == f"{os.getpid()}@{runner.platform.node()}"
+    release_run(run_dir)
+    (tmp_path / "r.lock").write_text("1234@some-other-machine")
+    assert not claim_run(run_dir)
+
+
+def test_the_grid_leaves_a_held_run_to_its_owner_and_says_so(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "run", _fake_run(calls))
+    monkeypatch.setattr(runner, "load_result", lambda path, label=None: {"key": Path(path).name})
+    grid = [("a", {"env": {}, "algo": {}, "train": {"seed": s}}) for s in (0, 1)]
+    held = tmp_path / runner.run_key(*grid[1])
+    assert claim_run(held)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = runner.run_grid(grid, tmp_path, workers=1, progress=False)
+    assert [r["key"] for r in results] == [runner.run_key(*grid[0])]
+    assert calls == [runner.run_key(*grid[0])]
+    assert any("another live process" in str(w.message) for w in caught)
