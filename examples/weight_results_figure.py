@@ -15,16 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from hybrid_pg.experiments.figure_io import save_figure
 
 
 def _save(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print("wrote", path)
+    print("wrote", save_figure(fig, path, dpi=110, tight=True))
 
 
 def bandit_figure(labelled: dict, out: Path, seed_index: int = 0) -> None:
