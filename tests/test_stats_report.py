@@ -141,3 +141,15 @@ def test_summary_of_a_partially_filled_grid(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert "Not yet compared (no finished runs on every env): reinforce, hybrid." in md
     assert "no reinforce runs on every env yet" in md
+
+
+def test_five_paired_seeds_can_never_be_significant_and_the_verdict_says_why():
+    from hybrid_pg.experiments.ablate_report import METRICS, _verdict
+    from hybrid_pg.experiments.aggregate import compare
+
+    seeds = [0, 1, 2, 3, 4]
+    five = compare([10.0, 11, 12, 13, 14], [0.0, 1, 2, 3, 4], seeds, seeds)  # every pair +10
+    assert five.paired and five.p_value == pytest.approx(0.0625) and not five.significant
+    assert "needs >= 6 seeds" in _verdict(METRICS[0], five, "reinforce")
+    six = compare([10.0, 11, 12, 13, 14, 15], [0.0, 1, 2, 3, 4, 5], seeds + [5], seeds + [5])
+    assert six.significant and "significant" in _verdict(METRICS[0], six, "reinforce")

@@ -148,6 +148,9 @@ def _verdict(metric: Metric, comparison: Optional[Comparison], reference: str) -
     if comparison.verdict == "too few runs":
         return f"too few runs (n = {comparison.n_a} and {comparison.n_b}; a verdict needs >= {MIN_RUNS_FOR_SIGNIFICANCE} each)"
     if not comparison.significant:
+        if comparison.paired and comparison.n_a <= 5:
+            # the signed-rank test of n pairs cannot go below p = 2 / 2^n: 0.0625 at n = 5
+            return "no significant difference (a paired test needs >= 6 seeds to reach p < 0.05)"
         return "no significant difference"
     higher = comparison.diff.point > 0
     better = higher == metric.higher_is_better
@@ -187,7 +190,8 @@ def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -
         f"Paired by seed where both ran the same seeds: mean of the per-seed differences (estimator - {reference}) with a "
         "paired 95% bootstrap CI and Wilcoxon's signed-rank p; otherwise the difference of means, independent bootstrap, "
         f"Welch's p. **Significant** only when the CI excludes 0, p < 0.05 and both have >= {MIN_RUNS_FOR_SIGNIFICANCE} runs "
-        "(below that: too few runs, whatever the numbers say).",
+        "(below that: too few runs, whatever the numbers say). Wilcoxon's signed-rank p of n pairs cannot go below "
+        "2 / 2^n (0.0625 for 5 seeds), so a paired verdict needs 6 seeds or more.",
         "",
         "| estimator | metric | paired | difference [95% CI] | test p | verdict |",
         "|---|---|---|---|---|---|",
