@@ -53,7 +53,7 @@ def test_smoke_ablation_writes_tables_and_figures(smoke_run):
         for name in ("config.yaml", "model.zip", "progress.csv", "diagnostics.csv", "evaluations.csv"):
             assert (run_dir / name).is_file(), (run_dir, name)
     for env in ENVS:
-        for name in (f"table_{env}.md", f"table_{env}.csv", f"runs_{env}.csv", f"curves_{env}.png", f"variance_{env}.png"):
+        for name in (f"table_{env}.md", f"table_{env}.csv", f"runs_{env}.csv", f"curves_{env}.png", f"variance_{env}.png", f"lambda_{env}.png"):
             assert (out / name).is_file() and (out / name).stat().st_size > 0, name
             assert str(out / name) in stdout.split()
         with (out / f"table_{env}.csv").open() as fh:

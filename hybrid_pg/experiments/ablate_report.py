@@ -40,7 +40,9 @@ Files written into the output folder, ``<env>`` being the env entry's name:
 * ``runs_<env>.csv``: the per-run metrics (one row per estimator and seed);
 * ``curves_<env>.png``: training return against env steps, mean over seeds with a 95% CI band;
 * ``variance_<env>.png``: Var(applied) and Var(applied)/Var(score) over training (log scale),
-  geometric mean over seeds with a 95% CI band.
+  geometric mean over seeds with a 95% CI band;
+* ``lambda_<env>.png``: the weight applied per update over training, mean over seeds with a 95% CI
+  band (estimators whose weight is identically 0 are left out).
 """
 
 from __future__ import annotations
@@ -344,6 +346,26 @@ def plot_variance(results: Results, out_png: Path, title: str, skip_updates: int
     return save_figure(fig, out_png, tight=True)
 
 
+def plot_lambda(results: Results, out_png: Path, title: str) -> Path:
+    """The weight applied per update (``hybrid/lambda``) against env steps: mean over seeds with a
+    95% CI band, for every estimator whose weight is not identically 0 (REINFORCE's is)."""
+    fig, (ax,) = _figure(1)
+    drawn = False
+    for i, (name, runs) in enumerate(results.items()):
+        common = _on_common_grid([update_series(r, "hybrid/lambda") for r in runs])
+        if common is not None and np.any(common[1] != 0.0):
+            _band(ax, *common, label=name, index=i)
+            drawn = True
+    if drawn:
+        ax.legend(fontsize="small")
+        ax.set_ylim(-0.02, 1.02)
+    else:
+        _mark_empty(ax, "hybrid/lambda")
+    ax.set(xlabel="env steps (end of the update's rollout)", ylabel="lam applied", title=f"{title}: the weight over training")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, out_png, tight=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # one env
 # ------------------------------------------------------------------------------------------------
@@ -382,7 +404,8 @@ def write_env_report(
     runs_csv = _write_csv(out_dir / f"runs_{env_name}.csv", run_rows)
     curves = plot_curves(results, out_dir / f"curves_{env_name}.png", label)
     variance = plot_variance(results, out_dir / f"variance_{env_name}.png", env_name, skip_updates)
-    return [md, table_csv, runs_csv, curves, variance]
+    weight = plot_lambda(results, out_dir / f"lambda_{env_name}.png", env_name)
+    return [md, table_csv, runs_csv, curves, variance, weight]
 
 
 # ------------------------------------------------------------------------------------------------

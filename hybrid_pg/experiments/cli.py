@@ -28,7 +28,7 @@ returns of several runs in one PNG.
 ``ablate`` runs an estimator ablation grid (env x estimator x seed; file format in
 :mod:`hybrid_pg.experiments.ablate`): every cell is validated first, missing runs train in parallel worker
 processes (at most one per core), finished runs are never redone, and per env it writes
-``table_<env>.md/.csv``, ``runs_<env>.csv``, ``curves_<env>.png`` and ``variance_<env>.png``
+``table_<env>.md/.csv``, ``runs_<env>.csv``, ``curves_<env>.png``, ``variance_<env>.png`` and ``lambda_<env>.png``
 (:mod:`hybrid_pg.experiments.ablate_report`). ``--dry-run`` validates and lists the grid without training.
 ``--only NAME ...`` trains only the named estimators (the tables cover every finished run), so a
 grid can be filled over several invocations. ``--backend ray [--address ADDR]`` trains the runs as
@@ -253,7 +253,7 @@ def _add_ablate_parser(commands) -> None:
             "Validate every cell of an ablation file (format: see hybrid_pg/experiments/ablate.py or configs/ablate_pendulum.yaml), "
             "train the runs not done yet in parallel worker processes (resumable: finished runs are skipped) and write, "
             "per env, table_<env>.md/.csv (final return, area under the learning curve and gradient variance: mean and "
-            "IQM with 95% bootstrap CIs, comparisons with the reference estimator), curves_<env>.png and variance_<env>.png."
+            "IQM with 95% bootstrap CIs, comparisons with the reference estimator), curves_<env>.png, variance_<env>.png and lambda_<env>.png."
         ),
         epilog="example: hybrid-pg ablate configs/ablate_pendulum.yaml --workers 2 --seeds 0 1 2",
     )
