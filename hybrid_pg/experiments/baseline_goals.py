@@ -242,6 +242,11 @@ def markdown(
                 cells.append(f"{_num(r.get('worst_at', math.nan))} ({_num(r.get('floor_worst_at', math.nan))})")
             cells += [_num(r["lambda_median"], ".2f"), _num(r["variance_ratio_median"], ".3f")]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Final return by seed", ""]
+    for env, results in per_env.items():
+        for name, runs in results.items():
+            by_seed = sorted((int(r.get("seed", r.get("spec", {}).get("seed", -1))), float(r["final_return"])) for r in runs)
+            lines.append(f"- {env}, {name}: " + (", ".join(f"s{seed} {value:.0f}" for seed, value in by_seed) or "no finished run"))
     estimators = [e for e in dict.fromkeys(name for rows in per_env_rows.values() for name in (r["estimator"] for r in rows)) if e != baseline]
     lines += ["", "## Across envs", "", f"| estimator | IQM of final / {baseline}'s mean [CI] (envs) | P(impr. over {baseline}) [CI] |", "|---|---|---|"]
     for est in estimators:
