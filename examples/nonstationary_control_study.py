@@ -409,7 +409,7 @@ def report(task_name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], trac
         out.append(f"| {r['env']} | {r['mode']} | {r['runs']} | {_ci(r['error_to_oracle'], '.3f')} | {_f(r['error_to_lam_var'])} | {_f(r['error_to_lam_mse'])} | "
                    f"{_f(r['oracle_se_var'])} / {_f(r['oracle_se_mse'])} | {_f(r['lag_oracle_updates'], '.1f')} | {rec} | {recovered} | "
                    f"{_f(r['env_drift_share'])} | {_f(r['policy_drift_spread'])} | {_f(r['mean_lambda'])} |")
-    out += ["", "Recovery: oracle updates on post-switch rollouts until abs(lam - lam*) <= 0.05 for 3 in a row "
+    out += ["", "Recovery: oracle updates on post-switch rollouts until abs(lam - lam*) <= max(0.05, 2 x the oracle's own SE of lam*) for 3 in a row "
             "(\"-\": not before the next switch or the end); switches separated by \"/\", seeds by \",\"; "
             "\"n/a\": the parameter does not switch (held, or drifting continually: a linear drift, NS-Gym's ContinuousScheduler). "
             "Lag: the shift (oracle updates) that best aligns the applied lam with lam*; it means nothing where lam* barely moves "

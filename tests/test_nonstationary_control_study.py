@@ -42,6 +42,20 @@ def test_recovery_counts_logged_oracle_updates_when_the_oracle_is_sparse():
     assert recovery_times(result, [4000.0]) == [3.0]
 
 
+def test_recovery_allows_the_oracles_own_noise():
+    """A reference known only to +-0.15 (jackknife SE) cannot tell 0.25 from 0: within 2 SE counts
+    as recovered; a precise reference keeps the fixed 0.05."""
+    errors = [0.0, 0.6, 0.25, 0.2, 0.25, 0.3]
+    result = _result("t__e__c", 0, [-1.0] * (len(errors) + 1), errors)
+    for row in result["rows"][1:]:
+        row.update({"hybrid/oracle_lambda_is_mse": 1.0, "hybrid/oracle_lambda_mse_se": 0.15, "hybrid/oracle_lambda_var_se": 0.001})
+    assert recovery_times(result, [1500.0]) == [2.0]  # 0.6 > 0.3; then 0.25, 0.2, 0.25 <= 0.3
+    assert math.isnan(recovery_times(result, [1500.0], noise_z=None)[0])  # the fixed 0.05 never holds
+    for row in result["rows"][1:]:
+        row["hybrid/oracle_lambda_is_mse"] = 0.0  # scored against the (precise) variance-optimal lam*
+    assert math.isnan(recovery_times(result, [1500.0])[0])
+
+
 def test_tracking_lag_with_a_sparse_oracle_is_in_logged_updates():
     oracle = [0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6]
     result = _result("t__e__c", 0, [-1.0] * (2 * len(oracle) + 1), [o - 0.5 for o in oracle for _ in (0, 1)], oracle_every=2)

@@ -7,7 +7,8 @@ pair update ``k`` with the step at which its rollout ended):
 
 * :func:`switch_steps`: the switch times of a ``switch`` schedule;
 * :func:`recovery_times`: per switch, the updates on post-switch rollouts until the applied lam is
-  within :data:`TOLERANCE` of the oracle's lam* for :data:`HOLD` updates in a row;
+  within :data:`TOLERANCE` (or :data:`NOISE_Z` of the oracle's own standard errors, if larger) of
+  the oracle's lam* for :data:`HOLD` updates in a row;
 * :func:`tracking_lag`: the shift (in updates) that best aligns the applied lam with lam*;
 * :func:`final_train_return`: the training return over the last rollouts (the env as it is at the end);
 * :func:`paired_regret`: per seed, a run's mean training return on the stationary env minus the same
@@ -29,6 +30,7 @@ from hybrid_pg.experiments.results import learning_curve, update_series
 
 __all__ = [
     "HOLD",
+    "NOISE_Z",
     "TOLERANCE",
     "after_warmup",
     "difference_of_differences",
@@ -39,6 +41,7 @@ __all__ = [
     "nanmean",
     "paired_regret",
     "recovery_times",
+    "reference_noise",
     "save_figure",
     "switch_steps",
     "tracking_lag",
@@ -75,26 +78,57 @@ def nanmean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+#: how many of the oracle's own standard errors count as "at lam*" (see :func:`recovery_times`)
+NOISE_Z = 2.0
+
+
+def reference_noise(result: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """(steps, jackknife SE) of the reference the oracle scored the applied lam against: the
+    MSE-optimal weight's for a learned source, the variance-optimal one's for an exact source
+    (``hybrid/oracle_lambda_is_mse``); empty when the run logged no SEs."""
+    steps, is_mse = update_series(result, "hybrid/oracle_lambda_is_mse")
+    if not steps.size:
+        return steps, steps
+    s_mse, se_mse = update_series(result, "hybrid/oracle_lambda_mse_se")
+    s_var, se_var = update_series(result, "hybrid/oracle_lambda_var_se")
+    mse, var = dict(zip(s_mse.tolist(), se_mse.tolist())), dict(zip(s_var.tolist(), se_var.tolist()))
+    se = [(mse if flag > 0 else var).get(s, math.nan) for s, flag in zip(steps.tolist(), is_mse.tolist())]
+    return steps, np.array(se, dtype=float)
+
+
 def recovery_times(
     result: Mapping[str, Any],
     switches: Sequence[float],
     tolerance: float = TOLERANCE,
     hold: int = HOLD,
     key: str = "hybrid/oracle_error_applied",
+    noise_z: Optional[float] = NOISE_Z,
 ) -> List[float]:
-    """Per switch: updates on post-switch rollouts until |lam applied - oracle| (``key``) <=
-    ``tolerance`` for ``hold`` consecutive logged updates; the first post-switch update counts as 1
+    """Per switch: updates on post-switch rollouts until |lam applied - oracle| (``key``) is within
+    the tolerance for ``hold`` consecutive logged updates; the first post-switch update counts as 1
     (NaN: never within the budget or before the next switch). With the oracle every k updates, the
-    count is in *logged* updates (multiply by k for updates)."""
+    count is in *logged* updates (multiply by k for updates).
+
+    The tolerance of an update is ``max(tolerance, noise_z * SE)``, SE the oracle's own jackknife
+    standard error of its reference (:func:`reference_noise`): a reference known only to +-0.2 (the
+    MSE-optimal weight of a learned source on Pendulum from 2048 samples) cannot tell 0.05 from 0, and
+    a fixed 0.05 would call every such run unrecovered. ``noise_z=None`` (or runs without SEs) keeps
+    the fixed tolerance."""
     steps, error = masked_series(result, key, math.inf)  # a degenerate oracle: no lam* to be near
+    noise = dict(zip(*(x.tolist() for x in reference_noise(result)))) if noise_z is not None else {}
+
+    def allowed(step: float) -> float:
+        se = noise.get(step, math.nan)
+        return max(tolerance, noise_z * se) if noise_z is not None and math.isfinite(se) else tolerance
+
     out = []
     for k, switch in enumerate(switches):
         end = switches[k + 1] if k + 1 < len(switches) else math.inf
         # an update's rollout ended at `step`; it is post-switch when it started at or after the switch
-        after = [e for s, e in zip(steps, error) if switch < s <= end]
+        after = [(e, allowed(s)) for s, e in zip(steps, error) if switch < s <= end]
         rec = math.nan
         for i in range(len(after) - hold + 1):
-            if all(e <= tolerance for e in after[i : i + hold]):
+            if all(e <= tol for e, tol in after[i : i + hold]):
                 rec = float(i + 1)
                 break
         out.append(rec)
