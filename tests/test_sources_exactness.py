@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import pytest
 from stable_baselines3.common.env_util import make_vec_env
 
 import hybrid_pg_envs  # noqa: F401
@@ -39,3 +40,13 @@ def test_a_model_that_declares_itself_inexact_stays_learned_at_gamma_zero():
     algo.pathwise.model.exact = False
     assert not algo.pathwise.exact
     assert gym.spec("hybrid_pg/Pendulum-v0") is not None
+
+
+def test_the_bias_rule_is_a_setting_that_reaches_the_windows_and_load(tmp_path):
+    algo = _model_algo("hybrid_pg/Pendulum-v0", gamma=0.9)
+    assert algo.settings.bias_rule == "posterior" and {w.bias_rule for w in algo.lambda_windows.values()} == {"posterior"}
+    algo.save(tmp_path / "m")
+    loaded = HybridPG.load(tmp_path / "m", bias_rule="ucl", device="cpu")
+    assert {w.bias_rule for w in loaded.lambda_windows.values()} == {"ucl"}
+    with pytest.raises(ValueError, match="bias_rule"):
+        HybridPG("MlpPolicy", "Pendulum-v1", bias_rule="median")
