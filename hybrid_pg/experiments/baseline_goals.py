@@ -169,7 +169,11 @@ def goal_verdicts(per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], estim
     rows = {env: next((r for r in rs if r["estimator"] == estimator), None) for env, rs in per_env_rows.items()}
     rows = {env: r for env, r in rows.items() if r is not None}
     enough = bool(rows) and len(rows) == len(per_env_rows) and all(r["runs"] >= MIN_RUNS and r["baseline_runs"] >= MIN_RUNS for r in rows.values())
-    base_iqm = {env: next((r["iqm"] for r in per_env_rows[env] if r["estimator"] == baseline), None) for env in rows}
+    def centre(row: Optional[Mapping[str, Any]]) -> Optional[Interval]:
+        # the IQM where it is defined (>= 4 runs), else the mean, so "so far" readings exist early
+        return None if row is None else (row["iqm"] or row["mean"])
+
+    base_iqm = {env: centre(next((r for r in per_env_rows[env] if r["estimator"] == baseline), None)) for env in rows}
     out: List[Tuple[str, str]] = []
 
     def reading(flag: bool, detail: str) -> str:
@@ -178,8 +182,8 @@ def goal_verdicts(per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], estim
             return f"not decided: fewer than {MIN_RUNS} runs per side ({counts}); so far {detail}"
         return ("met" if flag else "not met") + f": {detail}"
 
-    above = {env: r["iqm"] is not None and base_iqm[env] is not None and r["iqm"].point > base_iqm[env].point for env, r in rows.items()}
-    out.append((f"IQM final return above {baseline}'s on every env", reading(all(above.values()), f"above on {sum(above.values())} of {len(rows)}")))
+    above = {env: centre(r) is not None and base_iqm[env] is not None and centre(r).point > base_iqm[env].point for env, r in rows.items()}
+    out.append((f"IQM final return above {baseline}'s on every env", reading(all(above.values()), f"above on {sum(above.values())} of {len(rows)} (the mean where a cell has < 4 runs)")))
     clear = {env: r["poi"] is not None and r["poi"].low > 0.5 for env, r in rows.items()}
     out.append((f"P(improvement over {baseline}) > 0.5 with a CI excluding 0.5 on >= 2 envs", reading(sum(clear.values()) >= 2, f"on {sum(clear.values())}")))
     fast = {env: math.isfinite(r["steps_ratio"]) and r["steps_ratio"] <= 0.5 for env, r in rows.items()}
