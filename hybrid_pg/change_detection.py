@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 @dataclass
@@ -283,3 +283,25 @@ def lambda_coordinates(var_path: float, var_score: float, cov: float) -> List[fl
     if not (var_path > 0 and var_score > 0):
         return [math.nan, math.nan]
     return [math.log(var_path / var_score), cov / math.sqrt(var_path * var_score)]
+
+
+def bias_coordinate(bias_hat_sq: float, tau: float) -> float:
+    """log(1 + ||b_hat||^2 / tau): one batch's bias of the pathwise estimator in units of its own
+    noise (about log 2 when no bias is visible; nan when tau is not positive). A learned source's
+    MSE-optimal weight moves with its bias, which (log r, rho) do not see: when the dynamics switch,
+    a value head fitted to the old ones is biased for the new ones while the gradients' variances and
+    correlation may barely change."""
+    if not (tau > 0 and math.isfinite(bias_hat_sq)):
+        return math.nan
+    return math.log1p(max(bias_hat_sq, 0.0) / tau)
+
+
+def detector_from_config(config: Optional[Dict[str, Any]]) -> Tuple["CusumDetector", bool]:
+    """The detector a window's ``detector`` settings describe, and whether it watches the bias:
+    :class:`CusumDetector`'s keywords plus ``watch_bias`` (default False; True adds
+    :func:`bias_coordinate` as a third monitored component, for learned sources)."""
+    kwargs = dict(config or {})
+    watch = kwargs.pop("watch_bias", False)
+    if not isinstance(watch, bool):
+        raise ValueError(f"watch_bias must be True or False, got {watch!r}")
+    return CusumDetector(3 if watch else 2, **kwargs), watch

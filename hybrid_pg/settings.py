@@ -156,7 +156,9 @@ class HybridPGSettings(BaseModel):
     )
     lambda_decay: Optional[Number] = Field(None, ge=0.0, lt=1.0, description="EMA forgetting factor (default from lambda_window); lambda_mode='ema' only.")
     lambda_detector: Optional[Dict[str, Any]] = Field(
-        None, description="settings of the change detector of lambda_mode='adaptive' (see hybrid_pg.change_detection.CusumDetector)."
+        None,
+        description="settings of the change detector of lambda_mode='adaptive' (see hybrid_pg.change_detection.CusumDetector), "
+        "plus watch_bias=True to also watch a learned source's bias (hybrid_pg.change_detection.bias_coordinate).",
     )
     lambda_bounds: Annotated[Optional[Tuple[float, float]], BeforeValidator(_bounds)] = Field(
         (0.0, 1.0), description="clip range of lam (default (0, 1): never worse than the worse estimator); None: unclipped."
@@ -202,10 +204,10 @@ class HybridPGSettings(BaseModel):
         if self.lambda_detector is not None:
             if self.lambda_mode != "adaptive":
                 raise _Cross("lambda_detector", self.lambda_detector, "only applies to lambda_mode='adaptive'")
-            from hybrid_pg.change_detection import CusumDetector
+            from hybrid_pg.change_detection import detector_from_config
 
             try:
-                CusumDetector(2, **self.lambda_detector)
+                detector_from_config(self.lambda_detector)
             except (TypeError, ValueError) as exc:
                 raise _Cross("lambda_detector", self.lambda_detector, str(exc)) from None
         if self.oracle_frozen_clock is not None and not self.oracle_freq:

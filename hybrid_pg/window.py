@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch as th
 
-from hybrid_pg.change_detection import Alarm, CusumDetector, lambda_coordinates
+from hybrid_pg.change_detection import Alarm, bias_coordinate, detector_from_config, lambda_coordinates
 from hybrid_pg.estimator import (
     DEFAULT_BOUNDS,
     DEFAULT_FALLBACK,
@@ -27,7 +27,7 @@ from hybrid_pg.estimator import (
     _check_bounds,
     pooled_estimate,
 )
-from hybrid_pg.weight_rule import DEFAULT_CONFIDENCE_Z, SOURCE_KINDS, WeightRule
+from hybrid_pg.weight_rule import DEFAULT_CONFIDENCE_Z, SOURCE_KINDS, WeightRule, pool
 
 WINDOW_MODES = ("sliding", "ema", "adaptive")
 
@@ -59,7 +59,10 @@ class WindowedLambda:
         before the estimated change point are dropped, so the window restarts in the new regime
         without waiting ``window`` batches).
     :param detector: keyword arguments of :class:`hybrid_pg.change_detection.CusumDetector`
-        (``drift``, ``threshold``, ``warmup``) for ``"adaptive"`` mode.
+        (``drift``, ``threshold``, ``warmup``, ``reference``) for ``"adaptive"`` mode, plus
+        ``watch_bias`` (default False): also watch each batch's bias in units of its noise
+        (:func:`hybrid_pg.change_detection.bias_coordinate`), for a learned source whose weight moves
+        through its bias when the env changes.
     :param decay: EMA forgetting factor in [0, 1); overrides the default derived from ``window``.
     :param bounds: clip range for lam (see :data:`hybrid_pg.estimator.DEFAULT_BOUNDS`).
     :param bias_correction: use the MSE-optimal (bias-aware) weight, by ``bias_rule``.
@@ -128,7 +131,7 @@ class WindowedLambda:
         self.detector_config = dict(detector or {})
         if self.detector_config and mode != "adaptive":
             raise ValueError("detector settings only apply to mode='adaptive'")
-        self.detector = CusumDetector(2, **self.detector_config) if mode == "adaptive" else None
+        self.detector, self.watch_bias = detector_from_config(self.detector_config) if mode == "adaptive" else (None, False)
         self.last_alarm: Optional[Alarm] = None
 
     # -- feeding ---------------------------------------------------------------------------------
@@ -152,7 +155,11 @@ class WindowedLambda:
         self._weights.append(1.0)
         if self.detector is not None:
             single = pooled_estimate([moments], bounds=None)
-            self.last_alarm = self.detector.update(lambda_coordinates(single.var_path, single.var_score, single.cov))
+            coordinates = lambda_coordinates(single.var_path, single.var_score, single.cov)
+            if self.watch_bias:
+                stats = pool([moments])
+                coordinates.append(math.nan if stats is None else bias_coordinate(stats.bias_hat_sq, stats.tau))
+            self.last_alarm = self.detector.update(coordinates)
             if self.last_alarm is not None:
                 self.reset(keep_last=max(1, self.last_alarm.steps_since_change))
         if self.mode in ("sliding", "adaptive"):

@@ -192,3 +192,47 @@ def test_trend_state_round_trip_and_old_saves_compare_with_the_level():
     c = CusumDetector(2, reference="trend")
     c.load_state_dict(old)
     assert c.reference == "level"
+
+
+def _biased_stream(rng, n_batches=40, switch=20, n=512, d=3, bias=0.3):
+    """Batches whose pathwise mean jumps by ``bias`` per coordinate at ``switch``; the variances and
+    the correlation of the two estimators stay the same (the variance coordinates cannot see it)."""
+    for k in range(n_batches):
+        z, e = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+        yield z + (bias if k >= switch else 0.0), z + e
+
+
+def test_watching_the_bias_detects_a_bias_jump_the_variance_coordinates_miss():
+    from hybrid_pg.window import WindowedLambda
+
+    alarms = {}
+    for watch in (False, True):
+        rng = np.random.default_rng(0)
+        win = WindowedLambda(window=16, mode="adaptive", bias_correction=True, detector={"watch_bias": watch})
+        at = []
+        for k, (gp, gm) in enumerate(_biased_stream(rng)):
+            win.update(gp, gm)
+            if win.last_alarm is not None:
+                at.append(k)
+        alarms[watch] = at
+    assert alarms[False] == []  # variances and correlation never moved
+    assert alarms[True] and 20 <= alarms[True][0] <= 23 and all(k >= 20 for k in alarms[True])
+
+
+def test_watch_bias_is_validated_and_survives_a_state_round_trip():
+    from hybrid_pg.settings import SettingsError, validate_settings
+    from hybrid_pg.window import WindowedLambda
+
+    assert validate_settings(lambda_mode="adaptive", lambda_detector={"watch_bias": True}).lambda_detector == {"watch_bias": True}
+    with pytest.raises(SettingsError, match="watch_bias"):
+        validate_settings(lambda_mode="adaptive", lambda_detector={"watch_bias": "yes"})
+    rng = np.random.default_rng(1)
+    win = WindowedLambda(window=8, mode="adaptive", detector={"watch_bias": True})
+    for gp, gm in list(_biased_stream(rng, n_batches=6)):
+        win.update(gp, gm)
+    twin = WindowedLambda()
+    twin.load_state_dict(win.state_dict())
+    assert twin.watch_bias and twin.detector.state_dict() == win.detector.state_dict()
+    gp, gm = next(_biased_stream(np.random.default_rng(2), n_batches=1))
+    win.update(gp, gm), twin.update(gp, gm)
+    assert twin.lam == win.lam and twin.detector.state_dict() == win.detector.state_dict()
