@@ -106,7 +106,7 @@ def test_question_and_regret_rows_from_hand_made_runs():
 
 def test_grid_order_and_configs():
     runs = study.build_runs(CONFIG, ["pendulum", "halfcheetah"], [0, 1, 2])
-    assert len(runs) == 2 * 3 * 6 * 3
+    assert len(runs) == 2 * 3 * 7 * 3  # tasks x envs x (5 hybrid modes + reinforce + ppo) x seeds
     labels = [label for label, _ in runs]
     assert labels[:2] == ["pendulum__stationary__hybrid_adaptive_16", "pendulum__stationary__reinforce"]  # the question's cells first
     assert labels.index("pendulum__stationary__ppo") > labels.index("pendulum__drifting_g__hybrid_sliding_4")
@@ -116,6 +116,7 @@ def test_grid_order_and_configs():
     assert by[("pendulum__stationary__hybrid_sliding_16", 0)]["algo"]["oracle_frozen_clock"] is None
     assert by[("pendulum__switching_g__reinforce", 0)]["algo"]["oracle_freq"] == 0
     assert by[("pendulum__switching_g__ppo", 0)]["algo"]["algorithm"] == "ppo"
+    assert by[("pendulum__switching_g__hybrid_adaptive_16_bias", 0)]["algo"]["lambda_detector"] == {"watch_bias": True}
     env = by[("halfcheetah__drifting_friction__hybrid_ema_16", 1)]["env"]
     assert env["normalize"] and env["wrappers"][0]["name"] == "nonstationary"
     assert env["wrappers"][0]["kwargs"]["schedules"]["friction_scale"]["end"] == 0.4
