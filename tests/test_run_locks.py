@@ -73,3 +73,12 @@ def test_the_grid_leaves_a_held_run_to_its_owner_and_says_so(tmp_path, monkeypat
     assert [r["key"] for r in results] == [runner.run_key(*grid[0])]
     assert calls == [runner.run_key(*grid[0])]
     assert any("another live process" in str(w.message) for w in caught)
+
+
+def test_dry_run_counts_runs_in_training_elsewhere(tmp_path, monkeypatch):
+    from hybrid_pg.experiments.runner import in_training_elsewhere, run_key
+
+    grid = [("a", {"env": {}, "algo": {}, "train": {"seed": s}}) for s in (0, 1, 2)]
+    assert claim_run(tmp_path / run_key(*grid[1]))  # this live process trains seed 1
+    (tmp_path / (run_key(*grid[2]) + ".lock")).write_text(f"{_dead_pid()}@{runner.platform.node()}")  # stale
+    assert in_training_elsewhere(grid, tmp_path) == [run_key(*grid[1])]

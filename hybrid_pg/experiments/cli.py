@@ -98,7 +98,7 @@ def _require_backend(args: argparse.Namespace) -> None:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from hybrid_pg.experiments.ablate import RUNS_SUBDIR, load_ablation, run_ablation, select_estimators, selected_runs
-    from hybrid_pg.experiments.runner import available_cores, pending
+    from hybrid_pg.experiments.runner import available_cores, in_training_elsewhere, pending
 
     _require_backend(args)
     ablation = load_ablation(args.config, seeds=args.seeds)
@@ -110,9 +110,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if not args.quiet or args.dry_run:
         estimators = select_estimators(ablation, args.only)
         which = f" (--only {' '.join(estimators)})" if args.only else ""
+        elsewhere = in_training_elsewhere(specs, out / RUNS_SUBDIR)
+        busy = f" ({len(elsewhere)} of them in training by another process, left to it)" if elsewhere else ""
         print(
             f"ablation {ablation.name}: {len(ablation.envs)} envs x {len(estimators)} estimators{which} x "
-            f"{len(ablation.seeds)} seeds = {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to train; output {out}"
+            f"{len(ablation.seeds)} seeds = {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to train{busy}; output {out}"
         )
     if args.dry_run:
         for cell in ablation.cells:

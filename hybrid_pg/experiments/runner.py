@@ -67,6 +67,7 @@ __all__ = [
     "build_model",
     "check_buildable",
     "claim_run",
+    "in_training_elsewhere",
     "is_finished",
     "load_result",
     "make_env",
@@ -462,6 +463,12 @@ def claim_run(run_dir: Union[str, Path]) -> bool:
             fh.write(f"{os.getpid()}@{platform.node()}")
         return True
     return False
+
+
+def in_training_elsewhere(runs: Grid, out_dir: Union[str, Path]) -> List[str]:
+    """Run names of ``runs`` not finished under ``out_dir`` whose lock a live process holds."""
+    keys = [run_key(label, cfg) for label, cfg in runs]
+    return [k for k in keys if not is_finished(Path(out_dir) / k) and _lock_path(Path(out_dir) / k).exists() and _lock_is_live(_lock_path(Path(out_dir) / k))]
 
 
 def release_run(run_dir: Union[str, Path]) -> None:
