@@ -57,7 +57,9 @@ from hybrid_pg.estimator import (
 )
 
 SOURCE_KINDS: Tuple[str, ...] = ("exact", "learned")
-BIAS_MODES: Tuple[str, ...] = ("ucl", "posterior", "point", "none")
+#: how a learned source's ||b||^2 enters lam (module docstring); "none" ignores the bias
+BIAS_RULES: Tuple[str, ...] = ("posterior", "ucl", "point")
+BIAS_MODES: Tuple[str, ...] = BIAS_RULES + ("none",)
 #: one-sided 95% normal quantile
 DEFAULT_CONFIDENCE_Z: float = 1.645
 

@@ -27,7 +27,7 @@ from hybrid_pg.estimator import (
     _check_bounds,
     pooled_estimate,
 )
-from hybrid_pg.weight_rule import DEFAULT_CONFIDENCE_Z, SOURCE_KINDS, WeightRule, pool
+from hybrid_pg.weight_rule import BIAS_RULES, DEFAULT_CONFIDENCE_Z, SOURCE_KINDS, WeightRule, pool
 
 WINDOW_MODES = ("sliding", "ema", "adaptive")
 
@@ -111,8 +111,8 @@ class WindowedLambda:
         if not 0.0 < float(min_weight) < 1.0:
             raise ValueError(f"min_weight must lie in (0, 1), got {min_weight!r}")
         _check_bounds(bounds)
-        if bias_rule not in ("ucl", "posterior", "point"):
-            raise ValueError(f"bias_rule must be 'ucl', 'posterior' or 'point', got {bias_rule!r}")
+        if bias_rule not in BIAS_RULES:
+            raise ValueError(f"bias_rule must be one of {BIAS_RULES}, got {bias_rule!r}")
         if source not in SOURCE_KINDS:
             raise ValueError(f"source must be one of {SOURCE_KINDS}, got {source!r}")
         self.bias_rule, self.source = bias_rule, source

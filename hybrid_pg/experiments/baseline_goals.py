@@ -31,11 +31,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from hybrid_pg.experiments.aggregate import Interval, iqm, iqm_is_informative, mean, probability_of_improvement, stratified_bootstrap_ci
+from hybrid_pg.experiments.aggregate import (
+    MIN_RUNS_FOR_SIGNIFICANCE,
+    Interval,
+    iqm,
+    iqm_is_informative,
+    mean,
+    probability_of_improvement,
+    stratified_bootstrap_ci,
+)
 from hybrid_pg.experiments.results import median_over_updates
 
 #: runs per side before a goal can be called met (the project's rule against 2-3-seed verdicts)
-MIN_RUNS: int = 5
+MIN_RUNS: int = MIN_RUNS_FOR_SIGNIFICANCE
 EVALUATIONS_FILE = "evaluations.csv"
 
 Results = Dict[str, List[Dict[str, Any]]]  # estimator -> finished runs (runner.load_result dicts)

@@ -467,8 +467,9 @@ def claim_run(run_dir: Union[str, Path]) -> bool:
 
 def in_training_elsewhere(runs: Grid, out_dir: Union[str, Path]) -> List[str]:
     """Run names of ``runs`` not finished under ``out_dir`` whose lock a live process holds."""
+    out = Path(out_dir)
     keys = [run_key(label, cfg) for label, cfg in runs]
-    return [k for k in keys if not is_finished(Path(out_dir) / k) and _lock_path(Path(out_dir) / k).exists() and _lock_is_live(_lock_path(Path(out_dir) / k))]
+    return [k for k in keys if not is_finished(out / k) and _lock_is_live(_lock_path(out / k))]
 
 
 def release_run(run_dir: Union[str, Path]) -> None:
@@ -545,7 +546,7 @@ def run_grid(
         run_cells(cells, out, _run_fresh, address=address, workers=workers, max_retries=retries, progress=progress, result_file=RESULT_FILE)
     elif todo:
         _run_local(todo, out, worker_count(workers, len(todo)), progress)
-    held = [key for key in keys if not is_finished(out / key) and _lock_path(out / key).exists()]
+    held = in_training_elsewhere(runs, out)
     if held:
         warnings.warn(f"{len(held)} run(s) left to another live process that holds their lock: {', '.join(held)}", stacklevel=2)
     return [load_result(out / key, label=label) for key, (label, _) in zip(keys, runs) if key not in held]

@@ -149,10 +149,11 @@ class ModelSource(PathwiseSource):
         through contacts, or one that leaves out the env's process noise) *and* Q~ has no learned
         part: gamma = 0, or episodes that end within the model's horizon (the one-step bandit).
         Otherwise the bootstrap gamma^k V(s_k) is the value head, whose state-gradient carries the
-        critic's error into dQ~/da: the weight rule must then treat the source as learned (on Pendulum-v0, trusting it
-        as exact gave lam = 1 and learning slower than REINFORCE)."""
+        critic's error into dQ~/da: the weight rule must then treat the source as learned (on
+        Pendulum-v0, trusting it as exact gave lam = 1 and learning slower than REINFORCE)."""
         model = self.model
-        whole_return = self.gamma == 0.0 or (getattr(model, "max_episode_steps", None) is not None and model.max_episode_steps <= self.horizon)
+        episode = getattr(model, "max_episode_steps", None)
+        whole_return = self.gamma == 0.0 or (episode is not None and episode <= self.horizon)
         return bool(getattr(model, "exact", True)) and float(getattr(model, "noise_std", 0.0)) == 0.0 and whole_return
 
     @property
