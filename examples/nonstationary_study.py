@@ -76,6 +76,16 @@ def _is_stationary(schedules: Dict[str, Any]) -> bool:
     return all(isinstance(s, (int, float)) or s.get("kind") == "constant" for s in schedules.values())
 
 
+def select(entries: Dict[str, Any], names: Any, what: str) -> Dict[str, Any]:
+    """The entries of ``entries`` named in ``names`` (all when None), in the config's order."""
+    if names is None:
+        return entries
+    unknown = [n for n in names if n not in entries]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; the config has {list(entries)}")
+    return {k: v for k, v in entries.items() if k in names}
+
+
 def build_runs(cfg: Dict[str, Any], seeds: List[int]) -> List[Tuple[str, Dict[str, Any]]]:
     """(label, run config) per env schedule, window mode and seed, for the one run engine."""
     runs = []
@@ -286,6 +296,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override total_timesteps (smoke runs)")
     parser.add_argument("--oracle-samples", type=int, default=None, help="override algo.oracle_samples (smoke runs)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--envs", nargs="+", default=None, help="run and report only these envs of the config")
+    parser.add_argument("--modes", nargs="+", default=None, help="run and report only these window modes of the config")
     args = parser.parse_args()
     if args.backend == "ray":
         try:
@@ -297,6 +309,13 @@ def main() -> None:
         cfg["total_timesteps"] = args.steps
     if args.oracle_samples:
         cfg["algo"]["oracle_samples"] = args.oracle_samples
+    for key, names in (("envs", args.envs), ("modes", args.modes)):
+        try:
+            cfg[key] = select(cfg[key], names, key)
+        except ValueError as exc:
+            parser.error(str(exc))  # exit 2
+    if args.modes and cfg.get("reference_mode") not in cfg["modes"]:
+        cfg["reference_mode"] = list(cfg["modes"])[-1]
     out = Path(args.out or cfg["output_dir"])
     runs = build_runs(cfg, args.seeds or list(cfg["seeds"]))
     results = run_grid(runs, out / "runs", workers=args.workers, backend=args.backend, address=args.address)

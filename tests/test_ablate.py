@@ -276,3 +276,42 @@ def test_a_baseline_section_adds_the_goals_report(smoke_run, tmp_path):
     for env in ENVS:
         assert f"## {env}" in text
     assert "| hybrid | 2 |" in text and "not decided: fewer than 5 runs per side" in text
+
+
+def test_a_grid_adopts_the_runs_another_grid_finished_with_the_same_settings(smoke_run, monkeypatch, tmp_path):
+    out, _ = smoke_run
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["envs"][0]["name"] = "renamed"  # a new label: only the seed and the settings' hash identify a run
+    raw["envs"][1]["algo"]["learning_rate"] = 5e-4  # new settings: nothing to adopt for this env
+    raw["reuse_runs_from"] = [str(out)]
+    config = tmp_path / "reuse.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    status, stdout, err = _run(["ablate", str(config), "--out", str(tmp_path / "new"), "--dry-run"])
+    assert status == 0, err
+    assert "8 runs, 0 done, 8 to train (4 of them finished by another grid, copied from reuse_runs_from)" in stdout
+    assert not (tmp_path / "new").exists()  # a dry run copies nothing
+
+    trained = []
+    monkeypatch.setattr(runner, "run_grid", lambda runs, runs_dir, **kw: trained.extend(label for label, _ in runner.pending(runs, runs_dir)))
+    status, stdout, err = _run(["ablate", str(config), "--out", str(tmp_path / "new"), "--quiet"])
+    assert status == 0, err
+    assert sorted(set(trained)) == ["hybrid_pg-Pendulum-v0__hybrid", "hybrid_pg-Pendulum-v0__reinforce"]
+    adopted = sorted((tmp_path / "new" / "runs").glob("renamed__*"))
+    assert len(adopted) == 4 and all(runner.is_finished(d) for d in adopted)
+    for run_dir in adopted:
+        source = Path((run_dir / runner.ADOPTED_FILE).read_text().strip())
+        assert source.parent == out / "runs" and source.name.replace("Pendulum-v1", "renamed") == run_dir.name
+        assert (run_dir / "result.json").read_bytes() == (source / "result.json").read_bytes()
+    assert (tmp_path / "new" / "table_renamed.md").is_file()  # the adopted runs are in the report
+
+
+def test_reuse_runs_from_must_name_folders(tmp_path):
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["reuse_runs_from"] = [str(tmp_path / "no_such_grid")]
+    config = tmp_path / "reuse.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    status, _, err = _run(["ablate", str(config), "--out", str(tmp_path / "new"), "--dry-run"])
+    assert status == 2 and "reuse_runs_from: " in err and "no_such_grid is not a folder" in err
+    raw["reuse_runs_from"] = [""]
+    with pytest.raises(ConfigError, match=r"reuse_runs_from\[0\] must be a folder"):
+        parse_ablation(raw)

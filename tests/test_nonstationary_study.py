@@ -139,3 +139,19 @@ def test_study_script_end_to_end(tmp_path):
     switching = [r for r in rows if r["env"] == "switching"]
     assert all(len(r["recovery_per_switch"][0]) == 2 for r in switching)  # switches at 256 and 512
     assert all(0.0 <= r["error_to_oracle"] <= 1.0 for r in rows)
+
+
+def test_select_keeps_the_configs_order_and_refuses_unknown_names():
+    entries = {"a": 1, "b": 2, "c": 3}
+    assert study.select(entries, None, "modes") == entries
+    assert list(study.select(entries, ["c", "a"], "modes")) == ["a", "c"]
+    with pytest.raises(ValueError, match=r"unknown modes \['z'\]; the config has \['a', 'b', 'c'\]"):
+        study.select(entries, ["a", "z"], "modes")
+
+
+def test_study_script_refuses_an_unknown_mode_before_training(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "nonstationary_study.py"), str(ROOT / "configs" / "nonstationary_study.yaml"),
+                           "--modes", "sliding_16", "no_such_mode", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown modes ['no_such_mode']" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -36,6 +36,9 @@ Ablation file (YAML; ``configs/ablate_pendulum.yaml`` is a full example)::
       - {name: no_bias_correction, algo: {estimator: hybrid, bias_correction: false}}
       - {name: ppo, algo: {algorithm: ppo}}   # SB3's PPO on the same env, network and normalisation
     fixed_lambdas: [0.25, 0.5]     # shorthand: adds {name: lam<x>, algo: {estimator: hybrid, fixed_lambda: x}}
+    reuse_runs_from: [docs/results/mujoco]   # optional: other grids' output folders; a run whose seed and
+                                   #   resolved settings equal a finished run there is copied, not trained
+                                   #   (its folder gets adopted_from.txt naming the source)
 
 A cell's HybridPG keywords are the shared ``algo``, then the env entry's ``algo``, then the
 estimator entry's ``algo`` merged over each other (nested mappings such as ``policy_kwargs`` merge
@@ -93,6 +96,7 @@ TOP_LEVEL_KEYS = (
     "envs",
     "estimators",
     "fixed_lambdas",
+    "reuse_runs_from",
 )
 ENV_KEYS = ("id", "name", "n_envs", "normalize", "algo")
 ESTIMATOR_KEYS = ("name", "algo")
@@ -167,6 +171,16 @@ class Ablation:
     #: the seeds the reports cover: the file's and any --seeds given (training extra seeds must not
     #: shrink the tables to those seeds)
     report_seeds: Tuple[int, ...] = ()
+    #: other grids' output folders whose finished runs of identical settings this grid adopts
+    reuse_runs_from: Tuple[str, ...] = ()
+
+    def reuse_sources(self) -> List[Path]:
+        """The run folders searched for runs to adopt (each ``<folder>/runs`` that exists: a grid that
+        has not run yet offers nothing); a folder that does not exist is a mistake in the file."""
+        for folder in self.reuse_runs_from:
+            if not Path(folder).is_dir():
+                raise ConfigError(f"reuse_runs_from: {folder} is not a folder (paths are relative to the working directory, like output_dir)")
+        return [Path(d) / RUNS_SUBDIR for d in self.reuse_runs_from if (Path(d) / RUNS_SUBDIR).is_dir()]
 
     def runs(self) -> List[Tuple[str, Dict[str, Any]]]:
         """(label, resolved run config) per cell and seed, env by env, estimator by estimator."""
@@ -354,6 +368,10 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
             raise ConfigError(f"--seeds must list distinct seeds, got {list(seeds_t)}")
     else:
         seeds_t = file_seeds
+    reuse = tuple(_list("reuse_runs_from", raw["reuse_runs_from"])) if "reuse_runs_from" in raw else ()
+    for i, folder in enumerate(reuse):
+        if not isinstance(folder, str) or not folder:
+            raise ConfigError(f"reuse_runs_from[{i}] must be a folder (another grid's output_dir), got {_show(folder)}")
     return Ablation(
         name=name,
         output_dir=output_dir,
@@ -368,6 +386,7 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
         estimators=tuple(estimators),
         baseline=baseline,
         report_seeds=tuple(sorted(set(file_seeds) | set(seeds_t))),
+        reuse_runs_from=reuse,
     )
 
 
@@ -530,11 +549,13 @@ def run_ablation(
         while another invocation is filling the grid: it never touches an unfinished run).
     """
     from hybrid_pg.experiments.ablate_report import write_env_report, write_summary
-    from hybrid_pg.experiments.runner import pending, run_grid, worker_count
+    from hybrid_pg.experiments.runner import adopt_finished_runs, pending, run_grid, worker_count
 
     out = Path(out_dir if out_dir is not None else ablation.output_dir)
     runs_dir = out / RUNS_SUBDIR
     runs = selected_runs(ablation, only)
+    if ablation.reuse_runs_from:
+        adopt_finished_runs(runs, runs_dir, ablation.reuse_sources())
     todo = pending(runs, runs_dir) if train else []
     n_workers = worker_count(workers, len(todo)) if backend == "local" else workers
     if train:

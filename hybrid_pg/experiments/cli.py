@@ -98,13 +98,14 @@ def _require_backend(args: argparse.Namespace) -> None:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from hybrid_pg.experiments.ablate import RUNS_SUBDIR, load_ablation, run_ablation, select_estimators, selected_runs
-    from hybrid_pg.experiments.runner import available_cores, in_training_elsewhere, pending
+    from hybrid_pg.experiments.runner import adopt_finished_runs, available_cores, in_training_elsewhere, pending
 
     _require_backend(args)
     ablation = load_ablation(args.config, seeds=args.seeds)
     out = Path(args.out) if args.out is not None else Path(ablation.output_dir)
     specs = selected_runs(ablation, args.only)
     todo = pending(specs, out / RUNS_SUBDIR)
+    adoptable = adopt_finished_runs(todo, out / RUNS_SUBDIR, ablation.reuse_sources(), dry_run=True) if ablation.reuse_runs_from else []
     if args.backend == "local" and args.workers is not None and args.workers > available_cores() and not args.quiet:
         print(f"{PROG}: --workers {args.workers} capped at the {available_cores()} available cores", file=sys.stderr)
     if not args.quiet or args.dry_run:
@@ -112,6 +113,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         which = f" (--only {' '.join(estimators)})" if args.only else ""
         elsewhere = in_training_elsewhere(specs, out / RUNS_SUBDIR)
         busy = f" ({len(elsewhere)} of them in training by another process, left to it)" if elsewhere else ""
+        if adoptable:
+            busy += f" ({len(adoptable)} of them finished by another grid, copied from reuse_runs_from)"
         print(
             f"ablation {ablation.name}: {len(ablation.envs)} envs x {len(estimators)} estimators{which} x "
             f"{len(ablation.seeds)} seeds = {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to train{busy}; output {out}"

@@ -414,6 +414,50 @@ def pending(runs: Grid, out_dir: Union[str, Path]) -> List[Tuple[str, Mapping[st
     return [(label, cfg) for label, cfg in runs if not is_finished(Path(out_dir) / run_key(label, cfg))]
 
 
+#: a run adopted from another grid's folder names its source here (provenance: it was not trained here)
+ADOPTED_FILE = "adopted_from.txt"
+
+
+def adopt_finished_runs(runs: Grid, out_dir: Union[str, Path], sources: Sequence[Union[str, Path]], dry_run: bool = False) -> List[Path]:
+    """Copy into ``out_dir`` every run of ``runs`` that another grid's run folder already finished.
+
+    Two runs are the same run when their keys agree after the label: the same seed and the same hash
+    of the resolved env, algo and train settings (:func:`run_key`), so a cell that two grids share
+    (a sweep's middle size = the benchmark's cell) trains once. The copy gets ``adopted_from.txt``
+    naming its source. A run that already has a directory here (finished, or being trained) is left
+    alone; sources are searched in order, the first finished match wins.
+
+    :param sources: run folders of other grids (an ablation's ``<output_dir>/runs``).
+    :param dry_run: copy nothing; return what would be adopted.
+    :return: the run directories adopted (or, with ``dry_run``, that would be).
+    """
+    out = Path(out_dir)
+    adopted: List[Path] = []
+    for label, cfg in runs:
+        target = out / run_key(label, cfg)
+        if target.exists() or _lock_path(target).exists():
+            continue
+        suffix = run_key(label, cfg)[len(sanitise(label)):]  # "_s<seed>_<hash>"
+        for source in sources:
+            source = Path(source)
+            if not source.is_dir():
+                raise FileNotFoundError(f"reuse_runs_from: {source} is not a folder")
+            match = sorted(d for d in source.glob(f"*{suffix}") if d.is_dir() and is_finished(d))
+            if match and dry_run:
+                adopted.append(target)
+                break
+            if match:
+                out.mkdir(parents=True, exist_ok=True)
+                tmp = out / (target.name + ".adopting")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(match[0], tmp)
+                (tmp / ADOPTED_FILE).write_text(f"{match[0]}\n", encoding="utf-8")
+                os.replace(tmp, target)  # atomic: a half-copied run never looks finished
+                adopted.append(target)
+                break
+    return adopted
+
+
 #: a run being trained holds ``<run dir>.lock`` (``pid@host``): two grid invocations filling the same
 #: folder (two terminals, two sessions) never train, or wipe, the same run
 LOCK_SUFFIX = ".lock"
