@@ -59,6 +59,22 @@ def test_recovery_stops_at_the_next_switch_and_skips_degenerate_oracles():
     assert math.isnan(study.recovery_times(result, [3000.0, 5000.0])[0])
 
 
+def test_the_censored_recovery_mean_counts_an_unrecovered_switch_as_its_budget_plus_one():
+    errors = [0.0, 0.0, 0.0, 0.01, 0.01, 0.01, 0.01, 0.4, 0.4, 0.01, 0.01, 0.01]
+    result = _result("switching__x", errors, degenerate={3})
+    # the updates trained on rollouts ending at 1000 ... 12000: two post-switch ones before the switch
+    # at 5000 (4000: degenerate, 5000), seven after it (6000 ... 12000: .01 .01 .4 .4 .01 .01 .01)
+    assert study.post_switch_updates(result, [3000.0, 5000.0]) == [2, 7]
+    times = study.recovery_times(result, [3000.0, 5000.0])
+    assert math.isnan(times[0]) and times[1] == 5.0
+    assert study.censored_recovery_mean(times, [2, 7]) == pytest.approx((3 + 5) / 2)
+    # a window that never recovers cannot look faster than one that recovers late
+    assert study.censored_recovery_mean([math.nan, 1.0], [20, 20]) > study.censored_recovery_mean([15.0, 1.0], [20, 20])
+    assert math.isnan(study.censored_recovery_mean([], []))
+    with pytest.raises(ValueError, match="2 recovery times but 1 budgets"):
+        study.censored_recovery_mean([1.0, 2.0], [3])
+
+
 def test_tracking_lag_finds_a_known_shift():
     oracle = [0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.5, 0.95, 0.05, 0.5]
     lagged = [0.5, 0.5, 0.5] + oracle[:-3]  # the applied lam is the oracle 3 updates late

@@ -41,6 +41,8 @@ __all__ = [
     "nanmean",
     "paired_regret",
     "recovery_times",
+    "post_switch_updates",
+    "censored_recovery_mean",
     "reference_noise",
     "save_figure",
     "switch_steps",
@@ -133,6 +135,27 @@ def recovery_times(
                 break
         out.append(rec)
     return out
+
+
+def post_switch_updates(result: Mapping[str, Any], switches: Sequence[float], key: str = "hybrid/oracle_error_applied") -> List[int]:
+    """Per switch: the logged updates on post-switch rollouts before the next switch (or the end),
+    i.e. the budget within which :func:`recovery_times` looked for a recovery."""
+    steps, _ = masked_series(result, key, math.inf)
+    bounds = list(switches[1:]) + [math.inf]
+    return [int(sum(1 for s in steps if switch < s <= end)) for switch, end in zip(switches, bounds)]
+
+
+def censored_recovery_mean(times: Sequence[float], budgets: Sequence[int]) -> float:
+    """The mean recovery time with an unrecovered switch (NaN) counted as its whole budget plus one.
+
+    That is a lower bound on its recovery time, so the mean is a lower bound too, but a fair one to
+    compare windows with: the mean over recovered switches alone rewards a window that never
+    recovers from the hard switches (they drop out) over one that recovers from them slowly."""
+    if len(times) != len(budgets):
+        raise ValueError(f"{len(times)} recovery times but {len(budgets)} budgets")
+    if not times:
+        return math.nan
+    return float(np.mean([t if math.isfinite(t) else b + 1 for t, b in zip(times, budgets)]))
 
 
 def tracking_lag(result: Mapping[str, Any], warmup: int, max_lag: int = 20) -> float:
