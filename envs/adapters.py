@@ -165,12 +165,19 @@ class MujocoAdapter(ParameterAdapter):
         model = getattr(self.env, "model", None)
         if model is None or not hasattr(model, "opt") or not all(hasattr(model, f) for f in self._FIELDS):
             raise TypeError(f"MujocoAdapter needs a MuJoCo env (env.unwrapped.model an MjModel), got {type(self.env).__name__}")
-        self.model = model
         self.original = {f: np.array(getattr(model, f), copy=True) for f in self._FIELDS}
         gravity = np.array(model.opt.gravity, dtype=np.float64)
         norm = float(np.linalg.norm(gravity))
         self.gravity_direction = gravity / norm if norm > 0 else np.array([0.0, 0.0, -1.0])
         self.scales = {"body_mass_scale": 1.0, "friction_scale": 1.0, "gear_scale": 1.0}
+
+    @property
+    def model(self) -> Any:
+        """The env's ``MjModel``, looked up at every use and never stored: ``copy.deepcopy`` copies an
+        ``MjModel`` without entering it in the memo, so a stored reference in a copied env (the oracle's
+        copy of the training env) would point at an orphan model and every parameter change would miss
+        the model that copy simulates."""
+        return self.env.model
 
     def _get(self, name: str) -> float:
         if name == "gravity":

@@ -10,6 +10,8 @@ is seeded.
 
 from __future__ import annotations
 
+import copy
+
 import json
 
 import gymnasium as gym
@@ -386,6 +388,24 @@ def test_mujoco_adapter_changes_the_simulator():
     np.testing.assert_array_equal(env.unwrapped.model.geom_friction, original)
     with pytest.raises(ValueError, match="cannot drive"):
         NonStationaryWrapper(_mujoco_env(), {"g": 1.0})
+
+
+def test_a_deep_copy_of_a_mujoco_env_follows_its_own_schedule():
+    # the oracle deep-copies the training env; the copy's clock must move the copy's simulator
+    # (copy.deepcopy copies an MjModel without entering it in the memo: an adapter that stored the
+    # model changed an orphan copy, so every oracle of a MuJoCo run sat at the parameters of the moment
+    # it was copied and its frozen-clock twin reported no env drift)
+    wrapper = NonStationaryWrapper(_mujoco_env(), {"friction_scale": {"kind": "linear", "start": 1.0, "end": 0.4, "duration": 100}})
+    wrapper.reset(seed=0)
+    original = wrapper.adapter.original["geom_friction"]
+    twin = copy.deepcopy(wrapper)
+    assert twin.unwrapped.model is not wrapper.unwrapped.model
+    twin.set_clock(100)
+    np.testing.assert_allclose(twin.unwrapped.model.geom_friction, 0.4 * original)
+    np.testing.assert_allclose(wrapper.unwrapped.model.geom_friction, original)  # the original is untouched
+    wrapper.set_clock(50)
+    np.testing.assert_allclose(wrapper.unwrapped.model.geom_friction, 0.7 * original)
+    np.testing.assert_allclose(twin.unwrapped.model.geom_friction, 0.4 * original)
 
 
 # ---------------------------------------------------------------------------------------------
