@@ -105,7 +105,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else Path(ablation.output_dir)
     specs = selected_runs(ablation, args.only)
     todo = pending(specs, out / RUNS_SUBDIR)
-    adoptable = adopt_finished_runs(todo, out / RUNS_SUBDIR, ablation.reuse_sources(), dry_run=True) if ablation.reuse_runs_from else []
     if args.backend == "local" and args.workers is not None and args.workers > available_cores() and not args.quiet:
         print(f"{PROG}: --workers {args.workers} capped at the {available_cores()} available cores", file=sys.stderr)
     if not args.quiet or args.dry_run:
@@ -113,6 +112,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         which = f" (--only {' '.join(estimators)})" if args.only else ""
         elsewhere = in_training_elsewhere(specs, out / RUNS_SUBDIR)
         busy = f" ({len(elsewhere)} of them in training by another process, left to it)" if elsewhere else ""
+        adoptable = adopt_finished_runs(todo, out / RUNS_SUBDIR, ablation.reuse_sources(), dry_run=True) if ablation.reuse_runs_from else []
         if adoptable:
             busy += f" ({len(adoptable)} of them finished by another grid, copied from reuse_runs_from)"
         print(

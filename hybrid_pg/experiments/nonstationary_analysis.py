@@ -98,6 +98,13 @@ def reference_noise(result: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
     return steps, np.array(se, dtype=float)
 
 
+def _post_switch(steps: Sequence[float], switches: Sequence[float]) -> List[List[int]]:
+    """Per switch, the indices of the updates on post-switch rollouts before the next switch (or the
+    end): an update's rollout ended at ``steps[i]``, so it is post-switch when it ended after it."""
+    bounds = list(switches[1:]) + [math.inf]
+    return [[i for i, s in enumerate(steps) if switch < s <= end] for switch, end in zip(switches, bounds)]
+
+
 def recovery_times(
     result: Mapping[str, Any],
     switches: Sequence[float],
@@ -124,10 +131,8 @@ def recovery_times(
         return max(tolerance, noise_z * se) if noise_z is not None and math.isfinite(se) else tolerance
 
     out = []
-    for k, switch in enumerate(switches):
-        end = switches[k + 1] if k + 1 < len(switches) else math.inf
-        # an update's rollout ended at `step`; it is post-switch when it started at or after the switch
-        after = [(e, allowed(s)) for s, e in zip(steps, error) if switch < s <= end]
+    for window in _post_switch(steps, switches):
+        after = [(error[i], allowed(steps[i])) for i in window]
         rec = math.nan
         for i in range(len(after) - hold + 1):
             if all(e <= tol for e, tol in after[i : i + hold]):
@@ -141,8 +146,7 @@ def post_switch_updates(result: Mapping[str, Any], switches: Sequence[float], ke
     """Per switch: the logged updates on post-switch rollouts before the next switch (or the end),
     i.e. the budget within which :func:`recovery_times` looked for a recovery."""
     steps, _ = masked_series(result, key, math.inf)
-    bounds = list(switches[1:]) + [math.inf]
-    return [int(sum(1 for s in steps if switch < s <= end)) for switch, end in zip(switches, bounds)]
+    return [len(window) for window in _post_switch(steps, switches)]
 
 
 def censored_recovery_mean(times: Sequence[float], budgets: Sequence[int]) -> float:

@@ -418,6 +418,25 @@ def pending(runs: Grid, out_dir: Union[str, Path]) -> List[Tuple[str, Mapping[st
 ADOPTED_FILE = "adopted_from.txt"
 
 
+def _seed_and_hash(key: str) -> str:
+    """``s<seed>_<hash>``: what identifies a run across grids (a :func:`run_key` without its label,
+    which may itself hold underscores)."""
+    return "_".join(key.rsplit("_", 2)[-2:])
+
+
+def _finished_runs_by_seed_and_hash(sources: Sequence[Union[str, Path]]) -> Dict[str, Path]:
+    """Each finished run directory of ``sources`` under :func:`_seed_and_hash` of its name, read once;
+    sources in order, names sorted within each, the first one found wins."""
+    index: Dict[str, Path] = {}
+    for source in map(Path, sources):
+        if not source.is_dir():
+            raise FileNotFoundError(f"reuse_runs_from: {source} is not a folder")
+        for run_dir in sorted(source.iterdir()):
+            if run_dir.is_dir() and is_finished(run_dir):
+                index.setdefault(_seed_and_hash(run_dir.name), run_dir)
+    return index
+
+
 def adopt_finished_runs(runs: Grid, out_dir: Union[str, Path], sources: Sequence[Union[str, Path]], dry_run: bool = False) -> List[Path]:
     """Copy into ``out_dir`` every run of ``runs`` that another grid's run folder already finished.
 
@@ -432,29 +451,21 @@ def adopt_finished_runs(runs: Grid, out_dir: Union[str, Path], sources: Sequence
     :return: the run directories adopted (or, with ``dry_run``, that would be).
     """
     out = Path(out_dir)
+    finished = _finished_runs_by_seed_and_hash(sources)
     adopted: List[Path] = []
     for label, cfg in runs:
-        target = out / run_key(label, cfg)
-        if target.exists() or _lock_path(target).exists():
+        key = run_key(label, cfg)
+        target, source = out / key, finished.get(_seed_and_hash(key))
+        if source is None or target.exists() or _lock_path(target).exists():
             continue
-        suffix = run_key(label, cfg)[len(sanitise(label)):]  # "_s<seed>_<hash>"
-        for source in sources:
-            source = Path(source)
-            if not source.is_dir():
-                raise FileNotFoundError(f"reuse_runs_from: {source} is not a folder")
-            match = sorted(d for d in source.glob(f"*{suffix}") if d.is_dir() and is_finished(d))
-            if match and dry_run:
-                adopted.append(target)
-                break
-            if match:
-                out.mkdir(parents=True, exist_ok=True)
-                tmp = out / (target.name + ".adopting")
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(match[0], tmp)
-                (tmp / ADOPTED_FILE).write_text(f"{match[0]}\n", encoding="utf-8")
-                os.replace(tmp, target)  # atomic: a half-copied run never looks finished
-                adopted.append(target)
-                break
+        if not dry_run:
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / (key + ".adopting")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source, tmp)
+            (tmp / ADOPTED_FILE).write_text(f"{source}\n", encoding="utf-8")
+            os.replace(tmp, target)  # atomic: a half-copied run never looks finished
+        adopted.append(target)
     return adopted
 
 
