@@ -92,6 +92,23 @@ def test_the_floor_check_reads_the_worst_seed_at_the_budget(tmp_path):
     assert np.isfinite(row["worst"])
 
 
+def test_the_floor_test_separates_one_unlucky_seed_from_a_low_tail(tmp_path):
+    """One run below the floor's worst is what chance gives (p 0.5 with equal counts); five of
+    eight below it is not (p = 8*7*6*5*4 / (16*15*14*13*12) = 0.0128)."""
+    floor = _cell(tmp_path, "r", [100.0 + i for i in range(8)])
+    one_low = _cell(tmp_path, "a", [99.0] + [150.0] * 7)
+    low_tail = _cell(tmp_path, "b", [10.0, 20.0, 30.0, 40.0, 50.0] + [150.0] * 3)
+    row_a = cell_row("a", one_low, floor, floor_runs=floor, at_steps=300)
+    row_b = cell_row("b", low_tail, floor, floor_runs=floor, at_steps=300)
+    assert (row_a["floor_test"].count, row_a["floor_test"].p_value) == (1, pytest.approx(0.5))
+    assert row_b["floor_test"].count == 5 and row_b["floor_test"].p_value == pytest.approx(8 * 7 * 6 * 5 * 4 / (16 * 15 * 14 * 13 * 12))
+    text = write_goals(tmp_path, {"e": {"r": floor, "a": one_low, "b": low_tail}}, baseline="r", floor="r", at_steps=300).read_text()
+    lines = {est: next(l for l in text.splitlines() if l.startswith(f"- **{est}** at 300")) for est in ("a", "b")}
+    assert "below on ['e']; below by more than noise" in lines["a"] and lines["a"].split("p < 0.05): ")[1].startswith("none")
+    assert lines["b"].split("p < 0.05): ")[1].startswith("['e']")
+    assert "| 99 (100); 1 below, p 0.50 |" in text
+
+
 def test_one_run_gets_no_interval_and_no_probability(tmp_path):
     base = _cell(tmp_path, "ppo", [100.0, 101.0])
     one = _cell(tmp_path, "h", [150.0])

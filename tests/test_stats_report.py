@@ -13,6 +13,7 @@ import pytest
 from hybrid_pg.experiments.ablate_report import estimator_summary, markdown_table, write_summary
 from hybrid_pg.experiments.aggregate import (
     MIN_RUNS_FOR_SIGNIFICANCE,
+    below_minimum_test,
     compare,
     normalise_min_max,
     bootstrap_difference_ci,
@@ -153,3 +154,38 @@ def test_five_paired_seeds_can_never_be_significant_and_the_verdict_says_why():
     assert "needs >= 6 seeds" in _verdict(METRICS[0], five, "reinforce")
     six = compare([10.0, 11, 12, 13, 14, 15], [0.0, 1, 2, 3, 4, 5], seeds + [5], seeds + [5])
     assert six.significant and "significant" in _verdict(METRICS[0], six, "reinforce")
+
+
+# ------------------------------------------------------------------------------------------------
+# below_minimum_test: the worst-seed floor made noise-aware
+# ------------------------------------------------------------------------------------------------
+
+
+def test_below_minimum_p_values_match_a_monte_carlo_of_exchangeable_runs():
+    """P(K >= k) in closed form against 200k draws of two samples from one distribution, each
+    within 4 Monte Carlo standard errors; the count's mean against n_a / (n_b + 1)."""
+    rng = np.random.default_rng(7)
+    n_a, n_b, draws = 15, 15, 200_000
+    x = rng.standard_normal((draws, n_a + n_b))
+    counts = (x[:, :n_a] < x[:, n_a:].min(axis=1, keepdims=True)).sum(axis=1)
+    for k in range(1, 6):
+        exact = below_minimum_test(np.r_[np.full(k, -1.0), np.ones(n_a - k)], np.zeros(n_b)).p_value
+        mc = float(np.mean(counts >= k))
+        se = math.sqrt(mc * (1 - mc) / draws)
+        assert abs(exact - mc) < 4 * se + 1e-12, (k, exact, mc)
+    assert abs(counts.mean() - n_a / (n_b + 1)) < 4 * counts.std() / math.sqrt(draws)
+    # the thresholds the docstring quotes
+    ps = [below_minimum_test(np.r_[np.full(k, -1.0), np.ones(15 - k)], np.zeros(15)).p_value for k in range(1, 5)]
+    assert [round(p, 3) for p in ps] == [0.5, 0.241, 0.112, 0.05]
+
+
+def test_below_minimum_counts_strictly_below_and_rejects_bad_input():
+    res = below_minimum_test([0.0, 1.0, -2.0, -1.0], [-1.0, 3.0])
+    assert (res.count, res.n_a, res.n_b) == (1, 4, 2)  # the tie at -1 is not below
+    assert res.p_value == pytest.approx(4 / 6)
+    assert below_minimum_test([5.0, 6.0], [1.0]).p_value == 1.0
+    assert below_minimum_test([-5.0, -6.0], [1.0]).p_value == pytest.approx(2 / 3 * 1 / 2)  # both below: 1/3
+    with pytest.raises(ValueError, match="at least one"):
+        below_minimum_test([], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        below_minimum_test([float("nan")], [1.0])

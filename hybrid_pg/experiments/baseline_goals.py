@@ -14,7 +14,11 @@ collapse below it? Per env and estimator this module reports, from the finished 
 * worst seed: the cell's lowest final return against the baseline's lowest (a gain must not come
   with collapses), and optionally, at an earlier budget, against a *floor* cell's lowest (the
   hybrid against REINFORCE-with-the-same-update: the weight must never make learning worse than its
-  unbiased fallback);
+  unbiased fallback). Read literally that is a coin flip when the two cells do not differ (the
+  lowest of all runs is the cell's with probability n / (n + m)), so the row also counts the
+  cell's runs below the floor's worst with the exact probability of that many under
+  exchangeability (:func:`~hybrid_pg.experiments.aggregate.below_minimum_test`): "worse than its
+  fallback by more than noise" is p < 0.05;
 * the weight: the median over updates of ``hybrid/lambda`` and of ``hybrid/variance_ratio_vs_reinforce``.
 
 Nothing is called met with fewer than :data:`MIN_RUNS` runs on either side: the row says how many
@@ -33,7 +37,9 @@ import numpy as np
 
 from hybrid_pg.experiments.aggregate import (
     MIN_RUNS_FOR_SIGNIFICANCE,
+    SIGNIFICANCE_LEVEL,
     Interval,
+    below_minimum_test,
     iqm,
     iqm_is_informative,
     mean,
@@ -132,6 +138,10 @@ def cell_row(
         row["worst_at"] = float(np.nanmin(early)) if np.isfinite(early).any() else math.nan
         row["floor_worst_at"] = float(np.nanmin(floor)) if np.isfinite(floor).any() else math.nan
         row["floor_runs"] = int(np.isfinite(floor).sum())
+        # the literal floor (no run below the floor's worst) is a coin flip when nothing differs;
+        # the exact test says whether the cell's runs sit below it more often than chance
+        mine, theirs = early[np.isfinite(early)], floor[np.isfinite(floor)]
+        row["floor_test"] = below_minimum_test(mine, theirs) if mine.size and theirs.size else None
     row["lambda_median"] = _median_key(runs, "hybrid/lambda", skip_updates)
     row["variance_ratio_median"] = _median_key(runs, "hybrid/variance_ratio_vs_reinforce", skip_updates)
     return row
@@ -251,7 +261,9 @@ def markdown(
             steps = f"{_num(r['steps_to_baseline'])} ({_num(r['steps_ratio'], '.2f')})"
             cells = [r["estimator"], str(r["runs"]), _fmt(r["mean"]), _fmt(r["iqm"]), poi, steps, f"{_num(r['worst'])} ({_num(r['baseline_worst'])})"]
             if floor is not None and at_steps is not None:
-                cells.append(f"{_num(r.get('worst_at', math.nan))} ({_num(r.get('floor_worst_at', math.nan))})")
+                test = r.get("floor_test")
+                below = "" if test is None or r["estimator"] == floor else f"; {test.count} below, p {test.p_value:.2f}"
+                cells.append(f"{_num(r.get('worst_at', math.nan))} ({_num(r.get('floor_worst_at', math.nan))}){below}")
             cells += [_num(r["lambda_median"], ".2f"), _num(r["variance_ratio_median"], ".3f")]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Final return by seed", ""]
@@ -275,7 +287,15 @@ def markdown(
                 continue
             worse = [env for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est and _below_floor(r)]
             counts = [f"{env} {r['runs']}/{r.get('floor_runs', 0)}" for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est]
-            lines.append(f"- **{est}** at {at_steps:.0f} steps, worst seed vs {floor}'s worst: below on {worse or 'none'} (runs {', '.join(counts)})")
+            noisy = [
+                env for env, rows in per_env_rows.items() for r in rows
+                if r["estimator"] == est and r.get("floor_test") is not None and r["floor_test"].p_value < SIGNIFICANCE_LEVEL
+            ]
+            lines.append(
+                f"- **{est}** at {at_steps:.0f} steps, worst seed vs {floor}'s worst: below on {worse or 'none'}; "
+                f"below by more than noise (more runs under {floor}'s worst than chance puts there, exact test p < {SIGNIFICANCE_LEVEL}): "
+                f"{noisy or 'none'} (runs {', '.join(counts)})"
+            )
     return "\n".join(lines) + "\n"
 
 
