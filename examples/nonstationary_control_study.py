@@ -191,12 +191,15 @@ def question_cells(cfg: Mapping[str, Any]) -> List[str]:
     return [f"hybrid_{cfg['question_mode']}", "reinforce"]
 
 
-def build_runs(cfg: Mapping[str, Any], tasks: Sequence[str], seeds: Sequence[int]) -> List[Tuple[str, Dict[str, Any]]]:
+def build_runs(cfg: Mapping[str, Any], tasks: Sequence[str], seeds: Sequence[int], question_only: bool = False) -> List[Tuple[str, Dict[str, Any]]]:
     """(label ``task__env__cell``, run config) for every run, in priority order (see the config):
-    the question's cells on every env seed by seed, then the other hybrid modes, then the rest."""
+    the question's cells on every env seed by seed, then the other hybrid modes, then the rest
+    (``question_only``: the question's cells alone)."""
     first = question_cells(cfg)
     tiers = [first, [c for c in cells(cfg) if c.startswith("hybrid_") and c not in first],
              [c for c in cells(cfg) if not c.startswith("hybrid_") and c not in first]]
+    if question_only:
+        tiers = tiers[:1]
     runs = []
     for task_name in tasks:
         task = cfg["tasks"][task_name]
@@ -571,6 +574,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--quick", action="store_true", help="a tiny grid (a few hundred steps, 1 seed, 2 modes) for the test")
     parser.add_argument("--report-only", action="store_true", help="analyse the finished runs; train nothing")
+    parser.add_argument("--question-only", action="store_true",
+                        help="train only the paper's question's cells (the hybrid of question_mode and REINFORCE), e.g. "
+                             "extra seeds for its verdict; the report still covers every finished run")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.backend == "ray":
@@ -592,7 +598,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     out = Path(args.out or (cfg["output_dir"] + ("_quick" if args.quick else "")))
     runs = build_runs(cfg, tasks, cfg["seeds"])
     if not args.report_only:
-        run_grid(build_runs(cfg, tasks, train_seeds), out / "runs", workers=args.workers, backend=args.backend, address=args.address)
+        run_grid(build_runs(cfg, tasks, train_seeds, question_only=args.question_only), out / "runs", workers=args.workers, backend=args.backend, address=args.address)
     results = finished_results(runs, out / "runs")
     print(f"{len(results)} of {len(runs)} runs finished")
     analyse(cfg, tasks, results, out)

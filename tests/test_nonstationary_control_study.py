@@ -120,6 +120,12 @@ def test_grid_order_and_configs():
     env = by[("halfcheetah__drifting_friction__hybrid_ema_16", 1)]["env"]
     assert env["normalize"] and env["wrappers"][0]["name"] == "nonstationary"
     assert env["wrappers"][0]["kwargs"]["schedules"]["friction_scale"]["end"] == 0.4
+    # --question-only: the question's two cells on every env and seed, the same configs
+    question = study.build_runs(CONFIG, ["halfcheetah"], [3, 4], question_only=True)
+    assert {label.split("__")[2] for label, _ in question} == {"hybrid_adaptive_16", "reinforce"}
+    assert len(question) == 3 * 2 * 2 and {c["train"]["seed"] for _, c in question} == {3, 4}
+    full = {(label, c["train"]["seed"]): c for label, c in study.build_runs(CONFIG, ["halfcheetah"], [3, 4])}
+    assert all(full[(label, c["train"]["seed"])] == c for label, c in question)
 
 
 def test_quick_end_to_end(tmp_path):
