@@ -50,8 +50,9 @@ import argparse
 import copy
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import yaml
@@ -544,14 +545,33 @@ def finished_results(runs: Sequence[Tuple[str, Mapping[str, Any]]], runs_dir: Pa
     return [load_result(runs_dir / run_key(label, c), label=label) for label, c in runs if is_finished(runs_dir / run_key(label, c))]
 
 
-def analyse(cfg: Mapping[str, Any], tasks: Sequence[str], results: Sequence[Mapping[str, Any]], out: Path) -> Dict[str, Any]:
+_RUN_SEED = re.compile(r"_s(\d+)_[0-9a-f]{8}$")
+
+
+def seeds_on_disk(runs_dir: Path, task_name: str) -> Set[int]:
+    """The seeds of the task's finished runs in ``runs_dir`` (any cell), so that a report covers every
+    finished run, whichever ``--seeds`` trained it (Pendulum's 6 seeds, HalfCheetah's question cells' 5)."""
+    if not runs_dir.is_dir():
+        return set()
+    found = set()
+    for run_dir in runs_dir.glob(f"{task_name}__*"):
+        match = _RUN_SEED.search(run_dir.name)
+        if match and is_finished(run_dir):
+            found.add(int(match.group(1)))
+    return found
+
+
+def analyse(cfg: Mapping[str, Any], tasks: Sequence[str], results: Sequence[Mapping[str, Any]], out: Path,
+            seeds: Optional[Mapping[str, Sequence[int]]] = None) -> Dict[str, Any]:
+    """Reports and figures per task; ``seeds``: per task, the seeds the coverage table counts (default
+    the config's)."""
     out.mkdir(parents=True, exist_ok=True)
     everything = {}
     for task_name in tasks:
         task = cfg["tasks"][task_name]
         grouped = group(results, task_name)
         tracking, returns, question = tracking_rows(task, grouped, cfg), return_rows(task, grouped, cfg), question_rows(task, grouped, cfg)
-        text = report(task_name, task, cfg, tracking, returns, question, coverage(task, grouped, cfg, len(cfg["seeds"])))
+        text = report(task_name, task, cfg, tracking, returns, question, coverage(task, grouped, cfg, len((seeds or {}).get(task_name, cfg["seeds"]))))
         (out / f"report_{task_name}.md").write_text(text)
         summary = {"tracking": tracking, "returns": returns, "question": question, "runs": sum(len(v) for v in grouped.values())}
         (out / f"summary_{task_name}.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
@@ -587,8 +607,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = yaml.safe_load(Path(args.config).read_text())
     if args.quick:
         cfg = quick_config(cfg)
-    # train the seeds asked for; report every finished run of the file's seeds and those (a run with
-    # --seeds 3 4 5 must not shrink the report to seeds 3-5)
+    # train the seeds asked for; report every finished run: the file's seeds, those, and any other seed
+    # a task has finished runs of (a run with --seeds 3 4 5 must not shrink the report to seeds 3-5,
+    # nor a later --report-only drop them)
     train_seeds = list(args.seeds) if args.seeds else list(cfg["seeds"])
     cfg["seeds"] = sorted(set(cfg["seeds"]) | set(train_seeds))
     tasks = args.task or list(cfg["tasks"])
@@ -596,12 +617,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if unknown:
         parser.error(f"unknown task(s) {unknown}; the config has {sorted(cfg['tasks'])}")
     out = Path(args.out or (cfg["output_dir"] + ("_quick" if args.quick else "")))
-    runs = build_runs(cfg, tasks, cfg["seeds"])
     if not args.report_only:
         run_grid(build_runs(cfg, tasks, train_seeds, question_only=args.question_only), out / "runs", workers=args.workers, backend=args.backend, address=args.address)
+    seeds = {t: sorted(set(cfg["seeds"]) | seeds_on_disk(out / "runs", t)) for t in tasks}
+    runs = [run for t in tasks for run in build_runs(cfg, [t], seeds[t])]
     results = finished_results(runs, out / "runs")
     print(f"{len(results)} of {len(runs)} runs finished")
-    analyse(cfg, tasks, results, out)
+    analyse(cfg, tasks, results, out, seeds)
     print(f"wrote {out}/report_<task>.md, summary_<task>.json and <task>_lambda, _drift, _returns, _question .png for {tasks}")
 
 

@@ -144,3 +144,11 @@ def test_quick_end_to_end(tmp_path):
     study.main([str(ROOT / "configs" / "nonstationary_control.yaml"), "--quick", "--task", "pendulum", "--out", str(out), "--report-only"])
     assert json.loads((out / "summary_pendulum.json").read_text())["runs"] == 7
     assert "0/1" in (out / "report_pendulum.md").read_text()
+    # extra seeds of the question's cells alone; a later --report-only (no --seeds) still covers them
+    study.main([str(ROOT / "configs" / "nonstationary_control.yaml"), "--quick", "--task", "pendulum", "--out", str(out), "--seeds", "1", "--question-only"])
+    assert sorted(p.name.split("__")[2].rsplit("_s", 1)[0] for p in (out / "runs").glob("pendulum__*_s1_*") if p.is_dir()) == ["hybrid_adaptive_16", "hybrid_adaptive_16", "reinforce", "reinforce"]
+    study.main([str(ROOT / "configs" / "nonstationary_control.yaml"), "--quick", "--task", "pendulum", "--out", str(out), "--report-only"])
+    assert json.loads((out / "summary_pendulum.json").read_text())["runs"] == 7 + 4
+    report = (out / "report_pendulum.md").read_text()
+    assert "2/2" in report and "0/2" in report  # the question's cells have both seeds; PPO on switching g none
+    assert study.seeds_on_disk(out / "runs", "pendulum") == {0, 1} and study.seeds_on_disk(out / "runs", "halfcheetah") == set()
