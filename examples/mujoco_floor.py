@@ -107,18 +107,15 @@ def report(pooled: Returns, check: Mapping[str, Mapping[str, Mapping[int, tuple]
     for env, cells in pooled.items():
         lines += ["", f"## {env}", "", f"| cell | seeds | mean [CI] | IQM [CI] | worst | lower 20% | below {floor}'s worst (p) |", "|---|---|---|---|---|---|---|"]
         values = {cell: np.array([v for _, v in sorted(by_seed.items())]) for cell, by_seed in cells.items() if by_seed}
+        tests = {cell: below_minimum_test(x, values[floor]) for cell, x in values.items() if cell != floor and floor in values}
         for cell, x in values.items():
-            below = "—"
-            if cell != floor and floor in values:
-                t = below_minimum_test(x, values[floor])
-                below = f"{t.count} ({t.p_value:.3f})"
+            below = f"{tests[cell].count} ({tests[cell].p_value:.3f})" if cell in tests else "—"
             iqm_text = _ci(stratified_bootstrap_ci([x], statistic=iqm)) if x.size >= 4 else "—"
             lines.append(
                 f"| {cell} | {x.size} | {_ci(stratified_bootstrap_ci([x]))} | {iqm_text} | {x.min():.0f} | {lower_tail_mean(x):.0f} | {below} |"
             )
         if hybrid in values and floor in values:
-            h, f = values[hybrid], values[floor]
-            t = below_minimum_test(h, f)
+            h, f, t = values[hybrid], values[floor], tests[hybrid]
             lines += ["", f"- {hybrid} - {floor}, mean: {_ci(bootstrap_difference_ci(h, f))}; P({hybrid} > {floor}) {_ci(probability_of_improvement([h], [f]), 2)}"]
             if baseline in values:
                 b = values[baseline]

@@ -50,7 +50,6 @@ import argparse
 import copy
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -74,7 +73,7 @@ from hybrid_pg.experiments.nonstationary_analysis import (
 )
 from hybrid_pg.experiments.ray_backend import RayNotInstalledError, require_ray
 from hybrid_pg.experiments.results import learning_curve, update_series
-from hybrid_pg.experiments.runner import is_finished, load_result, run_grid, run_key
+from hybrid_pg.experiments.runner import is_finished, load_result, run_grid, run_key, run_key_seed
 
 STATIONARY = "stationary"
 
@@ -545,20 +544,13 @@ def finished_results(runs: Sequence[Tuple[str, Mapping[str, Any]]], runs_dir: Pa
     return [load_result(runs_dir / run_key(label, c), label=label) for label, c in runs if is_finished(runs_dir / run_key(label, c))]
 
 
-_RUN_SEED = re.compile(r"_s(\d+)_[0-9a-f]{8}$")
-
-
 def seeds_on_disk(runs_dir: Path, task_name: str) -> Set[int]:
     """The seeds of the task's finished runs in ``runs_dir`` (any cell), so that a report covers every
     finished run, whichever ``--seeds`` trained it (Pendulum's 6 seeds, HalfCheetah's question cells' 5)."""
     if not runs_dir.is_dir():
         return set()
-    found = set()
-    for run_dir in runs_dir.glob(f"{task_name}__*"):
-        match = _RUN_SEED.search(run_dir.name)
-        if match and is_finished(run_dir):
-            found.add(int(match.group(1)))
-    return found
+    seeds = {run_key_seed(run_dir.name) for run_dir in runs_dir.glob(f"{task_name}__*") if is_finished(run_dir)}
+    return {seed for seed in seeds if seed is not None}
 
 
 def analyse(cfg: Mapping[str, Any], tasks: Sequence[str], results: Sequence[Mapping[str, Any]], out: Path,

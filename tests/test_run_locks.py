@@ -82,3 +82,13 @@ def test_dry_run_counts_runs_in_training_elsewhere(tmp_path, monkeypatch):
     assert claim_run(tmp_path / run_key(*grid[1]))  # this live process trains seed 1
     (tmp_path / (run_key(*grid[2]) + ".lock")).write_text(f"{_dead_pid()}@{runner.platform.node()}")  # stale
     assert in_training_elsewhere(grid, tmp_path) == [run_key(*grid[1])]
+
+
+def test_run_key_seed_reads_back_the_seed_run_key_wrote():
+    """The run-name format lives in runner: run_key writes it, run_key_seed reads it back (labels may
+    themselves hold underscores and "_s<digits>")."""
+    for label, seed in [("pendulum__switching_g__hybrid_sliding_4", 0), ("a_s3_b", 14), ("HalfCheetah-v5__ppo", 7)]:
+        key = runner.run_key(label, {"env": {"id": "x"}, "algo": {}, "train": {"seed": seed}})
+        assert runner.run_key_seed(key) == seed
+    assert runner.run_key_seed("halfcheetah__stationary__ppo_s1_eb2f788") is None  # 7 hex digits: no key
+    assert runner.run_key_seed("notes") is None and runner.run_key_seed("x_s2_deadbeef.lock") is None

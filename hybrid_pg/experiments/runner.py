@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -388,6 +389,16 @@ def run_key(label: str, config: Mapping[str, Any]) -> str:
     what["train"] = {k: v for k, v in what["train"].items() if k != "progress_bar"}
     digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{sanitise(label)}_s{config['train']['seed']}_{digest}"
+
+
+#: the tail :func:`run_key` gives every run directory name: ``_s<seed>_<8 hex digits>``
+_RUN_KEY_TAIL = re.compile(r"_s(\d+)_[0-9a-f]{8}$")
+
+
+def run_key_seed(key: str) -> Optional[int]:
+    """The seed a :func:`run_key` names (None for a name that is not a run key)."""
+    match = _RUN_KEY_TAIL.search(key)
+    return int(match.group(1)) if match else None
 
 
 def available_cores() -> int:
