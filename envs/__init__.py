@@ -38,12 +38,12 @@ from __future__ import annotations
 import gymnasium as gym
 
 from .adapters import AttributeAdapter, LQRAdapter, MujocoAdapter, ParameterAdapter, PendulumAdapter, make_adapter
+from .clock import env_clock, get_clocks, load_vec_state_dicts, sync_clock, vec_state_dicts
 from .coupled_bandit import CoupledBanditEnv, CoupledBanditModel
 from .differentiable import DifferentiableModel, find_differentiable_model, has_differentiable_model
 from .goal import PointMassGoalEnv, PointMassModel
 from .lqr import LQREnv, LQRModel
 from .lqr_exact import exact_policy_gradient, expected_return, linear_policy_params
-from .clock import env_clock, get_clocks, load_vec_state_dicts, sync_clock, vec_state_dicts
 from .nonstationary import NonStationaryWrapper, find_nonstationary_wrapper
 from .pendulum import DiffPendulumEnv, PendulumModel
 from .schedules import Schedule, ScheduleError, make_schedule

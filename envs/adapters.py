@@ -219,7 +219,8 @@ class AttributeAdapter(ParameterAdapter):
         if self._names is not None:
             return self._names
         return tuple(
-            k for k, v in vars(self.env).items()
+            k
+            for k, v in vars(self.env).items()
             if not k.startswith("_") and isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
         )
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 import gymnasium as gym
-
 import torch as th
 from torch import nn
 

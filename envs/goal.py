@@ -176,6 +176,12 @@ class PointMassGoalEnv(gym.Env):
 
     def get_differentiable_model(self) -> PointMassModel:
         return PointMassModel(
-            goal_x=self.goal_x, goal_y=self.goal_y, mass=self.mass, damping=self.damping, ctrl_cost=self.ctrl_cost,
-            dt=self.dt, action_bound=self.action_bound, hide_goal=self.hide_goal,
+            goal_x=self.goal_x,
+            goal_y=self.goal_y,
+            mass=self.mass,
+            damping=self.damping,
+            ctrl_cost=self.ctrl_cost,
+            dt=self.dt,
+            action_bound=self.action_bound,
+            hide_goal=self.hide_goal,
         )

@@ -39,9 +39,7 @@ def _as_f64(value: Any) -> th.Tensor:
     return th.as_tensor(value, dtype=_F64)
 
 
-def _policy_tensors(
-    W: Any, w_t: Any, b: Any, log_std: Any, n: int, m: int
-) -> Tuple[th.Tensor, th.Tensor, th.Tensor, Optional[th.Tensor]]:
+def _policy_tensors(W: Any, w_t: Any, b: Any, log_std: Any, n: int, m: int) -> Tuple[th.Tensor, th.Tensor, th.Tensor, Optional[th.Tensor]]:
     W = _as_f64(W)
     if W.shape == (m, n + 1):
         if w_t is not None:

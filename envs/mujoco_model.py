@@ -102,9 +102,7 @@ def _env_spec(env: gym.Env) -> _EnvSpec:
     name = type(base).__name__
     module = type(base).__module__
     if name not in _SUPPORTED or not module.endswith("_v5"):
-        raise TypeError(
-            f"no differentiable MuJoCo model for {name} ({module}); supported: the v5 envs {sorted(_SUPPORTED)}"
-        )
+        raise TypeError(f"no differentiable MuJoCo model for {name} ({module}); supported: the v5 envs {sorted(_SUPPORTED)}")
     return _SUPPORTED[name]
 
 
@@ -355,9 +353,7 @@ class MujocoStepModel(DifferentiableModel):
             qp[i], qv[i] = data.qpos, data.qvel
         return qp, qv, jac
 
-    def simulate(
-        self, obs: np.ndarray, action: np.ndarray, jacobian: bool = False, wrt_obs: bool = True
-    ) -> Dict[str, np.ndarray]:
+    def simulate(self, obs: np.ndarray, action: np.ndarray, jacobian: bool = False, wrt_obs: bool = True) -> Dict[str, np.ndarray]:
         """The frame-skipped step for a batch (numpy, float64): ``next_obs``, ``dx`` (root x
         displacement), ``qpos``/``qvel`` (true next state) and, with ``jacobian``, ``jac_obs`` (B,
         obs_dim + 1, obs_dim) and ``jac_act`` (B, obs_dim + 1, act_dim): rows ``next_obs`` then ``dx``.
@@ -429,11 +425,7 @@ class MujocoStepModel(DifferentiableModel):
 
     def _reward(self, dx: th.Tensor, action: th.Tensor, healthy: th.Tensor) -> th.Tensor:
         p = {name: buf.to(dx) for name, buf in self.named_buffers()}
-        return (
-            p["forward_reward_weight"] * dx / p["dt"]
-            - p["ctrl_cost_weight"] * (action**2).sum(dim=-1)
-            + p["healthy_reward"] * healthy
-        )
+        return p["forward_reward_weight"] * dx / p["dt"] - p["ctrl_cost_weight"] * (action**2).sum(dim=-1) + p["healthy_reward"] * healthy
 
     # ------------------------------------------------------------------------------------------
     # first-order model around fixed actions (one simulation per rollout, see ``linearize``)
@@ -490,9 +482,7 @@ class _SimulatorStep(th.autograd.Function):
     @staticmethod
     def forward(ctx, obs: th.Tensor, action: th.Tensor, model: MujocoStepModel):  # type: ignore[override]
         wrt_obs, wrt_act = ctx.needs_input_grad[:2]
-        out = model.simulate(
-            obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=wrt_obs or wrt_act, wrt_obs=wrt_obs
-        )
+        out = model.simulate(obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=wrt_obs or wrt_act, wrt_obs=wrt_obs)
         as_t = lambda a: th.as_tensor(a, device=obs.device).to(obs.dtype)  # noqa: E731
         if wrt_obs or wrt_act:
             ctx.save_for_backward(as_t(out["jac_obs"]) if wrt_obs else None, as_t(out["jac_act"]))

@@ -102,7 +102,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gymnasium as gym
 import numpy as np
-
 from gymnasium.envs.registration import EnvSpec
 
 from .nonstationary import CLOCK_INFO_KEY, INFO_KEY, _check_int, reset_between_applies
@@ -336,7 +335,9 @@ class NSGymAdapter(gym.Wrapper):
     # spec: how gym.make (check_env, the oracle's copy for SubprocVecEnv workers) rebuilds the env
     # ------------------------------------------------------------------------------------------
 
-    def _recreation_kwargs(self, env: gym.Env, ns: Any, fns: Mapping[str, Any], clock_start: int, steps_per_tick: int) -> Optional[Dict[str, Any]]:
+    def _recreation_kwargs(
+        self, env: gym.Env, ns: Any, fns: Mapping[str, Any], clock_start: int, steps_per_tick: int
+    ) -> Optional[Dict[str, Any]]:
         """:func:`make_nsgym_env` arguments that rebuild this env (schedule generator included: the
         update functions as they are now, RNG states and all), or None when it cannot be rebuilt
         (no base spec, or wrappers between the adapter and NS-Gym's wrapper)."""
@@ -571,7 +572,9 @@ def parameter_rules(
     elif isinstance(tunable_params, Sequence):
         items = [(name, {}) for name in tunable_params]
     else:
-        raise TypeError(f"tunable_params must be a parameter name, a list of names or a {{name: rule}} mapping, got {type(tunable_params).__name__}")
+        raise TypeError(
+            f"tunable_params must be a parameter name, a list of names or a {{name: rule}} mapping, got {type(tunable_params).__name__}"
+        )
     if not items:
         raise ValueError("tunable_params is empty: nothing would drift (NS-Gym's NoUpdate holds a parameter still)")
     rules: Dict[str, Any] = {}
@@ -583,13 +586,17 @@ def parameter_rules(
             continue
         unknown = sorted(str(key) for key in set(rule) - set(RULE_KEYS))
         if unknown:
-            raise ValueError(f"tunable_params[{name!r}] has unknown key(s) {unknown}{_did_you_mean(unknown[0], RULE_KEYS)} (a rule's keys: {list(RULE_KEYS)})")
+            raise ValueError(
+                f"tunable_params[{name!r}] has unknown key(s) {unknown}{_did_you_mean(unknown[0], RULE_KEYS)} (a rule's keys: {list(RULE_KEYS)})"
+            )
         merged = copy.deepcopy({key: rule[key] if key in rule else shared[key] for key in RULE_KEYS})
         if merged["scheduler"] is None or merged["update_fn"] is None:
             raise ValueError(f"parameter {name!r} needs scheduler= and update_fn= (its own or the shared ones)")
         rules[name] = merged
     if not any(isinstance(rule, Mapping) for rule in rules.values()) and any(value is not None for value in shared.values()):
-        raise ValueError("scheduler/update_fn (and their kwargs) are not used: every parameter of tunable_params has its own update function")
+        raise ValueError(
+            "scheduler/update_fn (and their kwargs) are not used: every parameter of tunable_params has its own update function"
+        )
     return rules
 
 
@@ -672,7 +679,9 @@ class NSGymWrapper(NSGymAdapter):
         _require_ns_gym()
         unknown = sorted(set(ns_kwargs) - set(NS_KWARGS))
         if unknown:  # NS-Gym's wrappers swallow unknown keywords: a typo would pass silently
-            known = [p for p in inspect.signature(NSGymWrapper.__init__).parameters if p not in ("self", "env", "ns_kwargs")] + list(NS_KWARGS)
+            known = [p for p in inspect.signature(NSGymWrapper.__init__).parameters if p not in ("self", "env", "ns_kwargs")] + list(
+                NS_KWARGS
+            )
             raise TypeError(f"NSGymWrapper got unknown argument(s) {unknown}{_did_you_mean(unknown[0], known)} (its arguments: {known})")
         rules = parameter_rules(
             tunable_params, scheduler=scheduler, update_fn=update_fn, scheduler_kwargs=scheduler_kwargs, update_kwargs=update_kwargs
@@ -726,4 +735,13 @@ def make_nsgym_env(
         raise
 
 
-__all__ = ["EVENT_SCHEDULERS", "NSGymAdapter", "NSGymWrapper", "RULE_KEYS", "find_ns_wrapper", "make_nsgym_env", "parameter_rules", "scheduler_events"]
+__all__ = [
+    "EVENT_SCHEDULERS",
+    "NSGymAdapter",
+    "NSGymWrapper",
+    "RULE_KEYS",
+    "find_ns_wrapper",
+    "make_nsgym_env",
+    "parameter_rules",
+    "scheduler_events",
+]

@@ -74,6 +74,4 @@ class DiffPendulumEnv(PendulumEnv):
     """
 
     def get_differentiable_model(self) -> PendulumModel:
-        return PendulumModel(
-            g=self.g, m=self.m, l=self.l, dt=self.dt, max_speed=self.max_speed, max_torque=self.max_torque
-        )
+        return PendulumModel(g=self.g, m=self.m, l=self.l, dt=self.dt, max_speed=self.max_speed, max_torque=self.max_torque)

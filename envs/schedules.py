@@ -273,7 +273,9 @@ class Linear(Schedule):
 
     kind = "linear"
 
-    def __init__(self, start: float, end: Optional[float] = None, duration: Optional[int] = None, rate: Optional[float] = None, delay: int = 0):
+    def __init__(
+        self, start: float, end: Optional[float] = None, duration: Optional[int] = None, rate: Optional[float] = None, delay: int = 0
+    ):
         self.start, self.end, self.duration, self.rate, self.delay = start, end, duration, rate, delay
 
     def _value(self, step: int) -> float:
@@ -431,8 +433,14 @@ class RandomWalk(Schedule):
 
     def to_config(self) -> Dict[str, Any]:
         return {
-            "kind": self.kind, "start": self.start, "step_std": self.step_std, "low": self.low, "high": self.high,
-            "seed": self.seed, "every": self.every, "delay": self.delay,
+            "kind": self.kind,
+            "start": self.start,
+            "step_std": self.step_std,
+            "low": self.low,
+            "high": self.high,
+            "seed": self.seed,
+            "every": self.every,
+            "delay": self.delay,
         }
 
 

@@ -54,7 +54,10 @@ def build_runs(seeds: int, steps: int, only: List[str], ablations: bool = False)
             algo="hybrid_pg", env_id="Pendulum-v1", n_envs=4, algo_kwargs=dict(PPO_ZOO, estimator=estimator, pathwise_source="critic")
         )
         candidates[f"{estimator}_model"] = dict(
-            algo="hybrid_pg", env_id="hybrid_pg/Pendulum-v0", n_envs=4, algo_kwargs=dict(PPO_ZOO, estimator=estimator, pathwise_source="model")
+            algo="hybrid_pg",
+            env_id="hybrid_pg/Pendulum-v0",
+            n_envs=4,
+            algo_kwargs=dict(PPO_ZOO, estimator=estimator, pathwise_source="model"),
         )
     # reinforce never uses the pathwise source: one reinforce run per env is enough
     candidates.pop("reinforce_model")
@@ -69,7 +72,18 @@ def build_runs(seeds: int, steps: int, only: List[str], ablations: bool = False)
             candidates[f"hybrid_critic_{suffix}"] = dict(base, algo_kwargs=dict(base["algo_kwargs"], **change))
     selected = {k: v for k, v in candidates.items() if not only or k in only}
     return [
-        (label, run_config(cfg["algo"], cfg["env_id"], seed, steps, algo=cfg["algo_kwargs"], n_envs=cfg["n_envs"], normalize=cfg.get("normalize", False)))
+        (
+            label,
+            run_config(
+                cfg["algo"],
+                cfg["env_id"],
+                seed,
+                steps,
+                algo=cfg["algo_kwargs"],
+                n_envs=cfg["n_envs"],
+                normalize=cfg.get("normalize", False),
+            ),
+        )
         for label, cfg in selected.items()
         for seed in range(seeds)
     ]
@@ -80,7 +94,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: all cores)")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: one Ray task per run (pip install -e \".[ray]\")")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local", help='ray: one Ray task per run (pip install -e ".[ray]")')
     parser.add_argument("--address", default=None, help="--backend ray: the Ray cluster (auto: the one 'ray start' runs here)")
     parser.add_argument("--only", nargs="*", default=[], help="run only these labels (e.g. hybrid_critic ppo_zoo)")
     parser.add_argument("--ablations", action="store_true", help="add hybrid_critic variants with one design choice switched off")

@@ -37,8 +37,19 @@ def main() -> None:
     args = parser.parse_args()
     th.set_num_threads(1)
     model = HybridPG(
-        "MlpPolicy", make_vec_env(args.env, n_envs=4, seed=args.seed), n_steps=256, batch_size=256, n_epochs=10, gamma=0.9,
-        gae_lambda=0.95, learning_rate=1e-3, pathwise_source=args.source, oracle_freq=2, oracle_samples=8192, seed=args.seed, device="cpu",
+        "MlpPolicy",
+        make_vec_env(args.env, n_envs=4, seed=args.seed),
+        n_steps=256,
+        batch_size=256,
+        n_epochs=10,
+        gamma=0.9,
+        gae_lambda=0.95,
+        learning_rate=1e-3,
+        pathwise_source=args.source,
+        oracle_freq=2,
+        oracle_samples=8192,
+        seed=args.seed,
+        device="cpu",
     )
     cap = _Columns()
     model.set_logger(Logger(folder=None, output_formats=[cap]))

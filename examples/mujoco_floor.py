@@ -38,8 +38,8 @@ import numpy as np
 from hybrid_pg.experiments.ablate import RUNS_SUBDIR, finished_results, load_ablation
 from hybrid_pg.experiments.aggregate import (
     SIGNIFICANCE_LEVEL,
-    bootstrap_difference_ci,
     below_minimum_test,
+    bootstrap_difference_ci,
     iqm,
     probability_of_improvement,
     stratified_bootstrap_ci,
@@ -66,10 +66,7 @@ def readings(ablation, runs_dir: Path, at_steps: float) -> Returns:
 
 def pool(first: Returns, second: Returns, envs: Sequence[str], cells: Sequence[str]) -> Returns:
     """Per env and cell, ``first``'s seeds, then ``second``'s seeds that ``first`` lacks."""
-    return {
-        env: {cell: {**second.get(env, {}).get(cell, {}), **first.get(env, {}).get(cell, {})} for cell in cells}
-        for env in envs
-    }
+    return {env: {cell: {**second.get(env, {}).get(cell, {}), **first.get(env, {}).get(cell, {})} for cell in cells} for env in envs}
 
 
 def both_grids(first: Returns, second: Returns, envs: Sequence[str], cells: Sequence[str]) -> Dict[str, Dict[str, Dict[int, tuple]]]:
@@ -93,7 +90,15 @@ def _ci(x, digits: int = 0) -> str:
     return f"{x.point:.{digits}f} [{x.low:.{digits}f}, {x.high:.{digits}f}]"
 
 
-def report(pooled: Returns, check: Mapping[str, Mapping[str, Mapping[int, tuple]]], at_steps: float, sources: str, hybrid: str, floor: str, baseline: str) -> str:
+def report(
+    pooled: Returns,
+    check: Mapping[str, Mapping[str, Mapping[int, tuple]]],
+    at_steps: float,
+    sources: str,
+    hybrid: str,
+    floor: str,
+    baseline: str,
+) -> str:
     lines = [
         f"# The {at_steps:.0f}-step floor: {hybrid} against {floor} (and {baseline})",
         "",
@@ -105,7 +110,13 @@ def report(pooled: Returns, check: Mapping[str, Mapping[str, Mapping[int, tuple]
     ]
     verdicts: List[str] = []
     for env, cells in pooled.items():
-        lines += ["", f"## {env}", "", f"| cell | seeds | mean [CI] | IQM [CI] | worst | lower 20% | below {floor}'s worst (p) |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {env}",
+            "",
+            f"| cell | seeds | mean [CI] | IQM [CI] | worst | lower 20% | below {floor}'s worst (p) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         values = {cell: np.array([v for _, v in sorted(by_seed.items())]) for cell, by_seed in cells.items() if by_seed}
         tests = {cell: below_minimum_test(x, values[floor]) for cell, x in values.items() if cell != floor and floor in values}
         for cell, x in values.items():
@@ -116,10 +127,15 @@ def report(pooled: Returns, check: Mapping[str, Mapping[str, Mapping[int, tuple]
             )
         if hybrid in values and floor in values:
             h, f, t = values[hybrid], values[floor], tests[hybrid]
-            lines += ["", f"- {hybrid} - {floor}, mean: {_ci(bootstrap_difference_ci(h, f))}; P({hybrid} > {floor}) {_ci(probability_of_improvement([h], [f]), 2)}"]
+            lines += [
+                "",
+                f"- {hybrid} - {floor}, mean: {_ci(bootstrap_difference_ci(h, f))}; P({hybrid} > {floor}) {_ci(probability_of_improvement([h], [f]), 2)}",
+            ]
             if baseline in values:
                 b = values[baseline]
-                lines.append(f"- {hybrid} - {baseline}, mean: {_ci(bootstrap_difference_ci(h, b))}; P({hybrid} > {baseline}) {_ci(probability_of_improvement([h], [b]), 2)}")
+                lines.append(
+                    f"- {hybrid} - {baseline}, mean: {_ci(bootstrap_difference_ci(h, b))}; P({hybrid} > {baseline}) {_ci(probability_of_improvement([h], [b]), 2)}"
+                )
             literal = "met" if h.min() >= f.min() else "not met"
             noisy = t.p_value < SIGNIFICANCE_LEVEL
             verdicts.append(

@@ -182,8 +182,12 @@ def run_config_for(task: Mapping[str, Any], cfg: Mapping[str, Any], env_name: st
             algo.update(estimator="hybrid", **cfg["modes"][cell[len("hybrid_") :]], **task.get("oracle", {}))
             if is_stationary(env_rules(task, env_name)):
                 algo.pop("oracle_frozen_clock", None)  # the frozen copy would equal the live one
-    train = {"total_timesteps": int(task["total_timesteps"]), "seed": int(seed),
-             "eval_freq": int(task.get("eval_freq", 0)), "eval_episodes": int(task.get("eval_episodes", 5))}
+    train = {
+        "total_timesteps": int(task["total_timesteps"]),
+        "seed": int(seed),
+        "eval_freq": int(task.get("eval_freq", 0)),
+        "eval_episodes": int(task.get("eval_episodes", 5)),
+    }
     return resolve_config({"env": env, "algo": algo, "train": train})
 
 
@@ -191,13 +195,18 @@ def question_cells(cfg: Mapping[str, Any]) -> List[str]:
     return [f"hybrid_{cfg['question_mode']}", "reinforce"]
 
 
-def build_runs(cfg: Mapping[str, Any], tasks: Sequence[str], seeds: Sequence[int], question_only: bool = False) -> List[Tuple[str, Dict[str, Any]]]:
+def build_runs(
+    cfg: Mapping[str, Any], tasks: Sequence[str], seeds: Sequence[int], question_only: bool = False
+) -> List[Tuple[str, Dict[str, Any]]]:
     """(label ``task__env__cell``, run config) for every run, in priority order (see the config):
     the question's cells on every env seed by seed, then the other hybrid modes, then the rest
     (``question_only``: the question's cells alone)."""
     first = question_cells(cfg)
-    tiers = [first, [c for c in cells(cfg) if c.startswith("hybrid_") and c not in first],
-             [c for c in cells(cfg) if not c.startswith("hybrid_") and c not in first]]
+    tiers = [
+        first,
+        [c for c in cells(cfg) if c.startswith("hybrid_") and c not in first],
+        [c for c in cells(cfg) if not c.startswith("hybrid_") and c not in first],
+    ]
     if question_only:
         tiers = tiers[:1]
     runs = []
@@ -282,7 +291,9 @@ def _oracle_warmup(cfg_algo: Mapping[str, Any]) -> int:
     return int(math.ceil((int(cfg_algo.get("lambda_warmup", 2)) + 1) / freq))
 
 
-def tracking_rows(task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mapping[int, Mapping[str, Any]]], cfg: Mapping[str, Any]) -> List[Dict[str, Any]]:
+def tracking_rows(
+    task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mapping[int, Mapping[str, Any]]], cfg: Mapping[str, Any]
+) -> List[Dict[str, Any]]:
     rows = []
     for env_name in task["envs"]:
         switches = switch_times(task, env_name)
@@ -300,22 +311,30 @@ def tracking_rows(task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Map
                 frozen = [after_warmup(r, "hybrid/oracle_lambda", warm) for r in rs]
             rec = [recovery_times(r, switches) for r in rs]
             flat = [t for per in rec for t in per]
-            rows.append({
-                "env": env_name, "mode": mode, "runs": len(rs), "seeds": seeds, "switches": switches,
-                "error_to_oracle": _mean_ci(errors),
-                "error_to_lam_var": nanmean([nanmean(after_warmup(r, "hybrid/oracle_error_applied_var", warm).tolist()) for r in rs]),
-                "error_to_lam_mse": nanmean([nanmean(after_warmup(r, "hybrid/oracle_error_applied_mse", warm).tolist()) for r in rs]),
-                "oracle_se_var": nanmean([nanmean(after_warmup(r, "hybrid/oracle_lambda_var_se", warm).tolist()) for r in rs]),
-                "oracle_se_mse": nanmean([nanmean(after_warmup(r, "hybrid/oracle_lambda_mse_se", warm).tolist()) for r in rs]),
-                "reference_is_mse": nanmean([nanmean(after_warmup(r, "hybrid/oracle_lambda_is_mse", warm).tolist()) for r in rs]),
-                "lag_oracle_updates": nanmean([tracking_lag(r, warm) for r in rs]),
-                "recovery_per_switch": [[None if math.isnan(t) else t for t in per] for per in rec],
-                "recovery_mean": nanmean(flat),
-                "recovered_fraction": float(np.mean([math.isfinite(t) for t in flat])) if flat else math.nan,
-                "env_drift_share": nanmean([nanmean(np.abs(d).tolist()) for d in live_minus_frozen if d.size]) if any(d.size for d in live_minus_frozen) else 0.0,
-                "policy_drift_spread": nanmean([float(np.nanstd(f)) for f in frozen if np.isfinite(f).any()]),
-                "mean_lambda": nanmean([nanmean(after_warmup(r, "hybrid/lambda", 0).tolist()) for r in rs]),
-            })
+            rows.append(
+                {
+                    "env": env_name,
+                    "mode": mode,
+                    "runs": len(rs),
+                    "seeds": seeds,
+                    "switches": switches,
+                    "error_to_oracle": _mean_ci(errors),
+                    "error_to_lam_var": nanmean([nanmean(after_warmup(r, "hybrid/oracle_error_applied_var", warm).tolist()) for r in rs]),
+                    "error_to_lam_mse": nanmean([nanmean(after_warmup(r, "hybrid/oracle_error_applied_mse", warm).tolist()) for r in rs]),
+                    "oracle_se_var": nanmean([nanmean(after_warmup(r, "hybrid/oracle_lambda_var_se", warm).tolist()) for r in rs]),
+                    "oracle_se_mse": nanmean([nanmean(after_warmup(r, "hybrid/oracle_lambda_mse_se", warm).tolist()) for r in rs]),
+                    "reference_is_mse": nanmean([nanmean(after_warmup(r, "hybrid/oracle_lambda_is_mse", warm).tolist()) for r in rs]),
+                    "lag_oracle_updates": nanmean([tracking_lag(r, warm) for r in rs]),
+                    "recovery_per_switch": [[None if math.isnan(t) else t for t in per] for per in rec],
+                    "recovery_mean": nanmean(flat),
+                    "recovered_fraction": float(np.mean([math.isfinite(t) for t in flat])) if flat else math.nan,
+                    "env_drift_share": nanmean([nanmean(np.abs(d).tolist()) for d in live_minus_frozen if d.size])
+                    if any(d.size for d in live_minus_frozen)
+                    else 0.0,
+                    "policy_drift_spread": nanmean([float(np.nanstd(f)) for f in frozen if np.isfinite(f).any()]),
+                    "mean_lambda": nanmean([nanmean(after_warmup(r, "hybrid/lambda", 0).tolist()) for r in rs]),
+                }
+            )
     return rows
 
 
@@ -333,7 +352,9 @@ def _eval_return(r: Mapping[str, Any]) -> float:
     return math.nan if value is None else float(value)
 
 
-def return_rows(task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mapping[int, Mapping[str, Any]]], cfg: Mapping[str, Any]) -> List[Dict[str, Any]]:
+def return_rows(
+    task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mapping[int, Mapping[str, Any]]], cfg: Mapping[str, Any]
+) -> List[Dict[str, Any]]:
     rows = []
     for env_name in task["envs"]:
         for cell in cells(cfg):
@@ -346,18 +367,25 @@ def return_rows(task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mappi
             if env_name != STATIONARY and (STATIONARY, cell) in grouped:
                 per = paired_regret(_per_seed(grouped[(STATIONARY, cell)], _mean_train_return), mean_train)
                 regret = {**_mean_ci(list(per.values())), "per_seed": per}
-            rows.append({
-                "env": env_name, "cell": cell, "runs": len(runs), "seeds": sorted(runs),
-                "final_train_return": _mean_ci(list(final.values())),
-                "final_eval_return": _mean_ci(list(_per_seed(runs, _eval_return).values())),
-                "mean_train_return": _mean_ci(list(mean_train.values())),
-                "regret_vs_stationary": regret,
-                "train_seconds": nanmean([float(r.get("train_seconds", math.nan)) for r in runs.values()]),
-            })
+            rows.append(
+                {
+                    "env": env_name,
+                    "cell": cell,
+                    "runs": len(runs),
+                    "seeds": sorted(runs),
+                    "final_train_return": _mean_ci(list(final.values())),
+                    "final_eval_return": _mean_ci(list(_per_seed(runs, _eval_return).values())),
+                    "mean_train_return": _mean_ci(list(mean_train.values())),
+                    "regret_vs_stationary": regret,
+                    "train_seconds": nanmean([float(r.get("train_seconds", math.nan)) for r in runs.values()]),
+                }
+            )
     return rows
 
 
-def question_rows(task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mapping[int, Mapping[str, Any]]], cfg: Mapping[str, Any]) -> List[Dict[str, Any]]:
+def question_rows(
+    task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mapping[int, Mapping[str, Any]]], cfg: Mapping[str, Any]
+) -> List[Dict[str, Any]]:
     """Per moving env and hybrid mode: (hybrid - reinforce) final training return, moving minus
     stationary, paired by seed (:func:`difference_of_differences`)."""
     rows = []
@@ -376,7 +404,9 @@ def question_rows(task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Map
     return rows
 
 
-def coverage(task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mapping[int, Mapping[str, Any]]], cfg: Mapping[str, Any], planned: int) -> str:
+def coverage(
+    task: Mapping[str, Any], grouped: Mapping[Tuple[str, str], Mapping[int, Mapping[str, Any]]], cfg: Mapping[str, Any], planned: int
+) -> str:
     lines = ["| env | " + " | ".join(cells(cfg)) + " |", "|---|" + "---|" * len(cells(cfg))]
     for env_name in task["envs"]:
         lines.append(f"| {env_name} | " + " | ".join(f"{len(grouped.get((env_name, c), {}))}/{planned}" for c in cells(cfg)) + " |")
@@ -395,44 +425,79 @@ def _ci(d: Mapping[str, Any], spec: str = ".1f") -> str:
     return f"{d['mean']:{spec}} [{d['low']:{spec}}, {d['high']:{spec}}] (n={d['n']})"
 
 
-def report(task_name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], tracking: List[Dict[str, Any]], returns: List[Dict[str, Any]],
-           question: List[Dict[str, Any]], cover: str) -> str:
+def report(
+    task_name: str,
+    task: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    tracking: List[Dict[str, Any]],
+    returns: List[Dict[str, Any]],
+    question: List[Dict[str, Any]],
+    cover: str,
+) -> str:
     freq = int(task.get("oracle", {}).get("oracle_freq", 1) or 1)
-    out = [f"# {task_name}: {task['env_id']}, {task['total_timesteps']} steps per run", "",
-           "Runs finished per cell (of the seeds planned):", "", cover, "",
-           f"## lam applied vs the oracle's lam* (hybrid runs; oracle every {freq} update(s), counts below in oracle updates)", "",
-           "| env | mode | runs | abs(lam - lam*) mean [CI] | ... to lam*_var | ... to lam*_mse | oracle SE of lam*_var / lam*_mse | lag | "
-           "recovery per switch (per seed) | recovered | env-drift share of lam* | policy-drift spread of lam* | mean lam |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"# {task_name}: {task['env_id']}, {task['total_timesteps']} steps per run",
+        "",
+        "Runs finished per cell (of the seeds planned):",
+        "",
+        cover,
+        "",
+        f"## lam applied vs the oracle's lam* (hybrid runs; oracle every {freq} update(s), counts below in oracle updates)",
+        "",
+        "| env | mode | runs | abs(lam - lam*) mean [CI] | ... to lam*_var | ... to lam*_mse | oracle SE of lam*_var / lam*_mse | lag | "
+        "recovery per switch (per seed) | recovered | env-drift share of lam* | policy-drift spread of lam* | mean lam |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in tracking:
-        rec = " / ".join(", ".join("-" if t is None else f"{t:.0f}" for t in per) for per in zip(*r["recovery_per_switch"])) if r["recovery_per_switch"] and r["recovery_per_switch"][0] else ""
+        rec = (
+            " / ".join(", ".join("-" if t is None else f"{t:.0f}" for t in per) for per in zip(*r["recovery_per_switch"]))
+            if r["recovery_per_switch"] and r["recovery_per_switch"][0]
+            else ""
+        )
         if not r.get("switches", True):
             rec = "n/a (no switches)"
         recovered = "" if not math.isfinite(r["recovered_fraction"]) else f"{100 * r['recovered_fraction']:.0f}%"
-        out.append(f"| {r['env']} | {r['mode']} | {r['runs']} | {_ci(r['error_to_oracle'], '.3f')} | {_f(r['error_to_lam_var'])} | {_f(r['error_to_lam_mse'])} | "
-                   f"{_f(r['oracle_se_var'])} / {_f(r['oracle_se_mse'])} | {_f(r['lag_oracle_updates'], '.1f')} | {rec} | {recovered} | "
-                   f"{_f(r['env_drift_share'])} | {_f(r['policy_drift_spread'])} | {_f(r['mean_lambda'])} |")
-    out += ["", "Recovery: oracle updates on post-switch rollouts until abs(lam - lam*) <= max(0.05, 2 x the oracle's own SE of lam*) for 3 in a row "
-            "(\"-\": not before the next switch or the end); switches separated by \"/\", seeds by \",\"; "
-            "\"n/a\": the parameter does not switch (held, or drifting continually: a linear drift, NS-Gym's ContinuousScheduler). "
-            "Lag: the shift (oracle updates) that best aligns the applied lam with lam*; it means nothing where lam* barely moves "
-            "(every shift fits about equally).", "",
-            "## Returns (mean over seeds [95% bootstrap CI over seeds], n runs)", "",
-            "| env | cell | runs | final train return (last 10%) | final eval return | mean train return | regret vs stationary (paired by seed) | train s/run |",
-            "|---|---|---|---|---|---|---|---|"]
+        out.append(
+            f"| {r['env']} | {r['mode']} | {r['runs']} | {_ci(r['error_to_oracle'], '.3f')} | {_f(r['error_to_lam_var'])} | {_f(r['error_to_lam_mse'])} | "
+            f"{_f(r['oracle_se_var'])} / {_f(r['oracle_se_mse'])} | {_f(r['lag_oracle_updates'], '.1f')} | {rec} | {recovered} | "
+            f"{_f(r['env_drift_share'])} | {_f(r['policy_drift_spread'])} | {_f(r['mean_lambda'])} |"
+        )
+    out += [
+        "",
+        "Recovery: oracle updates on post-switch rollouts until abs(lam - lam*) <= max(0.05, 2 x the oracle's own SE of lam*) for 3 in a row "
+        '("-": not before the next switch or the end); switches separated by "/", seeds by ","; '
+        '"n/a": the parameter does not switch (held, or drifting continually: a linear drift, NS-Gym\'s ContinuousScheduler). '
+        "Lag: the shift (oracle updates) that best aligns the applied lam with lam*; it means nothing where lam* barely moves "
+        "(every shift fits about equally).",
+        "",
+        "## Returns (mean over seeds [95% bootstrap CI over seeds], n runs)",
+        "",
+        "| env | cell | runs | final train return (last 10%) | final eval return | mean train return | regret vs stationary (paired by seed) | train s/run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in returns:
-        out.append(f"| {r['env']} | {r['cell']} | {r['runs']} | {_ci(r['final_train_return'])} | {_ci(r['final_eval_return'])} | "
-                   f"{_ci(r['mean_train_return'])} | {_ci(r['regret_vs_stationary'])} | {_f(r['train_seconds'], '.0f')} |")
-    out += ["", "Regret vs stationary: the same cell and seed's mean training return on the stationary env minus this env's; "
-            "it includes any change in how hard the task is, not only the cost of tracking it.", "",
-            "## The paper's question: does hybrid - reinforce change when the task moves?", "",
-            "Per seed: (hybrid - reinforce) final training return on the moving env minus the same on the stationary env; "
-            f"mean over the seeds present in all four cells, paired bootstrap 95% CI, Wilcoxon p; no verdict below {MIN_RUNS_FOR_SIGNIFICANCE} seeds.", "",
-            "| moving env | hybrid mode | seeds | hybrid - reinforce, stationary | hybrid - reinforce, moving | difference [95% CI] | p | verdict |",
-            "|---|---|---|---|---|---|---|---|"]
+        out.append(
+            f"| {r['env']} | {r['cell']} | {r['runs']} | {_ci(r['final_train_return'])} | {_ci(r['final_eval_return'])} | "
+            f"{_ci(r['mean_train_return'])} | {_ci(r['regret_vs_stationary'])} | {_f(r['train_seconds'], '.0f')} |"
+        )
+    out += [
+        "",
+        "Regret vs stationary: the same cell and seed's mean training return on the stationary env minus this env's; "
+        "it includes any change in how hard the task is, not only the cost of tracking it.",
+        "",
+        "## The paper's question: does hybrid - reinforce change when the task moves?",
+        "",
+        "Per seed: (hybrid - reinforce) final training return on the moving env minus the same on the stationary env; "
+        f"mean over the seeds present in all four cells, paired bootstrap 95% CI, Wilcoxon p; no verdict below {MIN_RUNS_FOR_SIGNIFICANCE} seeds.",
+        "",
+        "| moving env | hybrid mode | seeds | hybrid - reinforce, stationary | hybrid - reinforce, moving | difference [95% CI] | p | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for q in question:
         ci = f"{q['diff']:.1f}" + (f" [{q['low']:.1f}, {q['high']:.1f}]" if len(q["seeds"]) > 1 else "")
-        out.append(f"| {q['env']} | {q['mode']} | {len(q['seeds'])} | {q['advantage_stationary']:.1f} | {q['advantage_moving']:.1f} | {ci} | {_f(q['p_value'], '.2f') if len(q['seeds']) > 1 else ''} | {q['verdict']} |")
+        out.append(
+            f"| {q['env']} | {q['mode']} | {len(q['seeds'])} | {q['advantage_stationary']:.1f} | {q['advantage_moving']:.1f} | {ci} | {_f(q['p_value'], '.2f') if len(q['seeds']) > 1 else ''} | {q['verdict']} |"
+        )
     if not question:
         out.append("| (no env has paired hybrid and reinforce runs on both versions yet) | | | | | | | |")
     return "\n".join(out) + "\n"
@@ -478,7 +543,9 @@ def plot_lambda(task_name: str, task: Mapping[str, Any], cfg: Mapping[str, Any],
                         ax.fill_between(steps, lam - se, lam + se, color=style[0], alpha=0.12)
             _overlay(ax, task, env_name, run)
         ax.set_ylim(-0.05, 1.05)
-        ax.set_title(f"{task_name} {env_name}: applied lam vs oracle lam* (band: ± jackknife SE); grey: env parameter, red: switches", fontsize=9)
+        ax.set_title(
+            f"{task_name} {env_name}: applied lam vs oracle lam* (band: ± jackknife SE); grey: env parameter, red: switches", fontsize=9
+        )
         ax.set_ylabel("lam")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, ncol=3, loc="lower left")
@@ -525,7 +592,14 @@ def plot_returns(task_name: str, task: Mapping[str, Any], cfg: Mapping[str, Any]
 def plot_question(task_name: str, question: List[Dict[str, Any]], out: Path) -> None:
     fig, (ax,) = figure(1, width=9, height=3.5)
     for i, q in enumerate(question):
-        ax.errorbar([i], [q["diff"]], yerr=[[q["diff"] - q["low"]], [q["high"] - q["diff"]]] if len(q["seeds"]) > 1 else None, fmt="o", capsize=3, color="k")
+        ax.errorbar(
+            [i],
+            [q["diff"]],
+            yerr=[[q["diff"] - q["low"]], [q["high"] - q["diff"]]] if len(q["seeds"]) > 1 else None,
+            fmt="o",
+            capsize=3,
+            color="k",
+        )
         ax.plot([i] * len(q["per_seed"]), list(q["per_seed"].values()), "x", color="tab:red", alpha=0.7)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(question)), [f"{q['env']}\n{q['mode']}\n(n={len(q['seeds'])})" for q in question], fontsize=7)
@@ -553,8 +627,13 @@ def seeds_on_disk(runs_dir: Path, task_name: str) -> Set[int]:
     return {seed for seed in seeds if seed is not None}
 
 
-def analyse(cfg: Mapping[str, Any], tasks: Sequence[str], results: Sequence[Mapping[str, Any]], out: Path,
-            seeds: Optional[Mapping[str, Sequence[int]]] = None) -> Dict[str, Any]:
+def analyse(
+    cfg: Mapping[str, Any],
+    tasks: Sequence[str],
+    results: Sequence[Mapping[str, Any]],
+    out: Path,
+    seeds: Optional[Mapping[str, Sequence[int]]] = None,
+) -> Dict[str, Any]:
     """Reports and figures per task; ``seeds``: per task, the seeds the coverage table counts (default
     the config's)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -563,7 +642,9 @@ def analyse(cfg: Mapping[str, Any], tasks: Sequence[str], results: Sequence[Mapp
         task = cfg["tasks"][task_name]
         grouped = group(results, task_name)
         tracking, returns, question = tracking_rows(task, grouped, cfg), return_rows(task, grouped, cfg), question_rows(task, grouped, cfg)
-        text = report(task_name, task, cfg, tracking, returns, question, coverage(task, grouped, cfg, len((seeds or {}).get(task_name, cfg["seeds"]))))
+        text = report(
+            task_name, task, cfg, tracking, returns, question, coverage(task, grouped, cfg, len((seeds or {}).get(task_name, cfg["seeds"])))
+        )
         (out / f"report_{task_name}.md").write_text(text)
         summary = {"tracking": tracking, "returns": returns, "question": question, "runs": sum(len(v) for v in grouped.values())}
         (out / f"summary_{task_name}.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
@@ -586,9 +667,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--quick", action="store_true", help="a tiny grid (a few hundred steps, 1 seed, 2 modes) for the test")
     parser.add_argument("--report-only", action="store_true", help="analyse the finished runs; train nothing")
-    parser.add_argument("--question-only", action="store_true",
-                        help="train only the paper's question's cells (the hybrid of question_mode and REINFORCE), e.g. "
-                             "extra seeds for its verdict; the report still covers every finished run")
+    parser.add_argument(
+        "--question-only",
+        action="store_true",
+        help="train only the paper's question's cells (the hybrid of question_mode and REINFORCE), e.g. "
+        "extra seeds for its verdict; the report still covers every finished run",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.backend == "ray":
@@ -610,7 +694,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(f"unknown task(s) {unknown}; the config has {sorted(cfg['tasks'])}")
     out = Path(args.out or (cfg["output_dir"] + ("_quick" if args.quick else "")))
     if not args.report_only:
-        run_grid(build_runs(cfg, tasks, train_seeds, question_only=args.question_only), out / "runs", workers=args.workers, backend=args.backend, address=args.address)
+        run_grid(
+            build_runs(cfg, tasks, train_seeds, question_only=args.question_only),
+            out / "runs",
+            workers=args.workers,
+            backend=args.backend,
+            address=args.address,
+        )
     seeds = {t: sorted(set(cfg["seeds"]) | seeds_on_disk(out / "runs", t)) for t in tasks}
     runs = [run for t in tasks for run in build_runs(cfg, [t], seeds[t])]
     results = finished_results(runs, out / "runs")

@@ -43,22 +43,31 @@ import yaml
 from hybrid_pg.experiments.benchmark import run_config
 from hybrid_pg.experiments.nonstationary_analysis import (  # noqa: F401 - re-exported for the tests
     TOLERANCE,
-    after_warmup as _after_warmup,
-    draw_drift_split,
-    figure as _figure,
-    final_train_return as _final_train_return,
     censored_recovery_mean,
-    nanmean as _nanmean,
+    draw_drift_split,
     post_switch_updates,
     recovery_times,
-    save_figure as _save,
     switch_steps,
     tracking_lag,
 )
-from hybrid_pg.experiments.results import learning_curve, update_series
+from hybrid_pg.experiments.nonstationary_analysis import (
+    after_warmup as _after_warmup,
+)
+from hybrid_pg.experiments.nonstationary_analysis import (
+    figure as _figure,
+)
+from hybrid_pg.experiments.nonstationary_analysis import (
+    final_train_return as _final_train_return,
+)
+from hybrid_pg.experiments.nonstationary_analysis import (
+    nanmean as _nanmean,
+)
+from hybrid_pg.experiments.nonstationary_analysis import (
+    save_figure as _save,
+)
 from hybrid_pg.experiments.ray_backend import RayNotInstalledError, require_ray
+from hybrid_pg.experiments.results import learning_curve, update_series
 from hybrid_pg.experiments.runner import run_grid
-
 
 
 def _moving_parameter(cfg: Dict[str, Any], env_name: str) -> str:
@@ -146,7 +155,9 @@ def summarize(cfg: Dict[str, Any], results: List[Dict[str, Any]]) -> List[Dict[s
                 "recovered_fraction": float(np.mean([math.isfinite(t) for t in flat])) if flat else math.nan,
                 "recovery_updates_censored": censored_recovery_mean(flat, budgets),
                 "recovery_per_switch": [[None if math.isnan(t) else t for t in rec] for rec in recs],
-                "env_drift_share": float(np.mean([np.nanmean(np.abs(d)) for d in live_minus_frozen if d.size])) if any(d.size for d in live_minus_frozen) else 0.0,
+                "env_drift_share": float(np.mean([np.nanmean(np.abs(d)) for d in live_minus_frozen if d.size]))
+                if any(d.size for d in live_minus_frozen)
+                else 0.0,
                 "policy_drift_spread": float(np.mean([np.nanstd(f) for f in frozen if f.size])),
                 "mean_lambda": float(np.mean([np.nanmean(_after_warmup(r, "hybrid/lambda", warmup)) for r in runs])),
                 "final_train_return": float(np.mean([_final_train_return(r) for r in runs])),
@@ -301,7 +312,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: one Ray task per run (pip install -e \".[ray]\")")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local", help='ray: one Ray task per run (pip install -e ".[ray]")')
     parser.add_argument("--address", default=None, help="--backend ray: the Ray cluster (auto: the one 'ray start' runs here)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="override total_timesteps (smoke runs)")

@@ -112,18 +112,35 @@ def sweep_alpha(cfg: dict[str, Any], seeds: np.random.SeedSequence) -> tuple[lis
         lams, realised = np.array(lams), np.array(realised)
         gp, gm = cp.sample_gradients(alpha=alpha, B=cfg["large_n"], rng=rng, **DEFAULT)
         large = optimal_lambda(gp, gm, bounds=None)
-        lam_rows.append(dict(
-            alpha=alpha, sigma=mo.sigma, lam_star=mo.lam_star, lam_hat_mean=float(lams.mean()),
-            lam_hat_se=float(lams.std(ddof=1) / math.sqrt(R)), lam_hat_sd=float(lams.std(ddof=1)),
-            abs_err_mean=float(np.abs(lams - mo.lam_star).mean()), batch_size=B_FIXED, replicates=R,
-        ))
-        red_rows.append(dict(
-            alpha=alpha, var_path=mo.var_path, var_score=mo.var_score, cov=mo.cov, corr=mo.corr,
-            lam_star=mo.lam_star, var_hybrid=mo.var_hybrid, reduction_exact=mo.variance_reduction,
-            reduction_realised_mean=float(realised.mean()),
-            reduction_realised_se=float(realised.std(ddof=1) / math.sqrt(R)),
-            reduction_large_sample=large.variance_reduction, large_sample_n=cfg["large_n"],
-        ))
+        lam_rows.append(
+            dict(
+                alpha=alpha,
+                sigma=mo.sigma,
+                lam_star=mo.lam_star,
+                lam_hat_mean=float(lams.mean()),
+                lam_hat_se=float(lams.std(ddof=1) / math.sqrt(R)),
+                lam_hat_sd=float(lams.std(ddof=1)),
+                abs_err_mean=float(np.abs(lams - mo.lam_star).mean()),
+                batch_size=B_FIXED,
+                replicates=R,
+            )
+        )
+        red_rows.append(
+            dict(
+                alpha=alpha,
+                var_path=mo.var_path,
+                var_score=mo.var_score,
+                cov=mo.cov,
+                corr=mo.corr,
+                lam_star=mo.lam_star,
+                var_hybrid=mo.var_hybrid,
+                reduction_exact=mo.variance_reduction,
+                reduction_realised_mean=float(realised.mean()),
+                reduction_realised_se=float(realised.std(ddof=1) / math.sqrt(R)),
+                reduction_large_sample=large.variance_reduction,
+                large_sample_n=cfg["large_n"],
+            )
+        )
     return lam_rows, red_rows
 
 
@@ -131,8 +148,15 @@ def plot_lambda(rows: list[dict], path: Path) -> None:
     a = np.array([r["alpha"] for r in rows])
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(a, [r["lam_star"] for r in rows], "k-", label="lam* (closed form)")
-    ax.errorbar(a, [r["lam_hat_mean"] for r in rows], yerr=[2 * r["lam_hat_se"] for r in rows], fmt="o",
-                ms=4, capsize=3, label=f"lam-hat, B={B_FIXED} (mean +- 2 SE, {rows[0]['replicates']} reps)")
+    ax.errorbar(
+        a,
+        [r["lam_hat_mean"] for r in rows],
+        yerr=[2 * r["lam_hat_se"] for r in rows],
+        fmt="o",
+        ms=4,
+        capsize=3,
+        label=f"lam-hat, B={B_FIXED} (mean +- 2 SE, {rows[0]['replicates']} reps)",
+    )
     ax.set_xlabel("coupling alpha  (sigma = exp(alpha theta))")
     ax.set_ylabel("lambda")
     ax.set_title("(a) optimal weight vs coupling  [theta=0.5, c=1, m=0, no baseline]", fontsize=9)
@@ -146,11 +170,16 @@ def plot_reduction(rows: list[dict], path: Path) -> None:
     a = np.array([r["alpha"] for r in rows])
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(a, [100 * r["reduction_exact"] for r in rows], "k-", label="closed form (at lam*)")
-    ax.errorbar(a, [100 * r["reduction_realised_mean"] for r in rows],
-                yerr=[200 * r["reduction_realised_se"] for r in rows], fmt="o", ms=4, capsize=3,
-                label=f"realised with lam-hat (B={B_FIXED}), mean +- 2 SE")
-    ax.plot(a, [100 * r["reduction_large_sample"] for r in rows], "x", ms=6,
-            label=f"empirical moments, N={rows[0]['large_sample_n']}")
+    ax.errorbar(
+        a,
+        [100 * r["reduction_realised_mean"] for r in rows],
+        yerr=[200 * r["reduction_realised_se"] for r in rows],
+        fmt="o",
+        ms=4,
+        capsize=3,
+        label=f"realised with lam-hat (B={B_FIXED}), mean +- 2 SE",
+    )
+    ax.plot(a, [100 * r["reduction_large_sample"] for r in rows], "x", ms=6, label=f"empirical moments, N={rows[0]['large_sample_n']}")
     ax.set_xlabel("coupling alpha")
     ax.set_ylabel("variance reduction vs best single estimator (%)")
     ax.set_title("(c) variance reduction vs coupling  [theta=0.5, c=1, m=0, no baseline]", fontsize=9)
@@ -177,12 +206,21 @@ def mse_vs_batch(cfg: dict[str, Any], seeds: np.random.SeedSequence) -> tuple[li
     R = cfg["mse_replicates"]
     for B, rng in zip(cfg["b_grid"], rngs):
         B = int(B)
-        err = np.array([lam_hat(*cp.sample_gradients(alpha=ALPHA_MSE, B=B, rng=rng, **DEFAULT)) - mo.lam_star
-                        for _ in range(R)])
+        err = np.array([lam_hat(*cp.sample_gradients(alpha=ALPHA_MSE, B=B, rng=rng, **DEFAULT)) - mo.lam_star for _ in range(R)])
         sq = err**2
-        rows.append(dict(batch_size=B, mse=float(sq.mean()), mse_se=float(sq.std(ddof=1) / math.sqrt(R)),
-                         bias=float(err.mean()), sd=float(err.std(ddof=1)), delta_method_mse=var_psi / B,
-                         replicates=R, alpha=ALPHA_MSE, lam_star=mo.lam_star))
+        rows.append(
+            dict(
+                batch_size=B,
+                mse=float(sq.mean()),
+                mse_se=float(sq.std(ddof=1) / math.sqrt(R)),
+                bias=float(err.mean()),
+                sd=float(err.std(ddof=1)),
+                delta_method_mse=var_psi / B,
+                replicates=R,
+                alpha=ALPHA_MSE,
+                lam_star=mo.lam_star,
+            )
+        )
     logb = np.log([r["batch_size"] for r in rows])
     logm = np.log([r["mse"] for r in rows])
     slope, intercept = np.polyfit(logb, logm, 1)
@@ -196,8 +234,15 @@ def mse_vs_batch(cfg: dict[str, Any], seeds: np.random.SeedSequence) -> tuple[li
 def plot_mse(rows: list[dict], slope: float, slope_se: float, path: Path) -> None:
     b = np.array([r["batch_size"] for r in rows])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(b, [r["mse"] for r in rows], yerr=[2 * r["mse_se"] for r in rows], fmt="o", ms=4, capsize=3,
-                label=f"MSE of lam-hat ({rows[0]['replicates']} reps, +- 2 SE)")
+    ax.errorbar(
+        b,
+        [r["mse"] for r in rows],
+        yerr=[2 * r["mse_se"] for r in rows],
+        fmt="o",
+        ms=4,
+        capsize=3,
+        label=f"MSE of lam-hat ({rows[0]['replicates']} reps, +- 2 SE)",
+    )
     ax.plot(b, [r["fitted_mse"] for r in rows], "-", label=f"fit: slope {slope:.3f} +- {slope_se:.3f}")
     ax.plot(b, [r["delta_method_mse"] for r in rows], "k--", lw=1, label="delta method Var(psi)/B")
     ax.set_xscale("log")
@@ -257,14 +302,29 @@ def trend_map(cfg: dict[str, Any]) -> list[dict]:
         lam_t, lam_net = trend(lams)
         red_t, red_net = trend(reds)
         k = int(np.argmax(reds))
-        rows.append(dict(
-            theta=theta, c=c, m=m, baseline=base, alpha_min=float(alphas[0]), alpha_max=float(alphas[-1]),
-            lam_at_alpha_min=lams[0], lam_at_alpha_max=lams[-1], lam_lowest=min(lams), lam_highest=max(lams),
-            lam_trend=lam_t, lam_net_change=lam_net,
-            reduction_at_alpha_min=reds[0], reduction_at_alpha_max=reds[-1], reduction_trend=red_t,
-            reduction_net_change=red_net, max_reduction=reds[k], alpha_at_max_reduction=float(alphas[k]),
-            paper_trend=paper_status(lam_t, red_t),
-        ))
+        rows.append(
+            dict(
+                theta=theta,
+                c=c,
+                m=m,
+                baseline=base,
+                alpha_min=float(alphas[0]),
+                alpha_max=float(alphas[-1]),
+                lam_at_alpha_min=lams[0],
+                lam_at_alpha_max=lams[-1],
+                lam_lowest=min(lams),
+                lam_highest=max(lams),
+                lam_trend=lam_t,
+                lam_net_change=lam_net,
+                reduction_at_alpha_min=reds[0],
+                reduction_at_alpha_max=reds[-1],
+                reduction_trend=red_t,
+                reduction_net_change=red_net,
+                max_reduction=reds[k],
+                alpha_at_max_reduction=float(alphas[k]),
+                paper_trend=paper_status(lam_t, red_t),
+            )
+        )
     return rows
 
 
@@ -275,9 +335,11 @@ def plot_map(rows: list[dict], path: Path) -> None:
     row_keys = list(itertools.product(MAP_THETAS, MAP_CS))
     col_keys = list(itertools.product(MAP_MS, MAP_BASELINES))
     index = {(r["theta"], r["c"], r["m"], r["baseline"]): r for r in rows}
-    panels = [("lam_net_change", "lam_trend", "(d1) lam*(alpha=3) - lam*(alpha=0)", "coolwarm"),
-              ("reduction_net_change", "reduction_trend", "(d2) reduction(3) - reduction(0)", "coolwarm_r"),
-              ("max_reduction", None, "(d3) max reduction over alpha", "viridis")]
+    panels = [
+        ("lam_net_change", "lam_trend", "(d1) lam*(alpha=3) - lam*(alpha=0)", "coolwarm"),
+        ("reduction_net_change", "reduction_trend", "(d2) reduction(3) - reduction(0)", "coolwarm_r"),
+        ("max_reduction", None, "(d3) max reduction over alpha", "viridis"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(16, 6.5))
     for ax, (key, tkey, title, cmap) in zip(axes, panels):
         grid = np.array([[index[rk + ck][key] for ck in col_keys] for rk in row_keys])
@@ -301,9 +363,11 @@ def plot_map(rows: list[dict], path: Path) -> None:
         ax.set_yticklabels([f"theta={t:g}, c={c:g}" for t, c in row_keys], fontsize=7)
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle("Trend of lam* and of the variance reduction as alpha grows 0 -> 3 (our reconstruction). "
-                 "Arrows: monotone (~ = net, non-monotone); P = the paper's trend (lam* down, reduction up)",
-                 fontsize=9)
+    fig.suptitle(
+        "Trend of lam* and of the variance reduction as alpha grows 0 -> 3 (our reconstruction). "
+        "Arrows: monotone (~ = net, non-monotone); P = the paper's trend (lam* down, reduction up)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -327,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
 
     print("Coupled problem, OUR RECONSTRUCTION: z = theta + exp(alpha theta) eps, f = min((z-m)^2, c^2)")
-    print(f"default setting: theta={DEFAULT['theta']}, c={DEFAULT['c']}, m={DEFAULT['m']}, no baseline"
-          f"{'  [--quick]' if args.quick else ''}")
+    print(
+        f"default setting: theta={DEFAULT['theta']}, c={DEFAULT['c']}, m={DEFAULT['m']}, no baseline{'  [--quick]' if args.quick else ''}"
+    )
 
     lam_rows, red_rows = sweep_alpha(cfg, seed_a)
     write_csv(out / "lambda_vs_alpha.csv", lam_rows)
@@ -338,31 +403,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(a) lam* vs alpha; lam-hat at B={B_FIXED}, {cfg['replicates']} replicates")
     print(f"  {'alpha':>5s} {'sigma':>6s} {'lam*':>7s} {'lam-hat +- 2SE':>18s} {'mean|lam-hat - lam*|':>21s}")
     for r in lam_rows:
-        print(f"  {r['alpha']:5.2f} {r['sigma']:6.3f} {r['lam_star']:7.4f} {r['lam_hat_mean']:9.4f} +- "
-              f"{2 * r['lam_hat_se']:6.4f} {r['abs_err_mean']:21.4f}")
+        print(
+            f"  {r['alpha']:5.2f} {r['sigma']:6.3f} {r['lam_star']:7.4f} {r['lam_hat_mean']:9.4f} +- "
+            f"{2 * r['lam_hat_se']:6.4f} {r['abs_err_mean']:21.4f}"
+        )
     lam_t, _ = trend(r["lam_star"] for r in lam_rows)
-    print(f"  lam* is {lam_t} in alpha at this setting "
-          f"({'the paper claims it falls' if not lam_t.endswith('falling') else 'as the paper claims'})")
+    print(
+        f"  lam* is {lam_t} in alpha at this setting "
+        f"({'the paper claims it falls' if not lam_t.endswith('falling') else 'as the paper claims'})"
+    )
 
     mse_rows, slope, slope_se = mse_vs_batch(cfg, seed_b)
     write_csv(out / "mse_vs_batch.csv", mse_rows)
     plot_mse(mse_rows, slope, slope_se, out / "mse_vs_batch.png")
-    print(f"\n(b) MSE of lam-hat vs B (alpha={ALPHA_MSE}, B={mse_rows[0]['batch_size']}..{mse_rows[-1]['batch_size']}, "
-          f"{cfg['mse_replicates']} replicates): fitted log-log slope = {slope:.3f} +- {slope_se:.3f} (theory -1)")
-    print(f"  MSE*B: {mse_rows[0]['mse'] * mse_rows[0]['batch_size']:.3f} at B={mse_rows[0]['batch_size']}, "
-          f"{mse_rows[-1]['mse'] * mse_rows[-1]['batch_size']:.3f} at B={mse_rows[-1]['batch_size']}; "
-          f"delta-method Var(psi) = {mse_rows[0]['delta_method_mse'] * mse_rows[0]['batch_size']:.3f}")
+    print(
+        f"\n(b) MSE of lam-hat vs B (alpha={ALPHA_MSE}, B={mse_rows[0]['batch_size']}..{mse_rows[-1]['batch_size']}, "
+        f"{cfg['mse_replicates']} replicates): fitted log-log slope = {slope:.3f} +- {slope_se:.3f} (theory -1)"
+    )
+    print(
+        f"  MSE*B: {mse_rows[0]['mse'] * mse_rows[0]['batch_size']:.3f} at B={mse_rows[0]['batch_size']}, "
+        f"{mse_rows[-1]['mse'] * mse_rows[-1]['batch_size']:.3f} at B={mse_rows[-1]['batch_size']}; "
+        f"delta-method Var(psi) = {mse_rows[0]['delta_method_mse'] * mse_rows[0]['batch_size']:.3f}"
+    )
 
     k = int(np.argmax([r["reduction_exact"] for r in red_rows]))
     best_default = red_rows[k]
     red_t, _ = trend(r["reduction_exact"] for r in red_rows)
-    print("\n(c) variance reduction 1 - Var(lam*)/min(Var_P, Var_M) vs alpha (closed form | realised with "
-          f"lam-hat at B={B_FIXED} | large-sample empirical)")
+    print(
+        "\n(c) variance reduction 1 - Var(lam*)/min(Var_P, Var_M) vs alpha (closed form | realised with "
+        f"lam-hat at B={B_FIXED} | large-sample empirical)"
+    )
     for r in red_rows:
-        print(f"  alpha {r['alpha']:4.2f}: {100 * r['reduction_exact']:5.1f}% | {100 * r['reduction_realised_mean']:5.1f}% "
-              f"+- {200 * r['reduction_realised_se']:.1f} | {100 * r['reduction_large_sample']:5.1f}%")
-    print(f"  best at this setting: {100 * best_default['reduction_exact']:.1f}% at alpha = {best_default['alpha']:.2f}; "
-          f"reduction is {red_t} in alpha")
+        print(
+            f"  alpha {r['alpha']:4.2f}: {100 * r['reduction_exact']:5.1f}% | {100 * r['reduction_realised_mean']:5.1f}% "
+            f"+- {200 * r['reduction_realised_se']:.1f} | {100 * r['reduction_large_sample']:5.1f}%"
+        )
+    print(
+        f"  best at this setting: {100 * best_default['reduction_exact']:.1f}% at alpha = {best_default['alpha']:.2f}; "
+        f"reduction is {red_t} in alpha"
+    )
 
     map_rows = trend_map(cfg)
     write_csv(out / "trend_map.csv", map_rows)
@@ -371,39 +450,55 @@ def main(argv: list[str] | None = None) -> int:
     lam_down = sum(r["lam_net_change"] < 0 for r in map_rows)
     red_up = sum(r["reduction_net_change"] > 0 for r in map_rows)
     best = max(map_rows, key=lambda r: r["max_reduction"])
-    print(f"\n(d) trend map over theta in {MAP_THETAS}, c in {MAP_CS}, m in {MAP_MS}, baseline in "
-          f"{{none, E f(z)}} ({len(map_rows)} cells), alpha {cfg['map_alphas'][0]:g} -> {cfg['map_alphas'][-1]:g}")
+    print(
+        f"\n(d) trend map over theta in {MAP_THETAS}, c in {MAP_CS}, m in {MAP_MS}, baseline in "
+        f"{{none, E f(z)}} ({len(map_rows)} cells), alpha {cfg['map_alphas'][0]:g} -> {cfg['map_alphas'][-1]:g}"
+    )
     print(f"  lam* falls (net) in {lam_down}/{len(map_rows)} cells; reduction rises (net) in {red_up}/{len(map_rows)}")
-    print(f"  paper's trend (lam* down AND reduction up): holds monotonically in {counts['holds']}, "
-          f"net only in {counts['holds-net']}; fully reversed in {counts['reverses']}; split in {counts['split']}")
+    print(
+        f"  paper's trend (lam* down AND reduction up): holds monotonically in {counts['holds']}, "
+        f"net only in {counts['holds-net']}; fully reversed in {counts['reverses']}; split in {counts['split']}"
+    )
     for status in ("holds", "holds-net"):
-        cells = [f"(theta={r['theta']:g}, c={r['c']:g}, m={r['m']:g}, b={r['baseline']})"
-                 for r in map_rows if r["paper_trend"] == status]
+        cells = [f"(theta={r['theta']:g}, c={r['c']:g}, m={r['m']:g}, b={r['baseline']})" for r in map_rows if r["paper_trend"] == status]
         if cells:
             print(f"  {status}: " + ", ".join(cells))
     for base in MAP_BASELINES:
         sub = [r for r in map_rows if r["baseline"] == base]
-        print(f"  baseline={base}: lam* falls in {sum(r['lam_net_change'] < 0 for r in sub)}/{len(sub)}, reduction "
-              f"rises in {sum(r['reduction_net_change'] > 0 for r in sub)}/{len(sub)}, paper trend (net) in "
-              f"{sum(r['paper_trend'] in ('holds', 'holds-net') for r in sub)}/{len(sub)}")
-    print(f"  max variance reduction on the grid: {100 * best['max_reduction']:.1f}% at theta={best['theta']:g}, "
-          f"c={best['c']:g}, m={best['m']:g}, baseline={best['baseline']}, alpha={best['alpha_at_max_reduction']:.2f}")
+        print(
+            f"  baseline={base}: lam* falls in {sum(r['lam_net_change'] < 0 for r in sub)}/{len(sub)}, reduction "
+            f"rises in {sum(r['reduction_net_change'] > 0 for r in sub)}/{len(sub)}, paper trend (net) in "
+            f"{sum(r['paper_trend'] in ('holds', 'holds-net') for r in sub)}/{len(sub)}"
+        )
+    print(
+        f"  max variance reduction on the grid: {100 * best['max_reduction']:.1f}% at theta={best['theta']:g}, "
+        f"c={best['c']:g}, m={best['m']:g}, baseline={best['baseline']}, alpha={best['alpha_at_max_reduction']:.2f}"
+    )
 
     summary = dict(
-        default_setting=dict(DEFAULT, baseline=None), quick=args.quick,
-        mse_slope=slope, mse_slope_se=slope_se, mse_alpha=ALPHA_MSE,
-        lam_star_trend_default=lam_t, reduction_trend_default=red_t,
-        best_reduction_default=best_default["reduction_exact"], best_reduction_default_alpha=best_default["alpha"],
+        default_setting=dict(DEFAULT, baseline=None),
+        quick=args.quick,
+        mse_slope=slope,
+        mse_slope_se=slope_se,
+        mse_alpha=ALPHA_MSE,
+        lam_star_trend_default=lam_t,
+        reduction_trend_default=red_t,
+        best_reduction_default=best_default["reduction_exact"],
+        best_reduction_default_alpha=best_default["alpha"],
         best_reduction_grid=best["max_reduction"],
-        best_reduction_grid_where=dict(theta=best["theta"], c=best["c"], m=best["m"], baseline=best["baseline"],
-                                       alpha=best["alpha_at_max_reduction"]),
-        paper_trend_counts=counts, cells=len(map_rows),
+        best_reduction_grid_where=dict(
+            theta=best["theta"], c=best["c"], m=best["m"], baseline=best["baseline"], alpha=best["alpha_at_max_reduction"]
+        ),
+        paper_trend_counts=counts,
+        cells=len(map_rows),
         abs_err_at_B1024={f"{r['alpha']:g}": r["abs_err_mean"] for r in lam_rows},
     )
     with open(out / "summary.json", "w") as fh:
         json.dump(summary, fh, indent=2)
-    print(f"\nMSE slope = {slope:.3f}; best variance reduction = {100 * best['max_reduction']:.1f}% (grid), "
-          f"{100 * best_default['reduction_exact']:.1f}% (default setting)")
+    print(
+        f"\nMSE slope = {slope:.3f}; best variance reduction = {100 * best['max_reduction']:.1f}% (grid), "
+        f"{100 * best_default['reduction_exact']:.1f}% (default setting)"
+    )
     print(f"wrote PNG/CSV/summary.json to {out}  ({time.time() - t0:.1f} s)")
     return 0
 

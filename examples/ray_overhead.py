@@ -23,7 +23,9 @@ from hybrid_pg.experiments.runner import RESULT_FILE, run_grid
 
 
 def tiny_grid(seeds: int, steps: int):
-    algo = dict(policy_kwargs=dict(net_arch=[8]), n_steps=64, batch_size=64, n_epochs=1, gamma=0.9, lambda_warmup=1, pathwise_source="critic")
+    algo = dict(
+        policy_kwargs=dict(net_arch=[8]), n_steps=64, batch_size=64, n_epochs=1, gamma=0.9, lambda_warmup=1, pathwise_source="critic"
+    )
     return [
         (estimator, run_config("hybrid_pg", "Pendulum-v1", seed, steps, algo=dict(algo, estimator=estimator), eval_episodes=1))
         for estimator in ("hybrid", "reinforce")
@@ -32,7 +34,10 @@ def tiny_grid(seeds: int, steps: int):
 
 
 def _results(runs_dir: Path):
-    return {p.parent.name: {k: v for k, v in json.loads(p.read_text()).items() if k != "train_seconds"} for p in sorted(runs_dir.glob(f"*/{RESULT_FILE}"))}
+    return {
+        p.parent.name: {k: v for k, v in json.loads(p.read_text()).items() if k != "train_seconds"}
+        for p in sorted(runs_dir.glob(f"*/{RESULT_FILE}"))
+    }
 
 
 def main() -> None:

@@ -69,8 +69,14 @@ def run_one(job: Tuple[str, int, int, str]) -> Dict:
     eval_env.reset(seed=10_000 + seed)
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
     result = dict(
-        name=name, seed=seed, steps=int(model.num_timesteps), eval_mean=float(mean), eval_std=float(std),
-        wall_s=wall, wall_per_step_ms=1e3 * wall / model.num_timesteps, final_lambda=float(model.last_lambda["global"]),
+        name=name,
+        seed=seed,
+        steps=int(model.num_timesteps),
+        eval_mean=float(mean),
+        eval_std=float(std),
+        wall_s=wall,
+        wall_per_step_ms=1e3 * wall / model.num_timesteps,
+        final_lambda=float(model.last_lambda["global"]),
     )
     path.write_text(json.dumps(result))
     return result

@@ -43,11 +43,21 @@ def compare_estimators(rng: np.random.Generator) -> list[dict]:
             for j, coord in enumerate(("mu", "sigma")):
                 mc_mean, mc_se = float(g[:, j].mean()), float(g[:, j].std(ddof=1) / math.sqrt(MC_SAMPLES))
                 mc_var = float(g[:, j].var(ddof=1))
-                print(f"  {name:9s} {coord:5s} {exact.mean[j]:11.4f} {mc_mean:12.4f} +- {mc_se:7.4f} "
-                      f"{var[j]:11.3f} {mc_var:11.3f}")
-                rows.append(dict(mu=mu, sigma=sigma, estimator=name, coordinate=coord, exact_mean=exact.mean[j],
-                                 mc_mean=mc_mean, mc_se=mc_se, exact_var=var[j], mc_var=mc_var,
-                                 z_score=(mc_mean - exact.mean[j]) / mc_se))
+                print(f"  {name:9s} {coord:5s} {exact.mean[j]:11.4f} {mc_mean:12.4f} +- {mc_se:7.4f} {var[j]:11.3f} {mc_var:11.3f}")
+                rows.append(
+                    dict(
+                        mu=mu,
+                        sigma=sigma,
+                        estimator=name,
+                        coordinate=coord,
+                        exact_mean=exact.mean[j],
+                        mc_mean=mc_mean,
+                        mc_se=mc_se,
+                        exact_var=var[j],
+                        mc_var=mc_var,
+                        z_score=(mc_mean - exact.mean[j]) / mc_se,
+                    )
+                )
         ratio = exact.var_score / exact.var_path
         print(f"  Var_score / Var_pathwise (exact): mu {ratio[0]:.1f}x, sigma {ratio[1]:.1f}x -> pathwise lower")
     return rows
@@ -87,22 +97,31 @@ def main(argv: list[str] | None = None) -> int:
 
     mu_ml, sigma_ml = gf.maximum_likelihood(DATA)
     print("\nWhy minimising E f is not a fit of the spread:")
-    print(textwrap.indent(textwrap.fill(
-        "E f(y) = n sigma^2 + sum_i (mu - x_i)^2. The sigma term is pure penalty: f scores one draw y "
-        "by its squared distance to the data, and spreading y out only adds n sigma^2. The minimiser "
-        "is mu = mean(x), sigma = 0: all mass at the mean. Maximising the expected log-likelihood "
-        "(1/n) sum_i log N(x_i; mu, sigma^2) -- equivalently minimising KL(p_data || N(mu, sigma^2)) -- "
-        "balances the 1/sigma^2-weighted error against the log sigma normaliser and gives "
-        "sigma^2 = (1/n) sum_i (x_i - mean)^2. The average NLL equals "
-        "E_eps[log sigma + f(mu + sigma eps) / (2 n sigma^2)] + const, so the same pathwise "
-        "machinery descends it.", 96), "  "))
+    print(
+        textwrap.indent(
+            textwrap.fill(
+                "E f(y) = n sigma^2 + sum_i (mu - x_i)^2. The sigma term is pure penalty: f scores one draw y "
+                "by its squared distance to the data, and spreading y out only adds n sigma^2. The minimiser "
+                "is mu = mean(x), sigma = 0: all mass at the mean. Maximising the expected log-likelihood "
+                "(1/n) sum_i log N(x_i; mu, sigma^2) -- equivalently minimising KL(p_data || N(mu, sigma^2)) -- "
+                "balances the 1/sigma^2-weighted error against the log sigma normaliser and gives "
+                "sigma^2 = (1/n) sum_i (x_i - mean)^2. The average NLL equals "
+                "E_eps[log sigma + f(mu + sigma eps) / (2 n sigma^2)] + const, so the same pathwise "
+                "machinery descends it.",
+                96,
+            ),
+            "  ",
+        )
+    )
 
     steps, lr, batch, tail = 400, 0.05, 256, 100
     ef_path = descend("E f", rng, steps, lr, batch)
     nll_path = descend("NLL", rng, steps, lr * 4, batch)
     ef_avg, nll_avg = ef_path[-tail:, 1:].mean(0), nll_path[-tail:, 1:].mean(0)
-    print(f"\nGradient descent from (mu, sigma) = (0, 1), {steps} steps, batch {batch}, pathwise gradients "
-          f"(mean of the last {tail} iterates):")
+    print(
+        f"\nGradient descent from (mu, sigma) = (0, 1), {steps} steps, batch {batch}, pathwise gradients "
+        f"(mean of the last {tail} iterates):"
+    )
     print(f"  minimise E f / n    -> mu = {ef_avg[0]:.4f}, sigma = {ef_avg[1]:.3e}   (sigma -> 0)")
     print(f"  minimise avg NLL    -> mu = {nll_avg[0]:.4f}, sigma = {nll_avg[1]:.4f}")
     print(f"  maximum likelihood     mu = {mu_ml:.4f}, sigma = {sigma_ml:.4f}   (sample std, 1/n)")

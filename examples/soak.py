@@ -51,7 +51,6 @@ from hybrid_pg import HybridPG
 from hybrid_pg.experiments.benchmark import run_config
 from hybrid_pg.experiments.runner import run
 
-
 # ------------------------------------------------------------------------------------------------
 # memory probes
 # ------------------------------------------------------------------------------------------------
@@ -120,8 +119,16 @@ def size_bounds(model: HybridPG) -> Dict[str, int]:
 class LogTail(KVWriter):
     """Keeps the last logged row and a bounded history of a few keys (no growth of its own)."""
 
-    KEYS = ("hybrid/lambda", "hybrid/lambda_window", "hybrid/window_size", "hybrid/oracle_lambda", "hybrid/oracle_error_applied",
-            "hybrid/change_alarms_total", "hybrid/stats_valid", "rollout/ep_rew_mean")
+    KEYS = (
+        "hybrid/lambda",
+        "hybrid/lambda_window",
+        "hybrid/window_size",
+        "hybrid/oracle_lambda",
+        "hybrid/oracle_error_applied",
+        "hybrid/change_alarms_total",
+        "hybrid/stats_valid",
+        "rollout/ep_rew_mean",
+    )
 
     def __init__(self, maxlen: int = 2000) -> None:
         self.last: Dict[str, Any] = {}
@@ -309,9 +316,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.tracemalloc:
         tracemalloc.start()
     config = run_config(
-        "hybrid_pg", args.env, args.seed, args.steps, n_envs=args.n_envs, eval_episodes=1,
-        algo=dict(n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs, lambda_mode="adaptive",
-                  lambda_window=args.lambda_window, oracle_freq=args.oracle_freq, oracle_samples=args.oracle_samples),
+        "hybrid_pg",
+        args.env,
+        args.seed,
+        args.steps,
+        n_envs=args.n_envs,
+        eval_episodes=1,
+        algo=dict(
+            n_steps=args.n_steps,
+            batch_size=args.batch_size,
+            n_epochs=args.n_epochs,
+            lambda_mode="adaptive",
+            lambda_window=args.lambda_window,
+            oracle_freq=args.oracle_freq,
+            oracle_samples=args.oracle_samples,
+        ),
     )
     config["train"].update(torch_threads=args.threads, device=args.device)
     out = Path(args.out)
@@ -377,7 +396,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     path.write_text(json.dumps(report, indent=2, default=float))
 
     print("\n=== soak summary ===")
-    print(f"env {args.env}  steps {model.num_timesteps}/{args.steps}  updates {model._n_rollouts_trained}  wall {wall:.0f} s  fps {report['fps']}")
+    print(
+        f"env {args.env}  steps {model.num_timesteps}/{args.steps}  updates {model._n_rollouts_trained}  wall {wall:.0f} s  fps {report['fps']}"
+    )
     print(f"oracle calls {report['oracle_calls']}  change alarms {report['change_alarms']}  invalid-stat updates {tail.invalid_stats}")
     print(f"final lam {model.last_lambda}  ep_rew_mean {tail.last.get('rollout/ep_rew_mean')}")
     print("checkpoint      steps   rss MB  peak MB  gc objects  modules")

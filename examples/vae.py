@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -124,10 +123,9 @@ def kl_standard_normal(mu: th.Tensor, log_std: th.Tensor) -> th.Tensor:
 def elbo(encoder: nn.Module, decoder: nn.Module, x: th.Tensor, samples: int, generator: th.Generator) -> float:
     """Mean ELBO per image (nats), reconstruction term averaged over ``samples`` draws."""
     mu, log_std = encoder(x).chunk(2, dim=-1)
-    recon = th.stack([
-        log_likelihood(decoder, mu + th.exp(log_std) * th.randn(mu.shape, generator=generator), x)
-        for _ in range(samples)
-    ]).mean(0)
+    recon = th.stack(
+        [log_likelihood(decoder, mu + th.exp(log_std) * th.randn(mu.shape, generator=generator), x) for _ in range(samples)]
+    ).mean(0)
     return float((recon - kl_standard_normal(mu, log_std)).mean())
 
 
@@ -208,9 +206,16 @@ def train(estimator: str, seed: int, s: Settings, data: tuple[th.Tensor, th.Tens
     curves, moments_rows = [], []
 
     def evaluate(epoch: int, step: int) -> None:
-        curves.append(dict(estimator=estimator, seed=seed, epoch=epoch, step=step,
-                           train_elbo=elbo(encoder, decoder, x_train, s.eval_samples, eval_gen),
-                           test_elbo=elbo(encoder, decoder, x_test, s.eval_samples, eval_gen)))
+        curves.append(
+            dict(
+                estimator=estimator,
+                seed=seed,
+                epoch=epoch,
+                step=step,
+                train_elbo=elbo(encoder, decoder, x_train, s.eval_samples, eval_gen),
+                test_elbo=elbo(encoder, decoder, x_test, s.eval_samples, eval_gen),
+            )
+        )
 
     step = 0
     evaluate(0, 0)
@@ -249,17 +254,30 @@ def train(estimator: str, seed: int, s: Settings, data: tuple[th.Tensor, th.Tens
         pooled = pooled_estimate(batches)  # in-sample lam* of this epoch's minibatches, in [0, 1]
         pooled_raw = pooled_estimate(batches, bounds=None)
         best_single = min(pooled.var_path, pooled.var_score)
-        moments_rows.append(dict(
-            estimator=estimator, seed=seed, epoch=epoch, step=step,
-            lam_applied=float(np.mean(applied)), lam_window=float(np.mean(lam_window)), lam_star=pooled.lam,
-            lam_star_unclipped=pooled.lam_unclipped, var_path=pooled.var_path, var_score=pooled.var_score,
-            cov=pooled.cov, corr=pooled.corr, var_applied=float(np.mean(var_applied)),
-            var_hybrid_window=float(np.mean(var_window)), var_hybrid_star=pooled.var_hybrid,
-            reduction_star=pooled.variance_reduction,
-            reduction_window=_reduction(var_window, best_single),
-            lam_window_unclipped=float(np.mean(lam_raw)), reduction_star_unclipped=pooled_raw.variance_reduction,
-            reduction_window_unclipped=_reduction(var_raw, best_single),
-        ))
+        moments_rows.append(
+            dict(
+                estimator=estimator,
+                seed=seed,
+                epoch=epoch,
+                step=step,
+                lam_applied=float(np.mean(applied)),
+                lam_window=float(np.mean(lam_window)),
+                lam_star=pooled.lam,
+                lam_star_unclipped=pooled.lam_unclipped,
+                var_path=pooled.var_path,
+                var_score=pooled.var_score,
+                cov=pooled.cov,
+                corr=pooled.corr,
+                var_applied=float(np.mean(var_applied)),
+                var_hybrid_window=float(np.mean(var_window)),
+                var_hybrid_star=pooled.var_hybrid,
+                reduction_star=pooled.variance_reduction,
+                reduction_window=_reduction(var_window, best_single),
+                lam_window_unclipped=float(np.mean(lam_raw)),
+                reduction_star_unclipped=pooled_raw.variance_reduction,
+                reduction_window_unclipped=_reduction(var_raw, best_single),
+            )
+        )
         evaluate(epoch, step)
     return curves, moments_rows
 
@@ -296,9 +314,20 @@ def summarise(curves: list, moments: list, s: Settings) -> dict:
     """Per estimator: mean and min/max over seeds of the headline numbers."""
     out: dict = {"settings": vars(s), "estimators": {}}
     for est in ESTIMATORS:
-        col = {k: _series(moments, est, k) for k in (
-            "lam_star", "lam_star_unclipped", "var_path", "var_score", "var_applied", "reduction_star",
-            "reduction_window", "reduction_star_unclipped", "reduction_window_unclipped")}
+        col = {
+            k: _series(moments, est, k)
+            for k in (
+                "lam_star",
+                "lam_star_unclipped",
+                "var_path",
+                "var_score",
+                "var_applied",
+                "reduction_star",
+                "reduction_window",
+                "reduction_star_unclipped",
+                "reduction_window_unclipped",
+            )
+        }
         test = _series(curves, est, "test_elbo")
         out["estimators"][est] = {
             "final_train_elbo": _spread(_series(curves, est, "train_elbo")[:, -1]),
@@ -333,18 +362,24 @@ def plot(curves: list, moments: list, path: Path) -> None:
             ax.plot(ep, y.mean(0), color=c, label=f"{est} run")
             ax.fill_between(ep, y.min(0), y.max(0), color=c, alpha=0.15)
     hyb_epochs = _series(moments, "hybrid", "epoch")[0]
-    for ax, keys in ((axes[1], (("lam_window", "lam applied (window)"), ("lam_star_unclipped", "lam* unclipped"))),
-                     (axes[2], (("reduction_window", "at applied lam"),
-                                ("reduction_star_unclipped", "at unclipped lam* (in-sample)"),
-                                ("reduction_window_unclipped", "at unclipped window lam")))):
+    for ax, keys in (
+        (axes[1], (("lam_window", "lam applied (window)"), ("lam_star_unclipped", "lam* unclipped"))),
+        (
+            axes[2],
+            (
+                ("reduction_window", "at applied lam"),
+                ("reduction_star_unclipped", "at unclipped lam* (in-sample)"),
+                ("reduction_window_unclipped", "at unclipped window lam"),
+            ),
+        ),
+    ):
         for (key, lab), ls in zip(keys, (":", "-.", "--")):
             ax.plot(hyb_epochs, _series(moments, "hybrid", key).mean(0), ls, color="k", label=f"hybrid run: {lab}")
     axes[0].set(xlabel="epoch", ylabel="ELBO per image (nats)", title="ELBO (mean, band = min/max over seeds)")
     lo = min(np.percentile(_series(curves, e, "test_elbo"), 5) for e in ESTIMATORS)
     axes[0].set_ylim(bottom=lo)
     axes[1].set(xlabel="epoch", ylabel="lam*", title="lam* (in-sample, pooled per epoch; clipped to [0, 1])")
-    axes[2].set(xlabel="epoch", ylabel="1 - Var(hybrid) / min(Var_P, Var_M)",
-                title="variance reduction vs best single estimator")
+    axes[2].set(xlabel="epoch", ylabel="1 - Var(hybrid) / min(Var_P, Var_M)", title="variance reduction vs best single estimator")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -376,9 +411,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             c, m = train(est, seed, s, data)
             curves += c
             moments += m
-            print(f"{est:8s} seed {seed}: test ELBO {c[-1]['test_elbo']:8.2f}  lam* first/last epoch "
-                  f"{m[0]['lam_star']:.3f}/{m[-1]['lam_star']:.3f}  reduction(last) {m[-1]['reduction_star']:.3f}",
-                  flush=True)
+            print(
+                f"{est:8s} seed {seed}: test ELBO {c[-1]['test_elbo']:8.2f}  lam* first/last epoch "
+                f"{m[0]['lam_star']:.3f}/{m[-1]['lam_star']:.3f}  reduction(last) {m[-1]['reduction_star']:.3f}",
+                flush=True,
+            )
     summary = summarise(curves, moments, s)
     _write_csv(out / "curves.csv", curves)
     _write_csv(out / "moments.csv", moments)

@@ -83,7 +83,9 @@ class _Record(BaseCallback):
     def _grab(self):
         v = self.model.logger.name_to_value
         if "hybrid/oracle_var_path" in v:
-            self.rows.append((self.model.last_lambda["global"], v["hybrid/oracle_var_path"], v["hybrid/oracle_var_score"], v["hybrid/oracle_cov"]))
+            self.rows.append(
+                (self.model.last_lambda["global"], v["hybrid/oracle_var_path"], v["hybrid/oracle_var_score"], v["hybrid/oracle_cov"])
+            )
 
     def _on_rollout_start(self):
         self._grab()
@@ -140,9 +142,23 @@ def run(problem: str, rule: str, seed: int, updates: int, window: int = 8) -> di
         make = lambda: CoupledBanditEnv(m=-0.5, c=C)  # noqa: E731
     env = DummyVecEnv([make] * N_ENVS)
     model = HybridPG(
-        "MlpPolicy", env, n_steps=N_STEPS, batch_size=256, n_epochs=4, learning_rate=3e-3, gamma=0.0, gae_lambda=1.0,
-        pathwise_source="model", lambda_warmup=2, bias_correction=True, normalize_advantage=False,
-        oracle_freq=1, oracle_samples=4096, oracle_env=make, seed=seed, device="cpu",
+        "MlpPolicy",
+        env,
+        n_steps=N_STEPS,
+        batch_size=256,
+        n_epochs=4,
+        learning_rate=3e-3,
+        gamma=0.0,
+        gae_lambda=1.0,
+        pathwise_source="model",
+        lambda_warmup=2,
+        bias_correction=True,
+        normalize_advantage=False,
+        oracle_freq=1,
+        oracle_samples=4096,
+        oracle_env=make,
+        seed=seed,
+        device="cpu",
         **({} if window == 8 else {"lambda_window": window}),  # (the pre-refactor code knows 8 only as its default)
     )
     bias_rule, _, extrapolation = rule.partition("-")  # e.g. "ucl-trend": UCL bias rule, trend on
@@ -177,12 +193,19 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--problems", nargs="+", default=["stationary", "drifting", "biased"])
-    parser.add_argument("--rules", nargs="+", default=["point", "ucl", "posterior"], help="weight rules to compare: point | ucl | posterior, optionally -level or -trend (the window's "
-                        "extrapolation; default: the library's); the pre-refactor code ignores them")
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        default=["point", "ucl", "posterior"],
+        help="weight rules to compare: point | ucl | posterior, optionally -level or -trend (the window's "
+        "extrapolation; default: the library's); the pre-refactor code ignores them",
+    )
     parser.add_argument("--window", type=int, default=8, help="lambda_window (rollouts the weight pools)")
     parser.add_argument("--json", default=None, help="write every run's result (series included) here")
     args = parser.parse_args()
-    print(f"mean |lam - reference| after {WARMUP} updates ({args.updates} updates of {N_ENVS * N_STEPS}, window {args.window}, seeds {args.seeds});")
+    print(
+        f"mean |lam - reference| after {WARMUP} updates ({args.updates} updates of {N_ENVS * N_STEPS}, window {args.window}, seeds {args.seeds});"
+    )
     print("reference: closed-form weight at theta_old; cells: mean over seeds [min, max] (mean signed lam - reference)")
     print("o: mean |lam - weight from the oracle's sampled moments| (the old reference, noisy near lam = 1)")
     print(f"{'problem':<12}" + "".join(f"{r:>44}" for r in args.rules))

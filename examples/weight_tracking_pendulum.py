@@ -51,8 +51,11 @@ class _Record(BaseCallback):
         values = self.model.logger.name_to_value
         if "hybrid/lambda" not in values:
             return
-        row = {"update": self.model.n_rollouts_trained if hasattr(self.model, "n_rollouts_trained") else len(self.rows) + 1,
-               "timesteps": int(self.model.num_timesteps), "lambda": float(values["hybrid/lambda"])}
+        row = {
+            "update": self.model.n_rollouts_trained if hasattr(self.model, "n_rollouts_trained") else len(self.rows) + 1,
+            "timesteps": int(self.model.num_timesteps),
+            "lambda": float(values["hybrid/lambda"]),
+        }
         for key in KEYS:
             if f"hybrid/{key}" in values:
                 row[key] = float(values[f"hybrid/{key}"])
@@ -73,9 +76,22 @@ def run_one(source: str, seed: int, args: argparse.Namespace) -> dict:
     env_id, pathwise = SOURCES[source]
     env = make_vec_env(env_id, n_envs=args.n_envs, seed=seed)
     model = HybridPG(
-        "MlpPolicy", env, n_steps=args.n_steps, batch_size=args.n_steps, n_epochs=10, gamma=0.9, gae_lambda=0.95,
-        learning_rate=1e-3, clip_range=0.2, pathwise_source=pathwise, lambda_warmup=2, policy_kwargs=dict(net_arch=[64, 64]),
-        oracle_freq=args.oracle_freq, oracle_samples=args.oracle_samples, seed=seed, device="cpu",
+        "MlpPolicy",
+        env,
+        n_steps=args.n_steps,
+        batch_size=args.n_steps,
+        n_epochs=10,
+        gamma=0.9,
+        gae_lambda=0.95,
+        learning_rate=1e-3,
+        clip_range=0.2,
+        pathwise_source=pathwise,
+        lambda_warmup=2,
+        policy_kwargs=dict(net_arch=[64, 64]),
+        oracle_freq=args.oracle_freq,
+        oracle_samples=args.oracle_samples,
+        seed=seed,
+        device="cpu",
     )
     if args.trend != "default":
         for window in model.lambda_windows.values():
@@ -83,9 +99,18 @@ def run_one(source: str, seed: int, args: argparse.Namespace) -> dict:
     rec = _Record()
     start = time.perf_counter()
     model.learn(args.steps, callback=rec)
-    return {"source": source, "seed": seed, "steps": args.steps, "n_envs": args.n_envs, "n_steps": args.n_steps,
-            "oracle_freq": args.oracle_freq, "oracle_samples": args.oracle_samples, "label": args.label,
-            "seconds": time.perf_counter() - start, "rows": rec.rows}
+    return {
+        "source": source,
+        "seed": seed,
+        "steps": args.steps,
+        "n_envs": args.n_envs,
+        "n_steps": args.n_steps,
+        "oracle_freq": args.oracle_freq,
+        "oracle_samples": args.oracle_samples,
+        "label": args.label,
+        "seconds": time.perf_counter() - start,
+        "rows": rec.rows,
+    }
 
 
 def summarise(run: dict) -> dict:

@@ -216,8 +216,13 @@ class CusumDetector:
     def state_dict(self) -> Dict[str, Any]:
         return {
             "config": dict(
-                n_components=self.n_components, drift=self.drift, threshold=self.threshold, warmup=self.warmup, min_std=self.min_std,
-                reference=self.reference, forgetting=self.forgetting,
+                n_components=self.n_components,
+                drift=self.drift,
+                threshold=self.threshold,
+                warmup=self.warmup,
+                min_std=self.min_std,
+                reference=self.reference,
+                forgetting=self.forgetting,
             ),
             "steps": self.steps,
             "n_alarms": self.n_alarms,

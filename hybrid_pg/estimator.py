@@ -79,9 +79,7 @@ def _check_finite(t: th.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains {n_bad} non-finite value(s) (NaN or inf)")
 
 
-def pathwise_gradients(
-    df_da: ArrayLike, eps: ArrayLike, log_std: ArrayLike
-) -> Tuple[th.Tensor, th.Tensor]:
+def pathwise_gradients(df_da: ArrayLike, eps: ArrayLike, log_std: ArrayLike) -> Tuple[th.Tensor, th.Tensor]:
     """Per-sample reparameterised gradients of f(mu + sigma * eps) w.r.t. (mean, log_std).
 
     :param df_da: df/da at each sample, shape (B, d) (or (B,) for d = 1).
@@ -94,9 +92,7 @@ def pathwise_gradients(
     return df_da, df_da * sigma * eps
 
 
-def score_gradients(
-    f: ArrayLike, eps: ArrayLike, log_std: ArrayLike, baseline: ArrayLike = 0.0
-) -> Tuple[th.Tensor, th.Tensor]:
+def score_gradients(f: ArrayLike, eps: ArrayLike, log_std: ArrayLike, baseline: ArrayLike = 0.0) -> Tuple[th.Tensor, th.Tensor]:
     """Per-sample score-function (Malliavin-weight) gradients w.r.t. (mean, log_std).
 
     :param f: f(a) at each sample, shape (B,).

@@ -37,12 +37,29 @@ from hybrid_pg.estimator import BatchMoments, LambdaEstimate
 from hybrid_pg.oracle import Oracle, OracleEnv, check_oracle_env
 from hybrid_pg.per_sample import GROUPS, all_finite
 from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy
-from hybrid_pg.rollout import RolloutBatch, check_rollout_finite, raise_if_observation_not_finite, rollout_blocks, index_context, index_obs, minibatches, prepare_batch, rollout_group_moments
-from hybrid_pg.settings import DEPRECATED_ALIASES, HybridPGSettings, check_action_space, check_rollout_shape, settings_docs, validate_settings
+from hybrid_pg.rollout import (
+    RolloutBatch,
+    check_rollout_finite,
+    index_context,
+    index_obs,
+    minibatches,
+    prepare_batch,
+    raise_if_observation_not_finite,
+    rollout_blocks,
+    rollout_group_moments,
+)
+from hybrid_pg.settings import (
+    DEPRECATED_ALIASES,
+    HybridPGSettings,
+    check_action_space,
+    check_rollout_shape,
+    settings_docs,
+    validate_settings,
+)
 from hybrid_pg.sources import PathwiseSource, choose_source
 from hybrid_pg.surrogates import ActorHead, gaussian_entropy, gaussian_kl, gaussian_log_prob, scale_gradient
-from hybrid_pg.update_weights import gradient_batch_size, pathwise_kl_limit, weights_for_update
 from hybrid_pg.update_log import CONSOLE_KEYS, QUIET, mean_env_params, new_step_logs, oracle_log, record_step_logs, record_weight
+from hybrid_pg.update_weights import gradient_batch_size, pathwise_kl_limit, weights_for_update
 from hybrid_pg.window import WindowedLambda
 from hybrid_pg_envs.clock import env_clock, has_clock, load_vec_state_dicts, model_at, vec_state_dicts
 
@@ -499,7 +516,14 @@ class HybridPG(OnPolicyAlgorithm):
         window_estimate = window.estimate(batch_size=self._gradient_batch_size())
         rollout_estimate = self.weight_estimate(moments["global"]) if moments is not None else None
         record_weight(
-            record, lam, self.settings.lambda_groups == "per_group", window, window_estimate, rollout_estimate, moments, self.settings.lambda_bounds
+            record,
+            lam,
+            self.settings.lambda_groups == "per_group",
+            window,
+            window_estimate,
+            rollout_estimate,
+            moments,
+            self.settings.lambda_bounds,
         )
         # policy drift vs env drift (see hybrid_pg.drift), and the env's current parameters
         if moments is not None:
@@ -549,6 +573,4 @@ class HybridPG(OnPolicyAlgorithm):
         )
 
 
-HybridPG.__doc__ = HybridPG.__doc__.replace(
-    "{settings}", "\n    ".join(f":param {name}: {text}" for name, text in settings_docs())
-)
+HybridPG.__doc__ = HybridPG.__doc__.replace("{settings}", "\n    ".join(f":param {name}: {text}" for name, text in settings_docs()))

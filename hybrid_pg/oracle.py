@@ -39,8 +39,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, 
 from hybrid_pg.correlation import block_ids, default_block_length
 from hybrid_pg.estimator import BatchMoments, LambdaEstimate
 from hybrid_pg.rollout import prepare_batch, rollout_group_moments, subset_batch
-from hybrid_pg.weight_rule import OracleLambdas, oracle_lambdas
 from hybrid_pg.surrogates import gaussian_log_prob
+from hybrid_pg.weight_rule import OracleLambdas, oracle_lambdas
 from hybrid_pg_envs.clock import env_clock, has_clock, sync_clock
 from hybrid_pg_envs.differentiable import find_differentiable_model
 
@@ -77,7 +77,9 @@ def _copy_training_envs(training: VecEnv, n_envs: int) -> VecEnv:
     while hasattr(base, "venv"):
         base = base.venv
     if isinstance(base, DummyVecEnv):
-        return DummyVecEnv([(lambda e=_copy_without_monitor(env): e) for env in _cycle(base.envs, n_envs)])
+        # each copy is made now and bound as the lambda's default (B008 is the point here)
+        copies = [_copy_without_monitor(env) for env in _cycle(base.envs, n_envs)]
+        return DummyVecEnv([(lambda e=e: e) for e in copies])
     specs = training.get_attr("spec")
     spec = specs[0]
     if spec is None:
@@ -270,7 +272,9 @@ class OracleLambda:
         # without bias correction aims at; a learned source's best weight is the MSE-optimal one
         use_var = bool(getattr(source, "exact", False)) or not settings.bias_correction
         return OracleEstimate(
-            lam=lambdas.lam_var if use_var else lambdas.lam_mse, kind="var" if use_var else "mse", lambdas=lambdas,
+            lam=lambdas.lam_var if use_var else lambdas.lam_mse,
+            kind="var" if use_var else "mse",
+            lambdas=lambdas,
             pooled=algorithm.weight_estimate(merged),
         )
 
@@ -282,8 +286,12 @@ class OracleLambda:
         for label in np.unique(part_labels):
             idx = np.flatnonzero(part_labels == label)
             moments = rollout_group_moments(
-                algorithm.policy, algorithm.actor_head, source, subset_batch(batch, th.as_tensor(idx, device=batch.actions.device)),
-                chunk_size=algorithm.settings.stats_chunk_size, blocks=block_labels[idx],
+                algorithm.policy,
+                algorithm.actor_head,
+                source,
+                subset_batch(batch, th.as_tensor(idx, device=batch.actions.device)),
+                chunk_size=algorithm.settings.stats_chunk_size,
+                blocks=block_labels[idx],
             )
             if moments is None:
                 return None

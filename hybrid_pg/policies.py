@@ -131,9 +131,7 @@ class HybridActorCriticCnnPolicy(HybridActorCriticPolicy):
 class HybridMultiInputActorCriticPolicy(HybridActorCriticPolicy):
     """:class:`HybridActorCriticPolicy` for Dict observations (CombinedExtractor)."""
 
-    def __init__(
-        self, *args: Any, features_extractor_class: Type[nn.Module] = CombinedExtractor, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, features_extractor_class: Type[nn.Module] = CombinedExtractor, **kwargs: Any) -> None:
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
 
 

@@ -122,14 +122,17 @@ class HybridPGSettings(BaseModel):
         "ratio (with n_epochs=1 and batch_size=None the update is then exactly the REINFORCE/A2C gradient at lam = 0).",
     )
     normalize_advantage: Bool = Field(
-        True, description="divide the advantages by their rollout standard deviation (after centring); the pathwise term is divided by the same factor."
+        True,
+        description="divide the advantages by their rollout standard deviation (after centring); the pathwise term is divided by the same factor.",
     )
     ent_coef: Number = Field(0.0, description="entropy bonus coefficient.")
     vf_coef: Number = Field(0.5, ge=0.0, description="weight of the V regression loss.")
     advantage_coef: Number = Field(0.5, ge=0.0, description="weight of the advantage head A_phi(s, a) regression loss (formerly q_coef).")
     max_grad_norm: Number = Field(0.5, gt=0.0, description="gradient clipping norm.")
     target_kl: Optional[Number] = Field(
-        None, gt=0.0, description="stop the epochs of an update once the approximate KL to the rollout policy exceeds 1.5 * target_kl (None: never)."
+        None,
+        gt=0.0,
+        description="stop the epochs of an update once the approximate KL to the rollout policy exceeds 1.5 * target_kl (None: never).",
     )
     pathwise_kl_limit: Union[Literal["auto"], None, Number] = Field(
         "auto",
@@ -152,9 +155,12 @@ class HybridPGSettings(BaseModel):
     model_horizon: Int = Field(1, ge=1, description="k of the model source's k-step return.")
     lambda_window: Int = Field(8, ge=1, description="number of previous rollouts pooled for lam (EMA: its span).")
     lambda_mode: Literal["sliding", "ema", "adaptive"] = Field(
-        "sliding", description="'sliding', 'ema' or 'adaptive' (sliding, shortened after a detected change; see hybrid_pg.change_detection)."
+        "sliding",
+        description="'sliding', 'ema' or 'adaptive' (sliding, shortened after a detected change; see hybrid_pg.change_detection).",
     )
-    lambda_decay: Optional[Number] = Field(None, ge=0.0, lt=1.0, description="EMA forgetting factor (default from lambda_window); lambda_mode='ema' only.")
+    lambda_decay: Optional[Number] = Field(
+        None, ge=0.0, lt=1.0, description="EMA forgetting factor (default from lambda_window); lambda_mode='ema' only."
+    )
     lambda_detector: Optional[Dict[str, Any]] = Field(
         None,
         description="settings of the change detector of lambda_mode='adaptive' (see hybrid_pg.change_detection.CusumDetector), "
@@ -164,7 +170,8 @@ class HybridPGSettings(BaseModel):
         (0.0, 1.0), description="clip range of lam (default (0, 1): never worse than the worse estimator); None: unclipped."
     )
     bias_correction: Bool = Field(
-        True, description="minimise the MSE of the update's gradient instead of its variance, the score estimator being the unbiased reference."
+        True,
+        description="minimise the MSE of the update's gradient instead of its variance, the score estimator being the unbiased reference.",
     )
     bias_rule: Literal["posterior", "ucl", "point"] = Field(
         "posterior",
@@ -179,13 +186,21 @@ class HybridPGSettings(BaseModel):
         "signal-to-noise), so a window of previous rollouts does not lag a weight that moves while the policy trains.",
     )
     bias_min_samples: Int = Field(
-        2048, ge=1, description="floor of the sample count B of the bias-aware rule (formerly bias_horizon); larger rollouts use their own size."
+        2048,
+        ge=1,
+        description="floor of the sample count B of the bias-aware rule (formerly bias_horizon); larger rollouts use their own size.",
     )
-    lambda_groups: Literal["global", "per_group"] = Field("global", description="'global' (one lam) or 'per_group' (one for the mean network, one for log_std).")
+    lambda_groups: Literal["global", "per_group"] = Field(
+        "global", description="'global' (one lam) or 'per_group' (one for the mean network, one for log_std)."
+    )
     lambda_warmup: Int = Field(2, ge=0, description="number of first updates with lam held at 0 (hybrid only) while the critic is fitted.")
-    oracle_freq: Int = Field(0, ge=0, description="every this many updates, log the oracle lam* from a large fresh batch (0 = off; see hybrid_pg.oracle).")
+    oracle_freq: Int = Field(
+        0, ge=0, description="every this many updates, log the oracle lam* from a large fresh batch (0 = off; see hybrid_pg.oracle)."
+    )
     oracle_samples: Int = Field(16384, ge=2, description="size of the oracle batch.")
-    oracle_env: Any = Field(None, description="the oracle's env copy (env id, env, VecEnv or factory); default: a copy of the training env.")
+    oracle_env: Any = Field(
+        None, description="the oracle's env copy (env id, env, VecEnv or factory); default: a copy of the training env."
+    )
     oracle_frozen_clock: Optional[Int] = Field(
         None, ge=0, description="with the oracle on and a non-stationary env, also compute lam* on an env copy held at this clock value."
     )
@@ -338,8 +353,7 @@ def check_action_space(action_space: Any) -> None:
 
     if not isinstance(action_space, spaces.Box):
         raise ValueError(
-            f"HybridPG trains Gaussian policies on continuous (Box) action spaces; got {action_space}. "
-            "Use A2C/PPO for discrete actions."
+            f"HybridPG trains Gaussian policies on continuous (Box) action spaces; got {action_space}. Use A2C/PPO for discrete actions."
         )
     if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
         raise ValueError(

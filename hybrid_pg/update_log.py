@@ -18,7 +18,18 @@ from hybrid_pg.per_sample import GROUPS
 Record = Callable[..., None]
 
 #: per-minibatch quantities the update loop collects (tensors, one host sync per update)
-STEP_KEYS = ("policy_loss", "loss", "path", "score", "value_loss", "advantage_loss", "entropy", "approx_kl", "clip_fraction", "path_dropped")
+STEP_KEYS = (
+    "policy_loss",
+    "loss",
+    "path",
+    "score",
+    "value_loss",
+    "advantage_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "path_dropped",
+)
 #: counted events
 EVENT_KEYS = ("advantage_diverged", "skipped_steps")
 
@@ -26,7 +37,13 @@ EVENT_KEYS = ("advantage_diverged", "skipped_steps")
 #: SB3 output formats a diagnostic is kept out of (it still reaches CSV, JSON and tensorboard)
 QUIET = ("stdout", "log")
 #: the hybrid/* keys the console shows (the rest are diagnostics for files and plots)
-CONSOLE_KEYS = ("hybrid/lambda", "hybrid/lambda_mean", "hybrid/lambda_log_std", "hybrid/variance_ratio_vs_reinforce", "hybrid/oracle_lambda")
+CONSOLE_KEYS = (
+    "hybrid/lambda",
+    "hybrid/lambda_mean",
+    "hybrid/lambda_log_std",
+    "hybrid/variance_ratio_vs_reinforce",
+    "hybrid/oracle_lambda",
+)
 
 
 def new_step_logs() -> Dict[str, List[Any]]:
@@ -124,9 +141,7 @@ def record_weight(
         record("hybrid/per_group_gain", 1.0 - sum(p.var_hybrid for p in groups) / best_global, exclude=QUIET)
 
 
-def oracle_log(
-    oracle: Any, applied: float, window: float, batch: Optional[float], frozen: Optional[Any] = None
-) -> Dict[str, float]:
+def oracle_log(oracle: Any, applied: float, window: float, batch: Optional[float], frozen: Optional[Any] = None) -> Dict[str, float]:
     """Scalars comparing the estimates with the oracle's lam: absolute errors, plus the exact excess
     variance Var(lam) - Var(lam*_var) = (lam - lam*_var)^2 Var(g_P - g_M) of the weight applied,
     lam*_var being the oracle batch's unclipped variance minimiser.

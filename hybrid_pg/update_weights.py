@@ -13,7 +13,9 @@ from hybrid_pg.per_sample import GROUPS
 from hybrid_pg.settings import HybridPGSettings
 
 
-def weights_for_update(settings: HybridPGSettings, windows: Mapping[str, Any], n_rollouts_trained: int, batch_size: int) -> Dict[str, float]:
+def weights_for_update(
+    settings: HybridPGSettings, windows: Mapping[str, Any], n_rollouts_trained: int, batch_size: int
+) -> Dict[str, float]:
     """lam per group ("global", "mean", "log_std") for the rollout about to be used."""
     groups = ("global", *GROUPS)
     if settings.estimator == "reinforce":

@@ -172,7 +172,9 @@ def trend_moments(
     :data:`TREND_MIN_BATCHES` batches; a prediction that is not a valid covariance (a variance < 0
     or |Cov| > sqrt(Var_P Var_M)) is followed only as far as it stays one (:func:`_valid_fraction`).
     """
-    shifts = _trend_shifts(batches, weights, ages, [[getattr(b, a) / max(b.n - 1, 1) for b in batches] for a in ("ss_path", "ss_score", "ss_cross")])
+    shifts = _trend_shifts(
+        batches, weights, ages, [[getattr(b, a) / max(b.n - 1, 1) for b in batches] for a in ("ss_path", "ss_score", "ss_cross")]
+    )
     if shifts is None or not _is_covariance(*level):
         return level
     step = _valid_fraction(level, shifts)
@@ -191,6 +193,7 @@ def _valid_fraction(level: Tuple[float, float, float], shifts: Sequence[float], 
     three linear trends cannot all continue) is followed up to the boundary instead of being
     dropped to the window's lagging level (on the drifting bandit, dropping it cost four updates
     of lam 0.79-0.91 against lam* = 1)."""
+
     def valid(t: float) -> bool:
         return _is_covariance(*(lev + t * sh for lev, sh in zip(level, shifts)))
 
@@ -282,7 +285,15 @@ class WeightRule:
         self.trend = bool(trend)
 
     def config(self) -> dict[str, Any]:
-        return dict(source=self.source, bias=self.bias, confidence=self.confidence, long_run=self.long_run, bounds=self.bounds, fallback=self.fallback, trend=self.trend)
+        return dict(
+            source=self.source,
+            bias=self.bias,
+            confidence=self.confidence,
+            long_run=self.long_run,
+            bounds=self.bounds,
+            fallback=self.fallback,
+            trend=self.trend,
+        )
 
     def bias_term(self, stats: PooledStatistics, source: Optional[str] = None) -> float:
         """The ||b||^2 the weight is computed with."""
@@ -302,7 +313,9 @@ class WeightRule:
         beta = self.bias_term(stats, source)
         use_lr = self.long_run and stats.has_long_run
         vp, vm, c = (stats.lr_var_path, stats.lr_var_score, stats.lr_cov) if use_lr else (stats.var_path, stats.var_score, stats.cov)
-        est = lambda_from_moments(max(vp, 0.0), max(vm, 0.0), c, bias_sq=beta, batch_size=float(batch_size), bounds=self.bounds, n=stats.n, fallback=self.fallback)
+        est = lambda_from_moments(
+            max(vp, 0.0), max(vm, 0.0), c, bias_sq=beta, batch_size=float(batch_size), bounds=self.bounds, n=stats.n, fallback=self.fallback
+        )
         if self.bias == "none":  # as before: no bias estimate is reported without bias correction
             return _replace(est, source=source)
         return _replace(est, bias_sq=max(stats.bias_hat_sq - stats.tau, 0.0), bias_sq_used=beta, source=source)
@@ -396,7 +409,9 @@ def oracle_lambdas(parts: Sequence[BatchMoments], batch_size: float, bounds: Opt
             return math.nan, math.nan, math.nan
         q = stats.bias_hat_sq - stats.tau
         lv = lambda_from_moments(stats.var_path, stats.var_score, stats.cov, bounds=bounds, n=stats.n)
-        lm = lambda_from_moments(stats.var_path, stats.var_score, stats.cov, bias_sq=max(q, 0.0), batch_size=float(batch_size), bounds=bounds, n=stats.n)
+        lm = lambda_from_moments(
+            stats.var_path, stats.var_score, stats.cov, bias_sq=max(q, 0.0), batch_size=float(batch_size), bounds=bounds, n=stats.n
+        )
         pick = (lambda e: e.lam_unclipped) if bounds is None else (lambda e: e.lam)
         return pick(lv), pick(lm), q
 
@@ -406,8 +421,14 @@ def oracle_lambdas(parts: Sequence[BatchMoments], batch_size: float, bounds: Opt
         loo = [point([p for i, p in enumerate(parts) if i != k]) for k in range(len(parts))]
         ses = tuple(jackknife_se([x[j] for x in loo]) for j in range(3))
     return OracleLambdas(
-        lam_var=full[0], lam_var_se=ses[0], lam_mse=full[1], lam_mse_se=ses[1], bias_sq=full[2], bias_sq_se=ses[2],
-        n=sum(p.n for p in parts), n_parts=len(parts),
+        lam_var=full[0],
+        lam_var_se=ses[0],
+        lam_mse=full[1],
+        lam_mse_se=ses[1],
+        bias_sq=full[2],
+        bias_sq_se=ses[2],
+        n=sum(p.n for p in parts),
+        n_parts=len(parts),
     )
 
 

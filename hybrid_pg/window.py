@@ -145,8 +145,7 @@ class WindowedLambda:
         """Add one batch's precomputed moments."""
         if self._batches and moments.mean_path.shape != self._batches[-1].mean_path.shape:
             raise ValueError(
-                f"gradient dimension changed from {tuple(self._batches[-1].mean_path.shape)} "
-                f"to {tuple(moments.mean_path.shape)}"
+                f"gradient dimension changed from {tuple(self._batches[-1].mean_path.shape)} to {tuple(moments.mean_path.shape)}"
             )
         moments = _stored(moments)
         if self.mode == "ema":
@@ -337,7 +336,4 @@ class WindowedLambda:
         self.load_state_dict(state)
 
     def __repr__(self) -> str:
-        return (
-            f"WindowedLambda(window={self.window}, mode={self.mode!r}, batches={len(self)}, "
-            f"lam={self.lam:.4f})"
-        )
+        return f"WindowedLambda(window={self.window}, mode={self.mode!r}, batches={len(self)}, lam={self.lam:.4f})"

@@ -53,7 +53,14 @@ def test_smoke_ablation_writes_tables_and_figures(smoke_run):
         for name in ("config.yaml", "model.zip", "progress.csv", "diagnostics.csv", "evaluations.csv"):
             assert (run_dir / name).is_file(), (run_dir, name)
     for env in ENVS:
-        for name in (f"table_{env}.md", f"table_{env}.csv", f"runs_{env}.csv", f"curves_{env}.png", f"variance_{env}.png", f"lambda_{env}.png"):
+        for name in (
+            f"table_{env}.md",
+            f"table_{env}.csv",
+            f"runs_{env}.csv",
+            f"curves_{env}.png",
+            f"variance_{env}.png",
+            f"lambda_{env}.png",
+        ):
             assert (out / name).is_file() and (out / name).stat().st_size > 0, name
             assert str(out / name) in stdout.split()
         with (out / f"table_{env}.csv").open() as fh:
@@ -292,7 +299,9 @@ def test_a_grid_adopts_the_runs_another_grid_finished_with_the_same_settings(smo
     assert not (tmp_path / "new").exists()  # a dry run copies nothing
 
     trained = []
-    monkeypatch.setattr(runner, "run_grid", lambda runs, runs_dir, **kw: trained.extend(label for label, _ in runner.pending(runs, runs_dir)))
+    monkeypatch.setattr(
+        runner, "run_grid", lambda runs, runs_dir, **kw: trained.extend(label for label, _ in runner.pending(runs, runs_dir))
+    )
     status, stdout, err = _run(["ablate", str(config), "--out", str(tmp_path / "new"), "--quiet"])
     assert status == 0, err
     assert sorted(set(trained)) == ["hybrid_pg-Pendulum-v0__hybrid", "hybrid_pg-Pendulum-v0__reinforce"]

@@ -22,10 +22,10 @@ from hybrid_pg.experiments.aggregate import (
     welch_p_value,
 )
 from hybrid_pg.experiments.benchmark import run_config, speed_markdown
-from hybrid_pg.experiments.results import learning_curve, median_over_updates, normalized_auc, update_series
-from hybrid_pg.experiments.runner import available_cores, load_result, run, worker_count
 from hybrid_pg.experiments.cli import main
 from hybrid_pg.experiments.csv_callbacks import read_csv_columns
+from hybrid_pg.experiments.results import learning_curve, median_over_updates, normalized_auc, update_series
+from hybrid_pg.experiments.runner import available_cores, load_result, run, worker_count
 
 
 def _run(argv):
@@ -208,7 +208,22 @@ def test_bench_rejects_a_discrete_env_before_timing(tmp_path):
 
 def test_bench_tiny_budget_writes_json_and_markdown(tmp_path):
     out = tmp_path / "bench"
-    argv = ["bench", "--steps", "64", "--seeds", "1", "--n-envs", "1", "--n-steps", "64", "--eval-episodes", "1", "--out", str(out), "--quiet"]
+    argv = [
+        "bench",
+        "--steps",
+        "64",
+        "--seeds",
+        "1",
+        "--n-envs",
+        "1",
+        "--n-steps",
+        "64",
+        "--eval-episodes",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     status, stdout, err = _run(argv)
     assert status == 0, err
     assert stdout.split() == [str(out / "bench.json"), str(out / "bench.md")]
@@ -234,8 +249,14 @@ def test_a_non_stationary_env_is_evaluated_where_training_left_it(tmp_path):
     import hybrid_pg_envs  # noqa: F401
 
     config = run_config(
-        "hybrid_pg", "hybrid_pg/DriftingCoupledBandit-v0", seed=0, total_timesteps=256, n_envs=2,
-        algo=dict(n_steps=64, batch_size=64, n_epochs=1, gamma=0.0), eval_episodes=3, eval_freq=128,
+        "hybrid_pg",
+        "hybrid_pg/DriftingCoupledBandit-v0",
+        seed=0,
+        total_timesteps=256,
+        n_envs=2,
+        algo=dict(n_steps=64, batch_size=64, n_epochs=1, gamma=0.0),
+        eval_episodes=3,
+        eval_freq=128,
         env_kwargs={"c": 1.5, "steps_per_tick": 2, "schedules": {"m": {"kind": "switch", "values": [0.0, 40.0], "at": [128]}}},
     )
     result = _run_and_load(config, tmp_path / "jump")

@@ -73,7 +73,9 @@ def test_the_nsgym_alias_without_ns_gym_says_what_to_install(tmp_path, monkeypat
         "scheduler_kwargs: {period: 5000}, update_fn: IncrementUpdate, update_kwargs: {k: 0.1}}}]}\n"
         f"train: {{total_timesteps: 10}}\noutput: {{dir: {tmp_path / 'runs'}}}\n"
     )
-    with pytest.raises(ConfigError, match=r'env.wrappers\[0\] \(nsgym\) cannot be built here: NS-Gym is not installed: pip install -e "\.\[nsgym\]"'):
+    with pytest.raises(
+        ConfigError, match=r'env.wrappers\[0\] \(nsgym\) cannot be built here: NS-Gym is not installed: pip install -e "\.\[nsgym\]"'
+    ):
         check_env(resolve_config(read_config_file(path)))
     assert cli.main(["train", str(path)]) == cli.EXIT_USAGE
     err = capsys.readouterr().err

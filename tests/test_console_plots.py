@@ -7,7 +7,6 @@ import contextlib
 import io
 
 import numpy as np
-import pytest
 
 import hybrid_pg.experiments.ablate_report as ablate_report
 import hybrid_pg.experiments.plots as plots

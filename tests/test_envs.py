@@ -23,8 +23,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMoni
 
 import hybrid_pg_envs
 from hybrid_pg_envs import (
-    DiffPendulumEnv,
     DifferentiableModel,
+    DiffPendulumEnv,
     LQREnv,
     exact_policy_gradient,
     expected_return,
@@ -110,7 +110,7 @@ def test_diff_pendulum_env_is_pendulum_v1():
     obs, _ = ours.reset(seed=3)
     ref_obs, _ = ref.reset(seed=3)
     rng = np.random.default_rng(0)
-    for t in range(200):
+    for _t in range(200):
         np.testing.assert_array_equal(obs, ref_obs)
         action = rng.uniform(-3.0, 3.0, size=1).astype(np.float32)
         obs, r, term, trunc, _ = ours.step(action)

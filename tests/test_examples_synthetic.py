@@ -17,8 +17,7 @@ EXAMPLES = ROOT / "examples"
 
 
 def _run(script: str, *args: str, timeout: float = 120) -> str:
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -63,18 +62,43 @@ def test_paper_figures_quick_outputs(paper_quick):
     _check_columns(lam, ["alpha", "sigma", "lam_star", "lam_hat_mean", "lam_hat_se", "abs_err_mean", "batch_size"])
     for row in lam:  # lam-hat tracks the closed form (generous: 6 SE + the float formatting)
         assert abs(float(row["lam_hat_mean"]) - float(row["lam_star"])) < 6 * float(row["lam_hat_se"]) + 1e-6
-    _check_columns(_read_csv(out / "mse_vs_batch.csv"),
-                   ["batch_size", "mse", "mse_se", "bias", "delta_method_mse", "fitted_mse"])
+    _check_columns(_read_csv(out / "mse_vs_batch.csv"), ["batch_size", "mse", "mse_se", "bias", "delta_method_mse", "fitted_mse"])
     red = _read_csv(out / "variance_reduction_vs_alpha.csv")
-    _check_columns(red, ["alpha", "var_path", "var_score", "cov", "lam_star", "var_hybrid", "reduction_exact",
-                         "reduction_realised_mean", "reduction_large_sample"])
+    _check_columns(
+        red,
+        [
+            "alpha",
+            "var_path",
+            "var_score",
+            "cov",
+            "lam_star",
+            "var_hybrid",
+            "reduction_exact",
+            "reduction_realised_mean",
+            "reduction_large_sample",
+        ],
+    )
     for row in red:
         assert 0.0 <= float(row["reduction_exact"]) < 1.0
         assert float(row["var_hybrid"]) <= min(float(row["var_path"]), float(row["var_score"])) * (1 + 1e-9)
     trend = _read_csv(out / "trend_map.csv")
-    _check_columns(trend, ["theta", "c", "m", "baseline", "lam_net_change", "reduction_net_change",
-                           "max_reduction", "alpha_at_max_reduction", "lam_trend", "reduction_trend", "paper_trend"],
-                   text_columns=("baseline", "lam_trend", "reduction_trend", "paper_trend"))
+    _check_columns(
+        trend,
+        [
+            "theta",
+            "c",
+            "m",
+            "baseline",
+            "lam_net_change",
+            "reduction_net_change",
+            "max_reduction",
+            "alpha_at_max_reduction",
+            "lam_trend",
+            "reduction_trend",
+            "paper_trend",
+        ],
+        text_columns=("baseline", "lam_trend", "reduction_trend", "paper_trend"),
+    )
     assert {r["baseline"] for r in trend} == {"none", "mean"}
     assert {r["paper_trend"] for r in trend} <= {"holds", "holds-net", "split", "reverses"}
 
@@ -92,8 +116,7 @@ def test_seed_question_outputs(tmp_path):
     stdout = _run("seed_question.py", "--out", str(tmp_path))
     _check_png(tmp_path / "seed_question.png")
     rows = _read_csv(tmp_path / "seed_question.csv")
-    _check_columns(rows, ["mu", "sigma", "exact_mean", "mc_mean", "mc_se", "exact_var", "mc_var", "z_score"],
-                   text_columns=())
+    _check_columns(rows, ["mu", "sigma", "exact_mean", "mc_mean", "mc_se", "exact_var", "mc_var", "z_score"], text_columns=())
     assert {r["estimator"] for r in rows} == {"pathwise", "score"}
     for r in rows:  # unbiased: within 4 SE
         assert abs(float(r["z_score"])) < 4.0

@@ -152,7 +152,7 @@ def test_gaussian_fit_bad_input():
 def test_truncated_moments_match_quadrature(a, b):
     M = cp.truncated_normal_moments(a, b, 8)
     for k in range(9):
-        ref, abserr = integrate.quad(lambda x: x**k * stats.norm.pdf(x), a, b, epsabs=1e-13, epsrel=1e-12)
+        ref, abserr = integrate.quad(lambda x, k=k: x**k * stats.norm.pdf(x), a, b, epsabs=1e-13, epsrel=1e-12)
         assert M[k] == pytest.approx(ref, rel=1e-9, abs=1e-12 + 10 * abserr), f"k={k}"
 
 
@@ -180,8 +180,7 @@ def test_coupled_closed_form_means_are_the_true_gradient(theta, alpha, m, c, bas
     assert mo.mean_score == pytest.approx(mo.true_grad, rel=1e-9, abs=1e-12)
     # the closed-form objective equals numerical integration of f
     s = mo.sigma
-    J_quad = integrate.quad(lambda e: min((theta + s * e - m) ** 2, c * c) * stats.norm.pdf(e), -np.inf, np.inf,
-                            points=None, limit=200)[0]
+    J_quad = integrate.quad(lambda e: min((theta + s * e - m) ** 2, c * c) * stats.norm.pdf(e), -np.inf, np.inf, points=None, limit=200)[0]
     assert mo.objective == pytest.approx(J_quad, rel=1e-7)
 
 
@@ -237,8 +236,7 @@ def test_lambda_hat_converges_with_batch_size():
     rng = np.random.default_rng(99)
     errors = {}
     for B in (1_000, 100_000):
-        errs = [abs(optimal_lambda(*cp.sample_gradients(theta, alpha, B, rng=rng), bounds=None).lam - lam_star)
-                for _ in range(20)]
+        errs = [abs(optimal_lambda(*cp.sample_gradients(theta, alpha, B, rng=rng), bounds=None).lam - lam_star) for _ in range(20)]
         errors[B] = float(np.mean(errs))
     # the error scales like 1/sqrt(B): a factor ~10 here; ask for at least 3
     assert errors[100_000] < errors[1_000] / 3.0, errors

@@ -121,8 +121,17 @@ def _moments(model, obs, actions, adv, eps, features, scale, method="auto"):
     with th.no_grad():
         mean_old = model.policy.actor_mean(obs)
     batch = RolloutBatch(
-        obs=obs, actions=actions, old_log_prob=th.zeros(len(obs)), returns=th.zeros(len(obs)), adv=adv, adv_scale=1.0,
-        path_scale=scale, mean_old=mean_old, log_std_old=model.policy.log_std.detach(), eps=eps, pi_features=features,
+        obs=obs,
+        actions=actions,
+        old_log_prob=th.zeros(len(obs)),
+        returns=th.zeros(len(obs)),
+        adv=adv,
+        adv_scale=1.0,
+        path_scale=scale,
+        mean_old=mean_old,
+        log_std_old=model.policy.log_std.detach(),
+        eps=eps,
+        pi_features=features,
         context=model.pathwise.context(model.policy, obs, actions),
     )
     return rollout_group_moments(model.policy, model.actor_head, model.pathwise, batch, method=method)
@@ -188,7 +197,11 @@ def test_weight_comes_from_previous_rollouts_only(monkeypatch):
     original = HybridPG._weights_for_this_update
 
     def spy(self):
-        window_before.append(self.lambda_windows["global"].estimate(batch_size=self._gradient_batch_size()).lam if len(self.lambda_windows["global"]) else None)
+        window_before.append(
+            self.lambda_windows["global"].estimate(batch_size=self._gradient_batch_size()).lam
+            if len(self.lambda_windows["global"])
+            else None
+        )
         out = original(self)
         applied.append(out["global"])
         return out
@@ -202,7 +215,7 @@ def test_weight_comes_from_previous_rollouts_only(monkeypatch):
 
 
 def test_learn_logs_every_hybrid_scalar():
-    from stable_baselines3.common.logger import Logger, KVWriter
+    from stable_baselines3.common.logger import KVWriter, Logger
 
     class Capture(KVWriter):
         def __init__(self):
@@ -216,7 +229,21 @@ def test_learn_logs_every_hybrid_scalar():
     model.set_logger(Logger(folder=None, output_formats=[cap]))
     model.learn(64 * 3)
     last = cap.rows[-1]
-    for key in ("lambda", "lambda_batch", "lambda_window", "var_path", "var_score", "cov", "corr", "variance_reduction", "bias_sq", "window_size", "var_applied", "effective_sample_size", "variance_ratio_vs_reinforce"):
+    for key in (
+        "lambda",
+        "lambda_batch",
+        "lambda_window",
+        "var_path",
+        "var_score",
+        "cov",
+        "corr",
+        "variance_reduction",
+        "bias_sq",
+        "window_size",
+        "var_applied",
+        "effective_sample_size",
+        "variance_ratio_vs_reinforce",
+    ):
         assert f"hybrid/{key}" in last, key
         assert math.isfinite(last[f"hybrid/{key}"]), key
     # SB3 dumps an update's records at the start of the next iteration: the last row written
@@ -379,8 +406,16 @@ def test_pathwise_trust_region_drops_samples_whose_state_moved_beyond_the_kl_lim
             self.rows.append(dict(key_values))
 
     model = HybridPG(
-        "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=16, n_epochs=3, learning_rate=1e-2,
-        estimator="pathwise", pathwise_source="critic", pathwise_kl_limit=limit, seed=0,
+        "MlpPolicy",
+        "Pendulum-v1",
+        n_steps=64,
+        batch_size=16,
+        n_epochs=3,
+        learning_rate=1e-2,
+        estimator="pathwise",
+        pathwise_source="critic",
+        pathwise_kl_limit=limit,
+        seed=0,
     )
     model.set_logger(Logger(folder=None, output_formats=[Capture()]))
     model.learn(64 * 2)
@@ -420,8 +455,17 @@ def test_adaptive_lambda_mode_logs_alarms_and_survives_save_load(tmp_path):
         def write(self, key_values, key_excluded, step=0):
             self.rows.append(dict(key_values))
 
-    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, lambda_warmup=0, lambda_mode="adaptive",
-                     lambda_detector=dict(threshold=4.0, warmup=2), seed=0)
+    model = HybridPG(
+        "MlpPolicy",
+        "Pendulum-v1",
+        n_steps=64,
+        batch_size=64,
+        n_epochs=1,
+        lambda_warmup=0,
+        lambda_mode="adaptive",
+        lambda_detector=dict(threshold=4.0, warmup=2),
+        seed=0,
+    )
     model.set_logger(Logger(folder=None, output_formats=[Capture()]))
     model.learn(64 * 6)
     assert "hybrid/change_alarm" in Capture.rows[-1] and "hybrid/change_alarms_total" in Capture.rows[-1]
@@ -504,7 +548,6 @@ def _final_params(**kwargs):
 
 
 def test_oracle_does_not_perturb_the_training_run():
-    from stable_baselines3.common.logger import KVWriter, Logger
 
     _, plain = _final_params()
     model, with_oracle = _final_params(oracle_freq=1, oracle_samples=256)
@@ -523,8 +566,19 @@ def test_oracle_lambda_agrees_with_a_long_window_at_a_fixed_policy():
 
     # lr = 0: the policy never moves, so a window of 8 rollouts and the oracle estimate one lam*
     model = HybridPG(
-        "MlpPolicy", "Pendulum-v1", n_steps=1024, batch_size=None, n_epochs=1, learning_rate=0.0, lambda_warmup=0,
-        lambda_window=8, oracle_freq=4, oracle_samples=8192, pathwise_source="critic", bias_correction=False, seed=2,
+        "MlpPolicy",
+        "Pendulum-v1",
+        n_steps=1024,
+        batch_size=None,
+        n_epochs=1,
+        learning_rate=0.0,
+        lambda_warmup=0,
+        lambda_window=8,
+        oracle_freq=4,
+        oracle_samples=8192,
+        pathwise_source="critic",
+        bias_correction=False,
+        seed=2,
     )
     model.set_logger(Logger(folder=None, output_formats=[Capture()]))
     model.learn(1024 * 10)
@@ -603,13 +657,21 @@ def test_oracle_lambda_on_the_bandit_matches_the_closed_form():
     advantage normalisation, the model's pathwise term, trace moments): on the coupled bandit the
     variance-optimal lam* of the policy's parameters is known in closed form, with the metric
     (||d mu / d theta||^2, 1) and the batch-mean baseline that SB3's advantage normalisation makes."""
-    from hybrid_pg.oracle import OracleLambda
     from hybrid_pg.ground_truth.coupled_bandit import bandit_moments
+    from hybrid_pg.oracle import OracleLambda
 
     env = make_vec_env("hybrid_pg/CoupledBandit-v0", n_envs=4, seed=0, env_kwargs=dict(m=0.3, c=1.0))
     model = HybridPG(
-        "MlpPolicy", env, n_steps=64, gamma=0.0, gae_lambda=1.0, pathwise_source="model", bias_correction=False,
-        lambda_bounds=None, seed=0, policy_kwargs=dict(log_std_init=-0.5),
+        "MlpPolicy",
+        env,
+        n_steps=64,
+        gamma=0.0,
+        gae_lambda=1.0,
+        pathwise_source="model",
+        bias_correction=False,
+        lambda_bounds=None,
+        seed=0,
+        policy_kwargs=dict(log_std_init=-0.5),
     )
     oracle = OracleLambda(model, None, 8192)
     obs = th.ones(1, 1)
@@ -644,7 +706,11 @@ def test_model_source_follows_a_drifting_env_through_subprocesses(model_mode, ex
     import hybrid_pg_envs  # noqa: F401
 
     env = make_vec_env(
-        "hybrid_pg/SwitchingPendulum-v0", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="fork"),
+        "hybrid_pg/SwitchingPendulum-v0",
+        n_envs=2,
+        seed=0,
+        vec_env_cls=SubprocVecEnv,
+        vec_env_kwargs=dict(start_method="fork"),
         env_kwargs=dict(schedules={"g": {"kind": "switch", "values": [10.0, 14.0], "at": [48]}}, model_mode=model_mode),
     )
     try:
@@ -688,8 +754,10 @@ def test_drift_trackers_pickled_with_snapshots_still_load():
 
     from hybrid_pg.drift import DriftTracker
 
-    tracker = DriftTracker(4)
-    old_state = {"_previous": BatchMoments.from_samples(th.ones(3, 2), th.zeros(3, 2)), "_snapshots": __import__("collections").deque([{}], maxlen=4)}
+    old_state = {
+        "_previous": BatchMoments.from_samples(th.ones(3, 2), th.zeros(3, 2)),
+        "_snapshots": __import__("collections").deque([{}], maxlen=4),
+    }
     restored = DriftTracker.__new__(DriftTracker)
     restored.__setstate__(old_state)
     assert restored._previous.n == 3 and len(restored._snapshots) == 0 and restored._snapshots.maxlen == 4
@@ -697,8 +765,9 @@ def test_drift_trackers_pickled_with_snapshots_still_load():
 
 
 def test_console_shows_the_headline_keys_only():
-    from stable_baselines3.common.logger import HumanOutputFormat, Logger
     import io
+
+    from stable_baselines3.common.logger import HumanOutputFormat, Logger
 
     out = io.StringIO()
     model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=1, lambda_warmup=0, seed=0, device="cpu")

@@ -75,7 +75,11 @@ def test_the_library_never_imports_the_experiments():
 
 
 def test_the_envs_never_import_the_library():
-    offenders = {name: sorted(m for m in deps if m.split(".")[0] == "hybrid_pg") for name, deps in _own_graph().items() if name.startswith("hybrid_pg_envs")}
+    offenders = {
+        name: sorted(m for m in deps if m.split(".")[0] == "hybrid_pg")
+        for name, deps in _own_graph().items()
+        if name.startswith("hybrid_pg_envs")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 

@@ -19,8 +19,17 @@ def _lqr_return(model, lqr):
 def test_short_hybrid_training_improves_the_exact_lqr_return():
     env = make_vec_env("hybrid_pg/LQR-v0", n_envs=4, seed=0, env_kwargs=dict(horizon=10))
     model = HybridPG(
-        "MlpPolicy", env, estimator="hybrid", n_steps=50, batch_size=100, n_epochs=5, learning_rate=1e-2,
-        gamma=1.0, gae_lambda=0.95, policy_kwargs=dict(net_arch=dict(pi=[], vf=[32, 32])), seed=0,
+        "MlpPolicy",
+        env,
+        estimator="hybrid",
+        n_steps=50,
+        batch_size=100,
+        n_epochs=5,
+        learning_rate=1e-2,
+        gamma=1.0,
+        gae_lambda=0.95,
+        policy_kwargs=dict(net_arch=dict(pi=[], vf=[32, 32])),
+        seed=0,
     )
     assert model.pathwise.name == "model"  # "auto" found the LQR's differentiable model
     lqr = env.get_attr("unwrapped")[0].lqr_kwargs()
@@ -38,8 +47,16 @@ def test_short_hybrid_training_improves_the_exact_lqr_return():
 def test_hybrid_learns_pendulum(source, env_id):
     env = make_vec_env(env_id, n_envs=4, seed=0)
     model = HybridPG(
-        "MlpPolicy", env, pathwise_source=source, n_steps=1024, gamma=0.9, gae_lambda=0.95, n_epochs=10,
-        learning_rate=1e-3, clip_range=0.2, seed=0,
+        "MlpPolicy",
+        env,
+        pathwise_source=source,
+        n_steps=1024,
+        gamma=0.9,
+        gae_lambda=0.95,
+        n_epochs=10,
+        learning_rate=1e-3,
+        clip_range=0.2,
+        seed=0,
     )
     model.learn(100_000)
     returns, _ = evaluate_policy(model, make_vec_env(env_id, n_envs=1, seed=100), n_eval_episodes=10)

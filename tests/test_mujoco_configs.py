@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 from hybrid_pg.experiments.ablate import load_ablation
@@ -32,7 +31,7 @@ def test_the_batch_sweep_varies_n_steps_at_32_minibatches():
     runs = ablation.runs()
     assert len(runs) == 27 and ablation.seeds == (0, 1, 2)
     sizes = set()
-    for label, config in runs:
+    for _label, config in runs:
         algo = config["algo"]
         assert config["env"]["id"] == "HalfCheetah-v5" and config["env"]["n_envs"] == 1
         assert algo["n_steps"] == 32 * algo["batch_size"] and algo["n_epochs"] == 10
@@ -75,7 +74,9 @@ def test_the_floor_report_pools_seeds_and_tests_the_tail(tmp_path):
     pooled = floor_mod.pool(bench, extra, ["E"], ["reinforce", "hybrid"])
     assert pooled["E"]["reinforce"] == {0: 10.0, 1: 20.0, 2: 15.0}  # the benchmark's reading wins a shared seed
     assert pooled["E"]["hybrid"] == {0: 5.0, 1: 30.0, 2: 1.0, 3: 2.0}
-    assert floor_mod.both_grids(bench, extra, ["E"], ["reinforce", "hybrid"]) == {"E": {"reinforce": {0: (10.0, 99.0)}, "hybrid": {0: (5.0, 5.0)}}}
+    assert floor_mod.both_grids(bench, extra, ["E"], ["reinforce", "hybrid"]) == {
+        "E": {"reinforce": {0: (10.0, 99.0)}, "hybrid": {0: (5.0, 5.0)}}
+    }
     assert floor_mod.lower_tail_mean(np.array([4.0, 1.0, 3.0, 2.0, 9.0, 8.0])) == 1.5  # ceil(0.2 * 6) = 2 lowest
     text = floor_mod.report(pooled, {}, 100, "", "hybrid", "reinforce", "ppo")
     # 3 of 4 hybrid seeds below reinforce's worst (10): p = 4/7 * 3/6 * 2/5

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize
 
 import hybrid_pg_envs  # noqa: F401  (registers hybrid_pg/Pendulum-v0)
 from hybrid_pg import HybridPG
@@ -120,7 +120,9 @@ def test_mujoco_source_builds_the_model_from_an_unwrapped_env_or_uses_the_wrappe
     algo = HybridPG("MlpPolicy", make_vec_env("Hopper-v5", n_envs=2, seed=0), pathwise_source="mujoco", **MJ)
     assert algo.pathwise.name == "mujoco" and isinstance(algo.pathwise.model, mm.MujocoStepModel)
     assert algo.pathwise.model.terminate_when_unhealthy
-    wrapped = make_vec_env(mm.make_mujoco_env, n_envs=1, seed=0, env_kwargs=dict(env_id="HalfCheetah-v5", model_options=dict(jacobian="rollout")))
+    wrapped = make_vec_env(
+        mm.make_mujoco_env, n_envs=1, seed=0, env_kwargs=dict(env_id="HalfCheetah-v5", model_options=dict(jacobian="rollout"))
+    )
     algo = HybridPG("MlpPolicy", wrapped, pathwise_source="mujoco", **MJ)
     assert algo.pathwise.model.jacobian_method == "rollout"  # the wrapper's options are kept
     # 'auto' takes the wrapped env's model (the same class of values), never an unwrapped simulator
@@ -151,9 +153,7 @@ def test_the_surrogates_pathwise_gradient_is_the_gradient_through_the_model_on_a
     import gymnasium as gym
 
     env = VecNormalize(make_vec_env("HalfCheetah-v5", n_envs=1, seed=0), gamma=0.99)
-    algo = HybridPG(
-        "MlpPolicy", env, estimator="pathwise", pathwise_source="mujoco", learning_rate=0.0, max_grad_norm=1e9, **MJ
-    )
+    algo = HybridPG("MlpPolicy", env, estimator="pathwise", pathwise_source="mujoco", learning_rate=0.0, max_grad_norm=1e9, **MJ)
     algo.learn(32)
     policy = algo.policy
     actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters(), policy.log_std]
@@ -211,7 +211,16 @@ def _halfcheetah_at_theta_old(env_id: str = "HalfCheetah-v5", n: int = 64, horiz
     th.manual_seed(0)
     env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=0), gamma=0.99)
     algo = HybridPG(
-        "MlpPolicy", env, pathwise_source="mujoco", model_horizon=horizon, learning_rate=0.0, n_steps=n, batch_size=n, n_epochs=1, seed=0, device="cpu"
+        "MlpPolicy",
+        env,
+        pathwise_source="mujoco",
+        model_horizon=horizon,
+        learning_rate=0.0,
+        n_steps=n,
+        batch_size=n,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
     )
     algo.learn(n)
     full = copy.copy(algo.pathwise)
@@ -266,7 +275,9 @@ def test_linearised_source_is_the_simulator_at_theta_old_values_gradients_and_st
 def test_the_simulator_is_called_once_per_rollout():
     _mujoco()
     env = VecNormalize(make_vec_env("HalfCheetah-v5", n_envs=1, seed=0))
-    algo = HybridPG("MlpPolicy", env, n_steps=64, batch_size=16, n_epochs=3, lambda_warmup=0, pathwise_source="mujoco", seed=0, device="cpu")
+    algo = HybridPG(
+        "MlpPolicy", env, n_steps=64, batch_size=16, n_epochs=3, lambda_warmup=0, pathwise_source="mujoco", seed=0, device="cpu"
+    )
     model = algo.pathwise.model
     calls = []
     simulate = model.simulate
@@ -282,10 +293,23 @@ def test_k_step_model_statistics_outer_product_equals_torch_func():
     simulator, untraceable by torch.func, needs)."""
     from hybrid_pg.rollout import prepare_batch, rollout_group_moments
 
-    algo = HybridPG("MlpPolicy", "hybrid_pg/Pendulum-v0", pathwise_source="model", model_horizon=3, n_steps=128, batch_size=128, n_epochs=1, learning_rate=0.0, seed=0, device="cpu")
+    algo = HybridPG(
+        "MlpPolicy",
+        "hybrid_pg/Pendulum-v0",
+        pathwise_source="model",
+        model_horizon=3,
+        n_steps=128,
+        batch_size=128,
+        n_epochs=1,
+        learning_rate=0.0,
+        seed=0,
+        device="cpu",
+    )
     algo.learn(128)
     assert not algo.pathwise.one_step  # a traceable model keeps torch.func (unchanged numbers)
-    batch = prepare_batch(algo.policy, algo.pathwise, next(algo.rollout_buffer.get(batch_size=None)), True, generator=th.Generator().manual_seed(1))
+    batch = prepare_batch(
+        algo.policy, algo.pathwise, next(algo.rollout_buffer.get(batch_size=None)), True, generator=th.Generator().manual_seed(1)
+    )
     outer = rollout_group_moments(algo.policy, algo.actor_head, algo.pathwise, batch, method="outer")
     vmap = rollout_group_moments(algo.policy, algo.actor_head, algo.pathwise, batch, method="vmap")
     for name in outer:

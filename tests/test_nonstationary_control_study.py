@@ -29,9 +29,16 @@ def _result(label, seed, returns, errors=None, oracle_every=1):
     for i in range(1, len(returns)):
         row = {"time/total_timesteps": STEP * (i + 1), "rollout/ep_rew_mean": returns[i], "hybrid/lambda": 0.5}
         if errors is not None and (i - 1) % oracle_every == 0:
-            row.update({"hybrid/oracle_error_applied": errors[i - 1], "hybrid/oracle_lambda": 0.5 + errors[i - 1], "hybrid/oracle_degenerate": 0.0})
+            row.update(
+                {"hybrid/oracle_error_applied": errors[i - 1], "hybrid/oracle_lambda": 0.5 + errors[i - 1], "hybrid/oracle_degenerate": 0.0}
+            )
         rows.append(row)
-    return {"spec": {"label": label, "seed": seed}, "rows": rows, "final_return": returns[-1], "config": {"algo": {"lambda_warmup": 0, "oracle_freq": oracle_every}}}
+    return {
+        "spec": {"label": label, "seed": seed},
+        "rows": rows,
+        "final_return": returns[-1],
+        "config": {"algo": {"lambda_warmup": 0, "oracle_freq": oracle_every}},
+    }
 
 
 def test_recovery_counts_logged_oracle_updates_when_the_oracle_is_sparse():
@@ -72,28 +79,42 @@ def test_paired_regret_matches_seeds():
 def test_difference_of_differences_by_hand():
     seeds = range(6)
     h_move = {s: -200.0 + s for s in seeds}
-    r_move = {s: -260.0 + 2 * s for s in seeds}        # H - R moving: 60 - s
+    r_move = {s: -260.0 + 2 * s for s in seeds}  # H - R moving: 60 - s
     h_still = {s: -150.0 for s in seeds}
-    r_still = {s: -170.0 - s for s in seeds}           # H - R stationary: 20 + s
+    r_still = {s: -170.0 - s for s in seeds}  # H - R stationary: 20 + s
     out = difference_of_differences(h_move, r_move, h_still, r_still)
     per = {s: (60.0 - s) - (20.0 + s) for s in seeds}  # 40 - 2 s: 40, 38, ..., 30
     assert out["per_seed"] == pytest.approx(per)
     assert out["diff"] == pytest.approx(35.0)
     assert out["advantage_moving"] == pytest.approx(57.5) and out["advantage_stationary"] == pytest.approx(22.5)
     assert 30.0 <= out["low"] <= 35.0 <= out["high"] <= 40.0
-    assert out["verdict"] == "significant"              # 6 positive pairs: Wilcoxon p = 2 / 2**6
+    assert out["verdict"] == "significant"  # 6 positive pairs: Wilcoxon p = 2 / 2**6
     # seeds only in some cells are dropped; fewer than 5 paired seeds: no verdict, whatever the CI
-    few = difference_of_differences({0: 1.0, 1: 2.0, 2: 3.0, 9: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    few = difference_of_differences(
+        {0: 1.0, 1: 2.0, 2: 3.0, 9: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0}
+    )
     assert few["seeds"] == [0, 1, 2] and few["diff"] == pytest.approx(2.0) and few["verdict"] == "too few runs"
     assert difference_of_differences({}, {0: 1.0}, {0: 1.0}, {0: 1.0})["verdict"] == "no paired runs"
 
 
 def test_question_and_regret_rows_from_hand_made_runs():
     cfg = {"modes": {"w": {}}, "estimators": ["hybrid", "reinforce"], "question_mode": "w", "seeds": [0, 1]}
-    task = {"total_timesteps": 10 * STEP, "envs": {"stationary": {"g": {"kind": "constant", "value": 10.0}},
-                                                    "moving": {"g": {"kind": "switch", "values": [10.0, 14.0], "every": 5000}}}}
-    finals = {("stationary", "hybrid_w"): -100.0, ("stationary", "reinforce"): -110.0, ("moving", "hybrid_w"): -130.0, ("moving", "reinforce"): -125.0}
-    results = [_result(f"p__{env}__{cell}", seed, [-300.0] * 9 + [value + seed]) for (env, cell), value in finals.items() for seed in (0, 1)]
+    task = {
+        "total_timesteps": 10 * STEP,
+        "envs": {
+            "stationary": {"g": {"kind": "constant", "value": 10.0}},
+            "moving": {"g": {"kind": "switch", "values": [10.0, 14.0], "every": 5000}},
+        },
+    }
+    finals = {
+        ("stationary", "hybrid_w"): -100.0,
+        ("stationary", "reinforce"): -110.0,
+        ("moving", "hybrid_w"): -130.0,
+        ("moving", "reinforce"): -125.0,
+    }
+    results = [
+        _result(f"p__{env}__{cell}", seed, [-300.0] * 9 + [value + seed]) for (env, cell), value in finals.items() for seed in (0, 1)
+    ]
     grouped = study.group(results, "p")
     (q,) = study.question_rows(task, grouped, cfg)
     assert q["seeds"] == [0, 1] and q["diff"] == pytest.approx((-5.0) - 10.0) and q["verdict"] == "too few runs"
@@ -131,7 +152,14 @@ def test_grid_order_and_configs():
 def test_quick_end_to_end(tmp_path):
     out = tmp_path / "out"
     study.main([str(ROOT / "configs" / "nonstationary_control.yaml"), "--quick", "--task", "pendulum", "--out", str(out)])
-    for name in ("report_pendulum.md", "summary_pendulum.json", "pendulum_lambda.png", "pendulum_drift.png", "pendulum_returns.png", "pendulum_question.png"):
+    for name in (
+        "report_pendulum.md",
+        "summary_pendulum.json",
+        "pendulum_lambda.png",
+        "pendulum_drift.png",
+        "pendulum_returns.png",
+        "pendulum_question.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary_pendulum.json").read_text())
     assert summary["runs"] == 2 * 4  # 2 envs x (2 hybrid modes + reinforce + ppo), 1 seed
@@ -145,8 +173,25 @@ def test_quick_end_to_end(tmp_path):
     assert json.loads((out / "summary_pendulum.json").read_text())["runs"] == 7
     assert "0/1" in (out / "report_pendulum.md").read_text()
     # extra seeds of the question's cells alone; a later --report-only (no --seeds) still covers them
-    study.main([str(ROOT / "configs" / "nonstationary_control.yaml"), "--quick", "--task", "pendulum", "--out", str(out), "--seeds", "1", "--question-only"])
-    assert sorted(p.name.split("__")[2].rsplit("_s", 1)[0] for p in (out / "runs").glob("pendulum__*_s1_*") if p.is_dir()) == ["hybrid_adaptive_16", "hybrid_adaptive_16", "reinforce", "reinforce"]
+    study.main(
+        [
+            str(ROOT / "configs" / "nonstationary_control.yaml"),
+            "--quick",
+            "--task",
+            "pendulum",
+            "--out",
+            str(out),
+            "--seeds",
+            "1",
+            "--question-only",
+        ]
+    )
+    assert sorted(p.name.split("__")[2].rsplit("_s", 1)[0] for p in (out / "runs").glob("pendulum__*_s1_*") if p.is_dir()) == [
+        "hybrid_adaptive_16",
+        "hybrid_adaptive_16",
+        "reinforce",
+        "reinforce",
+    ]
     study.main([str(ROOT / "configs" / "nonstationary_control.yaml"), "--quick", "--task", "pendulum", "--out", str(out), "--report-only"])
     assert json.loads((out / "summary_pendulum.json").read_text())["runs"] == 7 + 4
     report = (out / "report_pendulum.md").read_text()

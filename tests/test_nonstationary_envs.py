@@ -11,7 +11,6 @@ is seeded.
 from __future__ import annotations
 
 import copy
-
 import json
 
 import gymnasium as gym
@@ -25,6 +24,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 import hybrid_pg_envs
+from hybrid_pg.ground_truth.coupled_bandit import bandit_moments, oracle_lambda, per_sample_gradients
+from hybrid_pg.ground_truth.coupled_bandit import expected_reward as _expected_reward
 from hybrid_pg_envs import (
     CoupledBanditEnv,
     DiffPendulumEnv,
@@ -41,8 +42,6 @@ from hybrid_pg_envs import (
     vec_state_dicts,
 )
 from hybrid_pg_envs.adapters import AttributeAdapter, MujocoAdapter, PendulumAdapter, make_adapter
-from hybrid_pg.ground_truth.coupled_bandit import bandit_moments, oracle_lambda, per_sample_gradients
-from hybrid_pg.ground_truth.coupled_bandit import expected_reward as _expected_reward
 from hybrid_pg_envs.goal import PointMassModel
 from hybrid_pg_envs.schedules import ScheduleError
 
@@ -74,9 +73,15 @@ def _pendulum(schedules, **kwargs):
     [
         (10.0, {0: 10.0, 10**9: 10.0}),
         ({"kind": "constant", "value": -2.5}, {0: -2.5, 77: -2.5}),
-        ({"kind": "linear", "start": 10.0, "end": 14.0, "duration": 100, "delay": 50}, {0: 10.0, 50: 10.0, 100: 12.0, 125: 13.0, 150: 14.0, 10**6: 14.0}),
+        (
+            {"kind": "linear", "start": 10.0, "end": 14.0, "duration": 100, "delay": 50},
+            {0: 10.0, 50: 10.0, 100: 12.0, 125: 13.0, 150: 14.0, 10**6: 14.0},
+        ),
         ({"kind": "linear", "start": 1.0, "rate": 0.5}, {0: 1.0, 4: 3.0, 1000: 501.0}),
-        ({"kind": "sinusoid", "base": 10.0, "amplitude": 2.0, "period": 100}, {0: 10.0, 25: 12.0, 50: 10.0, 75: 8.0, 125: 12.0, 10**6 + 75: 8.0}),
+        (
+            {"kind": "sinusoid", "base": 10.0, "amplitude": 2.0, "period": 100},
+            {0: 10.0, 25: 12.0, 50: 10.0, 75: 8.0, 125: 12.0, 10**6 + 75: 8.0},
+        ),
         ({"kind": "sinusoid", "base": 0.0, "amplitude": 1.0, "period": 40, "phase": 0.25}, {0: 1.0, 10: 0.0, 20: -1.0}),
         ({"kind": "switch", "values": [1.0, 2.0, 3.0], "at": [10, 20]}, {0: 1.0, 9: 1.0, 10: 2.0, 19: 2.0, 20: 3.0, 10**6: 3.0}),
         ({"kind": "switch", "values": [10.0, 14.0], "every": 5}, {0: 10.0, 4: 10.0, 5: 14.0, 9: 14.0, 10: 10.0, 15: 14.0}),
@@ -503,7 +508,7 @@ def test_clock_through_monitor_and_subproc_vec_env():
     venv = SubprocVecEnv([make, make], start_method="fork")
     try:
         venv.reset()
-        for t in range(3):
+        for _t in range(3):
             _, _, _, infos = venv.step(np.zeros((2, 1), dtype=np.float32))
         assert get_clocks(venv) == [6, 6]  # 2 envs x 3 steps: global steps
         assert [info["env_params"]["g"] for info in infos] == [12.0, 12.0]  # clock 4 before the 3rd step
@@ -536,7 +541,9 @@ def test_registration():
     assert gym.spec("hybrid_pg/DriftingGoal-v0").max_episode_steps == 100
     assert gym.spec("hybrid_pg/CoupledBandit-v0").max_episode_steps is None  # one-step episodes
     env = gym.make("hybrid_pg/SwitchingPendulum-v0")
-    assert env.get_wrapper_attr("state_dict")()["schedules"] == {"g": {"kind": "switch", "values": [10.0, 14.0], "every": 50000, "delay": 0}}
+    assert env.get_wrapper_attr("state_dict")()["schedules"] == {
+        "g": {"kind": "switch", "values": [10.0, 14.0], "every": 50000, "delay": 0}
+    }
     env = gym.make("hybrid_pg/DriftingGoal-v0", clock_start=5000, hide_goal=True)  # a quarter period
     _, info = env.reset(seed=0)
     assert info["env_params"] == {"goal_x": pytest.approx(0.0, abs=1e-12), "goal_y": pytest.approx(1.0)}
@@ -547,7 +554,9 @@ def test_registration():
 def test_checkers(env_id, run_env_checker):
     # the gymnasium checker replays a seed and expects the same transition: a seeded reset puts the
     # clock back, so the running clock passes too (it failed before: the clock survived the reset)
-    env = gym.make(env_id, **({"schedules": {"g": {"kind": "linear", "start": 10.0, "rate": 0.01}}} if "SwitchingPendulum" in env_id else {}))
+    env = gym.make(
+        env_id, **({"schedules": {"g": {"kind": "linear", "start": 10.0, "rate": 0.01}}} if "SwitchingPendulum" in env_id else {})
+    )
     target = find_nonstationary_wrapper(env) or env.unwrapped
     run_env_checker(lambda e: gym_check_env(e, skip_render_check="Pendulum" in env_id), target, EXPECTED_WARNINGS)
     env = gym.make(env_id)
@@ -561,9 +570,15 @@ def test_checkers(env_id, run_env_checker):
 
 @pytest.mark.parametrize("hide_goal", [False, True])
 def test_goal_env_model_matches_and_goal_moves(hide_goal):
-    env = gym.make("hybrid_pg/SwitchingGoal-v0", hide_goal=hide_goal, schedules={
-        "goal_x": {"kind": "switch", "values": [1.0, -1.0], "every": 4}, "goal_y": 0.5, "mass": 2.0,
-    })
+    env = gym.make(
+        "hybrid_pg/SwitchingGoal-v0",
+        hide_goal=hide_goal,
+        schedules={
+            "goal_x": {"kind": "switch", "values": [1.0, -1.0], "every": 4},
+            "goal_y": 0.5,
+            "mass": 2.0,
+        },
+    )
     model = find_differentiable_model(DummyVecEnv([lambda: env]))
     assert isinstance(model, PointMassModel)
     obs, _ = env.reset(seed=0)

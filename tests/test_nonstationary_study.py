@@ -27,7 +27,11 @@ def _result(label: str, errors, *, seed: int = 0, degenerate=(), frozen=None, li
     n = len(errors)
     rows = [{"time/total_timesteps": STEP}]
     for i in range(n):
-        row = {"time/total_timesteps": STEP * (i + 2), "hybrid/oracle_error_applied": errors[i], "hybrid/oracle_degenerate": float(i in degenerate)}
+        row = {
+            "time/total_timesteps": STEP * (i + 2),
+            "hybrid/oracle_error_applied": errors[i],
+            "hybrid/oracle_degenerate": float(i in degenerate),
+        }
         row["hybrid/lambda"] = 0.5
         row["hybrid/oracle_lambda"] = live[i] if live is not None else 0.5
         row["hybrid/oracle_error_batch"] = 0.1
@@ -97,7 +101,10 @@ def test_summary_excludes_warmup_and_degenerate_updates_and_splits_the_drift():
     cfg = {
         "total_timesteps": 8 * STEP,
         "algo": {"lambda_warmup": 1},
-        "envs": {"stationary": {"m": {"kind": "constant", "value": 0.0}}, "switching": {"m": {"kind": "switch", "values": [0, 1], "every": 4000}}},
+        "envs": {
+            "stationary": {"m": {"kind": "constant", "value": 0.0}},
+            "switching": {"m": {"kind": "switch", "values": [0, 1], "every": 4000}},
+        },
         "modes": {"a": {}},
     }
     errors = [9.0, 9.0, 0.1, 0.3, 9.0, 0.2, 0.2, 0.2]  # warm-up (1 + 1 updates) and update 4 (degenerate) are left out
@@ -121,9 +128,14 @@ def test_summary_excludes_warmup_and_degenerate_updates_and_splits_the_drift():
 
 def test_stationary_envs_get_no_frozen_oracle():
     cfg = {
-        "env_id": "hybrid_pg/DriftingCoupledBandit-v0", "n_envs": 2, "total_timesteps": 64,
+        "env_id": "hybrid_pg/DriftingCoupledBandit-v0",
+        "n_envs": 2,
+        "total_timesteps": 64,
         "algo": {"oracle_freq": 1, "oracle_frozen_clock": 0},
-        "envs": {"flat": {"m": {"kind": "constant", "value": 0.0}}, "moving": {"m": {"kind": "linear", "start": 0, "end": 1, "duration": 10}}},
+        "envs": {
+            "flat": {"m": {"kind": "constant", "value": 0.0}},
+            "moving": {"m": {"kind": "linear", "start": 0, "end": 1, "duration": 10}},
+        },
         "modes": {"a": {"lambda_window": 2}},
     }
     configs = dict(study.build_runs(cfg, [0]))
@@ -134,21 +146,56 @@ def test_stationary_envs_get_no_frozen_oracle():
 
 def test_study_script_end_to_end(tmp_path):
     cfg = {
-        "name": "tiny", "output_dir": str(tmp_path / "unused"), "seeds": [0], "env_id": "hybrid_pg/DriftingCoupledBandit-v0",
-        "env_kwargs": {"c": 1.5}, "n_envs": 2, "total_timesteps": 640, "eval_episodes": 2,
-        "algo": {"n_steps": 64, "batch_size": 64, "n_epochs": 1, "gamma": 0.0, "gae_lambda": 1.0, "pathwise_source": "model",
-                 "lambda_warmup": 1, "oracle_freq": 1, "oracle_samples": 64, "oracle_frozen_clock": 0},
-        "envs": {"stationary": {"m": {"kind": "constant", "value": -0.5}}, "switching": {"m": {"kind": "switch", "values": [-0.5, 0.5], "every": 256}}},
-        "modes": {"sliding_1": {"lambda_mode": "sliding", "lambda_window": 1}, "adaptive_4": {"lambda_mode": "adaptive", "lambda_window": 4}},
+        "name": "tiny",
+        "output_dir": str(tmp_path / "unused"),
+        "seeds": [0],
+        "env_id": "hybrid_pg/DriftingCoupledBandit-v0",
+        "env_kwargs": {"c": 1.5},
+        "n_envs": 2,
+        "total_timesteps": 640,
+        "eval_episodes": 2,
+        "algo": {
+            "n_steps": 64,
+            "batch_size": 64,
+            "n_epochs": 1,
+            "gamma": 0.0,
+            "gae_lambda": 1.0,
+            "pathwise_source": "model",
+            "lambda_warmup": 1,
+            "oracle_freq": 1,
+            "oracle_samples": 64,
+            "oracle_frozen_clock": 0,
+        },
+        "envs": {
+            "stationary": {"m": {"kind": "constant", "value": -0.5}},
+            "switching": {"m": {"kind": "switch", "values": [-0.5, 0.5], "every": 256}},
+        },
+        "modes": {
+            "sliding_1": {"lambda_mode": "sliding", "lambda_window": 1},
+            "adaptive_4": {"lambda_mode": "adaptive", "lambda_window": 4},
+        },
         "reference_mode": "adaptive_4",
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "nonstationary_study.py"), str(path), "--out", str(tmp_path / "out"), "--workers", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "nonstationary_study.py"), str(path), "--out", str(tmp_path / "out"), "--workers", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
-    for name in ("table.md", "table.csv", "summary.json", "lambda_tracking.png", "error_per_mode.png", "returns.png", "drift_decomposition.png"):
+    for name in (
+        "table.md",
+        "table.csv",
+        "summary.json",
+        "lambda_tracking.png",
+        "error_per_mode.png",
+        "returns.png",
+        "drift_decomposition.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     rows = json.loads((out / "summary.json").read_text())
     assert {(r["env"], r["mode"]) for r in rows} == {(e, m) for e in ("stationary", "switching") for m in ("sliding_1", "adaptive_4")}
@@ -166,8 +213,22 @@ def test_select_keeps_the_configs_order_and_refuses_unknown_names():
 
 
 def test_study_script_refuses_an_unknown_mode_before_training(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "nonstationary_study.py"), str(ROOT / "configs" / "nonstationary_study.yaml"),
-                           "--modes", "sliding_16", "no_such_mode", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "nonstationary_study.py"),
+            str(ROOT / "configs" / "nonstationary_study.yaml"),
+            "--modes",
+            "sliding_16",
+            "no_such_mode",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "unknown modes ['no_such_mode']" in proc.stderr
     assert not (tmp_path / "out").exists()

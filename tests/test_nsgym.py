@@ -178,7 +178,12 @@ def test_checkers(env_id, fns, run_env_checker):
 
 def test_make_by_names():
     env = make_nsgym_env(
-        "Pendulum-v1", ["m", "l"], scheduler="DiscreteScheduler", scheduler_kwargs={"event_list": {3}}, update_fn="IncrementUpdate", update_kwargs={"k": 0.5}
+        "Pendulum-v1",
+        ["m", "l"],
+        scheduler="DiscreteScheduler",
+        scheduler_kwargs={"event_list": {3}},
+        update_fn="IncrementUpdate",
+        update_kwargs={"k": 0.5},
     )
     assert env.params_at(2) == {"m": 1.0, "l": 1.0} and env.params_at(3) == {"m": 1.5, "l": 1.5}
     env = make_nsgym_env("Pendulum-v1", ["g"], scheduler=DiscreteScheduler({1}), update_fn=IncrementUpdate, update_kwargs={"k": 1.0})

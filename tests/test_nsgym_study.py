@@ -118,7 +118,12 @@ def test_config_wrapper_passes_the_env_checkers(tmp_path, run_env_checker):
 
 def test_config_wrapper_on_mujoco_passes_the_env_checker(run_env_checker):
     pytest.importorskip("mujoco")
-    rule = {"update_fn": "IncrementUpdate", "update_kwargs": {"k": 1.5}, "scheduler": "PeriodicScheduler", "scheduler_kwargs": {"period": 50, "start": 1}}
+    rule = {
+        "update_fn": "IncrementUpdate",
+        "update_kwargs": {"k": 1.5},
+        "scheduler": "PeriodicScheduler",
+        "scheduler_kwargs": {"period": 50, "start": 1},
+    }
     env = make_env("HalfCheetah-v5", [{"name": "nsgym", "kwargs": {"tunable_params": {"torso_mass": rule}}}])
     run_env_checker(lambda e: gym_check_env(e, skip_render_check=True), env, EXPECTED_WARNINGS)
     mass0 = env.get_wrapper_attr("params_at")(0)["torso_mass"]
@@ -158,8 +163,13 @@ def test_bad_kwargs_give_a_config_error_naming_the_key(override, named, tmp_path
 
 
 def test_rules_per_parameter_and_shared():
-    rules = parameter_rules({"m": {"update_kwargs": {"k": 0.5}}, "l": {}}, scheduler="DiscreteScheduler", scheduler_kwargs={"event_list": [3]},
-                            update_fn="IncrementUpdate", update_kwargs={"k": 0.1})
+    rules = parameter_rules(
+        {"m": {"update_kwargs": {"k": 0.5}}, "l": {}},
+        scheduler="DiscreteScheduler",
+        scheduler_kwargs={"event_list": [3]},
+        update_fn="IncrementUpdate",
+        update_kwargs={"k": 0.1},
+    )
     assert rules["m"]["update_kwargs"] == {"k": 0.5} and rules["l"]["update_kwargs"] == {"k": 0.1}
     env = NSGymWrapper(gym.make("Pendulum-v1"), rules)
     assert env.params_at(2) == {"m": 1.0, "l": 1.0} and env.params_at(3) == pytest.approx({"m": 1.5, "l": 1.1})

@@ -18,8 +18,16 @@ th.set_num_threads(1)
 def _bandit_model(**kwargs):
     env = make_vec_env("hybrid_pg/CoupledBandit-v0", n_envs=4, seed=0, env_kwargs=dict(m=0.3, c=1.0))
     return HybridPG(
-        "MlpPolicy", env, n_steps=64, gamma=0.0, gae_lambda=1.0, pathwise_source="model", lambda_bounds=None, seed=0,
-        policy_kwargs=dict(log_std_init=-0.5), **kwargs,
+        "MlpPolicy",
+        env,
+        n_steps=64,
+        gamma=0.0,
+        gae_lambda=1.0,
+        pathwise_source="model",
+        lambda_bounds=None,
+        seed=0,
+        policy_kwargs=dict(log_std_init=-0.5),
+        **kwargs,
     )
 
 

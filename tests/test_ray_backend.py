@@ -93,7 +93,9 @@ def test_ray_grid_matches_local_and_resumes_across_only(ray, tiny, tmp_path):
     for run_dir in (local / "runs").iterdir():
         names = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file() and p.parent.name != "tensorboard")
         assert names == sorted(
-            p.relative_to(remote / "runs" / run_dir.name).as_posix() for p in (remote / "runs" / run_dir.name).rglob("*") if p.is_file() and p.parent.name != "tensorboard"
+            p.relative_to(remote / "runs" / run_dir.name).as_posix()
+            for p in (remote / "runs" / run_dir.name).rglob("*")
+            if p.is_file() and p.parent.name != "tensorboard"
         )
     for name in TABLES:
         assert (remote / name).read_bytes() == (local / name).read_bytes(), name

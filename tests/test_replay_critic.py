@@ -82,8 +82,19 @@ def _true_action_gradient(env, policy, obs, actions):
             def value(x0, rest=rest, t=t):
                 return float(
                     expected_return(
-                        A=A, B=B, Q=Q, R=R, x0_mean=x0, x0_std=0.0, noise_std=0.0, horizon=rest, gamma=GAMMA,
-                        W=w_x, w_t=w_t * rest / T, b=bias + w_t * (t + 1) / T, log_std=log_std,
+                        A=A,
+                        B=B,
+                        Q=Q,
+                        R=R,
+                        x0_mean=x0,
+                        x0_std=0.0,
+                        noise_std=0.0,
+                        horizon=rest,
+                        gamma=GAMMA,
+                        W=w_x,
+                        w_t=w_t * rest / T,
+                        b=bias + w_t * (t + 1) / T,
+                        log_std=log_std,
                     )
                 )
 
@@ -103,8 +114,15 @@ def test_action_gradient_converges_to_the_closed_form_on_lqr():
     40 epochs); the bounds leave margin on both."""
     env = gym.make("hybrid_pg/LQR-v0", horizon=T, **LQR)
     model = HybridPG(
-        "MlpPolicy", env, n_steps=N_STEPS, batch_size=100, gamma=GAMMA, learning_rate=0.0, pathwise_source="critic",
-        policy_kwargs=dict(net_arch=dict(pi=[], vf=[16])), seed=0,
+        "MlpPolicy",
+        env,
+        n_steps=N_STEPS,
+        batch_size=100,
+        gamma=GAMMA,
+        learning_rate=0.0,
+        pathwise_source="critic",
+        policy_kwargs=dict(net_arch=dict(pi=[], vf=[16])),
+        seed=0,
     )
     model._setup_learn(10**6, callback=None)
     rollouts = _collect(model, 9)
@@ -130,8 +148,16 @@ def test_action_gradient_converges_to_the_closed_form_on_lqr():
 def test_hybrid_pg_trains_with_the_replay_critic(estimator):
     assert "replay_critic" in SOURCE_NAMES
     model = HybridPG(
-        "MlpPolicy", "Pendulum-v1", n_steps=128, batch_size=64, n_epochs=2, estimator=estimator, lambda_warmup=1,
-        lambda_window=3, pathwise_source="replay_critic", seed=0,
+        "MlpPolicy",
+        "Pendulum-v1",
+        n_steps=128,
+        batch_size=64,
+        n_epochs=2,
+        estimator=estimator,
+        lambda_warmup=1,
+        lambda_window=3,
+        pathwise_source="replay_critic",
+        seed=0,
     )
     assert isinstance(model.pathwise, ReplayCriticSource)
     model.learn(5 * 128)

@@ -231,8 +231,15 @@ def test_diverged_critic_does_not_poison_the_actor_and_value_parameters(value):
 def _one_step(max_grad_norm, lr, **policy_kwargs):
     """One optimizer step: one rollout, one epoch, one full-batch minibatch."""
     model = HybridPG(
-        "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=None, n_epochs=1, learning_rate=lr,
-        max_grad_norm=max_grad_norm, seed=0, policy_kwargs=policy_kwargs or None,
+        "MlpPolicy",
+        "Pendulum-v1",
+        n_steps=64,
+        batch_size=None,
+        n_epochs=1,
+        learning_rate=lr,
+        max_grad_norm=max_grad_norm,
+        seed=0,
+        policy_kwargs=policy_kwargs or None,
     )
     before = _params(model)
     model.learn(64)

@@ -54,9 +54,7 @@ GROUP_NAMES = ("global", "mean", "log_std")
 class DictObsEnv(gym.Env):
     """Move a point towards a goal; obs = {"pos", "goal"}, action = velocity in [-1, 1]^2."""
 
-    observation_space = spaces.Dict(
-        {"pos": spaces.Box(-5, 5, (2,), np.float32), "goal": spaces.Box(-5, 5, (2,), np.float32)}
-    )
+    observation_space = spaces.Dict({"pos": spaces.Box(-5, 5, (2,), np.float32), "goal": spaces.Box(-5, 5, (2,), np.float32)})
     action_space = spaces.Box(-1, 1, (2,), np.float32)
 
     def __init__(self, horizon: int = 16):
@@ -122,7 +120,7 @@ class FixedStartEnv(gym.Env):
     def step(self, action):
         self.t += 1
         self.x = float(np.clip(self.x + 0.2 * float(np.clip(action[0], -1, 1)), -10, 10))
-        return np.array([self.x, self.t / self.horizon], np.float32), -self.x**2, False, self.t >= self.horizon, {}
+        return np.array([self.x, self.t / self.horizon], np.float32), -(self.x**2), False, self.t >= self.horizon, {}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,7 +235,12 @@ RESUME_KW = dict(KW, batch_size=16, n_epochs=2, lambda_warmup=1)
 
 @pytest.mark.parametrize(
     "extra",
-    [dict(), dict(lambda_mode="ema"), dict(lambda_mode="adaptive", lambda_detector=dict(threshold=1.0, warmup=2)), dict(lambda_groups="per_group")],
+    [
+        dict(),
+        dict(lambda_mode="ema"),
+        dict(lambda_mode="adaptive", lambda_detector=dict(threshold=1.0, warmup=2)),
+        dict(lambda_groups="per_group"),
+    ],
     ids=["sliding", "ema", "adaptive", "per_group"],
 )
 def test_resume_equals_uninterrupted_run_same_env_rng_restored(tmp_path, extra):
@@ -323,7 +326,9 @@ def test_checkpoint_callback_snapshot_is_the_live_state_and_resumes(tmp_path):
 
     model = HybridPG("MlpPolicy", _pendulum(), **{**RESUME_KW, "n_steps": n_steps})
     snap = Snapshot()
-    model.learn(4 * n_steps, callback=CallbackList([CheckpointCallback(save_freq=save_at, save_path=str(tmp_path), name_prefix="ck"), snap]))
+    model.learn(
+        4 * n_steps, callback=CallbackList([CheckpointCallback(save_freq=save_at, save_path=str(tmp_path), name_prefix="ck"), snap])
+    )
     assert sorted(p.name for p in tmp_path.glob("ck_*.zip")) == ["ck_128_steps.zip", "ck_64_steps.zip"]
 
     ckpt = HybridPG.load(tmp_path / "ck_64_steps.zip", env=_pendulum(seed=5))
@@ -458,7 +463,9 @@ def test_predict_dict_and_image_observations_single_and_batched():
 
 def test_eval_callback_evaluates_and_saves_the_best_model(tmp_path):
     model = HybridPG("MlpPolicy", _pendulum(), **KW)
-    eval_cb = EvalCallback(_pendulum(seed=9), eval_freq=64, n_eval_episodes=1, best_model_save_path=str(tmp_path), log_path=str(tmp_path), verbose=0)
+    eval_cb = EvalCallback(
+        _pendulum(seed=9), eval_freq=64, n_eval_episodes=1, best_model_save_path=str(tmp_path), log_path=str(tmp_path), verbose=0
+    )
     model.learn(128, callback=eval_cb)
     assert eval_cb.n_calls == 128
     evals = np.load(tmp_path / "evaluations.npz")
@@ -598,7 +605,9 @@ def test_dict_and_image_observations_train_save_and_load(tmp_path, policy, env_c
 
 def test_oracle_with_dict_observations():
     env = make_vec_env(DictObsEnv, n_envs=2, seed=0)
-    model = HybridPG("MultiInputPolicy", env, **{**KW, "n_steps": 16, "batch_size": 16}, oracle_freq=1, oracle_samples=32, oracle_env=DictObsEnv)
+    model = HybridPG(
+        "MultiInputPolicy", env, **{**KW, "n_steps": 16, "batch_size": 16}, oracle_freq=1, oracle_samples=32, oracle_env=DictObsEnv
+    )
     model.learn(16 * 2 * 2)
     assert model.oracle._live.calls == 2
 

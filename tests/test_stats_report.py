@@ -14,9 +14,9 @@ from hybrid_pg.experiments.ablate_report import estimator_summary, markdown_tabl
 from hybrid_pg.experiments.aggregate import (
     MIN_RUNS_FOR_SIGNIFICANCE,
     below_minimum_test,
+    bootstrap_difference_ci,
     compare,
     normalise_min_max,
-    bootstrap_difference_ci,
     performance_profile,
     probability_of_improvement,
     rliable_available,
@@ -117,8 +117,14 @@ def _result(value, seed):
 
 def test_summary_across_envs(tmp_path):
     per_env = {
-        "a": {"hybrid": [_result(v, s) for s, v in enumerate([10.0, 11.0])], "reinforce": [_result(v, s) for s, v in enumerate([0.0, 1.0])]},
-        "b": {"hybrid": [_result(v, s) for s, v in enumerate([-5.0, -4.0])], "reinforce": [_result(v, s) for s, v in enumerate([-9.0, -8.0])]},
+        "a": {
+            "hybrid": [_result(v, s) for s, v in enumerate([10.0, 11.0])],
+            "reinforce": [_result(v, s) for s, v in enumerate([0.0, 1.0])],
+        },
+        "b": {
+            "hybrid": [_result(v, s) for s, v in enumerate([-5.0, -4.0])],
+            "reinforce": [_result(v, s) for s, v in enumerate([-9.0, -8.0])],
+        },
     }
     written = write_summary(tmp_path, per_env, "reinforce")
     assert {p.name for p in written} == {"summary.md", "summary.csv", "performance_profile.png"}

@@ -30,9 +30,7 @@ SYSTEM = dict(A=[[1.0, 0.2], [0.0, 1.0]], B=[[0.5], [1.0]], Q=[[1.0, 0.0], [0.0,
 
 
 def _make(horizon, n_steps, **kwargs):
-    env = make_vec_env(
-        "hybrid_pg/LQR-v0", n_envs=N_ENVS, seed=7, env_kwargs=dict(SYSTEM, horizon=horizon, action_bound=BOUND)
-    )
+    env = make_vec_env("hybrid_pg/LQR-v0", n_envs=N_ENVS, seed=7, env_kwargs=dict(SYSTEM, horizon=horizon, action_bound=BOUND))
     kw = dict(
         n_steps=n_steps,
         batch_size=None,

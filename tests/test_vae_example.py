@@ -121,7 +121,6 @@ def test_quick_run_writes_outputs(tmp_path):
             assert 0.0 <= float(r[key]) <= 1.0
         assert float(r["var_path"]) > 0 and float(r["var_score"]) > 0
         assert float(r["reduction_star"]) >= -1e-9  # lam* in [0, 1] is never worse than the best single
-    applied = {r["estimator"]: {float(x["lam_applied"]) for x in moments if x["estimator"] == r["estimator"]}
-               for r in moments}
+    applied = {r["estimator"]: {float(x["lam_applied"]) for x in moments if x["estimator"] == r["estimator"]} for r in moments}
     assert applied["pathwise"] == {1.0} and applied["score"] == {0.0}
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))

@@ -13,7 +13,6 @@ from hybrid_pg.ground_truth.coupled import (
     coupled_moments,
     expected_objective,
     sample_biased_gradients,
-    sample_gradients,
 )
 from hybrid_pg.weight_rule import (
     WeightRule,
@@ -93,7 +92,10 @@ def test_posterior_rule_is_centred_on_the_mse_weight_where_ucl_falls_below_and_p
     closed-form MSE-optimal one within its standard error; the UCL's caution puts it below, the
     point rule's convexity (E[1/(D + B beta_hat)] > 1/(D + B E beta_hat)) above."""
     truth = biased_coupled_moments(THETA, ALPHA, kappa, B, baseline=BASE)
-    lams = {rule: np.array([_window({"bias_rule": rule}, kappa, 8, s, window=8).lam for s in range(16)]) for rule in ("posterior", "ucl", "point")}
+    lams = {
+        rule: np.array([_window({"bias_rule": rule}, kappa, 8, s, window=8).lam for s in range(16)])
+        for rule in ("posterior", "ucl", "point")
+    }
     post = lams["posterior"]
     assert abs(post.mean() - truth.lam_mse) < 3 * post.std(ddof=1) / math.sqrt(len(post))
     assert lams["ucl"].mean() < post.mean() < lams["point"].mean()
@@ -110,7 +112,7 @@ def test_posterior_rule_minimises_the_posterior_expected_mse():
     batch = 256.0
     est = WeightRule(bias="posterior", bounds=None)([BatchMoments.from_samples(gp, gm)], batch_size=batch, with_se=False)
     assert est.bias_sq_used == pytest.approx(posterior_mean_bias_sq(stats.bias_hat_sq, stats.tau))
-    b_hat = (gp.mean(0) - gm.mean(0))
+    b_hat = gp.mean(0) - gm.mean(0)
     draws = b_hat + rng.normal(size=(200_000, 3)) * math.sqrt(stats.tau / 3)
     bias_sq = np.mean(np.sum(draws**2, axis=1))
     grid = np.linspace(-0.5, 1.5, 4001)
@@ -222,6 +224,7 @@ def test_outer_product_block_statistics_equal_explicit_per_sample_gradients():
     n = 48
     feats, log_std = th.randn(n, 3, dtype=th.float64), th.zeros(2, dtype=th.float64, requires_grad=True)
     w_p, w_m = th.randn(n, 2, dtype=th.float64), th.randn(n, 2, dtype=th.float64)
+
     def path_fn(m, s, wp=w_p):
         return (wp * m).sum(1) + (s * wp).sum(1)
 

@@ -281,4 +281,3 @@ def test_states_saved_before_the_trend_option_continue_without_it():
     restored = WindowedLambda()
     restored.load_state_dict(state)
     assert restored.trend is False and restored.lam == win.lam
-

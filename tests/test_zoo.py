@@ -12,8 +12,8 @@ import yaml
 rl_zoo3 = pytest.importorskip("rl_zoo3")
 optuna = pytest.importorskip("optuna")
 
-from hybrid_pg import HybridPG  # noqa: E402
 import hybrid_pg.experiments.zoo as zoo  # noqa: E402
+from hybrid_pg import HybridPG  # noqa: E402
 from hybrid_pg.experiments.zoo import (  # noqa: E402
     ALGO_NAME,
     DEFAULT_ZOO_CONFIG,
@@ -125,6 +125,7 @@ def test_default_arguments_and_their_overrides():
 
 def test_the_zoo_hyperparameters_are_packaged():
     import fnmatch
+
     import tomllib
 
     assert DEFAULT_ZOO_CONFIG.is_file() and ZOO_CONFIG.resolve() == DEFAULT_ZOO_CONFIG

@@ -179,7 +179,9 @@ class Ablation:
         has not run yet offers nothing); a folder that does not exist is a mistake in the file."""
         for folder in self.reuse_runs_from:
             if not Path(folder).is_dir():
-                raise ConfigError(f"reuse_runs_from: {folder} is not a folder (paths are relative to the working directory, like output_dir)")
+                raise ConfigError(
+                    f"reuse_runs_from: {folder} is not a folder (paths are relative to the working directory, like output_dir)"
+                )
         return [Path(d) / RUNS_SUBDIR for d in self.reuse_runs_from if (Path(d) / RUNS_SUBDIR).is_dir()]
 
     def runs(self) -> List[Tuple[str, Dict[str, Any]]]:
@@ -187,9 +189,7 @@ class Ablation:
         if not self.cells:
             raise ValueError("validate_cells() has not been run on this ablation")
         return [
-            (cell.label, {**cell.config, "train": {**cell.config["train"], "seed": seed}})
-            for cell in self.cells
-            for seed in self.seeds
+            (cell.label, {**cell.config, "train": {**cell.config["train"], "seed": seed}}) for cell in self.cells for seed in self.seeds
         ]
 
 
@@ -584,4 +584,6 @@ def run_ablation(
 
         b = ablation.baseline
         written.append(write_goals(out, per_env, b.name, b.floor, b.floor_at_steps, ablation.skip_updates, title=ablation.name))
-    return AblationResult(out_dir=out, runs_total=len(runs), runs_trained=len(todo), workers=n_workers or 0, written=written, backend=backend)
+    return AblationResult(
+        out_dir=out, runs_total=len(runs), runs_trained=len(todo), workers=n_workers or 0, written=written, backend=backend
+    )

@@ -55,7 +55,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hybrid_pg.experiments.figure_io import save_figure
 from hybrid_pg.experiments.aggregate import (
     MIN_RUNS_FOR_SIGNIFICANCE,
     Comparison,
@@ -70,6 +69,7 @@ from hybrid_pg.experiments.aggregate import (
     probability_of_improvement,
     stratified_bootstrap_ci,
 )
+from hybrid_pg.experiments.figure_io import save_figure
 from hybrid_pg.experiments.results import learning_curve, median_over_updates, normalized_auc, update_series
 
 __all__ = ["METRICS", "Metric", "estimator_summary", "markdown_table", "run_metrics", "write_env_report", "write_summary"]
@@ -207,7 +207,9 @@ def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -
                 lines.append(f"| {row['estimator']} | {m.title} | | n/a | n/a | n/a |")
                 continue
             paired = "yes" if c.paired else "no"
-            lines.append(f"| {row['estimator']} | {m.title} | {paired} | {_ci_text(c.diff, m.fmt)} | {_p_text(c)} | {_verdict(m, c, reference)} |")
+            lines.append(
+                f"| {row['estimator']} | {m.title} | {paired} | {_ci_text(c.diff, m.fmt)} | {_p_text(c)} | {_verdict(m, c, reference)} |"
+            )
     lines += [
         "",
         "Final return: mean of the deterministic evaluation episodes after training. AUC: area under the training-return "
@@ -222,7 +224,13 @@ def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -
 def _csv_rows(env_name: str, env_id: str, rows: Sequence[Dict[str, Any]], reference: str) -> List[Dict[str, Any]]:
     out = []
     for row in rows:
-        flat: Dict[str, Any] = {"env": env_name, "env_id": env_id, "estimator": row["estimator"], "runs": row["runs"], "reference": reference}
+        flat: Dict[str, Any] = {
+            "env": env_name,
+            "env_id": env_id,
+            "estimator": row["estimator"],
+            "runs": row["runs"],
+            "reference": reference,
+        }
         for m in METRICS:
             cell = row[m.key]
             flat[f"{m.key}_n"] = cell["n"]
@@ -326,7 +334,10 @@ def plot_variance(results: Results, out_png: Path, title: str, skip_updates: int
     """Var(applied gradient) and its ratio to Var(score) per update, log scale: geometric mean over
     seeds with a 95% CI band (bootstrap of the mean log)."""
     fig, axes = _figure(2)
-    panels = (("hybrid/var_applied", "Var(applied gradient)"), ("hybrid/variance_ratio_vs_score", "Var(applied) / Var(score), same rollout"))
+    panels = (
+        ("hybrid/var_applied", "Var(applied gradient)"),
+        ("hybrid/variance_ratio_vs_score", "Var(applied) / Var(score), same rollout"),
+    )
     for ax, (key, label) in zip(axes, panels):
         drawn = False
         for i, (name, runs) in enumerate(results.items()):
@@ -477,7 +488,11 @@ def write_summary(out_dir: Path, per_env: Mapping[str, Results], reference: str)
             total = sum(s.size for s in strata)
             mean_ci = stratified_bootstrap_ci(strata, mean)
             iqm_ci = stratified_bootstrap_ci(strata, iqm) if iqm_is_informative(total) else _nan_interval()
-            poi = None if ref_index is None or name == reference else probability_of_improvement([env[j] for env in raw], [env[ref_index] for env in raw])
+            poi = (
+                None
+                if ref_index is None or name == reference
+                else probability_of_improvement([env[j] for env in raw], [env[ref_index] for env in raw])
+            )
             min_ref = 0 if ref_index is None else min(env[ref_index].size for env in raw)
             if name == reference:
                 reading = "reference"

@@ -186,7 +186,12 @@ def goal_verdicts(per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], estim
     met" only when every env has >= MIN_RUNS runs of both; otherwise the reading says what is missing."""
     rows = {env: next((r for r in rs if r["estimator"] == estimator), None) for env, rs in per_env_rows.items()}
     rows = {env: r for env, r in rows.items() if r is not None}
-    enough = bool(rows) and len(rows) == len(per_env_rows) and all(r["runs"] >= MIN_RUNS and r["baseline_runs"] >= MIN_RUNS for r in rows.values())
+    enough = (
+        bool(rows)
+        and len(rows) == len(per_env_rows)
+        and all(r["runs"] >= MIN_RUNS and r["baseline_runs"] >= MIN_RUNS for r in rows.values())
+    )
+
     def centre(row: Optional[Mapping[str, Any]]) -> Optional[Interval]:
         # the IQM where it is defined (>= 4 runs), else the mean, so "so far" readings exist early
         return None if row is None else (row["iqm"] or row["mean"])
@@ -201,13 +206,30 @@ def goal_verdicts(per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], estim
         return ("met" if flag else "not met") + f": {detail}"
 
     above = {env: centre(r) is not None and base_iqm[env] is not None and centre(r).point > base_iqm[env].point for env, r in rows.items()}
-    out.append((f"IQM final return above {baseline}'s on every env", reading(all(above.values()), f"above on {sum(above.values())} of {len(rows)} (the mean where a cell has < 4 runs)")))
+    out.append(
+        (
+            f"IQM final return above {baseline}'s on every env",
+            reading(all(above.values()), f"above on {sum(above.values())} of {len(rows)} (the mean where a cell has < 4 runs)"),
+        )
+    )
     clear = {env: r["poi"] is not None and r["poi"].low > 0.5 for env, r in rows.items()}
-    out.append((f"P(improvement over {baseline}) > 0.5 with a CI excluding 0.5 on >= 2 envs", reading(sum(clear.values()) >= 2, f"on {sum(clear.values())}")))
+    out.append(
+        (
+            f"P(improvement over {baseline}) > 0.5 with a CI excluding 0.5 on >= 2 envs",
+            reading(sum(clear.values()) >= 2, f"on {sum(clear.values())}"),
+        )
+    )
     fast = {env: math.isfinite(r["steps_ratio"]) and r["steps_ratio"] <= 0.5 for env, r in rows.items()}
-    out.append((f"{baseline}'s final return reached in <= 0.5x its steps on >= 1 env", reading(any(fast.values()), f"on {sum(fast.values())}")))
+    out.append(
+        (f"{baseline}'s final return reached in <= 0.5x its steps on >= 1 env", reading(any(fast.values()), f"on {sum(fast.values())}"))
+    )
     safe = {env: r["worst"] >= r["baseline_worst"] for env, r in rows.items()}
-    out.append((f"no seed below {baseline}'s worst seed", reading(all(safe.values()), f"below on {[e for e, ok in safe.items() if not ok] or 'none'}")))
+    out.append(
+        (
+            f"no seed below {baseline}'s worst seed",
+            reading(all(safe.values()), f"below on {[e for e, ok in safe.items() if not ok] or 'none'}"),
+        )
+    )
     return out
 
 
@@ -259,7 +281,15 @@ def markdown(
         for r in rows:
             poi = "—" if r["estimator"] == baseline else _fmt(r["poi"], 2)
             steps = f"{_num(r['steps_to_baseline'])} ({_num(r['steps_ratio'], '.2f')})"
-            cells = [r["estimator"], str(r["runs"]), _fmt(r["mean"]), _fmt(r["iqm"]), poi, steps, f"{_num(r['worst'])} ({_num(r['baseline_worst'])})"]
+            cells = [
+                r["estimator"],
+                str(r["runs"]),
+                _fmt(r["mean"]),
+                _fmt(r["iqm"]),
+                poi,
+                steps,
+                f"{_num(r['worst'])} ({_num(r['baseline_worst'])})",
+            ]
             if floor is not None and at_steps is not None:
                 test = r.get("floor_test")
                 below = "" if test is None or r["estimator"] == floor else f"; {test.count} below, p {test.p_value:.2f}"
@@ -271,8 +301,16 @@ def markdown(
         for name, runs in results.items():
             by_seed = sorted((int(r.get("seed", r.get("spec", {}).get("seed", -1))), float(r["final_return"])) for r in runs)
             lines.append(f"- {env}, {name}: " + (", ".join(f"s{seed} {value:.0f}" for seed, value in by_seed) or "no finished run"))
-    estimators = [e for e in dict.fromkeys(name for rows in per_env_rows.values() for name in (r["estimator"] for r in rows)) if e != baseline]
-    lines += ["", "## Across envs", "", f"| estimator | IQM of final / {baseline}'s mean [CI] (envs) | P(impr. over {baseline}) [CI] |", "|---|---|---|"]
+    estimators = [
+        e for e in dict.fromkeys(name for rows in per_env_rows.values() for name in (r["estimator"] for r in rows)) if e != baseline
+    ]
+    lines += [
+        "",
+        "## Across envs",
+        "",
+        f"| estimator | IQM of final / {baseline}'s mean [CI] (envs) | P(impr. over {baseline}) [CI] |",
+        "|---|---|---|",
+    ]
     for est in estimators:
         norm, n_envs = aggregate_normalised_iqm(per_env, est, baseline)
         lines.append(f"| {est} | {_fmt(norm, 2)} ({n_envs}) | {_fmt(aggregate_poi(per_env, est, baseline), 2)} |")
@@ -286,9 +324,13 @@ def markdown(
             if est == floor:
                 continue
             worse = [env for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est and _below_floor(r)]
-            counts = [f"{env} {r['runs']}/{r.get('floor_runs', 0)}" for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est]
+            counts = [
+                f"{env} {r['runs']}/{r.get('floor_runs', 0)}" for env, rows in per_env_rows.items() for r in rows if r["estimator"] == est
+            ]
             noisy = [
-                env for env, rows in per_env_rows.items() for r in rows
+                env
+                for env, rows in per_env_rows.items()
+                for r in rows
                 if r["estimator"] == est and r.get("floor_test") is not None and r["floor_test"].p_value < SIGNIFICANCE_LEVEL
             ]
             lines.append(

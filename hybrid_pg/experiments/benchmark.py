@@ -151,7 +151,13 @@ class SpeedSettings:
 def speed_configs(settings: SpeedSettings, regime: str, seed: int, steps: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(baseline, HybridPG) configs of one regime and seed; ``steps`` overrides the budget (warm-up)."""
     baseline, base_kwargs, hybrid_kwargs = SPEED_REGIMES[regime]
-    common = dict(env_id=settings.env_id, seed=seed, total_timesteps=steps or settings.steps, n_envs=settings.n_envs, eval_episodes=settings.eval_episodes)
+    common = dict(
+        env_id=settings.env_id,
+        seed=seed,
+        total_timesteps=steps or settings.steps,
+        n_envs=settings.n_envs,
+        eval_episodes=settings.eval_episodes,
+    )
     shared = dict(n_steps=settings.n_steps, gamma=settings.gamma)
     return (
         run_config(baseline, algo=dict(shared, **base_kwargs), **common),
@@ -200,12 +206,17 @@ def _regime_summary(regime: str, base_runs: List[Dict[str, Any]], hyb_runs: List
         "ratio": statistics.median(hyb_t) / statistics.median(base_t),
         "pair_ratios": [h / b for h, b in zip(hyb_t, base_t)],
         "stats_share_of_update": float(np.mean(fractions)) if fractions else math.nan,
-        "final_return": {baseline: _return_summary([r["final_return"] for r in base_runs]), "HybridPG": _return_summary([r["final_return"] for r in hyb_runs])},
+        "final_return": {
+            baseline: _return_summary([r["final_return"] for r in base_runs]),
+            "HybridPG": _return_summary([r["final_return"] for r in hyb_runs]),
+        },
         "runs": base_runs + hyb_runs,
     }
 
 
-def speed_benchmark(settings: SpeedSettings, log: Optional[Callable[[str], None]] = print, runs_dir: Optional[Path] = None) -> Dict[str, Any]:
+def speed_benchmark(
+    settings: SpeedSettings, log: Optional[Callable[[str], None]] = print, runs_dir: Optional[Path] = None
+) -> Dict[str, Any]:
     """Wall time per env step and final deterministic return of HybridPG vs A2C and PPO.
 
     All runs happen in this process, one after the other, with one torch thread (the configs'
@@ -230,7 +241,9 @@ def speed_benchmark(settings: SpeedSettings, log: Optional[Callable[[str], None]
     return {"settings": dataclasses.asdict(settings), "torch_threads": 1, "results": results}
 
 
-def _timed_runs(settings: SpeedSettings, root: Path, say: Callable[[str], None]) -> Dict[str, Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]]:
+def _timed_runs(
+    settings: SpeedSettings, root: Path, say: Callable[[str], None]
+) -> Dict[str, Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rollout = settings.n_steps * settings.n_envs
     for regime in settings.regimes:
@@ -245,7 +258,9 @@ def _timed_runs(settings: SpeedSettings, root: Path, say: Callable[[str], None])
                 algorithm = pair[index]["algo"]["algorithm"]
                 timed_run = _timed(_run_timed(pair[index], root / stamp / f"{regime}_{algorithm}_s{seed}"))
                 timed[regime][index].append(timed_run)
-                say(f"[{regime}] seed {seed} {algorithm}: {1e6 * timed_run['s_per_step']:.0f} us/step, final return {timed_run['final_return']:.1f}")
+                say(
+                    f"[{regime}] seed {seed} {algorithm}: {1e6 * timed_run['s_per_step']:.0f} us/step, final return {timed_run['final_return']:.1f}"
+                )
     return timed
 
 

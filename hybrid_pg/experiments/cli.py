@@ -125,7 +125,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                 print(f"  {cell.label}: {cell.env.id} x{cell.env.n_envs} {cell.config['algo']['algorithm']} {cell.algo_kwargs}")
         return 0
     result = run_ablation(
-        ablation, out, workers=args.workers, progress=not args.quiet, backend=args.backend, address=args.address, only=args.only,
+        ablation,
+        out,
+        workers=args.workers,
+        progress=not args.quiet,
+        backend=args.backend,
+        address=args.address,
+        only=args.only,
         train=not args.report_only,
     )
     if not args.quiet:
@@ -263,9 +269,13 @@ def _add_ablate_parser(commands) -> None:
         epilog="example: hybrid-pg ablate configs/ablate_pendulum.yaml --workers 2 --seeds 0 1 2",
     )
     ablate.add_argument("config", metavar="CONFIG", help="ablation YAML file")
-    ablate.add_argument("--workers", type=_positive_int, metavar="N", help="parallel training processes (default: all cores; capped at the cores)")
+    ablate.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="parallel training processes (default: all cores; capped at the cores)"
+    )
     ablate.add_argument("--out", metavar="DIR", help="output folder (default: the file's output_dir, else results/<name>)")
-    ablate.add_argument("--seeds", type=_seed, nargs="+", metavar="S", help="the seeds to run, replacing the file's seeds (e.g. --seeds 0 1 2)")
+    ablate.add_argument(
+        "--seeds", type=_seed, nargs="+", metavar="S", help="the seeds to run, replacing the file's seeds (e.g. --seeds 0 1 2)"
+    )
     ablate.add_argument(
         "--only",
         nargs="+",
@@ -316,10 +326,16 @@ def _add_bench_parser(commands) -> None:
     bench.add_argument("--steps", type=_positive_int, default=8192, metavar="N", help="env steps per run (default 8192)")
     bench.add_argument("--seeds", type=_positive_int, default=3, metavar="K", help="runs per algorithm, seeds 0..K-1 (default 3)")
     bench.add_argument("--out", default="results/bench", metavar="DIR", help="output folder (default results/bench)")
-    bench.add_argument("--env", default="Pendulum-v1", metavar="ID", help="gymnasium id with a bounded Box action space (default Pendulum-v1)")
+    bench.add_argument(
+        "--env", default="Pendulum-v1", metavar="ID", help="gymnasium id with a bounded Box action space (default Pendulum-v1)"
+    )
     bench.add_argument("--n-envs", type=_positive_int, default=4, metavar="N", help="parallel env copies, all algorithms (default 4)")
-    bench.add_argument("--n-steps", type=_positive_int, default=256, metavar="N", help="steps per env per rollout, all algorithms (default 256)")
-    bench.add_argument("--eval-episodes", type=_positive_int, default=5, metavar="N", help="deterministic evaluation episodes per run (default 5)")
+    bench.add_argument(
+        "--n-steps", type=_positive_int, default=256, metavar="N", help="steps per env per rollout, all algorithms (default 256)"
+    )
+    bench.add_argument(
+        "--eval-episodes", type=_positive_int, default=5, metavar="N", help="deterministic evaluation episodes per run (default 5)"
+    )
     bench.add_argument("--quiet", action="store_true", help="print only the written files")
     bench.set_defaults(handler=_cmd_bench)
 

@@ -660,8 +660,7 @@ def check_env(config: Mapping[str, Any]) -> None:
         return
     if not isinstance(space, gym.spaces.Box):
         raise ConfigError(
-            f"env.id={env_id!r} has action space {space}; HybridPG needs a continuous Box action space "
-            "(use A2C/PPO for discrete actions)"
+            f"env.id={env_id!r} has action space {space}; HybridPG needs a continuous Box action space (use A2C/PPO for discrete actions)"
         )
     if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
         raise ConfigError(f"env.id={env_id!r} has an unbounded Box action space {space}; HybridPG needs finite action bounds")
@@ -683,9 +682,8 @@ def _lookup_env_id(env_id: str) -> None:
     except gym.error.Error as exc:
         hint = ""
         if name.startswith("hybrid_pg/"):
-            hint = (
-                " (hybrid_pg/ ids are registered by importing hybrid_pg_envs, "
-                + ("which does not register this one)" if plugins else "which is not installed)")
+            hint = " (hybrid_pg/ ids are registered by importing hybrid_pg_envs, " + (
+                "which does not register this one)" if plugins else "which is not installed)"
             )
         raise ConfigError(f"env.id={env_id!r} is not a registered gymnasium environment: {exc}{hint}") from exc
     _check_entry_point(env_id, spec.entry_point)

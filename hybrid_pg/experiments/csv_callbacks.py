@@ -222,7 +222,9 @@ class DiagnosticsCallback(BaseCallback):
         self._t0 = time.perf_counter()
         if self.total_timesteps:  # the steps the run will take: whole rollouts (rollout_budget)
             rollout = getattr(self.model, "n_steps", 0) * self.training_env.num_envs
-            self.total_timesteps = int(self.model.num_timesteps) + rollout_budget(self.total_timesteps - int(self.model.num_timesteps), rollout)
+            self.total_timesteps = int(self.model.num_timesteps) + rollout_budget(
+                self.total_timesteps - int(self.model.num_timesteps), rollout
+            )
 
     def _on_step(self) -> bool:
         return True

@@ -81,7 +81,10 @@ def plot_lambda_columns(columns: Columns, out_png: PathLike, title: str = "") ->
         ax_lam.plot(*applied, color="C0", lw=1.8, label="lam applied (window of previous rollouts)")
         drawn = True
     else:
-        for key, label, color in (("hybrid/lambda_mean", "lam applied, mean network", "C0"), ("hybrid/lambda_log_std", "lam applied, log_std", "C4")):
+        for key, label, color in (
+            ("hybrid/lambda_mean", "lam applied, mean network", "C0"),
+            ("hybrid/lambda_log_std", "lam applied, log_std", "C4"),
+        ):
             found = _series(columns, key)
             if found is not None:
                 ax_lam.plot(*found, color=color, lw=1.8, label=label)
@@ -109,7 +112,9 @@ def plot_lambda_columns(columns: Columns, out_png: PathLike, title: str = "") ->
         if better is not None:
             bx, by = better
             keep = (1.0 - by) > 0
-            ax_ratio.plot(bx[keep], 1.0 - by[keep], color="C3", lw=1.0, ls="--", label="predicted Var(lam) / min(Var_P, Var_M) (exact source)")
+            ax_ratio.plot(
+                bx[keep], 1.0 - by[keep], color="C3", lw=1.0, ls="--", label="predicted Var(lam) / min(Var_P, Var_M) (exact source)"
+            )
         ax_ratio.axhline(1.0, color="0.4", lw=0.8)
         ax_ratio.set_yscale("log")
         # at least a decade around 1, so a flat ratio (e.g. lam = 0 during warm-up) reads as flat

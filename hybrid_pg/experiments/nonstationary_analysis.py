@@ -213,8 +213,17 @@ def difference_of_differences(
     runs"`` below ``min_runs`` seeds, whatever the CI. Keys: seeds, per_seed, advantage_moving,
     advantage_stationary (means over the paired seeds), diff, low, high, p_value, verdict."""
     seeds = sorted(set(a_moving) & set(b_moving) & set(a_stationary) & set(b_stationary))
-    out: Dict[str, Any] = {"seeds": seeds, "per_seed": {}, "advantage_moving": math.nan, "advantage_stationary": math.nan,
-                           "diff": math.nan, "low": math.nan, "high": math.nan, "p_value": math.nan, "verdict": "no paired runs"}
+    out: Dict[str, Any] = {
+        "seeds": seeds,
+        "per_seed": {},
+        "advantage_moving": math.nan,
+        "advantage_stationary": math.nan,
+        "diff": math.nan,
+        "low": math.nan,
+        "high": math.nan,
+        "p_value": math.nan,
+        "verdict": "no paired runs",
+    }
     if not seeds:
         return out
     moving = np.array([a_moving[s] - b_moving[s] for s in seeds], dtype=float)
@@ -262,4 +271,6 @@ def draw_drift_split(ax: Any, run: Mapping[str, Any]) -> None:
     if f_steps.size:
         ax.plot(f_steps, frozen, color="tab:blue", lw=1.2, label="lam* (env frozen at its start: policy drift only)")
         common = np.intersect1d(steps, f_steps)
-        ax.fill_between(common, live[np.isin(steps, common)], frozen[np.isin(f_steps, common)], color="tab:orange", alpha=0.3, label="env drift's share")
+        ax.fill_between(
+            common, live[np.isin(steps, common)], frozen[np.isin(f_steps, common)], color="tab:orange", alpha=0.3, label="env drift's share"
+        )

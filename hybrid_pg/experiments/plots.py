@@ -22,9 +22,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, read_csv_columns
 from hybrid_pg.experiments.figure_io import save_figure
 from hybrid_pg.experiments.lambda_figure import plot_lambda_columns
-from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, read_csv_columns
 
 __all__ = ["plot_lambda", "plot_returns"]
 
@@ -133,7 +133,13 @@ def plot_returns(run_dirs: Sequence[PathLike], out_png: PathLike, labels: Option
             ax.plot(*mean, color=color, ls="--", marker="o", ms=3.5, label=f"{name}: eval (deterministic, mean)")
             if std is not None and len(std[1]) == len(mean[1]):
                 ax.fill_between(
-                    mean[0], mean[1] - std[1], mean[1] + std[1], color=color, alpha=0.15, lw=0, label=f"{name}: eval mean +- 1 std over episodes"
+                    mean[0],
+                    mean[1] - std[1],
+                    mean[1] + std[1],
+                    color=color,
+                    alpha=0.15,
+                    lw=0,
+                    label=f"{name}: eval mean +- 1 std over episodes",
                 )
             plotted = True
     if not plotted:
@@ -162,5 +168,3 @@ def plot_lambda(run_dir: PathLike, out_png: PathLike) -> Path:
     directory or of an SB3/zoo tensorboard directory."""
     diag, _ = _run_columns(Path(run_dir))
     return plot_lambda_columns(diag, out_png, title=Path(run_dir).name)
-
-

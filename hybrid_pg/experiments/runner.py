@@ -258,7 +258,13 @@ def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True
     import torch as th
     from stable_baselines3.common.callbacks import CallbackList
 
-    from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, DiagnosticsCallback, EvalCSVCallback, RolloutProgressBar
+    from hybrid_pg.experiments.csv_callbacks import (
+        DIAGNOSTICS_FILE,
+        EVALUATIONS_FILE,
+        DiagnosticsCallback,
+        EvalCSVCallback,
+        RolloutProgressBar,
+    )
     from hybrid_pg.experiments.plots import plot_lambda, plot_returns
 
     run_dir = Path(run_dir)

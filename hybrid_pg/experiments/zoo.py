@@ -211,7 +211,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"python -m hybrid_pg.experiments.zoo: error: unknown command {command!r} (choose from {', '.join(COMMANDS)})\n{_usage()}", file=sys.stderr)
+        print(
+            f"python -m hybrid_pg.experiments.zoo: error: unknown command {command!r} (choose from {', '.join(COMMANDS)})\n{_usage()}",
+            file=sys.stderr,
+        )
         return 2
     try:
         register()

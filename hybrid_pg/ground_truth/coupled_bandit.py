@@ -20,6 +20,7 @@ from hybrid_pg.estimator import lambda_from_moments
 from hybrid_pg.ground_truth.coupled import truncated_normal_moments
 from hybrid_pg_envs.coupled_bandit import DEFAULT_ACTION_BOUND, _finite
 
+
 @dataclass(frozen=True)
 class BanditMoments:
     """Exact moments of the per-sample gradients w.r.t. (mu, log_std) (reward units).

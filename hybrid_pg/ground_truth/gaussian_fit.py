@@ -107,9 +107,7 @@ def exact_gradient(mu: float, sigma: float, x: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def gradients_from_eps(
-    mu: float, sigma: float, x: Any, eps: Any, baseline: Optional[float] = None
-) -> Tuple[np.ndarray, np.ndarray]:
+def gradients_from_eps(mu: float, sigma: float, x: Any, eps: Any, baseline: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Pathwise and score samples for given noise, each of shape (B, 2): columns (d/dmu, d/dsigma)."""
     x = _data(x)
     mu, sigma, b = _params(mu, sigma, baseline)
@@ -142,9 +140,7 @@ def pathwise_samples(mu: float, sigma: float, x: Any, B: int, rng: RngLike = Non
     return sample_gradients(mu, sigma, x, B, rng)[0]
 
 
-def score_samples(
-    mu: float, sigma: float, x: Any, B: int, rng: RngLike = None, baseline: Optional[float] = None
-) -> np.ndarray:
+def score_samples(mu: float, sigma: float, x: Any, B: int, rng: RngLike = None, baseline: Optional[float] = None) -> np.ndarray:
     """B score samples ((f - b) eps / sigma, (f - b)(eps^2 - 1) / sigma), shape (B, 2)."""
     return sample_gradients(mu, sigma, x, B, rng, baseline)[1]
 

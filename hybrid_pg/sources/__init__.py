@@ -98,7 +98,9 @@ def _mujoco_model(env: Any) -> Any:
     model = find_differentiable_model(env)
     if model is not None:
         if not isinstance(model, MujocoStepModel):
-            raise ValueError(f"the env's differentiable model is a {type(model).__name__}, not a MuJoCo step model; use pathwise_source='model'")
+            raise ValueError(
+                f"the env's differentiable model is a {type(model).__name__}, not a MuJoCo step model; use pathwise_source='model'"
+            )
         return model
     base = env
     while isinstance(base, VecEnvWrapper):
@@ -154,7 +156,7 @@ def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
     model, why = _model_or_reason(algorithm)
     if model is None:
         if "provides no differentiable model" not in why:  # a model the settings or wrappers rule out
-            warnings.warn(f"pathwise_source='auto' falls back to the critic: {why}")
+            warnings.warn(f"pathwise_source='auto' falls back to the critic: {why}", stacklevel=2)
         return _critic(algorithm)
     return _model(algorithm)
 

@@ -266,7 +266,7 @@ class ModelSource(PathwiseSource):
 
 def _lin_key(key: str, step: int) -> str:
     """``lin_x`` of step 0 stays ``lin_x``; step j > 0 is ``lin{j}_x``."""
-    return key if step == 0 else f"lin{step}_{key[len('lin_'):]}"
+    return key if step == 0 else f"lin{step}_{key[len('lin_') :]}"
 
 
 def _lin_step(context: Context, step: int) -> Context:
@@ -274,7 +274,7 @@ def _lin_step(context: Context, step: int) -> Context:
     if step == 0:
         return context
     prefix = f"lin{step}_"
-    return {f"lin_{key[len(prefix):]}": value for key, value in context.items() if key.startswith(prefix)}
+    return {f"lin_{key[len(prefix) :]}": value for key, value in context.items() if key.startswith(prefix)}
 
 
 class MujocoSource(ModelSource):

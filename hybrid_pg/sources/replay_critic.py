@@ -236,7 +236,9 @@ class ReplayCriticSource(PathwiseSource):
         """Regress Q on the replay's TD(lambda) targets; returns the fit's losses (also in ``last_fit``)."""
         device = self.policy.device
         obs = th.as_tensor(np.concatenate([r["obs"].reshape(-1, self.obs_dim) for r in self.replay]), device=device)
-        actions = th.as_tensor(np.concatenate([r["actions"].reshape(len(r["actions"]) * r["actions"].shape[1], -1) for r in self.replay]), device=device)
+        actions = th.as_tensor(
+            np.concatenate([r["actions"].reshape(len(r["actions"]) * r["actions"].shape[1], -1) for r in self.replay]), device=device
+        )
         targets = th.as_tensor(np.concatenate([g.reshape(-1) for g in self.targets()]), device=device)
         first = not bool(self.q.initialised)
         if first:

@@ -82,7 +82,10 @@ RULES: List[Tuple[str, str]] = [
     (f"test_logger.py::test_fps_logger[{_SUB}]", _DISCRETE.format("TimeDelayEnv, defined by the test with a Discrete action space")),
     (f"test_predict.py::test_predict[*-CartPole-v1-{_SUB}]", _DISCRETE.format("CartPole-v1; the Pendulum-v1 case of the same test runs")),
     ("test_run.py::test_a2c[CartPole-v1]", _DISCRETE.format("CartPole-v1; the Pendulum-v1 case of the same test runs")),
-    (f"test_spaces.py::test_action_spaces[CartPole-v1-{_SUB}]", _DISCRETE.format("CartPole-v1; the Pendulum-v1 case of the same test runs")),
+    (
+        f"test_spaces.py::test_action_spaces[CartPole-v1-{_SUB}]",
+        _DISCRETE.format("CartPole-v1; the Pendulum-v1 case of the same test runs"),
+    ),
     (f"test_spaces.py::test_discrete_obs_space[Taxi-v3-{_SUB}]", _DISCRETE.format("Taxi-v3")),
     (
         "test_spaces.py::test_multidim_binary_not_supported",
@@ -284,9 +287,19 @@ ADAPTATIONS: List[Adaptation] = [
     Adaptation(f"test_cnn.py::test_vec_transpose_skip[{_SUB}]", "FakeImageEnv(discrete=False)", {"FakeImageEnv": _forcing(discrete=False)}),
     Adaptation("test_cnn.py::test_channel_first_env", "FakeImageEnv(discrete=False)", {"FakeImageEnv": _forcing(discrete=False)}),
     Adaptation(f"test_cnn.py::test_image_like_input[*-{_SUB}]", "FakeImageEnv(discrete=False)", {"FakeImageEnv": _forcing(discrete=False)}),
-    Adaptation(f"test_dict_env.py::test_goal_env[{_SUB}]", "BitFlippingEnv(continuous=True)", {"BitFlippingEnv": _forcing(continuous=True)}),
-    Adaptation(f"test_dict_env.py::test_dict_spaces[*-{_SUB}]", "DummyDictEnv(use_discrete_actions=False)", {"DummyDictEnv": _forcing(use_discrete_actions=False)}),
-    Adaptation(f"test_dict_env.py::test_multiprocessing[{_SUB}]", "DummyDictEnv(use_discrete_actions=False)", {"DummyDictEnv": _forcing(use_discrete_actions=False)}),
+    Adaptation(
+        f"test_dict_env.py::test_goal_env[{_SUB}]", "BitFlippingEnv(continuous=True)", {"BitFlippingEnv": _forcing(continuous=True)}
+    ),
+    Adaptation(
+        f"test_dict_env.py::test_dict_spaces[*-{_SUB}]",
+        "DummyDictEnv(use_discrete_actions=False)",
+        {"DummyDictEnv": _forcing(use_discrete_actions=False)},
+    ),
+    Adaptation(
+        f"test_dict_env.py::test_multiprocessing[{_SUB}]",
+        "DummyDictEnv(use_discrete_actions=False)",
+        {"DummyDictEnv": _forcing(use_discrete_actions=False)},
+    ),
     Adaptation(
         f"test_dict_env.py::test_dict_vec_framestack[*-{_SUB}]",
         "SimpleMultiObsEnv(discrete_actions=False)",

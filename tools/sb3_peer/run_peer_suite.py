@@ -136,7 +136,9 @@ def _renamed(member: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
     return member
 
 
-def run_shape(shape: str, root: str, env: Dict[str, str], args: argparse.Namespace, pytest_args: List[str]) -> Tuple[int, Optional[dict], float]:
+def run_shape(
+    shape: str, root: str, env: Dict[str, str], args: argparse.Namespace, pytest_args: List[str]
+) -> Tuple[int, Optional[dict], float]:
     """One pytest run of the suite in one update shape: (exit status, the plugin's report, seconds)."""
     fd, report_path = tempfile.mkstemp(prefix="sb3-peer-", suffix=".json")
     os.close(fd)
