@@ -29,17 +29,13 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import gymnasium as gym
 import numpy as np
 import torch as th
-from gymnasium import spaces
-from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
-from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, VecTransposeImage, unwrap_vec_wrapper
 
 from hybrid_pg.correlation import block_ids, default_block_length
 from hybrid_pg.estimator import BatchMoments, LambdaEstimate
-from hybrid_pg.rollout import prepare_batch, rollout_group_moments, subset_batch
-from hybrid_pg.surrogates import gaussian_log_prob
+from hybrid_pg.rollout import collect_rollout, prepare_batch, rollout_group_moments, subset_batch
 from hybrid_pg.weight_rule import OracleLambdas, oracle_lambdas
 from hybrid_pg_envs.clock import env_clock, has_clock, sync_clock
 from hybrid_pg_envs.differentiable import find_differentiable_model
@@ -298,42 +294,9 @@ class OracleLambda:
             parts.append(moments["global"])
         return parts
 
-    @th.no_grad()
     def _rollout(self, generator: th.Generator) -> Any:
-        algorithm, policy, env = self.algorithm, self.algorithm.policy, self.env
-        buffer_class = DictRolloutBuffer if isinstance(algorithm.observation_space, spaces.Dict) else RolloutBuffer
-        buffer = buffer_class(
-            self.n_steps,
-            algorithm.observation_space,
-            algorithm.action_space,
-            device=algorithm.device,
-            gamma=algorithm.gamma,
-            gae_lambda=algorithm.gae_lambda,
-            n_envs=env.num_envs,
-        )
-        low, high = algorithm.action_space.low, algorithm.action_space.high
-        obs = env.reset()
-        episode_starts = np.ones(env.num_envs, dtype=bool)
-        dones = episode_starts
-        for _ in range(self.n_steps):
-            obs_t = obs_as_tensor(obs, algorithm.device)
-            mean = policy.actor_mean(obs_t)
-            noise = th.randn(mean.shape, generator=generator, device=mean.device)
-            actions = mean + th.exp(policy.log_std) * noise
-            values = policy.predict_values(obs_t)
-            log_prob = gaussian_log_prob(mean, policy.log_std, actions)
-            actions_np = actions.cpu().numpy().reshape((-1, *algorithm.action_space.shape))
-            new_obs, rewards, dones, infos = env.step(np.clip(actions_np, low, high))
-            for i, done in enumerate(dones):
-                # bootstrap truncated episodes exactly as SB3's collect_rollouts does
-                if done and infos[i].get("terminal_observation") is not None and infos[i].get("TimeLimit.truncated", False):
-                    terminal = policy.obs_to_tensor(infos[i]["terminal_observation"])[0]
-                    rewards[i] += algorithm.gamma * policy.predict_values(terminal)[0].item()
-            buffer.add(obs, actions_np, rewards, episode_starts, values, log_prob)
-            obs, episode_starts = new_obs, dones
-        buffer.compute_returns_and_advantage(last_values=policy.predict_values(obs_as_tensor(obs, algorithm.device)), dones=dones)
-        episode_starts = buffer.episode_starts.copy()
-        return next(buffer.get(batch_size=None)), episode_starts
+        data, episode_starts, _ = collect_rollout(self.algorithm, self.env, self.n_steps, generator)
+        return data, episode_starts
 
 
 class Oracle:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.utils import obs_as_tensor
 
 from hybrid_pg.correlation import block_ids
 from hybrid_pg.estimator import BatchMoments
@@ -78,6 +81,64 @@ def prepare_batch(
             pi_features=policy.extract_features(obs, policy.pi_features_extractor),
             context=source.context(policy, obs, actions, generator=generator),
         )
+
+
+@th.no_grad()
+def collect_rollout(
+    algorithm: Any,
+    env: Any,
+    n_steps: int,
+    generator: th.Generator,
+    before_step: Optional[Callable[[int, Any], None]] = None,
+    obs: Any = None,
+) -> Tuple[Any, np.ndarray, Any]:
+    """A rollout of ``n_steps`` per env at the policy's current parameters, off the training run.
+
+    The diagnostics (the oracle, the reference gradient's audit) draw their batches with this:
+    action noise from their own ``generator``, SB3's treatment of truncated episodes (the reward of
+    a truncated step gets gamma * V(terminal observation)) and its GAE. ``before_step(t, obs)`` is
+    called before each step (e.g. to snapshot the envs at chosen states); ``obs`` continues from a
+    given observation instead of resetting ``env``.
+
+    :return: (the whole rollout as one SB3 ``RolloutBufferSamples``, the buffer's episode starts
+        (n_steps, n_envs), the last observation).
+    """
+    policy = algorithm.policy
+    buffer_class = DictRolloutBuffer if isinstance(algorithm.observation_space, spaces.Dict) else RolloutBuffer
+    buffer = buffer_class(
+        n_steps,
+        algorithm.observation_space,
+        algorithm.action_space,
+        device=algorithm.device,
+        gamma=algorithm.gamma,
+        gae_lambda=algorithm.gae_lambda,
+        n_envs=env.num_envs,
+    )
+    low, high = algorithm.action_space.low, algorithm.action_space.high
+    obs = env.reset() if obs is None else obs
+    episode_starts = np.ones(env.num_envs, dtype=bool)
+    dones = episode_starts
+    for t in range(n_steps):
+        if before_step is not None:
+            before_step(t, obs)
+        obs_t = obs_as_tensor(obs, algorithm.device)
+        mean = policy.actor_mean(obs_t)
+        noise = th.randn(mean.shape, generator=generator, device=mean.device)
+        actions = mean + th.exp(policy.log_std) * noise
+        values = policy.predict_values(obs_t)
+        log_prob = gaussian_log_prob(mean, policy.log_std, actions)
+        actions_np = actions.cpu().numpy().reshape((-1, *algorithm.action_space.shape))
+        new_obs, rewards, dones, infos = env.step(np.clip(actions_np, low, high))
+        for i, done in enumerate(dones):
+            # bootstrap truncated episodes exactly as SB3's collect_rollouts does
+            if done and infos[i].get("terminal_observation") is not None and infos[i].get("TimeLimit.truncated", False):
+                terminal = policy.obs_to_tensor(infos[i]["terminal_observation"])[0]
+                rewards[i] += algorithm.gamma * policy.predict_values(terminal)[0].item()
+        buffer.add(obs, actions_np, rewards, episode_starts, values, log_prob)
+        obs, episode_starts = new_obs, dones
+    buffer.compute_returns_and_advantage(last_values=policy.predict_values(obs_as_tensor(obs, algorithm.device)), dones=dones)
+    episode_starts = buffer.episode_starts.copy()  # before get(), which flattens the buffer
+    return next(buffer.get(batch_size=None)), episode_starts, obs
 
 
 def subset_batch(batch: RolloutBatch, idx: th.Tensor) -> RolloutBatch:
