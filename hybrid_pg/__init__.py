@@ -11,10 +11,12 @@ Layers (arrows point down only; ``tests/test_layers.py`` enforces it):
 * ``hybrid_pg_envs``: environments (gymnasium, numpy and torch only).
 
 ``import hybrid_pg`` registers the ``hybrid_pg/`` env ids with gymnasium. The estimator core is
-importable without Stable-Baselines3: ``HybridPG`` is loaded on first access.
+importable without Stable-Baselines3: ``HybridPG``, ``HybridPGSettings`` and the policies are loaded
+on first access (``dir(hybrid_pg)`` lists them before that). ``NonStationaryWrapper`` is
+:class:`hybrid_pg_envs.NonStationaryWrapper`.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, List
 
 import hybrid_pg_envs  # noqa: F401  (registers the hybrid_pg/ env ids)
 from hybrid_pg.estimator import (
@@ -31,10 +33,23 @@ from hybrid_pg.estimator import (
     score_gradients,
 )
 from hybrid_pg.window import WindowedLambda
+from hybrid_pg_envs import NonStationaryWrapper
+
+if TYPE_CHECKING:  # what type checkers see of the lazy names below (py.typed)
+    from hybrid_pg.hybrid_pg import HybridPG
+    from hybrid_pg.policies import HybridActorCriticCnnPolicy, HybridActorCriticPolicy, HybridMultiInputActorCriticPolicy
+    from hybrid_pg.settings import HybridPGSettings
 
 __version__ = "0.3.0"
 
-_LAZY = {"HybridPG": "hybrid_pg.hybrid_pg", "HybridPGSettings": "hybrid_pg.settings"}
+#: names loaded on first access (they import Stable-Baselines3 or pydantic), and the module of each
+_LAZY = {
+    "HybridPG": "hybrid_pg.hybrid_pg",
+    "HybridPGSettings": "hybrid_pg.settings",
+    "HybridActorCriticPolicy": "hybrid_pg.policies",
+    "HybridActorCriticCnnPolicy": "hybrid_pg.policies",
+    "HybridMultiInputActorCriticPolicy": "hybrid_pg.policies",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -48,13 +63,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hybrid_pg' has no attribute {name!r}")
 
 
+def __dir__() -> List[str]:
+    # the lazy names too, so dir() and tab completion list HybridPG before its first access
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "DEFAULT_BOUNDS",
     "DEFAULT_FALLBACK",
     "BatchMoments",
+    "HybridActorCriticCnnPolicy",
+    "HybridActorCriticPolicy",
+    "HybridMultiInputActorCriticPolicy",
     "HybridPG",
     "HybridPGSettings",
     "LambdaEstimate",
+    "NonStationaryWrapper",
     "WindowedLambda",
     "excess_variance",
     "lambda_from_moments",
