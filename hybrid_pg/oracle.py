@@ -46,7 +46,7 @@ Algorithm = Any
 OracleEnv = Union[None, str, gym.Env, VecEnv, Callable[[], gym.Env]]
 
 
-def _copy_without_monitor(env: gym.Env) -> gym.Env:
+def copy_env_without_monitor(env: gym.Env) -> gym.Env:
     """A deep copy of ``env``, wrappers and all, with SB3's Monitor wrappers spliced out (a copy must
     not write to the training run's monitor file or count its episodes; its file handle cannot be
     copied either). The deepcopy memo maps each Monitor to the copy of the env it wraps."""
@@ -73,9 +73,9 @@ def _copy_training_envs(training: VecEnv, n_envs: int) -> VecEnv:
     while hasattr(base, "venv"):
         base = base.venv
     if isinstance(base, DummyVecEnv):
-        # each copy is made now and bound as the lambda's default (B008 is the point here)
-        copies = [_copy_without_monitor(env) for env in _cycle(base.envs, n_envs)]
-        return DummyVecEnv([(lambda e=e: e) for e in copies])
+        # each copy is made now; the factories hand out those copies
+        copies = [copy_env_without_monitor(env) for env in _cycle(base.envs, n_envs)]
+        return DummyVecEnv([_returning(e) for e in copies])
     specs = training.get_attr("spec")
     spec = specs[0]
     if spec is None:
@@ -99,6 +99,11 @@ def _cycle(envs: list, n: int) -> list:
     return [envs[i % len(envs)] for i in range(n)]
 
 
+def _returning(env: gym.Env) -> Callable[[], gym.Env]:
+    """A factory that returns ``env`` itself (DummyVecEnv takes factories)."""
+    return lambda: env
+
+
 def _as_vec_env(env: OracleEnv, algorithm: Algorithm) -> VecEnv:
     n_envs = algorithm.n_envs
     if env is None:
@@ -117,7 +122,12 @@ def _as_vec_env(env: OracleEnv, algorithm: Algorithm) -> VecEnv:
         raise TypeError(f"oracle_env must be None, an env id, a gymnasium env, a VecEnv or an env factory; got {type(env).__name__}")
     # the wrapper SB3 puts on the training env for channel-last images
     space = env.observation_space
-    if is_image_space(space) and not is_image_space_channels_first(space) and not isinstance(env, VecTransposeImage):
+    if (
+        isinstance(space, gym.spaces.Box)
+        and is_image_space(space)
+        and not is_image_space_channels_first(space)
+        and not isinstance(env, VecTransposeImage)
+    ):
         env = VecTransposeImage(env)
     return env
 
