@@ -19,7 +19,7 @@ Per update (one rollout):
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, ClassVar, Dict, Iterable, List, Optional, Tuple, Type, TypeVar, Union
 
 import numpy as np
 import torch as th
@@ -58,7 +58,16 @@ from hybrid_pg.settings import (
 )
 from hybrid_pg.sources import PathwiseSource, choose_source
 from hybrid_pg.surrogates import ActorHead, gaussian_entropy, gaussian_kl, gaussian_log_prob, scale_gradient
-from hybrid_pg.update_log import CONSOLE_KEYS, QUIET, mean_env_params, new_step_logs, oracle_log, record_step_logs, record_weight
+from hybrid_pg.update_log import (
+    CONSOLE_KEYS,
+    QUIET,
+    mean_env_params,
+    new_step_logs,
+    oracle_log,
+    record_step_logs,
+    record_weight,
+    start_messages,
+)
 from hybrid_pg.update_weights import gradient_batch_size, pathwise_kl_limit, weights_for_update
 from hybrid_pg.window import WindowedLambda
 from hybrid_pg_envs.clock import env_clock, has_clock, load_vec_state_dicts, model_at, vec_state_dicts
@@ -96,6 +105,8 @@ class HybridPG(OnPolicyAlgorithm):
         "MultiInputPolicy": MultiInputPolicy,
     }
     policy: HybridActorCriticPolicy
+    #: the setting (a float, a schedule or None) until ``_setup_model`` wraps a number in a ``FloatSchedule``
+    clip_range: Any
 
     def __init__(
         self,
@@ -154,9 +165,10 @@ class HybridPG(OnPolicyAlgorithm):
         for old in deprecated:  # an old name stands for its new one (whose value here is the default)
             values.pop(DEPRECATED_ALIASES.get(old, ""), None)
         settings = validate_settings(**{**values, **deprecated})
-        if getattr(env, "action_space", None) is not None:
+        env_action_space = getattr(env, "action_space", None)
+        if env_action_space is not None:
             # before SB3's own (bare assert) check, so the user gets the reason
-            check_action_space(env.action_space)
+            check_action_space(env_action_space)
         super().__init__(
             policy,
             env,
@@ -251,6 +263,7 @@ class HybridPG(OnPolicyAlgorithm):
         self._restore_env_clocks()
         self.pathwise: Optional[PathwiseSource] = choose_source(self)
         self.oracle = self._make_oracle()
+        self._print_start()
 
     def _sync_windows(self) -> None:
         """The windows' structure is part of their saved data: a changed structure is refused, the
@@ -286,6 +299,12 @@ class HybridPG(OnPolicyAlgorithm):
         self._restore_env_clocks()
         self.pathwise = choose_source(self)
         self.oracle = self._make_oracle()
+        self._print_start()
+
+    def _print_start(self) -> None:
+        """verbose >= 1: the pathwise source in use and when the weight starts (:func:`hybrid_pg.update_log.start_messages`)."""
+        if self.verbose >= 1 and (self.pathwise is not None or self.settings.estimator == "reinforce"):
+            print("\n".join(start_messages(self.settings, self.pathwise, self._n_rollouts_trained)))
 
     def _excluded_save_params(self) -> List[str]:
         return [
@@ -299,18 +318,35 @@ class HybridPG(OnPolicyAlgorithm):
             "_rollout_clock_start",
         ]
 
-    def save(self, path: Any, exclude: Optional[List[str]] = None, include: Optional[List[str]] = None) -> None:
+    def save(self, path: Any, exclude: Optional[Iterable[str]] = None, include: Optional[Iterable[str]] = None) -> None:
         """SB3's ``save``; a non-stationary env's clocks are saved with the model, so ``load(path, env)``
         resumes the schedule where training left it instead of replaying it from the start."""
         self.saved_env_clocks = vec_state_dicts(self.env) if has_clock(self.env) else None
         super().save(path, exclude=exclude, include=include)
 
     @classmethod
-    def load(cls, path: Any, env: Optional[GymEnv] = None, device: Union[th.device, str] = "auto", **kwargs: Any) -> "HybridPG":
+    def load(
+        cls,
+        path: Any,
+        env: Optional[GymEnv] = None,
+        device: Union[th.device, str] = "auto",
+        custom_objects: Optional[Dict[str, Any]] = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> "HybridPG":
         """SB3's ``load``; a broken file gets an error that names what is missing instead of a bare
         ``KeyError``. Model files are pickles (SB3's format): load only files you trust."""
         try:
-            return super().load(path, env=env, device=device, **kwargs)
+            return super().load(
+                path,
+                env=env,
+                device=device,
+                custom_objects=custom_objects,
+                print_system_info=print_system_info,
+                force_reset=force_reset,
+                **kwargs,
+            )
         except KeyError as exc:
             raise ValueError(
                 f"{path}: the saved model is incomplete: {exc} is missing (a HybridPG save holds 'data', 'policy.pth' and "
@@ -369,6 +405,14 @@ class HybridPG(OnPolicyAlgorithm):
     def _gradient_batch_size(self) -> int:
         return gradient_batch_size(self.settings, self.n_steps * self.n_envs)
 
+    def _source(self) -> PathwiseSource:
+        """The pathwise source; chosen now if there was no env to choose it on before (``load(env=None)``)."""
+        if self.pathwise is None:
+            self.pathwise = choose_source(self)
+        if self.pathwise is None:
+            raise RuntimeError("HybridPG has no env to choose its pathwise source on: pass env to load() or call set_env() first")
+        return self.pathwise
+
     def _pathwise_kl_limit(self, clip_range: Optional[float]) -> Optional[float]:
         return pathwise_kl_limit(self.settings.pathwise_kl_limit, clip_range)
 
@@ -381,18 +425,21 @@ class HybridPG(OnPolicyAlgorithm):
         s = self.settings
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        if self.pathwise is None:
-            self.pathwise = choose_source(self)
-        self.pathwise.refresh(self)
+        pathwise = self._source()
+        pathwise.refresh(self)
         for window in self.lambda_windows.values():  # the weight rule trusts an exact model, not a critic
-            window.source = "exact" if self.pathwise.exact else "learned"
+            window.source = "exact" if pathwise.exact else "learned"
         clip_range = self.clip_range(self._current_progress_remaining) if self.clip_range is not None else None
 
         # -- the rollout at theta_old, the weight from previous rollouts, the oracle's reference --
         check_rollout_finite(self.rollout_buffer, self.num_timesteps, self.n_envs)
-        batch = prepare_batch(self.policy, self.pathwise, next(self.rollout_buffer.get(batch_size=None)), s.normalize_advantage)
+        batch = prepare_batch(self.policy, pathwise, next(self.rollout_buffer.get(batch_size=None)), s.normalize_advantage)
         self._drift.snapshot(self.actor_head, self.policy.log_std)
         lam = self._weights_for_this_update()
+        if self.verbose >= 1 and s.estimator == "hybrid" and s.fixed_lambda is None and self._n_rollouts_trained == s.lambda_warmup + 1:
+            print(
+                f"HybridPG: update {self._n_rollouts_trained + 1}: lam now comes from the window of previous rollouts ({lam['global']:.3f})"
+            )
         oracle = self.oracle.estimates() if self.oracle is not None and self.oracle.due() else None
 
         # -- statistics of this rollout (they join the window only after the update) ---------------
@@ -400,7 +447,7 @@ class HybridPG(OnPolicyAlgorithm):
         # blocks of the env-major rollout (cut at episode starts): the moments carry long-run
         # variances, which the weight rule's bias UCL and the window's ESS use
         moments = rollout_group_moments(
-            self.policy, self.actor_head, self.pathwise, batch, chunk_size=s.stats_chunk_size, blocks=rollout_blocks(self.rollout_buffer)
+            self.policy, self.actor_head, pathwise, batch, chunk_size=s.stats_chunk_size, blocks=rollout_blocks(self.rollout_buffer)
         )
         stats_time = time.perf_counter() - t_stats
         stats_ok = moments is not None and all_finite(moments.values())
@@ -415,7 +462,7 @@ class HybridPG(OnPolicyAlgorithm):
 
         # -- the window learns from this rollout only now (no circularity) -------------------------
         warming_up = self._n_rollouts_trained < s.lambda_warmup and s.estimator == "hybrid"
-        if stats_ok and not warming_up:
+        if moments is not None and stats_ok and not warming_up:
             for name in ("global", *GROUPS):
                 self.lambda_windows[name].add(moments[name])
         self._n_rollouts_trained += 1
@@ -425,7 +472,7 @@ class HybridPG(OnPolicyAlgorithm):
 
     def _update(self, batch: RolloutBatch, lam: Dict[str, float], clip_range: Optional[float]) -> Dict[str, list]:
         """``n_epochs`` passes of minibatch SGD on lam * pathwise + (1 - lam) * score (+ losses)."""
-        s, policy = self.settings, self.policy
+        s, policy, pathwise = self.settings, self.policy, self._source()
         kl_limit = self._pathwise_kl_limit(clip_range)
         logs = new_step_logs()
         no_path = lam["mean"] == 0.0 and lam["log_std"] == 0.0
@@ -445,7 +492,7 @@ class HybridPG(OnPolicyAlgorithm):
                 score_term = score_obj.mean()
                 path_term = th.zeros((), device=self.device)
                 if not no_path:
-                    path_values = self.pathwise.value(
+                    path_values = pathwise.value(
                         scale_gradient(mean, lam["mean"]), scale_gradient(log_std, lam["log_std"]), batch.eps[idx], mb_context
                     )
                     if kl_limit is not None:
@@ -456,7 +503,7 @@ class HybridPG(OnPolicyAlgorithm):
                     path_term = batch.path_scale * path_values.mean()
                 entropy = gaussian_entropy(log_std)
                 value_loss = F.mse_loss(batch.returns[idx], policy.predict_values(mb_obs).flatten())
-                advantage_loss = self.pathwise.regression_loss(policy, mb_context, adv)
+                advantage_loss = pathwise.regression_loss(policy, mb_context, adv)
                 if advantage_loss is None:
                     advantage_loss = th.zeros((), device=self.device)
                 elif not bool(th.isfinite(advantage_loss)):
@@ -573,4 +620,4 @@ class HybridPG(OnPolicyAlgorithm):
         )
 
 
-HybridPG.__doc__ = HybridPG.__doc__.replace("{settings}", "\n    ".join(f":param {name}: {text}" for name, text in settings_docs()))
+HybridPG.__doc__ = (HybridPG.__doc__ or "").replace("{settings}", "\n    ".join(f":param {name}: {text}" for name, text in settings_docs()))

@@ -1,5 +1,11 @@
 """What one HybridPG update records: losses, the weight, the window's health and the gradient
-statistics of the rollout (every key is listed in the README's logged-metrics table).
+statistics of the rollout.
+
+Every key HybridPG writes is declared once in :data:`LOGGED_KEYS`, with its meaning, when it is
+written and whether the console shows it; the documentation's logged-keys table is generated from
+that declaration, and a test trains with every optional diagnostic on and checks that the keys
+written and the keys declared are the same. :data:`REMOVED_KEYS` names the keys no longer written
+and what replaces them.
 
 The algorithm hands over what it measured; the arithmetic that turns it into scalars lives here so
 that ``train`` reads as collect, estimate, mix, step.
@@ -7,7 +13,8 @@ that ``train`` reads as collect, estimate, mix, step.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch as th
@@ -44,6 +51,237 @@ CONSOLE_KEYS = (
     "hybrid/variance_ratio_vs_reinforce",
     "hybrid/oracle_lambda",
 )
+
+
+@dataclass(frozen=True)
+class LoggedKey:
+    """One scalar HybridPG writes to SB3's logger.
+
+    :param key: the logger key (``env/<param>`` stands for one key per env parameter).
+    :param meaning: what the value is, in one or two sentences.
+    :param when: when it is written ("" for every update).
+    :param console: "yes" when SB3's stdout table (``verbose=1``) shows it, "per_group" when it does
+        with ``lambda_groups="per_group"`` only, "no" when it goes to CSV, JSON and tensorboard only.
+    """
+
+    key: str
+    meaning: str
+    when: str = ""
+    console: str = "no"
+
+
+_ORACLE = "with the oracle on (oracle_freq > 0), on the updates it runs"
+_FROZEN = "with the oracle and oracle_frozen_clock set, on the updates the oracle runs"
+
+#: every key HybridPG writes (SB3's own rollout/ and time/ keys are not repeated), in table order
+LOGGED_KEYS: Tuple[LoggedKey, ...] = (
+    # the weight
+    LoggedKey(
+        "hybrid/lambda",
+        "the weight lam applied to this rollout, estimated from previous rollouts only (NaN with per-group weights)",
+        console="yes",
+    ),
+    LoggedKey("hybrid/lambda_mean", "the weight applied to the mean network's parameters", console="per_group"),
+    LoggedKey("hybrid/lambda_log_std", "the weight applied to log_std", console="per_group"),
+    LoggedKey(
+        "hybrid/lambda_window",
+        "the window's weight once this rollout has joined it: the next update's weight (unless a warm-up or a fixed weight applies)",
+    ),
+    LoggedKey(
+        "hybrid/lambda_batch", "what this rollout alone would have said (noisy; never applied)", "when the rollout's statistics are finite"
+    ),
+    LoggedKey(
+        "hybrid/per_group_gain",
+        "1 - Var(one weight per group) / Var(one global weight) on this rollout: what per-group weights would gain",
+        "when the rollout's statistics are finite",
+    ),
+    # this rollout's gradient statistics
+    LoggedKey(
+        "hybrid/var_path",
+        "per-sample trace variance of the pathwise policy gradient on this rollout",
+        "when the rollout's statistics are finite",
+    ),
+    LoggedKey(
+        "hybrid/var_score",
+        "per-sample trace variance of the score-function (REINFORCE) gradient on this rollout",
+        "when the rollout's statistics are finite",
+    ),
+    LoggedKey("hybrid/cov", "per-sample trace covariance of the two gradients", "when the rollout's statistics are finite"),
+    LoggedKey("hybrid/corr", "their correlation cov / sqrt(var_path var_score), in [-1, 1]", "when the rollout's statistics are finite"),
+    LoggedKey(
+        "hybrid/bias_sq",
+        "the estimated squared bias of the pathwise gradient, its noise removed",
+        "when the rollout's statistics are finite",
+    ),
+    LoggedKey(
+        "hybrid/var_applied",
+        "per-sample variance of the gradient actually applied (the lam mix)",
+        "when the rollout's statistics are finite",
+    ),
+    LoggedKey(
+        "hybrid/variance_ratio_vs_reinforce",
+        "var_applied / var_score: the applied gradient's noise relative to REINFORCE with the same samples (below 1: the mix helps)",
+        "when the rollout's statistics are finite",
+        console="yes",
+    ),
+    LoggedKey(
+        "hybrid/variance_reduction_vs_score",
+        "the window's predicted 1 - Var(mix) / Var(score)",
+        "when the window has a finite score variance",
+    ),
+    LoggedKey(
+        "hybrid/variance_reduction_vs_better",
+        "the window's predicted 1 - Var(mix) / min(Var_P, Var_M) (against a learned, biased source the better estimator is not a fair reference)",
+        "exact pathwise sources only (a true model)",
+    ),
+    LoggedKey(
+        "hybrid/stats_valid", "1 when this rollout's gradient statistics were finite and joined the window, 0 when they were skipped"
+    ),
+    LoggedKey("hybrid/stats_time_fraction", "share of the update's time spent on the gradient statistics"),
+    # the window's health
+    LoggedKey("hybrid/window_size", "rollouts in the window"),
+    LoggedKey("hybrid/effective_sample_size", "the window's Kish effective number of samples"),
+    LoggedKey(
+        "hybrid/window_f_path",
+        "between- over within-rollout spread of the pathwise gradients: about 1 when the window is homogeneous, large when it mixes regimes",
+    ),
+    LoggedKey("hybrid/window_f_score", "the same F statistic for the score-function gradients"),
+    LoggedKey("hybrid/change_alarm", "1 when the change detector fired on this rollout (the window was cut)", "lambda_mode='adaptive'"),
+    LoggedKey("hybrid/change_alarms_total", "alarms so far", "lambda_mode='adaptive'"),
+    # the update
+    LoggedKey(
+        "hybrid/pathwise_dropped_fraction",
+        "share of pathwise terms dropped by the trust region (pathwise_kl_limit)",
+        "when the pathwise term is on and limited",
+    ),
+    LoggedKey("hybrid/critic_diverged_steps", "minibatch steps whose advantage-head loss was not finite and was left out"),
+    LoggedKey("hybrid/skipped_steps", "minibatch steps skipped because the gradient norm was not finite", console="yes"),
+    # drift between rollouts
+    LoggedKey(
+        "hybrid/drift_cos_path",
+        "cosine between this and the previous rollout's mean pathwise gradients",
+        "from the second update with finite statistics",
+    ),
+    LoggedKey("hybrid/drift_cos_score", "the same for the score-function gradients", "from the second update with finite statistics"),
+    LoggedKey(
+        "hybrid/drift_rel_change_var_path",
+        "relative change of var_path from the previous rollout",
+        "from the second update with finite statistics",
+    ),
+    LoggedKey(
+        "hybrid/drift_rel_change_var_score",
+        "relative change of var_score from the previous rollout",
+        "from the second update with finite statistics",
+    ),
+    LoggedKey(
+        "hybrid/drift_rel_change_cov", "relative change of cov from the previous rollout", "from the second update with finite statistics"
+    ),
+    LoggedKey(
+        "hybrid/kl_to_oldest",
+        "KL from the current policy to the one that collected the window's oldest rollout (NaN after a resume until the window refills)",
+    ),
+    # the oracle
+    LoggedKey(
+        "hybrid/oracle_lambda",
+        "the oracle's reference weight from a large fresh batch at the current policy (variance-optimal for an exact source, MSE-optimal for a learned one)",
+        _ORACLE,
+        console="yes",
+    ),
+    LoggedKey("hybrid/oracle_lambda_is_mse", "1 when oracle_lambda is the MSE-optimal weight, 0 when variance-optimal", _ORACLE),
+    LoggedKey("hybrid/oracle_lambda_var", "the oracle's variance-optimal lam*", _ORACLE),
+    LoggedKey("hybrid/oracle_lambda_var_se", "its jackknife standard error", _ORACLE),
+    LoggedKey("hybrid/oracle_lambda_mse", "the oracle's MSE-optimal weight", _ORACLE),
+    LoggedKey("hybrid/oracle_lambda_mse_se", "its jackknife standard error", _ORACLE),
+    LoggedKey("hybrid/oracle_bias_sq", "the oracle batch's squared bias of the pathwise gradient", _ORACLE),
+    LoggedKey("hybrid/oracle_error_applied", "abs(lambda - oracle_lambda)", _ORACLE),
+    LoggedKey("hybrid/oracle_error_applied_var", "abs(lambda - oracle_lambda_var)", _ORACLE),
+    LoggedKey("hybrid/oracle_error_applied_mse", "abs(lambda - oracle_lambda_mse)", _ORACLE),
+    LoggedKey("hybrid/oracle_error_window", "abs(lambda_window - oracle_lambda)", _ORACLE),
+    LoggedKey("hybrid/oracle_error_batch", "abs(lambda_batch - oracle_lambda)", _ORACLE),
+    LoggedKey("hybrid/oracle_excess_variance", "the exact excess variance (lam - lam*)^2 Var(g_P - g_M) of the weight applied", _ORACLE),
+    LoggedKey("hybrid/oracle_var_path", "the oracle batch's var_path", _ORACLE),
+    LoggedKey("hybrid/oracle_var_score", "the oracle batch's var_score", _ORACLE),
+    LoggedKey("hybrid/oracle_cov", "the oracle batch's cov", _ORACLE),
+    LoggedKey(
+        "hybrid/oracle_degenerate", "1 when the oracle batch had no usable spread and lam* is the fallback, not an estimate", _ORACLE
+    ),
+    LoggedKey(
+        "hybrid/oracle_lambda_frozen_env",
+        "the oracle's lam* on an env copy held at oracle_frozen_clock: it moves only because the policy moves",
+        _FROZEN,
+    ),
+    LoggedKey("hybrid/oracle_env_drift_share", "oracle_lambda - oracle_lambda_frozen_env: the env drift's share of lam*", _FROZEN),
+    # the env's parameters and a learned source's own fit
+    LoggedKey(
+        "env/<param>",
+        "a non-stationary env's parameter, the mean over sub-envs of info['env_params']",
+        "envs that report info['env_params']",
+        console="yes",
+    ),
+    LoggedKey("replay_critic/loss", "the replay critic's TD(lambda) regression loss", "pathwise_source='replay_critic'", console="yes"),
+    LoggedKey(
+        "replay_critic/explained_variance",
+        "explained variance of its targets by the fitted Q",
+        "pathwise_source='replay_critic'",
+        console="yes",
+    ),
+    LoggedKey("replay_critic/samples", "samples in its replay", "pathwise_source='replay_critic'", console="yes"),
+    # SB3's train/ keys, as HybridPG fills them
+    LoggedKey("train/loss", "the total loss, mean over the update's minibatch steps", console="yes"),
+    LoggedKey("train/policy_loss", "-(pathwise term + score term), mean over the update", console="yes"),
+    LoggedKey("train/value_loss", "the V regression loss", console="yes"),
+    LoggedKey("train/advantage_loss", "the advantage head's regression loss (0 for sources that train no head)", console="yes"),
+    LoggedKey("train/entropy_loss", "minus the policy's entropy", console="yes"),
+    LoggedKey("train/approx_kl", "approximate KL between the rollout policy and the updated one", console="yes"),
+    LoggedKey("train/clip_fraction", "share of samples whose likelihood ratio was clipped", "clip_range set", console="yes"),
+    LoggedKey("train/clip_range", "the clip range in force", "clip_range set", console="yes"),
+    LoggedKey("train/explained_variance", "explained variance of the returns by V", console="yes"),
+    LoggedKey("train/n_updates", "gradient epochs so far (not written to tensorboard)", console="yes"),
+    LoggedKey("train/std", "the policy's mean standard deviation", console="yes"),
+    LoggedKey("train/learning_rate", "the learning rate in force (SB3's own key)", console="yes"),
+)
+
+#: keys HybridPG wrote in earlier releases and no longer writes -> what replaces them
+REMOVED_KEYS: Dict[str, str] = {
+    "hybrid/variance_ratio_vs_score": "hybrid/variance_ratio_vs_reinforce (the same value, renamed)",
+    "hybrid/variance_reduction": "hybrid/variance_reduction_vs_better (exact sources) or hybrid/variance_ratio_vs_reinforce",
+}
+
+
+def start_messages(settings: Any, source: Any, n_rollouts_trained: int) -> List[str]:
+    """What ``verbose >= 1`` prints when a model is set up: the pathwise source in use (what
+    ``"auto"`` chose) and when the adaptive weight starts. Until then the console shows lam 0 and a
+    variance ratio of 1: the update is REINFORCE's."""
+    lines = []
+    if settings.estimator == "reinforce":
+        lines.append("pathwise source: none used (estimator='reinforce': lam = 0, the score-function gradient alone)")
+    elif source is not None:
+        chosen = f"{source.name!r}" + (" (chosen by pathwise_source='auto')" if settings.pathwise_source == "auto" else "")
+        kind = "exact, treated as unbiased" if source.exact else "learned, the weight allows for its bias"
+        lines.append(f"pathwise source: {chosen}, {kind}")
+    if settings.estimator == "pathwise":
+        lines.append("weight: lam = 1 at every update (estimator='pathwise')")
+    elif settings.estimator == "hybrid" and settings.fixed_lambda is not None:
+        lines.append(f"weight: lam = {settings.fixed_lambda:g} at every update (fixed_lambda)")
+    elif settings.estimator == "hybrid":
+        # warm-up rollouts never join the window; the first one after them starts it, so the
+        # window first has a rollout to give at update lambda_warmup + 2
+        first = settings.lambda_warmup + 2
+        if n_rollouts_trained + 1 >= first:
+            lines.append(f"weight: lam from the window of the previous {settings.lambda_window} rollouts")
+        else:
+            if settings.lambda_warmup:
+                held = (
+                    f"updates 1-{first - 1} (lambda_warmup={settings.lambda_warmup}: the critic is fitted first; "
+                    f"update {first - 1}'s rollout starts the window)"
+                )
+            else:
+                held = "update 1 (its rollout starts the window)"
+            lines.append(
+                f"weight: lam = 0 for {held}; from update {first} lam comes from the window of the previous "
+                f"{settings.lambda_window} rollouts (until then the variance ratio reads 1: the update is REINFORCE's)"
+            )
+    return [f"HybridPG: {line}" for line in lines]
 
 
 def new_step_logs() -> Dict[str, List[Any]]:
@@ -95,9 +333,7 @@ def record_weight(
     window's predicted ``variance_reduction_vs_better`` = 1 - Var(mix) / min(Var_P, Var_M) is
     logged for exact sources only: against a learned (biased) pathwise estimator "the better
     estimator" is not a fair reference and the number reads as a large negative "reduction".
-    Deprecated (one release): ``hybrid/variance_reduction`` (the same quantity, logged for every
-    source; use ``variance_reduction_vs_better`` or ``variance_ratio_vs_reinforce``) and
-    ``hybrid/variance_ratio_vs_score`` (renamed ``variance_ratio_vs_reinforce``).
+    Keys of earlier releases that are no longer written: :data:`REMOVED_KEYS`.
     """
     per_group_shown = QUIET if not per_group else None
     record("hybrid/lambda", float("nan") if per_group else lam["global"])
@@ -128,8 +364,6 @@ def record_weight(
     record("hybrid/var_applied", applied, exclude=QUIET)
     ratio = applied / batch.var_score if batch.var_score > 0 else float("nan")
     record("hybrid/variance_ratio_vs_reinforce", ratio)
-    record("hybrid/variance_ratio_vs_score", ratio, exclude=QUIET)  # deprecated name
-    record("hybrid/variance_reduction", window_estimate.variance_reduction, exclude=QUIET)  # deprecated
     if getattr(window, "source", "learned") == "exact":
         record("hybrid/variance_reduction_vs_better", window_estimate.variance_reduction, exclude=QUIET)
     if window_estimate.var_score > 0:

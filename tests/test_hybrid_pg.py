@@ -237,7 +237,7 @@ def test_learn_logs_every_hybrid_scalar():
         "var_score",
         "cov",
         "corr",
-        "variance_reduction",
+        "variance_reduction_vs_score",
         "bias_sq",
         "window_size",
         "var_applied",
@@ -253,7 +253,8 @@ def test_learn_logs_every_hybrid_scalar():
     assert 0.0 <= last["hybrid/lambda"] <= 1.0
     # a critic is a learned source: no "reduction vs the better estimator" against a biased one
     assert "hybrid/variance_reduction_vs_better" not in last
-    assert last["hybrid/variance_ratio_vs_reinforce"] == last["hybrid/variance_ratio_vs_score"]
+    # the names removed after their deprecation release are no longer written
+    assert "hybrid/variance_ratio_vs_score" not in last and "hybrid/variance_reduction" not in last
 
 
 # ------------------------------------------------------------------------------------------------
@@ -775,4 +776,4 @@ def test_console_shows_the_headline_keys_only():
     model.learn(64 * 2)
     shown = {line.split("|")[1].strip() for line in out.getvalue().splitlines() if line.startswith("|    ")}
     assert {"lambda", "variance_ratio_vs_reinforce"} <= shown
-    assert not shown & {"variance_reduction", "var_path", "cov", "window_f_path", "drift_cos_path", "kl_to_oldest"}
+    assert not shown & {"variance_reduction_vs_score", "var_path", "cov", "window_f_path", "drift_cos_path", "kl_to_oldest"}

@@ -7,7 +7,7 @@ Per run (from what the run engine wrote, :func:`hybrid_pg.experiments.runner.loa
   steps) divided by the steps it spans, i.e. the curve's average height in return units;
 * ``var_applied``: median over updates of ``hybrid/var_applied``, the per-sample variance of the
   gradient the update applied;
-* ``variance_ratio``: median over updates of ``hybrid/variance_ratio_vs_score``, that variance over
+* ``variance_ratio``: median over updates of ``hybrid/variance_ratio_vs_reinforce``, that variance over
   the score-function (REINFORCE) gradient's variance on the same rollout (1 for reinforce itself).
 
 (The variance medians leave out the first ``skip_updates`` updates.) Per estimator, every metric is
@@ -70,7 +70,14 @@ from hybrid_pg.experiments.aggregate import (
     stratified_bootstrap_ci,
 )
 from hybrid_pg.experiments.figure_io import save_figure
-from hybrid_pg.experiments.results import learning_curve, median_over_updates, normalized_auc, update_series
+from hybrid_pg.experiments.results import (
+    VARIANCE_RATIO_KEYS,
+    learning_curve,
+    median_over_updates,
+    normalized_auc,
+    update_series,
+    variance_ratio_key,
+)
 
 __all__ = ["METRICS", "Metric", "estimator_summary", "markdown_table", "run_metrics", "write_env_report", "write_summary"]
 
@@ -99,7 +106,7 @@ def run_metrics(result: Dict[str, Any], skip_updates: int = 0) -> Dict[str, floa
         "final_return": float(result["final_return"]),
         "auc": normalized_auc(*learning_curve(result)),
         "var_applied": median_over_updates(result, "hybrid/var_applied", skip_updates),
-        "variance_ratio": median_over_updates(result, "hybrid/variance_ratio_vs_score", skip_updates),
+        "variance_ratio": median_over_updates(result, variance_ratio_key(result), skip_updates),
     }
 
 
@@ -336,12 +343,14 @@ def plot_variance(results: Results, out_png: Path, title: str, skip_updates: int
     fig, axes = _figure(2)
     panels = (
         ("hybrid/var_applied", "Var(applied gradient)"),
-        ("hybrid/variance_ratio_vs_score", "Var(applied) / Var(score), same rollout"),
+        (VARIANCE_RATIO_KEYS[0], "Var(applied) / Var(score), same rollout"),
     )
     for ax, (key, label) in zip(axes, panels):
         drawn = False
         for i, (name, runs) in enumerate(results.items()):
-            common = _on_common_grid([_positive(update_series(r, key), skip_updates) for r in runs])
+            # runs logged before the ratio's rename hold it under its old name
+            keys = [variance_ratio_key(r) if key == VARIANCE_RATIO_KEYS[0] else key for r in runs]
+            common = _on_common_grid([_positive(update_series(r, k), skip_updates) for r, k in zip(runs, keys)])
             if common is not None:
                 _band(ax, *common, label=name, log=True, index=i)
                 drawn = True
@@ -350,7 +359,7 @@ def plot_variance(results: Results, out_png: Path, title: str, skip_updates: int
             ax.legend(fontsize="small")
         else:
             _mark_empty(ax, label)
-        if key.endswith("vs_score") and drawn:
+        if key == VARIANCE_RATIO_KEYS[0] and drawn:
             ax.axhline(1.0, color="0.5", linestyle=":", linewidth=1)
         ax.set(xlabel="env steps (end of the update's rollout)", ylabel=label, title=f"{title}: {label}")
         ax.grid(alpha=0.3, which="both")

@@ -15,7 +15,20 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-__all__ = ["column", "learning_curve", "median_over_updates", "normalized_auc", "update_series", "variance_ratio"]
+__all__ = [
+    "VARIANCE_RATIO_KEYS",
+    "column",
+    "learning_curve",
+    "median_over_updates",
+    "normalized_auc",
+    "update_series",
+    "variance_ratio",
+    "variance_ratio_key",
+]
+
+#: Var(applied gradient) / Var(score gradient) per update: the key HybridPG writes, then the name
+#: runs logged before the rename used (hybrid_pg.update_log.REMOVED_KEYS)
+VARIANCE_RATIO_KEYS = ("hybrid/variance_ratio_vs_reinforce", "hybrid/variance_ratio_vs_score")
 
 
 def column(result: Dict[str, Any], key: str) -> np.ndarray:
@@ -23,10 +36,19 @@ def column(result: Dict[str, Any], key: str) -> np.ndarray:
     return np.array([row.get(key, math.nan) for row in result["rows"]], dtype=float)
 
 
+def variance_ratio_key(result: Dict[str, Any]) -> str:
+    """The key under which a run logged Var(applied) / Var(score): the first of
+    :data:`VARIANCE_RATIO_KEYS` that any of its rows holds (the current name when none does)."""
+    for key in VARIANCE_RATIO_KEYS:
+        if any(key in row for row in result["rows"]):
+            return key
+    return VARIANCE_RATIO_KEYS[0]
+
+
 def variance_ratio(result: Dict[str, Any], skip: int = 0) -> float:
     """Median over updates of Var(applied gradient) / Var(score gradient), both per sample on the
     same rollout: the hybrid's variance next to what REINFORCE would have had on that batch."""
-    ratio = column(result, "hybrid/variance_ratio_vs_score")[skip:]
+    ratio = column(result, variance_ratio_key(result))[skip:]
     ratio = ratio[np.isfinite(ratio)]
     return float(np.median(ratio)) if ratio.size else math.nan
 
