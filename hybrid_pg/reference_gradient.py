@@ -359,10 +359,10 @@ def unit_gradients(
     groups = group_parameters(policy)
     labels = list(dict.fromkeys(int(u) for u in units))
     rows: Dict[str, List[th.Tensor]] = {g: [] for g in GROUPS}
-    for n, label in enumerate(labels):
+    for label in labels:
         idx = th.as_tensor(np.flatnonzero(units == label), device=per_state.device)
         scalar = (per_state[idx] * weights[idx]).sum() / divisors[label]
-        grads = flat_group_gradients(scalar, groups, retain_graph=n < len(labels) - 1)
+        grads = flat_group_gradients(scalar, groups, retain_graph=True)
         for g in GROUPS:
             rows[g].append(grads[g])
     return {g: th.stack(rows[g]) for g in GROUPS}

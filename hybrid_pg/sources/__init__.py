@@ -140,6 +140,14 @@ register_source("mujoco", _mujoco)
 register_source("replay_critic", lambda algorithm: make_replay_critic(algorithm))
 
 
+def build_source(algorithm: Any, name: str) -> PathwiseSource:
+    """The source ``name`` for ``algorithm``, whatever its own ``pathwise_source`` (a diagnostic that
+    compares sources at one checkpoint, e.g. MuJoCo's derivatives beside the advantage head)."""
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown pathwise source {name!r}; known: {sorted(_FACTORIES)}")
+    return _FACTORIES[name](algorithm)
+
+
 def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
     """The source that ``algorithm.settings.pathwise_source`` asks for on ``algorithm.env``.
 
@@ -170,6 +178,7 @@ __all__ = [
     "PathwiseSource",
     "ReplayCriticSource",
     "SOURCE_NAMES",
+    "build_source",
     "choose_source",
     "register_source",
 ]

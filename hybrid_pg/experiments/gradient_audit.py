@@ -1,0 +1,564 @@
+"""The gradient audit: every estimator of a checkpoint against the true-gradient reference.
+
+At a checkpoint (a saved model and its VecNormalize statistics) the audit draws ``rollouts``
+independent rollouts of the algorithm's own size (each from its own reset seed, after a random
+burn-in so the states look like a training rollout's), and on each computes, in reward units (the
+advantage normaliser undone, so every estimator and the reference share one scale):
+
+* ``score``: the score-function gradient with the run's GAE advantages (what the REINFORCE cell
+  applies), ``pathwise``: the run's own pathwise source, ``mix``: lam * pathwise + (1 - lam) *
+  score at the lam the run applied last (per group), and ``pathwise_<name>`` for each extra source
+  (e.g. MuJoCo's derivatives at a checkpoint trained with the advantage head);
+* the reference (:mod:`hybrid_pg.reference_gradient`, ``visitation`` weighting) at every
+  ``stride``-th state of the same rollout: paired with the estimators, so the between-state noise
+  they share cancels from their differences.
+
+Per estimator and parameter group (``mean``, ``log_std``, ``all``), over the rollouts:
+
+* ``cos_single``: the mean cosine of one rollout's estimate with the reference (leave-one-out: the
+  reference of the other rollouts, independent of this one), raw and corrected for the reference's
+  reliability (``cos_single_corrected``); ``cos_mean``: the cosine of the rollout-averaged estimate;
+* ``rel_bias``: ||E g - g_ref|| / ||g_ref||, debiased for the noise of both averages (the squared
+  norm of a mean of R paired differences minus trace(Cov) / R), with a bootstrap CI over rollouts;
+* ``proj``: the error's component along the reference, (E g - g_ref) . g_ref / ||g_ref||^2
+  (-1: nothing of the true direction; 0: the right length along it);
+* ``rel_var``: trace Cov(g) of one rollout / ||g_ref||^2; ``rel_mse`` = rel_bias^2 + rel_var;
+* ``lam_mse`` (the pathwise estimators): the weight that minimises E||lam g_P + (1 - lam) g_M -
+  g_ref||^2 for one rollout, the weight the rule should have picked.
+
+Strata (MuJoCo envs): the same statistics restricted to the samples whose step changes the set of
+active contacts (``contact_change``) and to the others (``steady``): estimator and reference both
+averaged over the stratum's states. Critic checks at the reference states: the correlation and
+the slope of the source's advantage (the advantage head's, in reward units) against the Monte
+Carlo returns' differences, and the value head's error against the Monte Carlo value.
+
+``python examples/gradient_audit.py configs/audit/<question>.yaml`` trains the runs with
+checkpoints (the grid's settings and seeds: they reproduce the grid's runs), audits every
+checkpoint (one CSV each, written atomically: resumable) and writes the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch as th
+import yaml
+
+from hybrid_pg.reference_gradient import (
+    GROUPS,
+    Normalisation,
+    corrected_cosine,
+    cosine,
+    flat_group_gradients,
+    group_parameters,
+    hold_clock,
+    monte_carlo_returns,
+    sample_actions,
+    score_contributions,
+    spearman_brown,
+    unit_gradients,
+)
+from hybrid_pg.rollout import collect_rollout, prepare_batch
+
+CHECKPOINT_DIR = "checkpoints"
+AUDIT_DIR = "audit"
+
+
+# ------------------------------------------------------------------------------------------------
+# settings
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReferenceSettings:
+    rollouts: int = 12
+    states_per_rollout: int = 32
+    actions: int = 4
+    tail_weight: float = 0.05
+    burn_in: int = 1000
+    bootstrap: int = 2000
+
+    def __post_init__(self) -> None:
+        for key, low in (("rollouts", 4), ("states_per_rollout", 1), ("actions", 2), ("burn_in", 0), ("bootstrap", 100)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"reference.{key} must be an integer >= {low}, got {value!r}")
+        if not 0.0 < float(self.tail_weight) < 1.0:
+            raise ValueError(f"reference.tail_weight must be in (0, 1), got {self.tail_weight!r}")
+
+
+@dataclass
+class AuditRunEntry:
+    env: str
+    estimator: str
+    seeds: Tuple[int, ...]
+
+
+@dataclass
+class AuditConfig:
+    name: str
+    grid: str
+    output_dir: str
+    runs: Tuple[AuditRunEntry, ...]
+    checkpoints: Tuple[int, ...]
+    reference: ReferenceSettings = field(default_factory=ReferenceSettings)
+    extra_sources: Tuple[str, ...] = ()
+    seed: int = 0
+
+
+_KNOWN = ("name", "grid", "output_dir", "runs", "checkpoints", "reference", "extra_sources", "seed")
+
+
+def load_audit_config(path: str) -> AuditConfig:
+    """Read and check an audit file (see configs/audit/); errors name the key."""
+    raw = yaml.safe_load(Path(path).read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: an audit file is a mapping")
+    unknown = sorted(set(raw) - set(_KNOWN))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; known: {list(_KNOWN)}")
+    for key in ("grid", "runs", "checkpoints"):
+        if key not in raw:
+            raise ValueError(f"{path}: '{key}' is required")
+    checkpoints = raw["checkpoints"]
+    if not isinstance(checkpoints, list) or not checkpoints or not all(isinstance(c, int) and c > 0 for c in checkpoints):
+        raise ValueError(f"{path}: checkpoints must be a non-empty list of positive env-step counts, got {checkpoints!r}")
+    runs = []
+    for i, entry in enumerate(raw["runs"] or []):
+        if not isinstance(entry, dict) or set(entry) != {"env", "estimator", "seeds"}:
+            raise ValueError(f"{path}: runs[{i}] must be a mapping with exactly env, estimator, seeds")
+        seeds = entry["seeds"]
+        if not isinstance(seeds, list) or not all(isinstance(s, int) and s >= 0 for s in seeds):
+            raise ValueError(f"{path}: runs[{i}].seeds must be a list of integers >= 0")
+        runs.append(AuditRunEntry(str(entry["env"]), str(entry["estimator"]), tuple(seeds)))
+    if not runs:
+        raise ValueError(f"{path}: runs must not be empty")
+    reference = raw.get("reference") or {}
+    if not isinstance(reference, dict):
+        raise ValueError(f"{path}: reference must be a mapping")
+    try:
+        ref = ReferenceSettings(**reference)
+    except TypeError as exc:
+        raise ValueError(f"{path}: reference: {exc}") from None
+    name = raw.get("name") or Path(path).stem
+    return AuditConfig(
+        name=name,
+        grid=str(raw["grid"]),
+        output_dir=str(raw.get("output_dir") or f"results/audit_{name}"),
+        runs=tuple(runs),
+        checkpoints=tuple(sorted(set(checkpoints))),
+        reference=ref,
+        extra_sources=tuple(raw.get("extra_sources") or ()),
+        seed=int(raw.get("seed", 0)),
+    )
+
+
+def audit_runs(config: AuditConfig) -> List[Tuple[str, Dict[str, Any]]]:
+    """(label, resolved run config) of every run the audit covers, from the grid's cells."""
+    from hybrid_pg.experiments.ablate import load_ablation
+
+    ablation = load_ablation(config.grid, seeds=sorted({s for r in config.runs for s in r.seeds}))
+    by_key = {(label, cfg["train"]["seed"]): cfg for label, cfg in ablation.runs()}
+    out = []
+    for entry in config.runs:
+        label = f"{entry.env}__{entry.estimator}"
+        for seed in entry.seeds:
+            if (label, seed) not in by_key:
+                labels = sorted({lab for lab, _ in by_key})
+                raise ValueError(f"the grid {config.grid} has no cell {label!r} (cells: {labels})")
+            out.append((label, by_key[(label, seed)]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# training with checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def checkpoint_paths(run_dir: Path, step: int) -> Tuple[Path, Path]:
+    folder = run_dir / CHECKPOINT_DIR
+    return folder / f"step_{step}.zip", folder / f"vecnormalize_{step}.pkl"
+
+
+def _checkpoint_callback(run_dir: Path, steps: Sequence[int]) -> Any:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class SaveAt(BaseCallback):
+        """Saves the model (and VecNormalize) at the first rollout end at or after each step, then
+        stops training after the last: the policy saved is the one that collected that rollout."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.todo, self.done = list(steps), False
+
+        def _on_step(self) -> bool:
+            return not self.done
+
+        def _on_rollout_end(self) -> None:
+            while self.todo and self.num_timesteps >= self.todo[0]:
+                step = self.todo.pop(0)
+                model_path, norm_path = checkpoint_paths(run_dir, step)
+                model_path.parent.mkdir(parents=True, exist_ok=True)
+                self.model.save(model_path)
+                norm = self.model.get_vec_normalize_env()
+                if norm is not None:
+                    norm.save(str(norm_path))
+            self.done = not self.todo
+
+    return SaveAt()
+
+
+def train_with_checkpoints(label: str, config: Mapping[str, Any], out: Path, steps: Sequence[int]) -> Path:
+    """The run of ``config`` with checkpoints at ``steps`` (trained once: a complete run is reused)."""
+    from hybrid_pg.experiments.ablate import RUNS_SUBDIR
+    from hybrid_pg.experiments.runner import run, run_key
+
+    run_dir = out / RUNS_SUBDIR / run_key(label, config)
+    if all(checkpoint_paths(run_dir, s)[0].exists() for s in steps):
+        return run_dir
+    if run_dir.exists():  # an interrupted earlier attempt: the audit's own scratch, trained again
+        shutil.rmtree(run_dir)
+    run(config, run_dir, quiet=True, callbacks=[_checkpoint_callback(run_dir, steps)])
+    return run_dir
+
+
+def load_checkpoint(config: Mapping[str, Any], run_dir: Path, step: int, n_envs: int = 1) -> Any:
+    """The model at ``step`` on a fresh in-process copy of the run's env (frozen VecNormalize)."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from hybrid_pg.experiments.config import algorithm_class
+    from hybrid_pg.experiments.runner import make_vec_env_from
+
+    model_path, norm_path = checkpoint_paths(run_dir, step)
+    env_section = {**config["env"], "vec_env": "dummy", "n_envs": n_envs, "normalize": False}
+    venv = make_vec_env_from(env_section, config["train"]["seed"])
+    if norm_path.exists():
+        venv = VecNormalize.load(str(norm_path), venv)
+        venv.training = False
+    cls = algorithm_class(config["algo"]["algorithm"])
+    return cls.load(model_path, env=venv, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# one checkpoint
+# ------------------------------------------------------------------------------------------------
+
+
+def _base_envs(venv: Any) -> List[Any]:
+    base = venv
+    while hasattr(base, "venv"):
+        base = base.venv
+    return list(base.envs)
+
+
+def _contacts(env: Any) -> int:
+    data = getattr(getattr(env, "unwrapped", None), "data", None)
+    return int(getattr(data, "ncon", -1)) if data is not None else -1
+
+
+def _estimator_gradients(model: Any, source: Any, data: Any) -> Dict[str, Any]:
+    """Per-sample surrogates of the score and pathwise estimators in reward units (differentiable),
+    and the batch they were computed on."""
+    from hybrid_pg.surrogates import gaussian_log_prob
+
+    batch = prepare_batch(model.policy, source, data, model.settings.normalize_advantage)
+    to_reward = 1.0 / batch.adv_scale
+    mean, log_std = model.policy.actor_mean(batch.obs), model.policy.log_std
+    score = batch.adv * gaussian_log_prob(mean, log_std, batch.actions) * to_reward
+    path = batch.path_scale * source.value(mean, log_std, batch.eps, batch.context) * to_reward
+    return {"score": score, "path": path, "batch": batch}
+
+
+def _group_means(policy: Any, per_sample: th.Tensor, masks: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, th.Tensor]]:
+    """stratum -> group -> gradient of the mean of ``per_sample`` over the stratum's samples."""
+    groups = group_parameters(policy)
+    out = {}
+    names = [s for s, m in masks.items() if m.any()]
+    for stratum in names:
+        idx = th.as_tensor(np.flatnonzero(masks[stratum]))
+        out[stratum] = flat_group_gradients(per_sample[idx].mean(), groups, retain_graph=True)
+    return out
+
+
+def audit_rollout(model: Any, venv: Any, settings: ReferenceSettings, seed: int, extra_sources: Sequence[Any]) -> Dict[str, Any]:
+    """The estimators and the paired reference on one rollout (see the module docstring)."""
+    policy = model.policy
+    n_steps = model.n_steps
+    rng = np.random.default_rng(seed)
+    generator = th.Generator().manual_seed(seed)
+    venv.seed(seed)
+    for env in _base_envs(venv):
+        hold_clock(env)
+    obs = venv.reset()
+    burn = int(rng.integers(settings.burn_in + 1))
+    if burn:
+        _, _, obs = collect_rollout(model, venv, burn, generator, obs=obs)
+    stride = max(1, n_steps // settings.states_per_rollout)
+    offset = int(rng.integers(stride))
+    envs = _base_envs(venv)
+    snapshots, snap_obs, snap_index, contacts = [], [], [], np.zeros((n_steps + 1, len(envs)), dtype=int)
+
+    def before_step(t: int, current_obs: Any) -> None:
+        for e, env in enumerate(envs):
+            contacts[t, e] = _contacts(env)
+            if t % stride == offset:
+                snapshots.append(copy.deepcopy(env))
+                snap_obs.append(np.asarray(current_obs[e]))
+                snap_index.append(e * n_steps + t)  # env-major, as the flattened buffer
+
+    data, episode_starts, _ = collect_rollout(model, venv, n_steps, generator, before_step=before_step, obs=obs)
+    for e, env in enumerate(envs):
+        contacts[n_steps, e] = _contacts(env)
+    # a step changes the contact set when the next state's count differs (and is not a reset)
+    next_is_start = np.zeros((n_steps, len(envs)), dtype=bool)
+    next_is_start[:-1] = np.asarray(episode_starts, dtype=bool)[1:]
+    flat_change = ((contacts[1:] != contacts[:-1]) & ~next_is_start).T.reshape(-1)  # env-major
+    n = n_steps * len(envs)
+    masks = {"all": np.ones(n, dtype=bool)}
+    if (contacts >= 0).all():
+        masks.update(contact_change=flat_change, steady=~flat_change)
+
+    lam = {g: float(model.last_lambda.get(g, 0.0)) for g in GROUPS}
+    own = _estimator_gradients(model, model.pathwise, data)
+    grads = {"score": _group_means(policy, own["score"], masks), "pathwise": _group_means(policy, own["path"], masks)}
+    for name, source in extra_sources:
+        extra = _estimator_gradients(model, source, data)
+        grads[f"pathwise_{name}"] = _group_means(policy, extra["path"], masks)
+    grads["mix"] = {s: {g: lam[g] * grads["pathwise"][s][g] + (1 - lam[g]) * grads["score"][s][g] for g in GROUPS} for s in grads["score"]}
+
+    # the reference at the snapshotted states of this rollout
+    norm = Normalisation(model.get_vec_normalize_env())
+    obs_t = th.as_tensor(np.asarray(snap_obs), dtype=th.float32)
+    actions = sample_actions(policy, obs_t, settings.actions, generator)
+    returns = monte_carlo_returns(policy, snapshots, actions.numpy(), norm, float(model.gamma), rng, settings.tail_weight)
+    per_state = score_contributions(policy, obs_t, actions, returns.values)
+    snap_index = np.asarray(snap_index)
+    reference = {}
+    for stratum, mask in masks.items():
+        keep = mask[snap_index]
+        if keep.any():
+            units = np.zeros(int(keep.sum()), dtype=int)
+            idx = th.as_tensor(np.flatnonzero(keep))
+            rows = unit_gradients(policy, per_state[idx], th.ones(len(idx)), units, {0: float(len(idx))})
+            reference[stratum] = {g: rows[g][0] for g in GROUPS}
+
+    # critic checks at the reference states
+    critic = _critic_checks(model, own["batch"], obs_t, actions, returns.values)
+    return {
+        "grads": grads,
+        "reference": reference,
+        "lam": lam,
+        "env_steps": n_steps * len(envs) + burn * len(envs) + returns.env_steps,
+        "n_ref_states": len(snapshots),
+        "stratum_share": {s: float(m.mean()) for s, m in masks.items()},
+        "critic": critic,
+        "std": float(th.exp(policy.log_std.detach()).mean()),
+    }
+
+
+@th.no_grad()
+def _critic_checks(model: Any, batch: Any, obs_t: th.Tensor, actions: th.Tensor, returns: np.ndarray) -> Dict[str, float]:
+    """The value head against the Monte Carlo value, and the advantage head (when the policy has
+    one) against the Monte Carlo returns' differences, at the reference states."""
+    policy = model.policy
+    mc_value = returns.mean(axis=1)
+    value = policy.predict_values(obs_t).numpy().reshape(-1)
+    out = {
+        "value_rmse_rel": float(np.sqrt(np.mean((value - mc_value) ** 2)) / max(np.std(mc_value), 1e-12)),
+        "value_bias_rel": float(np.mean(value - mc_value) / max(np.std(mc_value), 1e-12)),
+    }
+    if hasattr(policy, "advantage") and hasattr(policy, "advantage_features"):
+        n, k = returns.shape
+        feats = policy.advantage_features(obs_t)
+        head = th.stack([policy.advantage(feats, policy.clip_action(actions[:, j])) for j in range(k)], dim=1).numpy()
+        head = head / batch.adv_scale  # reward units
+        mc = returns - returns.mean(axis=1, keepdims=True)
+        head = head - head.mean(axis=1, keepdims=True)
+        x, y = head.reshape(-1), mc.reshape(-1)
+        out["adv_head_corr"] = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+        out["adv_head_slope"] = float((x @ y) / max(x @ x, 1e-300))
+    return out
+
+
+def _stack(results: Sequence[Mapping[str, Any]], key: str, stratum: str, group: str) -> Optional[th.Tensor]:
+    rows = []
+    for r in results:
+        source = r["reference"] if key == "reference" else r["grads"][key]
+        if stratum not in source:
+            return None
+        value = source[stratum]
+        rows.append(th.cat([value[g] for g in GROUPS]) if group == "all" else value[group])
+    return th.stack(rows)
+
+
+def _debiased_sq_norm(rows: th.Tensor) -> float:
+    """||E x||^2 estimated without the noise of the mean: ||mean||^2 - trace(Cov) / R."""
+    r = rows.shape[0]
+    return float(rows.mean(0).norm() ** 2 - rows.var(0, unbiased=True).sum() / r)
+
+
+def summarise(results: Sequence[Mapping[str, Any]], bootstrap: int = 2000, seed: int = 0) -> List[Dict[str, Any]]:
+    """The statistics of the module docstring, one row per (estimator, group, stratum)."""
+    rng = np.random.default_rng(seed)
+    estimators = list(results[0]["grads"])
+    strata = list(results[0]["reference"])
+    rows = []
+    n = len(results)
+    for stratum in strata:
+        for group in (*GROUPS, "all"):
+            ref = _stack(results, "reference", stratum, group)
+            if ref is None:
+                continue
+            ref_mean = ref.mean(0)
+            # the reference's squared norm without its noise; not positive means the reference is
+            # too noisy to scale anything by: every relative statistic is then NaN, not a huge number
+            ref_sq = _debiased_sq_norm(ref)
+            ref_sq = ref_sq if ref_sq > 0 else float("nan")
+            half = spearman_brown(cosine(ref[0::2].mean(0), ref[1::2].mean(0)), 1.0)
+            rel_full = spearman_brown(half, n / (n / 2))
+            rel_loo = spearman_brown(half, (n - 1) / (n / 2))
+            base = {
+                "stratum": stratum,
+                "group": group,
+                "rollouts": n,
+                "ref_norm": math.sqrt(ref_sq),
+                "ref_relative_se": float(ref.std(0, unbiased=True).norm() / math.sqrt(n) / ref_mean.norm().clamp_min(1e-300)),
+                "ref_split_half_cosine": half,
+                "ref_reliability": rel_full,
+            }
+            score = _stack(results, "score", stratum, group)
+            for est in estimators:
+                e = _stack(results, est, stratum, group)
+                if e is None:
+                    continue
+                diff = e - ref
+                loo = (ref.sum(0, keepdim=True) - ref) / (n - 1)
+                singles = [cosine(e[i], loo[i]) for i in range(n)]
+                bias_sq = _debiased_sq_norm(diff)
+                boot = []
+                for _ in range(bootstrap):
+                    pick = th.as_tensor(rng.integers(n, size=n))
+                    boot.append(math.sqrt(max(_debiased_sq_norm(diff[pick]), 0.0)) / math.sqrt(ref_sq))
+                row = {
+                    **base,
+                    "estimator": est,
+                    "cos_single": float(np.nanmean(singles)),
+                    "cos_single_corrected": corrected_cosine(float(np.nanmean(singles)), rel_loo),
+                    "cos_mean": cosine(e.mean(0), ref_mean),
+                    "cos_mean_corrected": corrected_cosine(cosine(e.mean(0), ref_mean), rel_full),
+                    "rel_bias": math.sqrt(max(bias_sq, 0.0)) / math.sqrt(ref_sq),
+                    "rel_bias_lo": float(np.percentile(boot, 2.5)),
+                    "rel_bias_hi": float(np.percentile(boot, 97.5)),
+                    "proj": float(diff.mean(0) @ ref_mean) / float(ref_mean @ ref_mean),
+                    "rel_var": float(e.var(0, unbiased=True).sum()) / ref_sq,
+                    "lam_mse": float("nan"),
+                }
+                row["rel_mse"] = row["rel_bias"] ** 2 + row["rel_var"]
+                if est.startswith("pathwise") and score is not None:
+                    d = e - score
+                    num = -float(sum(d[i] @ (score[i] - loo[i]) for i in range(n)))
+                    den = float(sum(d[i] @ d[i] for i in range(n)))
+                    row["lam_mse"] = num / den if den > 0 else float("nan")
+                rows.append(row)
+    return rows
+
+
+def audit_checkpoint(model: Any, settings: ReferenceSettings, seed: int, extra_sources: Sequence[str] = ()) -> Dict[str, Any]:
+    """Audit one loaded checkpoint: per-rollout results and the summary rows."""
+    from hybrid_pg.sources import build_source
+
+    start = time.perf_counter()
+    # an extra source the run already uses is its own "pathwise" row, not a second one
+    own = getattr(model.pathwise, "name", None)
+    sources = [(name, build_source(model, name)) for name in extra_sources if name != own]
+    results = [audit_rollout(model, model.env, settings, seed * 10_007 + r, sources) for r in range(settings.rollouts)]
+    rows = summarise(results, settings.bootstrap, seed)
+    extras = {
+        "seconds": time.perf_counter() - start,
+        "env_steps": int(sum(r["env_steps"] for r in results)),
+        "ref_states": int(sum(r["n_ref_states"] for r in results)),
+        "std": results[0]["std"],
+        "lam_mean": results[0]["lam"]["mean"],
+        "lam_log_std": results[0]["lam"]["log_std"],
+        **{f"share_{k}": float(np.mean([r["stratum_share"][k] for r in results])) for k in results[0]["stratum_share"]},
+        **{k: float(np.nanmean([r["critic"][k] for r in results])) for k in results[0]["critic"]},
+    }
+    return {"rows": rows, "extras": extras}
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
+# ------------------------------------------------------------------------------------------------
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def checkpoint_csv(out: Path, key: str, step: int) -> Path:
+    return out / AUDIT_DIR / f"{key}__{step}.csv"
+
+
+def write_checkpoint_csv(path: Path, label: str, seed: int, step: int, audit: Mapping[str, Any]) -> None:
+    import csv
+    import io
+
+    rows = [{"run": label, "seed": seed, "step": step, **row, **audit["extras"]} for row in audit["rows"]]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, buf.getvalue())
+
+
+def run_audit(config: AuditConfig, only_seeds: Optional[Sequence[int]] = None, log: Any = print) -> List[Path]:
+    """Train what is missing, audit what is not audited yet; returns the checkpoint CSVs."""
+    from hybrid_pg.experiments.runner import run_key
+
+    out = Path(config.output_dir)
+    written = []
+    for label, cfg in audit_runs(config):
+        seed = cfg["train"]["seed"]
+        if only_seeds is not None and seed not in only_seeds:
+            continue
+        key = run_key(label, cfg)
+        todo = [s for s in config.checkpoints if not checkpoint_csv(out, key, s).exists()]
+        if not todo:
+            written += [checkpoint_csv(out, key, s) for s in config.checkpoints]
+            continue
+        t0 = time.perf_counter()
+        run_dir = train_with_checkpoints(label, cfg, out, config.checkpoints)
+        log(f"{label} seed {seed}: checkpoints ready ({time.perf_counter() - t0:.0f} s)")
+        for step in todo:
+            model = load_checkpoint(cfg, run_dir, step, n_envs=cfg["env"].get("n_envs", 1))
+            audit = audit_checkpoint(model, config.reference, config.seed + 1000 * seed + step, config.extra_sources)
+            path = checkpoint_csv(out, key, step)
+            write_checkpoint_csv(path, label, seed, step, audit)
+            e = audit["extras"]
+            log(f"  step {step}: {e['seconds']:.0f} s, {e['env_steps']} env steps, -> {path}")
+            written.append(path)
+            model.env.close()
+    return written
+
+
+def save_meta(config: AuditConfig) -> None:
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"name": config.name, "grid": config.grid, "checkpoints": list(config.checkpoints), "reference": vars(config.reference)}
+    _write_atomically(out / "audit_settings.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")

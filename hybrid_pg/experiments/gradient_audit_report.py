@@ -1,0 +1,201 @@
+"""The gradient audit's report: every audited checkpoint of one audit folder, in one table, two
+figures and a Markdown page (statistics defined in :mod:`hybrid_pg.experiments.gradient_audit`)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from hybrid_pg.experiments.gradient_audit import AUDIT_DIR, AuditConfig
+
+ESTIMATOR_NAMES = {
+    "score": "score (GAE advantages)",
+    "pathwise": "pathwise (the run's source)",
+    "mix": "applied mix (run's lam)",
+    "pathwise_mujoco": "pathwise (MuJoCo derivatives)",
+}
+
+
+def read_rows(out: Path) -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    for path in sorted((out / AUDIT_DIR).glob("*.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: _num(v) for k, v in row.items()})
+    rows.sort(key=lambda r: (r["run"], r["seed"], r["step"], r["stratum"], r["group"], r["estimator"]))
+    return rows
+
+
+def _num(value: str) -> Any:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _select(rows: List[Dict[str, Any]], **where: Any) -> List[Dict[str, Any]]:
+    return [r for r in rows if all(r[k] == v for k, v in where.items())]
+
+
+def write_table(rows: List[Dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def plot_cosines(rows: List[Dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    runs = sorted({(r["run"], r["seed"]) for r in rows})
+    estimators = [e for e in ESTIMATOR_NAMES if any(r["estimator"] == e for r in rows)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (run, seed), style in zip(runs, ["-", "--", ":", "-.", (0, (3, 1, 1, 1)), (0, (5, 2)), (0, (1, 1)), (0, (4, 1, 1, 1, 1, 1))] * 4):
+        for c, est in enumerate(estimators):
+            sel = _select(rows, run=run, seed=seed, estimator=est, group="all", stratum="all")
+            if not sel:
+                continue
+            steps = [r["step"] for r in sel]
+            axes[0].plot(
+                steps, [r["cos_single_corrected"] for r in sel], linestyle=style, color=colours[c % len(colours)], marker="o", ms=3
+            )
+            axes[1].plot(steps, [r["rel_bias"] for r in sel], linestyle=style, color=colours[c % len(colours)], marker="o", ms=3)
+    axes[0].set_ylabel("cosine with the reference\n(one rollout, corrected for reference noise)")
+    axes[1].set_ylabel("relative bias ||E g - g_ref|| / ||g_ref||")
+    for ax in axes:
+        ax.set_xlabel("training step of the checkpoint")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0.0, color="grey", lw=0.8)
+    handles = [plt.Line2D([], [], color=colours[c % len(colours)], label=ESTIMATOR_NAMES[e]) for c, e in enumerate(estimators)]
+    handles += [
+        plt.Line2D([], [], color="black", linestyle=s, label=f"{run.split('__')[1]} seed {seed}")
+        for (run, seed), s in zip(runs, ["-", "--", ":", "-."])
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_bias_variance(rows: List[Dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    estimators = [e for e in ESTIMATOR_NAMES if any(r["estimator"] == e for r in rows)]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for est in estimators:
+        sel = _select(rows, estimator=est, group="all", stratum="all")
+        ax.scatter([r["rel_var"] for r in sel], [r["rel_bias"] ** 2 for r in sel], label=ESTIMATOR_NAMES[est], s=18)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xlabel("variance of one rollout's estimate / ||g_ref||^2")
+    ax.set_ylabel("squared bias / ||g_ref||^2")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
+    ref = config.reference
+    lines = [
+        f"# Gradient audit: {config.name}",
+        "",
+        f"Grid `{config.grid}`; checkpoints at {', '.join(str(c) for c in config.checkpoints)} env steps. At each checkpoint: "
+        f"{ref.rollouts} independent rollouts of the run's size; on each, every estimator and the Monte Carlo reference at "
+        f"{ref.states_per_rollout} of its states ({ref.actions} actions per state, leave-one-out baseline, unbiased geometric tail "
+        f"after gamma^H0 <= {ref.tail_weight}). Reward units (VecNormalize's frozen scaling). CIs: bootstrap over rollouts.",
+        "",
+        "Columns: cos = cosine of one rollout's estimate with the reference, corrected for the reference's noise; "
+        "bias = ||E g - g_ref|| / ||g_ref|| [95% CI]; proj = the error along the reference (-1: none of the true direction); "
+        "var = one rollout's variance / ||g_ref||^2; lam_mse = the weight minimising the mix's error against the reference; "
+        "ref rel = the reference's reliability (expected squared cosine with the truth).",
+        "",
+    ]
+    for run, seed in sorted({(r["run"], r["seed"]) for r in rows}):
+        lines += [f"## {run}, seed {seed}", ""]
+        lines += [
+            "| step | std | lam (mean, log_std) | estimator | group | cos | bias [CI] | proj | var | lam_mse | ref rel |",
+            "|" + "---|" * 11,
+        ]
+        for r in _select(rows, run=run, seed=seed, stratum="all"):
+            lines.append(
+                f"| {r['step']} | {_fmt(r['std'])} | {_fmt(r['lam_mean'])}, {_fmt(r['lam_log_std'])} | {r['estimator']} | {r['group']} | "
+                f"{_fmt(r['cos_single_corrected'])} | {_fmt(r['rel_bias'])} [{_fmt(r['rel_bias_lo'])}, {_fmt(r['rel_bias_hi'])}] | "
+                f"{_fmt(r['proj'])} | {_fmt(r['rel_var'], 1)} | {_fmt(r['lam_mse'])} | {_fmt(r['ref_reliability'])} |"
+            )
+        lines.append("")
+        strata = sorted({r["stratum"] for r in _select(rows, run=run, seed=seed)} - {"all"})
+        if strata:
+            lines += [
+                "Contacts (group all): relative bias by stratum",
+                "",
+                "| step | estimator | " + " | ".join(strata) + " |",
+                "|" + "---|" * (2 + len(strata)),
+            ]
+            for step in sorted({r["step"] for r in _select(rows, run=run, seed=seed)}):
+                for est in ESTIMATOR_NAMES:
+                    cells = []
+                    for s in strata:
+                        sel = _select(rows, run=run, seed=seed, step=step, estimator=est, stratum=s, group="all")
+                        cells.append(
+                            f"{_fmt(sel[0]['rel_bias'])} [{_fmt(sel[0]['rel_bias_lo'])}, {_fmt(sel[0]['rel_bias_hi'])}]" if sel else "—"
+                        )
+                    if any(c != "—" for c in cells):
+                        lines.append(f"| {step} | {est} | " + " | ".join(cells) + " |")
+            lines.append("")
+        checks = _select(rows, run=run, seed=seed, stratum="all", group="all", estimator="score")
+        if checks:
+            lines += [
+                "Critics at the reference states (value error relative to the spread of Monte Carlo values; advantage head vs Monte Carlo differences)",
+                "",
+            ]
+            lines += [
+                "| step | value RMSE (rel) | value bias (rel) | adv head corr | adv head slope | ref seconds | env steps |",
+                "|" + "---|" * 7,
+            ]
+            for r in checks:
+                lines.append(
+                    f"| {r['step']} | {_fmt(r['value_rmse_rel'])} | {_fmt(r['value_bias_rel'])} | {_fmt(r.get('adv_head_corr', float('nan')))} | "
+                    f"{_fmt(r.get('adv_head_slope', float('nan')))} | {_fmt(r['seconds'], 0)} | {r['env_steps']} |"
+                )
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(config: AuditConfig) -> List[Path]:
+    out = Path(config.output_dir)
+    rows = read_rows(out)
+    if not rows:
+        return []
+    written = [out / "audit.csv", out / "report.md", out / "cosine_vs_step.png", out / "bias_vs_variance.png"]
+    write_table(rows, written[0])
+    written[1].write_text(markdown(rows, config))
+    plot_cosines(rows, written[2], f"{config.name}: each estimator against the true gradient")
+    plot_bias_variance(rows, written[3], f"{config.name}: bias and variance against the reference (group all)")
+    return written
+
+
+def lam_mse_table(rows: List[Dict[str, Any]]) -> Dict[str, float]:
+    """Median MSE-optimal lam per estimator (group all, stratum all): a one-line summary."""
+    out = {}
+    for est in ESTIMATOR_NAMES:
+        values = [r["lam_mse"] for r in _select(rows, estimator=est, group="all", stratum="all") if not math.isnan(r["lam_mse"])]
+        if values:
+            out[est] = float(np.median(values))
+    return out

@@ -1,0 +1,86 @@
+"""The gradient audit's statistics on a problem whose answer is known: on the coupled bandit every
+episode is one step, so the score estimator (a constant baseline: V of the one state) and the
+pathwise estimator through the env's exact model are both unbiased, while an untrained advantage
+head is not."""
+
+import math
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+
+import hybrid_pg_envs  # noqa: F401
+from hybrid_pg import HybridPG
+from hybrid_pg.experiments.gradient_audit import ReferenceSettings, audit_checkpoint, load_audit_config, summarise
+from hybrid_pg.ground_truth.coupled_bandit import bandit_moments
+
+
+@pytest.fixture(scope="module")
+def bandit_audit():
+    env = make_vec_env("hybrid_pg/CoupledBandit-v0", n_envs=1, seed=0, env_kwargs=dict(m=1.0, c=1.0))
+    model = HybridPG(
+        "MlpPolicy", env, n_steps=128, batch_size=128, pathwise_source="model", policy_kwargs=dict(net_arch=[]), seed=0, device="cpu"
+    )
+    with th.no_grad():
+        model.policy.action_net.bias.fill_(0.3)
+    settings = ReferenceSettings(rollouts=16, states_per_rollout=32, actions=4, burn_in=0, bootstrap=300)
+    audit = audit_checkpoint(model, settings, seed=1, extra_sources=["critic"])
+    return {(r["estimator"], r["group"]): r for r in audit["rows"] if r["stratum"] == "all"}, audit
+
+
+def test_unbiased_estimators_show_no_bias_and_point_along_the_reference(bandit_audit):
+    rows, _ = bandit_audit
+    for est in ("score", "pathwise"):
+        row = rows[(est, "all")]
+        assert row["rel_bias_lo"] < 0.1, row  # the CI reaches down to (nearly) no bias
+        assert row["cos_mean"] > 0.9, row
+        assert abs(row["proj"]) < 0.25, row
+    # one rollout's variance against the closed form: per-sample trace variance / (n_steps ||g||^2),
+    # with the metric of the parameters (w, b, log_std): mu = w * 1 + b counts the mean twice
+    truth = bandit_moments(0.3, 0.0, m=1.0, c=1.0, metric=np.diag([2.0, 1.0]))
+    g_sq = 2 * truth.grad[0] ** 2 + truth.grad[1] ** 2
+    for est, var in (("pathwise", truth.var_path), ("score", truth.var_score)):
+        # 16 rollouts give a variance estimate good to about +-35%
+        assert rows[(est, "all")]["rel_var"] == pytest.approx(var / (128 * g_sq), rel=0.6), est
+
+
+def test_an_untrained_critic_is_flagged_as_biased(bandit_audit):
+    rows, _ = bandit_audit
+    critic = rows[("pathwise_critic", "all")]
+    assert critic["rel_bias_lo"] > 0.5, critic  # the CI excludes small biases
+    assert critic["rel_bias"] > 3 * max(rows[("pathwise", "all")]["rel_bias"], 0.05)
+    # the weight that minimises the mix's error: close to 0 for the misleading critic
+    assert critic["lam_mse"] < rows[("pathwise", "all")]["lam_mse"]
+
+
+def test_the_summary_reports_reference_precision_and_costs(bandit_audit):
+    rows, audit = bandit_audit
+    row = rows[("score", "all")]
+    assert row["ref_reliability"] > 0.8 and row["ref_split_half_cosine"] > 0.5
+    assert audit["extras"]["env_steps"] > 16 * 128 and audit["extras"]["ref_states"] == 16 * 32
+    assert not math.isnan(audit["extras"]["value_rmse_rel"])
+
+
+def test_summarise_returns_nan_not_huge_numbers_for_a_reference_of_pure_noise():
+    rng = np.random.default_rng(0)
+    results = []
+    for _ in range(6):
+        ref = {"all": {"mean": th.as_tensor(rng.standard_normal(50)), "log_std": th.as_tensor(rng.standard_normal(1))}}
+        est = {"all": {"mean": th.as_tensor(rng.standard_normal(50)), "log_std": th.as_tensor(rng.standard_normal(1))}}
+        results.append({"reference": ref, "grads": {"score": est}})
+    rows = summarise(results, bootstrap=100)
+    assert all(math.isnan(r["rel_bias"]) or r["rel_bias"] < 1e6 for r in rows)
+
+
+def test_audit_files_are_checked(tmp_path):
+    bad = tmp_path / "a.yaml"
+    bad.write_text("grid: g.yaml\nruns: [{env: X, estimator: y, seeds: [0]}]\ncheckpoints: []\n")
+    with pytest.raises(ValueError, match="checkpoints"):
+        load_audit_config(str(bad))
+    bad.write_text("grid: g.yaml\nruns: [{env: X, estimator: y, seeds: [0]}]\ncheckpoints: [10]\nreference: {actions: 1}\n")
+    with pytest.raises(ValueError, match="reference.actions"):
+        load_audit_config(str(bad))
+    bad.write_text("grid: g.yaml\nrun: []\ncheckpoints: [10]\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        load_audit_config(str(bad))
