@@ -70,9 +70,9 @@ class _Stream:
         det = s0 * s2 - s1 * s1
         if not (det > 1e-12 * max(s0 * s2, 1e-300)) or n_eff <= 2.5:
             return math.nan, math.nan, math.nan
-        slope = (s0 * sty - s1 * sy) / det
-        level = (sy - slope * s1) / s0  # the fitted value at t = 0: the next step
-        rss = max(syy - level * sy - slope * sty, 0.0)
+        rate = (s0 * sty - s1 * sy) / det
+        level = (sy - rate * s1) / s0  # the fitted value at t = 0: the next step
+        rss = max(syy - level * sy - rate * sty, 0.0)
         dof = n_eff - 2.0
         resid_var = rss / s0 * n_eff / dof  # weighted residual variance, small-sample corrected
         leverage = s2 / det  # Var(fit at t = 0) / sigma^2 for unit weights

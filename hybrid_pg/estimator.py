@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch as th
@@ -66,7 +66,7 @@ _DEGENERATE_RTOL = 1e-12
 # ----------------------------------------------------------------------------------------------
 
 
-def _as_tensor(x: ArrayLike, name: str, dtype: th.dtype = th.float64) -> th.Tensor:
+def _as_tensor(x: ArrayLike, name: str, dtype: Optional[th.dtype] = th.float64) -> th.Tensor:
     t = x if isinstance(x, th.Tensor) else th.as_tensor(np.asarray(x))
     if dtype is not None:
         return t.to(dtype)
@@ -409,7 +409,7 @@ def pooled_estimate(
     cov = sum(wk * b.ss_cross for wk, b in zip(w, batches)) / dof
     bias_sq = 0.0
     if bias_correction:
-        diff = sum(wk * b.n * (b.mean_path - b.mean_score) for wk, b in zip(w, batches)) / wn
+        diff = cast(th.Tensor, sum(wk * b.n * (b.mean_path - b.mean_score) for wk, b in zip(w, batches))) / wn
         noise = (var_p + var_m - 2.0 * cov) / n_eff
         bias_sq = max(float(diff @ diff) - noise, 0.0)
     return lambda_from_moments(

@@ -214,7 +214,7 @@ def outer_product_group_moments(
             lr_ss_score=max(lr[1] - n * float(mm @ mm), 0.0),
             lr_ss_cross=lr[2] - n * float(mp @ mm),
         )
-    std_part = BatchMoments.from_samples(v_path.double(), v_score.double(), blocks=None if blocks is None else block_index.cpu())
+    std_part = BatchMoments.from_samples(v_path.double(), v_score.double(), blocks=None if block_index is None else block_index.cpu())
     return {"mean": mean_part, "log_std": std_part, "global": BatchMoments.concat([mean_part, std_part])}
 
 

@@ -19,13 +19,17 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN, create_mlp
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, NatureCNN, create_mlp
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 
 class AdvantageHead(nn.Module):
     """A_phi(features, a): an MLP on [features, a rescaled from the Box bounds to [-1, 1]]."""
+
+    # buffers (registered in __init__), declared for type checkers
+    action_low: th.Tensor
+    action_high: th.Tensor
 
     def __init__(self, features_dim: int, action_space: spaces.Box, net_arch: List[int], activation_fn: Type[nn.Module]) -> None:
         super().__init__()
@@ -76,6 +80,7 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
 
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)
+        assert isinstance(self.action_space, spaces.Box)  # checked in __init__
         self.advantage_head = AdvantageHead(self.features_dim, self.action_space, self.advantage_net_arch, self.activation_fn)
         # the optimizer built by the parent does not know the new head
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
@@ -90,7 +95,7 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
         renamed = {("advantage_head." + k[len("q_net.") :] if k.startswith("q_net.") else k): v for k, v in state_dict.items()}
         return super().load_state_dict(renamed, strict=strict, assign=assign)
 
-    def extract_features(self, obs: th.Tensor, features_extractor: Optional[nn.Module] = None) -> Any:  # type: ignore[override]
+    def extract_features(self, obs: th.Tensor, features_extractor: Optional[BaseFeaturesExtractor] = None) -> Any:  # type: ignore[override]
         """SB3's, except that an explicit extractor is always used: with ``share_features_extractor=False``
         SB3 ignores it and returns the ``(pi, vf)`` tuple, but HybridPG asks for one branch's features."""
         if features_extractor is None or self.share_features_extractor:
@@ -109,7 +114,7 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
 
     def advantage_features(self, obs: th.Tensor) -> th.Tensor:
         """Features the advantage head conditions on (the value branch's extractor)."""
-        return self.extract_features(obs, self.vf_features_extractor)  # type: ignore[arg-type]
+        return self.extract_features(obs, self.vf_features_extractor)
 
     def advantage(self, features: th.Tensor, clipped_actions: th.Tensor) -> th.Tensor:
         """A_phi(s, a) for already-clipped actions, shape (B,)."""
@@ -117,7 +122,7 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
 
     def actor_mean(self, obs: th.Tensor) -> th.Tensor:
         """Mean action mu(s), shape (B, action_dim)."""
-        features = self.extract_features(obs, self.pi_features_extractor)  # type: ignore[arg-type]
+        features = self.extract_features(obs, self.pi_features_extractor)
         return self.action_net(self.mlp_extractor.forward_actor(features))
 
 

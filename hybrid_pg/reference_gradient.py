@@ -70,7 +70,7 @@ EnvSpec = Union[str, gym.Env, Callable[[], gym.Env]]
 # ------------------------------------------------------------------------------------------------
 
 
-def group_parameters(policy: nn.Module) -> Dict[str, List[nn.Parameter]]:
+def group_parameters(policy: Any) -> Dict[str, List[nn.Parameter]]:
     """The policy's parameters by group: ``mean`` (the actor's latent MLP and action layer) and
     ``log_std``. A features extractor is left out, as in the weight's statistics."""
     if not isinstance(getattr(policy, "log_std", None), nn.Parameter):
@@ -82,7 +82,7 @@ def group_parameters(policy: nn.Module) -> Dict[str, List[nn.Parameter]]:
     return {"mean": mean, "log_std": [policy.log_std]}
 
 
-def policy_mean_log_std(policy: nn.Module, obs: th.Tensor) -> tuple:
+def policy_mean_log_std(policy: Any, obs: th.Tensor) -> tuple:
     """(mean, log_std) of the policy at a batch of (normalised) observations."""
     if hasattr(policy, "actor_mean"):
         return policy.actor_mean(obs), policy.log_std
@@ -200,10 +200,9 @@ def monte_carlo_returns(
     shape (N, K, action_dim); actions are clipped to the env's bounds as SB3 does.
     """
     n, k = first_actions.shape[:2]
-    space = snapshots[0].action_space
-    low, high = space.low, space.high
+    low, high = _box_bounds(snapshots[0].action_space)
     h0 = tail_horizon(gamma, tail_weight)
-    stop = h0 + (rng.geometric(1.0 - gamma, size=n) if gamma > 0 else np.zeros(n, dtype=int))
+    stop = h0 + np.asarray(rng.geometric(1.0 - gamma, size=n) if gamma > 0 else np.zeros(n, dtype=int))
     envs = [[copy.deepcopy(snapshots[i]) for _ in range(k)] for i in range(n)]
     values = np.zeros((n, k))
     ended_by_termination = np.zeros((n, k), dtype=bool)
@@ -237,7 +236,14 @@ def monte_carlo_returns(
         std = th.exp(log_std).expand_as(mean).cpu().numpy()
         mean = mean.cpu().numpy()
         actions = {(i, j): mean[r] + std[r] * noise[i] for r, (i, j) in enumerate(alive)}
-    return Returns(values=values, env_steps=steps, terminated=ended_by_termination.all(axis=1))
+    return Returns(values=values, env_steps=steps, terminated=np.asarray(ended_by_termination.all(axis=1)))
+
+
+def _box_bounds(space: gym.Space) -> tuple:
+    """(low, high) of a Box action space; other spaces have no Gaussian policy to differentiate."""
+    if not isinstance(space, gym.spaces.Box):
+        raise TypeError(f"the reference gradient needs a Box action space, got {space}")
+    return space.low, space.high
 
 
 def sample_actions(policy: nn.Module, obs: th.Tensor, n_actions: int, generator: th.Generator) -> th.Tensor:
@@ -408,6 +414,7 @@ def reference_gradient(
     generator = th.Generator(device=device).manual_seed(seed)
     base = make_env(env)
     hold_clock(base)
+    low, high = _box_bounds(base.action_space)
     snapshots, raw_obs, weights, units = [], [], [], []
     steps = 0
     for episode in range(n_episodes):
@@ -422,7 +429,7 @@ def reference_gradient(
             with th.no_grad():
                 mean, log_std = policy_mean_log_std(policy, _policy_obs(norm, obs[None], device))
                 action = (mean + th.exp(log_std) * th.randn(mean.shape, generator=generator, device=device))[0].cpu().numpy()
-            obs, _, terminated, truncated, _ = base.step(np.clip(action, base.action_space.low, base.action_space.high))
+            obs, _, terminated, truncated, _ = base.step(np.clip(action, low, high))
             steps, t, done = steps + 1, t + 1, terminated or truncated
     obs_t = _policy_obs(norm, np.asarray(raw_obs), device)
     actions = sample_actions(policy, obs_t, n_actions, generator)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import reduce
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, cast
 
 import torch as th
 
@@ -124,7 +124,7 @@ def pool(
     if all(b.has_blocks for b in batches):
         bdof = sum(wk * (b.n_blocks - 1) for wk, b in zip(w, batches))
         lr = tuple(sum(wk * getattr(b, a) for wk, b in zip(w, batches)) / bdof for a in ("lr_ss_path", "lr_ss_score", "lr_ss_cross"))
-    diff = sum(wk * b.n * (b.mean_path - b.mean_score) for wk, b in zip(w, batches)) / wn
+    diff = cast(th.Tensor, sum(wk * b.n * (b.mean_path - b.mean_score) for wk, b in zip(w, batches))) / wn
     d_var = var_p + var_m - 2.0 * cov
     if math.isfinite(lr[0]):
         # a long-run variance below the per-sample one (negative correlation, or noise in a few
@@ -178,7 +178,7 @@ def trend_moments(
     if shifts is None or not _is_covariance(*level):
         return level
     step = _valid_fraction(level, shifts)
-    return tuple(lev + step * sh for lev, sh in zip(level, shifts))  # type: ignore[return-value]
+    return tuple(lev + step * sh for lev, sh in zip(level, shifts))
 
 
 def _is_covariance(vp: float, vm: float, c: float) -> bool:
@@ -416,7 +416,7 @@ def oracle_lambdas(parts: Sequence[BatchMoments], batch_size: float, bounds: Opt
         return pick(lv), pick(lm), q
 
     full = point(parts)
-    ses = (math.nan,) * 3
+    ses: Tuple[float, ...] = (math.nan,) * 3
     if len(parts) >= 3:
         loo = [point([p for i, p in enumerate(parts) if i != k]) for k in range(len(parts))]
         ses = tuple(jackknife_se([x[j] for x in loo]) for j in range(3))

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch as th
 
-from hybrid_pg.change_detection import Alarm, bias_coordinate, detector_from_config, lambda_coordinates
+from hybrid_pg.change_detection import Alarm, CusumDetector, bias_coordinate, detector_from_config, lambda_coordinates
 from hybrid_pg.estimator import (
     DEFAULT_BOUNDS,
     DEFAULT_FALLBACK,
@@ -131,6 +131,7 @@ class WindowedLambda:
         self.detector_config = dict(detector or {})
         if self.detector_config and mode != "adaptive":
             raise ValueError("detector settings only apply to mode='adaptive'")
+        self.detector: Optional[CusumDetector]
         self.detector, self.watch_bias = detector_from_config(self.detector_config) if mode == "adaptive" else (None, False)
         self.last_alarm: Optional[Alarm] = None
 

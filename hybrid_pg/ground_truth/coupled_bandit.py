@@ -215,7 +215,7 @@ def oracle_lambda(
 def per_sample_gradients(
     policy_mean: float,
     policy_log_std: float,
-    eps: Sequence[float],
+    eps: Union[Sequence[float], np.ndarray],
     m: float = 0.0,
     c: float = 1.0,
     baseline: float = 0.0,

@@ -95,17 +95,22 @@ class Normalization:
         as_t = lambda a: th.as_tensor(np.array(a, dtype=np.float32), device=device)  # noqa: E731 (a copy)
         mean = std = None
         if norm.norm_obs:
-            mean, std = as_t(norm.obs_rms.mean), as_t(np.sqrt(norm.obs_rms.var + norm.epsilon))
+            rms = norm.obs_rms
+            if isinstance(rms, dict):
+                raise ValueError("pathwise_source='model' with VecNormalize(norm_obs=True) needs a Box observation space, not a Dict")
+            mean, std = as_t(rms.mean), as_t(np.sqrt(rms.var + norm.epsilon))
         scale = float(1.0 / np.sqrt(norm.ret_rms.var + norm.epsilon)) if norm.norm_reward else None
         return cls(mean, std, float(norm.clip_obs), scale, float(norm.clip_reward))
 
     def raw_obs(self, obs: th.Tensor) -> th.Tensor:
         """Normalised -> raw observations (exact unless VecNormalize clipped them)."""
-        return obs if self.obs_mean is None else obs * self.obs_std.to(obs) + self.obs_mean.to(obs)
+        if self.obs_mean is None or self.obs_std is None:
+            return obs
+        return obs * self.obs_std.to(obs) + self.obs_mean.to(obs)
 
     def obs(self, raw: th.Tensor) -> th.Tensor:
         """Raw -> normalised observations, as ``VecNormalize.normalize_obs``."""
-        if self.obs_mean is None:
+        if self.obs_mean is None or self.obs_std is None:
             return raw
         return th.clamp((raw - self.obs_mean.to(raw)) / self.obs_std.to(raw), -self.clip_obs, self.clip_obs)
 

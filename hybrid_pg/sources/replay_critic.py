@@ -79,6 +79,15 @@ STATE_ATTRIBUTE = "replay_critic_state"
 class QNetwork(nn.Module):
     """Q(s, a) = center + scale * MLP([(s - obs_mean) / obs_std, (a - action_mean) / action_std])."""
 
+    # buffers (registered in __init__; saved with the network), declared for type checkers
+    action_mean: th.Tensor
+    action_std: th.Tensor
+    obs_mean: th.Tensor
+    obs_std: th.Tensor
+    center: th.Tensor
+    scale: th.Tensor
+    initialised: th.Tensor
+
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
         layers: List[nn.Module] = []
