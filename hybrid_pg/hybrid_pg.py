@@ -18,7 +18,10 @@ Per update (one rollout):
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import time
+import warnings
 from typing import Any, ClassVar, Dict, Iterable, List, Optional, Tuple, Type, TypeVar, Union
 
 import numpy as np
@@ -34,6 +37,7 @@ from torch.nn import functional as F
 
 from hybrid_pg.drift import DriftTracker
 from hybrid_pg.estimator import BatchMoments, LambdaEstimate
+from hybrid_pg.online_signals import online_signals
 from hybrid_pg.oracle import Oracle, OracleEnv, check_oracle_env
 from hybrid_pg.per_sample import GROUPS, all_finite
 from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy
@@ -336,7 +340,10 @@ class HybridPG(OnPolicyAlgorithm):
         **kwargs: Any,
     ) -> "HybridPG":
         """SB3's ``load``; a broken file gets an error that names what is missing instead of a bare
-        ``KeyError``. Model files are pickles (SB3's format): load only files you trust."""
+        ``KeyError``. ``kwargs`` (values that replace the saved ones) must be HybridPG settings or
+        constructor arguments: anything else (``learning_rat=``) is refused with a did-you-mean, as
+        the constructor refuses it. Model files are pickles (SB3's format): load only files you trust."""
+        _check_load_keywords(cls, kwargs)
         try:
             return super().load(
                 path,
@@ -354,10 +361,22 @@ class HybridPG(OnPolicyAlgorithm):
             ) from exc
 
     def _restore_env_clocks(self) -> None:
+        """The saved clocks go into the env; its own ``steps_per_tick`` stays (it follows the new env's
+        ``n_envs``: a model saved with 2 envs and loaded into 3 would otherwise run the schedule at
+        2/3 speed), with a warning when it differs from the saved one."""
         saved = getattr(self, "saved_env_clocks", None)
         if not saved or self.env is None or not has_clock(self.env):
             return
-        states = [saved[i % len(saved)] for i in range(self.env.num_envs)]
+        ticks = [state.get("steps_per_tick") for state in self.env.env_method("state_dict")]
+        states = [{**saved[i % len(saved)], "steps_per_tick": ticks[i]} for i in range(self.env.num_envs)]
+        old = sorted({state.get("steps_per_tick") for state in saved})
+        if old != sorted(set(ticks)):
+            warnings.warn(
+                f"the saved env clock advanced by steps_per_tick={old[0] if len(old) == 1 else old} per step; the env given to "
+                f"load ({self.env.num_envs} envs) advances by {ticks[0] if len(set(ticks)) == 1 else ticks}, which is kept: "
+                "the schedule goes on from the saved clock at the new env's pace",
+                stacklevel=3,
+            )
         load_vec_state_dicts(self.env, states)
         self.saved_env_clocks = None  # once: a later set_env gets the env as the user passes it
 
@@ -455,6 +474,10 @@ class HybridPG(OnPolicyAlgorithm):
             # a diverged critic (NaN/inf gradients): fall back to the score estimator for this update
             lam = {g: 0.0 for g in lam}
 
+        # cheap agreement signals of the two estimators on this rollout, before the update moves the
+        # source (hybrid_pg.online_signals); they consume no random numbers
+        signals = online_signals(self.pathwise, batch, moments if stats_ok else None)
+
         # -- the mixed update -----------------------------------------------------------------------
         t_update = time.perf_counter()
         logs = self._update(batch, lam, clip_range)
@@ -469,6 +492,8 @@ class HybridPG(OnPolicyAlgorithm):
         self._n_updates += s.n_epochs
         self.last_lambda = dict(lam)
         self._log(logs, lam, moments if stats_ok else None, stats_time, update_time, clip_range, batch, oracle)
+        for name, value in signals.items():
+            self.logger.record(f"hybrid/{name}", value, exclude=QUIET)
 
     def _update(self, batch: RolloutBatch, lam: Dict[str, float], clip_range: Optional[float]) -> Dict[str, list]:
         """``n_epochs`` passes of minibatch SGD on lam * pathwise + (1 - lam) * score (+ losses)."""
@@ -618,6 +643,22 @@ class HybridPG(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+
+#: ``load`` keywords that are not settings or constructor arguments (SB3's own)
+_LOAD_OWN = ("custom_objects", "print_system_info", "force_reset")
+
+
+def _check_load_keywords(cls: Type[HybridPG], kwargs: Dict[str, Any]) -> None:
+    """``load(**kwargs)``: each key a setting, a deprecated name of one, or a constructor argument."""
+    params = inspect.signature(cls.__init__).parameters
+    known = {*HybridPGSettings.model_fields, *DEPRECATED_ALIASES, *_LOAD_OWN}
+    known |= {name for name, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD and name not in ("self", "policy", "env", "_init_setup_model")}
+    for key, value in kwargs.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{key}={value!r}: is not a HybridPG setting or argument of load{hint}")
 
 
 HybridPG.__doc__ = (HybridPG.__doc__ or "").replace("{settings}", "\n    ".join(f":param {name}: {text}" for name, text in settings_docs()))

@@ -134,6 +134,17 @@ LOGGED_KEYS: Tuple[LoggedKey, ...] = (
         "the window's predicted 1 - Var(mix) / min(Var_P, Var_M) (against a learned, biased source the better estimator is not a fair reference)",
         "exact pathwise sources only (a true model)",
     ),
+    # do the two estimators agree? (hybrid_pg.online_signals; the gradient audit scores them against the true gradient)
+    LoggedKey(
+        "hybrid/sign_agreement",
+        "share of samples where the GAE advantage and the pathwise source's advantage Q~(s, a) - Q~(s, mu) agree in sign (0.5: chance)",
+    ),
+    LoggedKey("hybrid/advantage_corr", "correlation of the same two per-sample advantages on this rollout"),
+    LoggedKey("hybrid/path_score_cos", "cosine between this rollout's mean pathwise and mean score gradients (policy parameters)"),
+    LoggedKey(
+        "hybrid/path_score_cos_debiased",
+        "the same cosine with the noise the two means share removed (long-run covariances); NaN when the rollout is too noisy to say",
+    ),
     LoggedKey(
         "hybrid/stats_valid", "1 when this rollout's gradient statistics were finite and joined the window, 0 when they were skipped"
     ),
