@@ -113,9 +113,12 @@ class AuditConfig:
     reference: ReferenceSettings = field(default_factory=ReferenceSettings)
     extra_sources: Tuple[str, ...] = ()
     seed: int = 0
+    #: train each run's whole budget (its final return tells a good seed from a bad one), or stop
+    #: at the last checkpoint
+    train_full: bool = True
 
 
-_KNOWN = ("name", "grid", "output_dir", "runs", "checkpoints", "reference", "extra_sources", "seed")
+_KNOWN = ("name", "grid", "output_dir", "runs", "checkpoints", "reference", "extra_sources", "seed", "train_full")
 
 
 def load_audit_config(path: str) -> AuditConfig:
@@ -159,6 +162,7 @@ def load_audit_config(path: str) -> AuditConfig:
         reference=ref,
         extra_sources=tuple(raw.get("extra_sources") or ()),
         seed=int(raw.get("seed", 0)),
+        train_full=bool(raw.get("train_full", True)),
     )
 
 
@@ -189,12 +193,13 @@ def checkpoint_paths(run_dir: Path, step: int) -> Tuple[Path, Path]:
     return folder / f"step_{step}.zip", folder / f"vecnormalize_{step}.pkl"
 
 
-def _checkpoint_callback(run_dir: Path, steps: Sequence[int]) -> Any:
+def _checkpoint_callback(run_dir: Path, steps: Sequence[int], stop_after_last: bool) -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
 
     class SaveAt(BaseCallback):
-        """Saves the model (and VecNormalize) at the first rollout end at or after each step, then
-        stops training after the last: the policy saved is the one that collected that rollout."""
+        """Saves the model (and VecNormalize) at the first rollout end at or after each step (the
+        policy saved is the one that collected that rollout); with ``stop_after_last`` training
+        stops after the last one."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -212,22 +217,27 @@ def _checkpoint_callback(run_dir: Path, steps: Sequence[int]) -> Any:
                 norm = self.model.get_vec_normalize_env()
                 if norm is not None:
                     norm.save(str(norm_path))
-            self.done = not self.todo
+            self.done = stop_after_last and not self.todo
 
     return SaveAt()
 
 
-def train_with_checkpoints(label: str, config: Mapping[str, Any], out: Path, steps: Sequence[int]) -> Path:
-    """The run of ``config`` with checkpoints at ``steps`` (trained once: a complete run is reused)."""
+def train_with_checkpoints(label: str, config: Mapping[str, Any], out: Path, steps: Sequence[int], full: bool = True) -> Path:
+    """The run of ``config`` with checkpoints at ``steps`` (trained once: a complete run is reused).
+
+    ``full``: train the grid's whole budget, so that the run's own final return says whether it
+    is a good or a bad seed. Retrained runs reproduce the grid's exactly only on the same machine
+    and library builds: the simulator's floating point differs between CPUs in the last digits and
+    a chaotic task (Hopper) amplifies that within a few updates."""
     from hybrid_pg.experiments.ablate import RUNS_SUBDIR
     from hybrid_pg.experiments.runner import run, run_key
 
     run_dir = out / RUNS_SUBDIR / run_key(label, config)
-    if all(checkpoint_paths(run_dir, s)[0].exists() for s in steps):
+    if all(checkpoint_paths(run_dir, s)[0].exists() for s in steps) and (not full or (run_dir / "result.json").exists()):
         return run_dir
     if run_dir.exists():  # an interrupted earlier attempt: the audit's own scratch, trained again
         shutil.rmtree(run_dir)
-    run(config, run_dir, quiet=True, callbacks=[_checkpoint_callback(run_dir, steps)])
+    run(config, run_dir, quiet=True, callbacks=[_checkpoint_callback(run_dir, steps, stop_after_last=not full)])
     return run_dir
 
 
@@ -543,7 +553,7 @@ def run_audit(config: AuditConfig, only_seeds: Optional[Sequence[int]] = None, l
             written += [checkpoint_csv(out, key, s) for s in config.checkpoints]
             continue
         t0 = time.perf_counter()
-        run_dir = train_with_checkpoints(label, cfg, out, config.checkpoints)
+        run_dir = train_with_checkpoints(label, cfg, out, config.checkpoints, full=config.train_full)
         log(f"{label} seed {seed}: checkpoints ready ({time.perf_counter() - t0:.0f} s)")
         for step in todo:
             model = load_checkpoint(cfg, run_dir, step, n_envs=cfg["env"].get("n_envs", 1))
