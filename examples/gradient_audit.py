@@ -23,7 +23,7 @@ def main(argv=None) -> int:
 
     import torch as th
 
-    from hybrid_pg.experiments.gradient_audit import load_audit_config, run_audit, save_meta
+    from hybrid_pg.experiments.gradient_audit import load_audit_config, run_audit, run_signals, save_meta
     from hybrid_pg.experiments.gradient_audit_report import write_report
 
     th.set_num_threads(1)
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     save_meta(config)
     if not args.report_only:
         run_audit(config, only_seeds=args.seeds, log=lambda m: print(m, flush=True))
+        run_signals(config, log=lambda m: print(m, flush=True))
     for path in write_report(config):
         print(f"wrote {path}")
     return 0

@@ -98,9 +98,15 @@ class ReferenceSettings:
 
 @dataclass
 class AuditRunEntry:
+    """A cell of the grid (``env`` x ``estimator``), or a run config file (``config``, e.g. a
+    committed run's config.yaml, with ``set`` overrides) audited under the name ``label``."""
+
     env: str
     estimator: str
     seeds: Tuple[int, ...]
+    config: Optional[str] = None
+    label: Optional[str] = None
+    overrides: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -129,7 +135,7 @@ def load_audit_config(path: str) -> AuditConfig:
     unknown = sorted(set(raw) - set(_KNOWN))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; known: {list(_KNOWN)}")
-    for key in ("grid", "runs", "checkpoints"):
+    for key in ("runs", "checkpoints"):
         if key not in raw:
             raise ValueError(f"{path}: '{key}' is required")
     checkpoints = raw["checkpoints"]
@@ -137,12 +143,20 @@ def load_audit_config(path: str) -> AuditConfig:
         raise ValueError(f"{path}: checkpoints must be a non-empty list of positive env-step counts, got {checkpoints!r}")
     runs = []
     for i, entry in enumerate(raw["runs"] or []):
-        if not isinstance(entry, dict) or set(entry) != {"env", "estimator", "seeds"}:
-            raise ValueError(f"{path}: runs[{i}] must be a mapping with exactly env, estimator, seeds")
+        grid_entry = isinstance(entry, dict) and set(entry) == {"env", "estimator", "seeds"}
+        file_entry = isinstance(entry, dict) and {"config", "label", "seeds"} <= set(entry) <= {"config", "label", "seeds", "set"}
+        if not (grid_entry or file_entry):
+            raise ValueError(f"{path}: runs[{i}] must be a mapping with env, estimator, seeds (a grid cell) or config, label, seeds[, set]")
         seeds = entry["seeds"]
         if not isinstance(seeds, list) or not all(isinstance(s, int) and s >= 0 for s in seeds):
             raise ValueError(f"{path}: runs[{i}].seeds must be a list of integers >= 0")
-        runs.append(AuditRunEntry(str(entry["env"]), str(entry["estimator"]), tuple(seeds)))
+        if grid_entry:
+            runs.append(AuditRunEntry(str(entry["env"]), str(entry["estimator"]), tuple(seeds)))
+        else:
+            overrides = entry.get("set") or []
+            if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+                raise ValueError(f"{path}: runs[{i}].set must be a list of 'key=value' overrides")
+            runs.append(AuditRunEntry("", "", tuple(seeds), str(entry["config"]), str(entry["label"]), tuple(overrides)))
     if not runs:
         raise ValueError(f"{path}: runs must not be empty")
     reference = raw.get("reference") or {}
@@ -155,7 +169,7 @@ def load_audit_config(path: str) -> AuditConfig:
     name = raw.get("name") or Path(path).stem
     return AuditConfig(
         name=name,
-        grid=str(raw["grid"]),
+        grid=str(raw.get("grid") or ""),
         output_dir=str(raw.get("output_dir") or f"results/audit_{name}"),
         runs=tuple(runs),
         checkpoints=tuple(sorted(set(checkpoints))),
@@ -169,11 +183,21 @@ def load_audit_config(path: str) -> AuditConfig:
 def audit_runs(config: AuditConfig) -> List[Tuple[str, Dict[str, Any]]]:
     """(label, resolved run config) of every run the audit covers, from the grid's cells."""
     from hybrid_pg.experiments.ablate import load_ablation
+    from hybrid_pg.experiments.config import load_config
 
-    ablation = load_ablation(config.grid, seeds=sorted({s for r in config.runs for s in r.seeds}))
-    by_key = {(label, cfg["train"]["seed"]): cfg for label, cfg in ablation.runs()}
+    by_key: Dict[Tuple[str, int], Dict[str, Any]] = {}
+    if any(entry.config is None for entry in config.runs):
+        if not config.grid:
+            raise ValueError("runs given as env x estimator need the audit file's 'grid' (an ablation file)")
+        ablation = load_ablation(config.grid, seeds=sorted({s for r in config.runs for s in r.seeds}))
+        by_key = {(label, cfg["train"]["seed"]): cfg for label, cfg in ablation.runs()}
     out = []
     for entry in config.runs:
+        if entry.config is not None:
+            for seed in entry.seeds:
+                overrides = [*entry.overrides, f"train.seed={seed}"]
+                out.append((str(entry.label), load_config(entry.config, overrides=overrides, check_environment=False)))
+            continue
         label = f"{entry.env}__{entry.estimator}"
         for seed in entry.seeds:
             if (label, seed) not in by_key:
@@ -503,6 +527,60 @@ def audit_checkpoint(model: Any, settings: ReferenceSettings, seed: int, extra_s
         **{k: float(np.nanmean([r["critic"][k] for r in results])) for k in results[0]["critic"]},
     }
     return {"rows": rows, "extras": extras}
+
+
+def checkpoint_signals(model: Any, rollouts: int, seed: int) -> Dict[str, float]:
+    """The online agreement signals (:mod:`hybrid_pg.online_signals`) at a checkpoint, averaged over
+    ``rollouts`` fresh rollouts of the run's size: what a run logs, to be set against the audit."""
+    from hybrid_pg.correlation import block_ids
+    from hybrid_pg.online_signals import online_signals
+    from hybrid_pg.rollout import rollout_group_moments
+
+    values: Dict[str, List[float]] = {}
+    venv = model.env
+    for r in range(rollouts):
+        generator = th.Generator().manual_seed(seed * 7919 + r)
+        venv.seed(seed * 7919 + r)
+        for env in _base_envs(venv):
+            hold_clock(env)
+        data, starts, _ = collect_rollout(model, venv, model.n_steps, generator)
+        batch = prepare_batch(model.policy, model.pathwise, data, model.settings.normalize_advantage)
+        blocks = block_ids(venv.num_envs, model.n_steps, episode_starts=starts)
+        moments = rollout_group_moments(model.policy, model.actor_head, model.pathwise, batch, blocks=blocks)
+        for key, value in online_signals(model.pathwise, batch, moments).items():
+            values.setdefault(key, []).append(value)
+    return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in values.items()}
+
+
+def signals_path(out: Path, key: str, step: int) -> Path:
+    return out / "signals" / f"{key}__{step}.json"
+
+
+def run_signals(config: AuditConfig, rollouts: int = 8, log: Any = print) -> List[Path]:
+    """The online signals at every checkpoint that has been audited and whose model is on disk
+    (one JSON each, written atomically; resumable)."""
+    from hybrid_pg.experiments.ablate import RUNS_SUBDIR
+    from hybrid_pg.experiments.runner import run_key
+
+    out = Path(config.output_dir)
+    written = []
+    for label, cfg in audit_runs(config):
+        key = run_key(label, cfg)
+        run_dir = out / RUNS_SUBDIR / key
+        for step in config.checkpoints:
+            path = signals_path(out, key, step)
+            if path.exists() or not checkpoint_csv(out, key, step).exists() or not checkpoint_paths(run_dir, step)[0].exists():
+                continue
+            model = load_checkpoint(cfg, run_dir, step, n_envs=cfg["env"].get("n_envs", 1))
+            signals = checkpoint_signals(model, rollouts, config.seed + step)
+            model.env.close()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomically(
+                path, json.dumps({"run": label, "seed": cfg["train"]["seed"], "step": step, **signals}, sort_keys=True) + "\n"
+            )
+            log(f"{label} seed {cfg['train']['seed']} step {step}: signals -> {path}")
+            written.append(path)
+    return written
 
 
 # ------------------------------------------------------------------------------------------------

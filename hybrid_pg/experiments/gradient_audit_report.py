@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from hybrid_pg.experiments.gradient_audit import AUDIT_DIR, AuditConfig
+from hybrid_pg.online_signals import SIGNAL_KEYS
 
 ESTIMATOR_NAMES = {
     "score": "score (GAE advantages)",
@@ -178,6 +179,52 @@ def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_signals(out: Path) -> Dict[tuple, Dict[str, float]]:
+    """(run, seed, step) -> the online signals measured at that checkpoint."""
+    import json
+
+    found = {}
+    for path in sorted((out / "signals").glob("*.json")):
+        record = json.loads(path.read_text())
+        found[(record["run"], int(record["seed"]), int(record["step"]))] = record
+    return found
+
+
+def signal_table(rows: List[Dict[str, Any]], signals: Dict[tuple, Dict[str, float]]) -> List[str]:
+    """How well each online signal ranks the audited checkpoints like the reference does: Spearman's
+    rank correlation with the MSE-optimal lam and with the pathwise estimator's relative bias."""
+    from scipy import stats
+
+    lines = []
+    targets = [("lam_mse", "MSE-optimal lam"), ("rel_bias", "pathwise relative bias"), ("cos_single_corrected", "pathwise cosine")]
+    joined = []
+    for r in _select(rows, estimator="pathwise", group="all", stratum="all"):
+        sig = signals.get((r["run"], int(r["seed"]), int(r["step"])))
+        if sig is not None:
+            joined.append((r, sig))
+    if len(joined) < 4:
+        return [f"Online signals: {len(joined)} audited checkpoints with signals so far; a rank correlation needs at least 4.", ""]
+    lines += [
+        f"Online signals against the reference's verdict ({len(joined)} audited checkpoints; Spearman's rho, its p-value; "
+        "checkpoints of one run are not independent, so the p-values are optimistic):",
+        "",
+        "| signal | " + " | ".join(name for _, name in targets) + " |",
+        "|" + "---|" * (1 + len(targets)),
+    ]
+    for key in SIGNAL_KEYS:
+        cells = []
+        for target, _ in targets:
+            pairs = [(sig.get(key, math.nan), r[target]) for r, sig in joined]
+            pairs = [(a, b) for a, b in pairs if isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b)]
+            if len(pairs) < 4:
+                cells.append("—")
+                continue
+            rho, p = stats.spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+            cells.append(f"{rho:+.2f} (p {p:.2f}, n {len(pairs)})")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_report(config: AuditConfig) -> List[Path]:
     out = Path(config.output_dir)
     rows = read_rows(out)
@@ -185,7 +232,7 @@ def write_report(config: AuditConfig) -> List[Path]:
         return []
     written = [out / "audit.csv", out / "report.md", out / "cosine_vs_step.png", out / "bias_vs_variance.png"]
     write_table(rows, written[0])
-    written[1].write_text(markdown(rows, config))
+    written[1].write_text(markdown(rows, config) + "\n".join(signal_table(rows, read_signals(out))))
     plot_cosines(rows, written[2], f"{config.name}: each estimator against the true gradient")
     plot_bias_variance(rows, written[3], f"{config.name}: bias and variance against the reference (group all)")
     return written
