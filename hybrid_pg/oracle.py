@@ -181,11 +181,21 @@ def _require_clock(venv: VecEnv, which: str) -> None:
 
 def check_oracle_env(algorithm: Algorithm, env: OracleEnv, frozen_clock: Optional[int] = None) -> None:
     """Fail at construction, not at the first update: build the oracle's env copy once (so a copy that
-    would drop the user's wrappers is refused now) and check the clock a frozen oracle needs."""
+    would drop the user's wrappers is refused now), check that it has the training env's observation
+    and action spaces (an oracle on another task would log that task's lam*, or fail at its first
+    batch), and the clock a frozen oracle needs."""
     if algorithm.env is None and env is None:
         return
     copy_env = _as_vec_env(env, algorithm)
     try:
+        for what in ("observation_space", "action_space"):
+            training, oracle = getattr(algorithm, what, None), getattr(copy_env, what)
+            if training is not None and oracle != training:
+                shown = repr(env) if len(repr(env)) <= 80 else repr(env)[:77] + "..."
+                raise ValueError(
+                    f"oracle_env={shown}: its {what} {oracle} is not the training env's {training}; "
+                    "the oracle must run the task being trained (pass the same env id, or a factory of the same env)"
+                )
         if frozen_clock is not None:
             _require_clock(copy_env, "the oracle env")
         if has_clock(algorithm.env) and not has_clock(copy_env):

@@ -109,7 +109,7 @@ def test_report_only_rewrites_the_tables_and_trains_nothing(smoke_run, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("--report-only trained a run")
 
-    monkeypatch.setattr(runner, "run_grid", no_training)
+    monkeypatch.setattr(runner, "train_grid", no_training)
     monkeypatch.setattr(runner, "run", no_training)
     status, stdout, err = _run(["ablate", str(SMOKE), "--out", str(copy), "--report-only", "--quiet"])
     assert status == 0, err
@@ -299,9 +299,12 @@ def test_a_grid_adopts_the_runs_another_grid_finished_with_the_same_settings(smo
     assert not (tmp_path / "new").exists()  # a dry run copies nothing
 
     trained = []
-    monkeypatch.setattr(
-        runner, "run_grid", lambda runs, runs_dir, **kw: trained.extend(label for label, _ in runner.pending(runs, runs_dir))
-    )
+
+    def train_grid(runs, runs_dir, **kw):
+        trained.extend(label for label, _ in runner.pending(runs, runs_dir))
+        return runner.GridOutcome(trained=[], held=[])
+
+    monkeypatch.setattr(runner, "train_grid", train_grid)
     status, stdout, err = _run(["ablate", str(config), "--out", str(tmp_path / "new"), "--quiet"])
     assert status == 0, err
     assert sorted(set(trained)) == ["hybrid_pg-Pendulum-v0__hybrid", "hybrid_pg-Pendulum-v0__reinforce"]

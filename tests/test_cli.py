@@ -175,13 +175,13 @@ def test_plot_overlays_runs(finished_run, tmp_path):
 
 
 def test_train_run_name_progress_and_vecnormalize(tmp_path):
-    """No --out: {output.dir}/{env id}_{estimator}_s{seed}_{timestamp}; non-quiet prints per update."""
+    """No --out: {output.dir}/{env id}_{estimator}_s{seed}_{timestamp}-{random hex}; non-quiet prints per update."""
     argv = ["train", *TINY, "--set", f"output.dir={tmp_path}", "--set", "algo.estimator=reinforce"]
     argv += ["--set", "train.seed=3", "--set", "env.normalize=true", "--set", "train.eval_freq=0"]
     status, out, err = _run(argv)
     assert status == 0, err
     (run_dir,) = tmp_path.iterdir()
-    assert re.fullmatch(r"Pendulum-v1_reinforce_s3_\d{8}-\d{6}", run_dir.name), run_dir.name
+    assert re.fullmatch(r"Pendulum-v1_reinforce_s3_\d{8}-\d{6}-[0-9a-f]{8}", run_dir.name), run_dir.name
     assert out.splitlines()[-1] == str(run_dir)
     assert len(re.findall(r"^update +\d+ \| steps", out, flags=re.M)) == 2
     assert (run_dir / "vecnormalize.pkl").is_file()

@@ -3,6 +3,7 @@ twice or wiped by the other; a lock left by a dead process is taken over."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,11 +20,23 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+VALID_RESULT = {
+    "timesteps": 1,
+    "train_seconds": 0.1,
+    "final_return": 0.0,
+    "eval_returns": [0.0],
+    "algorithm": "a",
+    "env_id": "e",
+    "seed": 0,
+}
+
+
 def _fake_run(calls):
     def fake(config, run_dir, quiet=True):
         calls.append(Path(run_dir).name)
         Path(run_dir).mkdir(parents=True)
-        (Path(run_dir) / runner.RESULT_FILE).write_text("{}")
+        (Path(run_dir) / runner.RESULT_FILE).write_text(json.dumps(VALID_RESULT))
+        return runner.RunResult(Path(run_dir), 1, 0.1, False, 0.0, [0.0])
 
     return fake
 

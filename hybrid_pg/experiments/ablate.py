@@ -61,11 +61,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from hybrid_pg.experiments.config import ConfigError, check_env, read_config_file, resolve_config, sanitise, suggest
+from hybrid_pg.experiments.config import MAX_TIMESTEPS, ConfigError, check_env, read_config_file, resolve_config, sanitise, suggest
 from hybrid_pg.experiments.runner import check_buildable
 
 __all__ = [
@@ -101,6 +102,8 @@ TOP_LEVEL_KEYS = (
 ENV_KEYS = ("id", "name", "n_envs", "normalize", "algo")
 ESTIMATOR_KEYS = ("name", "algo")
 RUNS_SUBDIR = "runs"
+#: bounds that catch a typo (a seed count or budget off by orders of magnitude) before a grid is listed
+MAX_SEEDS = 10_000
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -199,10 +202,11 @@ class AblationResult:
 
     out_dir: Path
     runs_total: int
-    runs_trained: int
+    runs_trained: int  # by this invocation (another one filling the same folder trains the rest)
     workers: int  # local worker processes; with backend "ray", the cap on runs in flight (0: none)
     written: List[Path]
     backend: str = "local"
+    runs_held: int = 0  # left unfinished to another live process that holds their lock
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,13 +219,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _int(key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, float) and value.is_integer():
+def _int(key: str, value: Any, minimum: int, maximum: Optional[int] = None, why: str = "") -> int:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)  # 1e5 in YAML
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"{key} must be an int, got {_show(value)}")
     if value < minimum:
         raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key} must be <= {maximum}{why}, got {value}")
     return value
 
 
@@ -276,7 +282,9 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, An
 
 def _parse_seeds(value: Any) -> Tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
-        return tuple(range(_int("seeds", value, 1)))
+        return tuple(range(_int("seeds", value, 1, MAX_SEEDS, " (seeds per cell)")))
+    if isinstance(value, list) and len(value) > MAX_SEEDS:
+        raise ConfigError(f"seeds must list at most {MAX_SEEDS} seeds (seeds per cell), got {len(value)}")
     seeds = tuple(_int(f"seeds[{i}]", s, 0) for i, s in enumerate(_list("seeds", value)))
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must not repeat a seed, got {list(seeds)}")
@@ -376,7 +384,7 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
         name=name,
         output_dir=output_dir,
         seeds=seeds_t,
-        total_timesteps=_int("total_timesteps", raw["total_timesteps"], 1),
+        total_timesteps=_int("total_timesteps", raw["total_timesteps"], 1, MAX_TIMESTEPS, " (env steps per run)"),
         eval_episodes=_int("eval_episodes", raw.get("eval_episodes", 10), 1),
         eval_freq=_int("eval_freq", raw.get("eval_freq", 0), 0),
         skip_updates=_int("skip_updates", raw.get("skip_updates", 0), 0),
@@ -549,7 +557,7 @@ def run_ablation(
         while another invocation is filling the grid: it never touches an unfinished run).
     """
     from hybrid_pg.experiments.ablate_report import write_env_report, write_summary
-    from hybrid_pg.experiments.runner import adopt_finished_runs, pending, run_grid, worker_count
+    from hybrid_pg.experiments.runner import GridOutcome, adopt_finished_runs, pending, train_grid, worker_count
 
     out = Path(out_dir if out_dir is not None else ablation.output_dir)
     runs_dir = out / RUNS_SUBDIR
@@ -558,8 +566,9 @@ def run_ablation(
         adopt_finished_runs(runs, runs_dir, ablation.reuse_sources())
     todo = pending(runs, runs_dir) if train else []
     n_workers = worker_count(workers, len(todo)) if backend == "local" else workers
+    outcome = GridOutcome(trained=[], held=[])
     if train:
-        run_grid(runs, runs_dir, workers=n_workers, progress=progress, backend=backend, address=address)
+        outcome = train_grid(runs, runs_dir, workers=n_workers, progress=progress, backend=backend, address=address)
     # the reports: every finished run of the whole grid (other estimators may come from earlier calls)
     written: List[Path] = []
     per_env = finished_results(ablation, runs_dir)
@@ -585,5 +594,11 @@ def run_ablation(
         b = ablation.baseline
         written.append(write_goals(out, per_env, b.name, b.floor, b.floor_at_steps, ablation.skip_updates, title=ablation.name))
     return AblationResult(
-        out_dir=out, runs_total=len(runs), runs_trained=len(todo), workers=n_workers or 0, written=written, backend=backend
+        out_dir=out,
+        runs_total=len(runs),
+        runs_trained=len(outcome.trained),
+        workers=n_workers or 0,
+        written=written,
+        backend=backend,
+        runs_held=len(outcome.held),
     )

@@ -11,9 +11,10 @@
 ``train`` reads CONFIG (default: the packaged ``default.yaml``, which the repository's
 ``configs/default.yaml`` links to; the schema is in :mod:`hybrid_pg.experiments.config`), applies
 the ``--set`` overrides (dotted keys, YAML values), validates everything (including building one
-env and the model) and only then creates the run directory
-``{output.dir}/{output.name or env id}_{estimator}_s{seed}_{timestamp}`` (or ``--out RUN_DIR``),
-refusing to reuse a non-empty one. The run engine (:func:`hybrid_pg.experiments.runner.run`)
+env, taking one step in it, and the model) and only then creates the run directory
+``{output.dir}/{output.name or env id}_{estimator}_s{seed}_{timestamp}-{random hex}`` (or ``--out
+RUN_DIR``), refusing to reuse a non-empty one; the directory is claimed atomically, so two runs
+started at once never share one. The run engine (:func:`hybrid_pg.experiments.runner.run`)
 writes there ``config.yaml`` (resolved, with package versions and git commit), ``model.zip``
 (+ ``vecnormalize.pkl``), ``progress.csv`` and ``tensorboard/``, ``diagnostics.csv``,
 ``evaluations.csv``, ``returns.png``, ``lambda.png`` and, last, ``result.json``.
@@ -41,7 +42,9 @@ return (:func:`hybrid_pg.experiments.benchmark.speed_benchmark`); it writes ``be
 and the run directories under ``runs/``.
 
 Exit status: 0 on success, 2 on a usage or configuration error (nothing is trained or written), 130
-when training was interrupted (the model and plots so far are still saved).
+when training was interrupted by Ctrl-C (SIGINT) and 143 by SIGTERM (``train``: the model and plots
+so far are still saved; ``ablate``: the grid stops, its worker processes with it, and no unfinished
+run counts as finished, so the next invocation trains exactly the runs left).
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hybrid_pg.experiments.config import ConfigError, load_config, run_name
-from hybrid_pg.experiments.runner import RunDirError, run
+from hybrid_pg.experiments.processes import signal_of, sigterm_interrupts
+from hybrid_pg.experiments.runner import CorruptRunError, RunDirError, run
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -79,7 +83,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(config["output"]["dir"]) / run_name(config, time.strftime("%Y%m%d-%H%M%S"))
     result = run(config, run_dir, quiet=args.quiet)
     print(result.run_dir)
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    return 128 + result.stopped_by if result.interrupted and result.stopped_by else 0
 
 
 def _require_backend(args: argparse.Namespace) -> None:
@@ -136,12 +140,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         if not result.runs_trained:
-            how = "all were done"
+            how = "the others were done" if result.runs_held else "all were done"
         elif result.backend == "ray":
             how = "as Ray tasks"
         else:
             how = f"in {result.workers} worker process{'es' if result.workers > 1 else ''}"
-        print(f"trained {result.runs_trained} of {result.runs_total} runs ({how}); wrote:")
+        held = f"; {result.runs_held} left to another process that is training them" if result.runs_held else ""
+        print(f"trained {result.runs_trained} of {result.runs_total} runs ({how}){held}; wrote:")
     for path in result.written:
         print(path)
     return 0
@@ -199,7 +204,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             written = [plot_returns([run_dir], run_dir / "returns.png"), plot_lambda(run_dir, run_dir / "lambda.png")]
         else:
             raise UsageError("--out PNG is required to overlay several runs")
-    except FileNotFoundError as exc:  # not a run directory (nor a tensorboard log): a usage error
+    except (FileNotFoundError, ValueError) as exc:  # not a run directory (nor a tensorboard log), or unreadable files
         raise UsageError(str(exc)) from exc
     for path in written:
         print(path)
@@ -238,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out",
         metavar="RUN_DIR",
-        help="the run directory itself (default: {output.dir}/{name}_{estimator}_s{seed}_{timestamp}); must not exist or be empty",
+        help="the run directory itself (default: {output.dir}/{name}_{estimator}_s{seed}_{timestamp}-{random hex}); must not exist or be empty",
     )
     train.add_argument("--quiet", action="store_true", help="print only the run directory")
     train.set_defaults(handler=_cmd_train)
@@ -345,10 +350,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
-    except (ConfigError, UsageError, RunDirError) as exc:
+        with sigterm_interrupts():
+            return args.handler(args)
+    except (ConfigError, UsageError, RunDirError, CorruptRunError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (sigterm_interrupts): exit 128 + the signal
+        print(f"{PROG}: interrupted; nothing unfinished was recorded as finished", file=sys.stderr)
+        return 128 + signal_of(exc)
 
 
 if __name__ == "__main__":

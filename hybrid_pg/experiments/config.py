@@ -63,6 +63,7 @@ import importlib.resources
 import inspect
 import math
 import re
+import secrets
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -299,8 +300,8 @@ def section_error(exc: ValidationError, prefix: str, model: Any) -> ConfigError:
 # ------------------------------------------------------------------------------------------------
 
 
-def _int_at_least(minimum: int) -> Any:
-    """An int >= ``minimum``; integral floats (YAML ``1e5``) are accepted and converted."""
+def _int_at_least(minimum: int, maximum: Optional[int] = None, why: str = "") -> Any:
+    """An int >= ``minimum`` (and <= ``maximum``); integral floats (YAML ``1e5``) are accepted and converted."""
 
     def check(value: Any) -> int:
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
@@ -309,6 +310,8 @@ def _int_at_least(minimum: int) -> Any:
             raise ValueError("must be an integer")
         if value < minimum:
             raise ValueError(f"must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be <= {maximum}{why}")
         return value
 
     return Annotated[int, BeforeValidator(check)]
@@ -418,15 +421,35 @@ class EnvSection(_Section):
         return [] if value is None else value
 
 
+#: the largest budget a run may ask for (a typo guard: no run here comes near it)
+MAX_TIMESTEPS = 10**12
+#: the largest seed: numpy's seeds are 32-bit and the evaluation env's seed is offset from the run's
+MAX_SEED = 2**31 - 1
+
+
+def _torch_device(value: Any) -> str:
+    """``"auto"`` or a name ``torch.device`` accepts (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a torch device name such as 'cpu', 'cuda', 'cuda:0' or 'auto'")
+    if value != "auto":
+        import torch as th
+
+        try:
+            th.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError("is not a torch device; use 'cpu', 'cuda', 'cuda:<index>', 'mps' or 'auto'") from None
+    return value
+
+
 class TrainSection(_Section):
-    total_timesteps: _int_at_least(1)  # type: ignore[valid-type]
-    seed: _int_at_least(0) = 0  # type: ignore[valid-type]
+    total_timesteps: _int_at_least(1, MAX_TIMESTEPS, " (env steps)")  # type: ignore[valid-type]
+    seed: _int_at_least(0, MAX_SEED) = 0  # type: ignore[valid-type]
     eval_freq: _int_at_least(0) = 0  # type: ignore[valid-type]
     eval_episodes: _int_at_least(1) = 5  # type: ignore[valid-type]
     progress_bar: Bool = False
     torch_threads: _int_at_least(1) = 1  # type: ignore[valid-type]
     # small MLP policies train faster on the CPU, and CPU runs of a seed are reproducible
-    device: Text = "cpu"
+    device: Annotated[str, BeforeValidator(_torch_device)] = "cpu"
 
 
 class OutputSection(_Section):
@@ -507,6 +530,8 @@ def resolve_algo(raw: Mapping[str, Any]) -> Dict[str, Any]:
         raise ConfigError(f"algo.policy_kwargs={_show(raw.get('policy_kwargs'))}: {exc}") from None
     if "activation_fn" in policy_kwargs:
         _activation_class("algo.policy_kwargs.activation_fn", policy_kwargs["activation_fn"])
+    if "net_arch" in policy_kwargs:
+        _check_net_arch(policy_kwargs["net_arch"])
     given = {k: v for k, v in raw.items() if k not in ALGO_OWN_KEYS}
     resolved: Dict[str, Any] = {"algorithm": algorithm, "policy": policy, "policy_kwargs": policy_kwargs}
     if algorithm == "hybrid_pg":
@@ -554,6 +579,22 @@ def _activation_class(key: str, name: Any) -> type:
     if match is None:
         raise ConfigError(f"{key}={name!r} is not a torch.nn module{suggest(name, list(modules))}")
     return match
+
+
+def _check_net_arch(net_arch: Any) -> None:
+    """SB3's ``net_arch``: a list of layer widths (shared by actor and critic) or ``{pi: [...], vf: [...]}``;
+    every width a positive integer (a width of 0 or below builds a network that cannot learn, or fails)."""
+    key = "algo.policy_kwargs.net_arch"
+    if isinstance(net_arch, dict):
+        unknown = [k for k in net_arch if k not in ("pi", "vf")]
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]} is not a known key (known: ['pi', 'vf']){suggest(unknown[0], ('pi', 'vf'))}")
+        layers = {f"{key}.{k}": v for k, v in net_arch.items()}
+    else:
+        layers = {key: net_arch}
+    for where, widths in layers.items():
+        if not isinstance(widths, list) or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+            raise ConfigError(f"{where}={_show(widths)}: must be a list of layer widths, each an integer >= 1 (e.g. [64, 64])")
 
 
 def policy_kwargs_for_model(policy_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
@@ -630,8 +671,10 @@ def import_env_plugins() -> bool:
 
 
 def check_env(config: Mapping[str, Any]) -> None:
-    """The env id is registered, its kwargs and wrappers are accepted, and (for HybridPG) its action
-    space is a Box with finite bounds (builds one env)."""
+    """The env id is registered, its kwargs and wrappers are accepted, one reset and one step work
+    and return observations of the declared shape, a non-stationary schedule keeps its parameters
+    valid until the end of training, and (for HybridPG) the action space is a Box with finite bounds
+    (builds one env; the training envs are built later, apart)."""
     import gymnasium as gym
     import numpy as np
 
@@ -654,6 +697,8 @@ def check_env(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"env.wrappers[{i}] ({item['name']}) rejected its kwargs: {type(exc).__name__}: {exc}") from exc
     try:
         space = env.action_space
+        _check_schedules_until_the_end(env, config)
+        _first_step(env, config)
     finally:
         env.close()
     if config["algo"].get("algorithm", "hybrid_pg") != "hybrid_pg":
@@ -664,6 +709,68 @@ def check_env(config: Mapping[str, Any]) -> None:
         )
     if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
         raise ConfigError(f"env.id={env_id!r} has an unbounded Box action space {space}; HybridPG needs finite action bounds")
+
+
+def _env_key(config: Mapping[str, Any]) -> str:
+    """The key a failure of the built env is charged to: its kwargs when there are any, else its id."""
+    env = config["env"]
+    if env.get("env_kwargs"):
+        return f"env.env_kwargs={_show(env['env_kwargs'])}"
+    return f"env.id={env['id']!r}"
+
+
+def _first_step(env: Any, config: Mapping[str, Any]) -> None:
+    """One seeded reset and one step: an env kwarg of the wrong type (``g: abc``), a renderer that is
+    not installed, a mis-declared observation space fail here, before any run directory exists."""
+    import gymnasium as gym
+    import numpy as np
+
+    def check_shape(obs: Any, when: str) -> None:
+        space = env.observation_space
+        if isinstance(space, gym.spaces.Box) and np.shape(obs) != space.shape:
+            raise ConfigError(
+                f"env.id={config['env']['id']!r}: {when} returned an observation of shape {np.shape(obs)}, "
+                f"but its observation_space has shape {space.shape}"
+            )
+
+    try:
+        obs, _ = env.reset(seed=0)
+        check_shape(obs, "reset")
+        obs = env.step(env.action_space.sample())[0]
+        check_shape(obs, "step")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{_env_key(config)}: the env failed its first reset and step: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_schedules_until_the_end(env: Any, config: Mapping[str, Any]) -> None:
+    """A NonStationaryWrapper's schedules, evaluated over every clock the run will reach (the budget
+    in whole rollouts), must keep each parameter valid for the env (e.g. a linear drift that takes a
+    mass below 0 halfway through is refused now, not then)."""
+    import numpy as np
+
+    try:
+        schedules, adapter = env.get_wrapper_attr("schedules"), env.get_wrapper_attr("adapter")
+        state = env.get_wrapper_attr("state_dict")()
+    except AttributeError:
+        return
+    if not isinstance(schedules, Mapping) or not hasattr(adapter, "check_value"):
+        return
+    n_envs = config["env"]["n_envs"]
+    n_steps = int(config["algo"].get("n_steps") or 1)
+    per_env_steps = math.ceil(config["train"]["total_timesteps"] / (n_steps * n_envs)) * n_steps
+    start, tick = int(state["clock"]), int(state["steps_per_tick"])
+    clocks = np.unique(np.linspace(start, start + tick * per_env_steps, num=1001).round().astype(np.int64))
+    for name, schedule in schedules.items():
+        for clock in clocks:
+            try:
+                adapter.check_value(name, schedule.value(int(clock)))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"env.wrappers: the schedule of {name!r} leaves the env's valid range at clock {int(clock)} "
+                    f"(the run reaches clock {int(clocks[-1])}): {exc}"
+                ) from None
 
 
 def _lookup_env_id(env_id: str) -> None:
@@ -708,11 +815,12 @@ def _check_entry_point(env_id: str, entry_point: Any) -> None:
 
 
 def run_name(config: Mapping[str, Any], timestamp: str) -> str:
-    """``{output.name or sanitised env id}_{estimator (HybridPG) or algorithm}_s{seed}_{timestamp}``."""
+    """``{output.name or sanitised env id}_{estimator (HybridPG) or algorithm}_s{seed}_{timestamp}-{8 random hex}``:
+    runs started in the same second (a loop of ``hybrid-pg train ... &``) get different names."""
     prefix = config["output"]["name"] or config["env"]["id"]
     algo = config["algo"]
     variant = algo.get("estimator", "hybrid") if algo.get("algorithm", "hybrid_pg") == "hybrid_pg" else algo["algorithm"]
-    return f"{sanitise(prefix)}_{sanitise(str(variant))}_s{config['train']['seed']}_{timestamp}"
+    return f"{sanitise(prefix)}_{sanitise(str(variant))}_s{config['train']['seed']}_{timestamp}-{secrets.token_hex(4)}"
 
 
 def sanitise(text: str) -> str:

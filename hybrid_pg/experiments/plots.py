@@ -15,6 +15,7 @@ raises :class:`FileNotFoundError` (``hybrid-pg plot`` turns it into a usage erro
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -33,8 +34,15 @@ Columns = Dict[str, np.ndarray]
 
 
 def _read(run_dir: Path, name: str) -> Columns:
+    """The file's columns ({} when it is absent); a file that is not a CSV of text raises
+    :class:`ValueError` naming it (``hybrid-pg plot`` turns that into a usage error)."""
     path = run_dir / name
-    return read_csv_columns(path) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return read_csv_columns(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a CSV file this package wrote: {type(exc).__name__}: {exc}") from None
 
 
 def _tensorboard_columns(run_dir: Path) -> Tuple[Columns, Columns]:

@@ -11,10 +11,16 @@ same.
 Where results go: back to the driver. A worker trains into a temporary folder on its own node and
 returns the run directory's files as bytes (a few hundred kB for the grids here); the driver
 writes them under ``out_dir`` into a staging folder, ``result.json`` last, and renames the staging
-folder into place (one atomic rename). Workers never write ``out_dir`` themselves, so a cluster
-needs no shared file system, a worker killed mid-run leaves nothing behind, and a driver killed
-mid-write leaves a hidden staging folder that the next call removes. With shared storage the
-same path works too; it costs one copy through Ray's object store.
+folder into place (one atomic rename; every file and the folder are ``fsync``-ed first). Workers
+never write ``out_dir`` themselves, so a cluster needs no shared file system, a worker killed
+mid-run leaves nothing behind, and a driver killed mid-write leaves a hidden staging folder that
+the next call for that run removes. With shared storage the same path works too; it costs one copy
+through Ray's object store.
+
+Locks: the driver holds each run's lock (:mod:`hybrid_pg.experiments.run_files`) from before it
+submits the run until its directory is written (``run_grid`` claims them), so a run that a live
+process (a local grid, another driver) is training is left to it, and a finished run directory is
+never replaced: :func:`write_run_dir` refuses to.
 
 Failures: a cell whose task raises, or whose worker process dies, is reported on stderr and
 resubmitted, up to ``max_retries`` times (the retries are the driver's, so every attempt is
@@ -37,6 +43,8 @@ import uuid
 from collections import deque
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from hybrid_pg.experiments import run_files
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
@@ -93,34 +101,40 @@ def _safe_relative(name: str) -> PurePosixPath:
 
 
 def write_run_dir(files: Files, run_dir: Union[str, Path], result_file: str = "result.json") -> Path:
-    """Write a packed run directory to ``run_dir``: into a staging folder next to it, ``result_file``
-    last, then one rename into place (an unfinished ``run_dir`` left by an earlier attempt is
-    replaced). Returns ``run_dir``."""
+    """Write a packed run directory to ``run_dir``: into a staging folder next to it, every file
+    durably, ``result_file`` last, then one rename into place (an unfinished ``run_dir`` left by an
+    earlier attempt is replaced; a finished one, holding ``result_file``, never is:
+    :class:`FileExistsError`). Call it holding the run's lock. Returns ``run_dir``."""
     run_dir = Path(run_dir)
     if result_file not in files:
         raise ValueError(f"the packed run directory has no {result_file}: the run did not finish")
+    if (run_dir / result_file).exists():
+        raise FileExistsError(f"{run_dir} holds a finished run ({result_file}); refusing to replace it")
+    _remove_stale_staging(run_dir.parent, [run_dir.name])
     staging = run_dir.with_name(f".{run_dir.name}{STAGING_MARK}{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
     try:
         for name in sorted(files, key=lambda n: n == result_file):  # result_file last
             path = staging / _safe_relative(name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(files[name])
-            os.replace(tmp, path)
+            run_files.write_atomically(path, files[name])
         if run_dir.exists():
             shutil.rmtree(run_dir)  # what an unfinished attempt (or a killed local worker) left
         os.replace(staging, run_dir)
+        run_files.fsync_dir(run_dir.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return run_dir
 
 
-def _remove_stale_staging(out_dir: Path) -> None:
-    for path in out_dir.glob(f".*{STAGING_MARK}*"):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+def _remove_stale_staging(out_dir: Path, keys: Sequence[str]) -> None:
+    """Staging folders an earlier driver left for these runs (whose locks this driver holds: the
+    staging folders of other runs may be another driver's, being written now)."""
+    for key in keys:
+        for path in out_dir.glob(f".{key}{STAGING_MARK}*"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def train_cell(train: TrainFn, config: Mapping[str, Any], key: str) -> Files:
@@ -178,7 +192,7 @@ def run_cells(
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out)
+    _remove_stale_staging(out, [key for _, _, key in cells])
     if not cells:
         return 0
     started = not ray.is_initialized()
@@ -223,7 +237,11 @@ def run_cells(
                         log(what)
                         failed.append((cell, _short(exc)))
                     continue
-                write_run_dir(files, out / key, result_file)
+                try:
+                    write_run_dir(files, out / key, result_file)
+                except FileExistsError as exc:  # finished meanwhile by a process that ignores locks
+                    log(f"run {key}: {exc}; this attempt's files are dropped")
+                    continue
                 trained += 1
                 if bar is not None:
                     bar.update()

@@ -12,7 +12,7 @@ directory every time::
       diagnostics.csv     one row per update: every ``hybrid/`` scalar, paired with its rollout
       evaluations.csv     deterministic evaluations (every train.eval_freq steps, and at the end)
       returns.png, lambda.png
-      result.json         written last and atomically: its presence means the run finished
+      result.json         written last, atomically and durably: a valid one means the run finished
 
 ``train``, ``ablate``, ``bench`` and the example scripts call :func:`run` (grids through
 :func:`run_grid`, which skips finished run directories and trains the rest in parallel worker
@@ -37,15 +37,17 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import time
+import uuid
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import gymnasium as gym
 
+from hybrid_pg.experiments import run_files
 from hybrid_pg.experiments.config import (
     PROVENANCE_KEY,
     ConfigError,
@@ -56,10 +58,13 @@ from hybrid_pg.experiments.config import (
     import_env_plugins,
     sanitise,
 )
+from hybrid_pg.experiments.processes import Interrupted, WorkerPool, signal_of
 
 __all__ = [
     "CONFIG_FILE",
+    "CorruptRunError",
     "EVAL_SEED_OFFSET",
+    "GridOutcome",
     "RESULT_FILE",
     "RunDirError",
     "RunResult",
@@ -75,10 +80,13 @@ __all__ = [
     "make_vec_env_from",
     "pending",
     "provenance",
+    "read_result",
     "release_run",
     "run",
     "run_grid",
     "run_key",
+    "set_aside",
+    "train_grid",
     "worker_count",
 ]
 
@@ -94,6 +102,10 @@ class RunDirError(Exception):
     """The run directory cannot be used (it exists and holds files)."""
 
 
+class CorruptRunError(ValueError):
+    """A run directory's ``result.json`` (or ``config.yaml``) cannot be read back; the message names the file."""
+
+
 @dataclasses.dataclass
 class RunResult:
     """What :func:`run` did (``result.json`` holds the same, minus the path)."""
@@ -104,6 +116,8 @@ class RunResult:
     interrupted: bool
     final_return: Optional[float]
     eval_returns: List[float]
+    #: the signal that interrupted the run (SIGINT: Ctrl-C; SIGTERM), None when it finished
+    stopped_by: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,9 +168,35 @@ def _tensorboard_available() -> bool:
     return getattr(sb3_logger, "SummaryWriter", None) is not None
 
 
+def _physical_memory() -> Optional[int]:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - no sysconf
+        return None
+
+
+def _check_rollout_memory(config: Mapping[str, Any], vec_env: Any) -> None:
+    """Refuse a rollout buffer larger than this machine's memory (``n_steps: 1e12`` would try to
+    allocate terabytes): float32 observations, actions and six scalars per step of every env copy."""
+    import numpy as np
+
+    n_steps = config["algo"].get("n_steps")
+    memory = _physical_memory()
+    if not n_steps or memory is None:
+        return
+    floats = int(np.prod(vec_env.observation_space.shape or (1,))) + int(np.prod(vec_env.action_space.shape or (1,))) + 6
+    need = int(n_steps) * vec_env.num_envs * floats * 4
+    if need > memory:
+        raise ConfigError(
+            f"algo.n_steps={n_steps}: a rollout of {n_steps} steps x {vec_env.num_envs} envs x {floats} floats needs "
+            f"{need / 2**30:.1f} GiB, more than this machine's {memory / 2**30:.1f} GiB of memory"
+        )
+
+
 def build_model(config: Mapping[str, Any], vec_env: Any, run_dir: Optional[Path] = None, verbose: int = 0):
-    """The algorithm of the ``algo`` section on ``vec_env``; a rejected value becomes a
-    :class:`ConfigError` naming ``algo.<key>``. Creates nothing on disk."""
+    """The algorithm of the ``algo`` section on ``vec_env``; a rejected value (or a rollout buffer
+    that cannot fit in memory) becomes a :class:`ConfigError` naming ``algo.<key>``. Creates nothing on disk."""
+    _check_rollout_memory(config, vec_env)
     algo = config["algo"]
     cls = algorithm_class(algo.get("algorithm", "hybrid_pg"))
     kwargs = algorithm_kwargs(algo)
@@ -242,18 +282,32 @@ def _check_run_dir_free(run_dir: Path) -> None:
         raise RunDirError(f"run directory {run_dir} already exists; refusing to overwrite it (pick another --out or output.name)")
 
 
+def _claim_run_dir(run_dir: Path) -> None:
+    """Make ``run_dir`` this run's, atomically: every run creates its ``config.yaml`` first, with
+    ``O_EXCL``, so of two processes handed the same (absent or empty) directory exactly one gets it
+    and the other gets :class:`RunDirError`; nothing of the loser is written there."""
+    _check_run_dir_free(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(run_dir / CONFIG_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise RunDirError(f"run directory {run_dir} was just taken by another run; refusing to share it (pick another --out)") from None
+    os.close(fd)
+
+
 def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)  # a killed run never leaves a half-written result behind
+    # a killed run, or a power loss, never leaves a half-written result behind
+    run_files.write_atomically(path, json.dumps(data, indent=2))
 
 
 def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True, callbacks: Sequence[Any] = ()) -> RunResult:
     """Train one resolved, env-checked config and write its run directory (module docstring).
 
     The env and model are built (so every config error surfaces) before ``run_dir`` is created;
-    ``run_dir`` must not exist or be empty. ``callbacks`` are extra SB3 callbacks. An interrupted
-    run (Ctrl-C) saves its model and plots but writes no ``result.json``.
+    ``run_dir`` must not exist or be empty, and is claimed atomically (two processes never share it).
+    ``callbacks`` are extra SB3 callbacks. An interrupted run (Ctrl-C, or SIGTERM inside
+    :func:`hybrid_pg.experiments.processes.sigterm_interrupts`) saves its model and plots but writes
+    no ``result.json``; ``RunResult.stopped_by`` names the signal.
     """
     import torch as th
     from stable_baselines3.common.callbacks import CallbackList
@@ -276,7 +330,7 @@ def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True
     eval_env = None
     try:
         model = build_model(config, vec_env, run_dir, verbose=0 if quiet else 1)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _claim_run_dir(run_dir)
         dump_config({**config, PROVENANCE_KEY: provenance()}, run_dir / CONFIG_FILE)
         model.set_logger(_make_logger(run_dir))
         eval_env = make_vec_env_from(config["env"], train["seed"], evaluation=True, gamma=_gamma(config))
@@ -286,12 +340,12 @@ def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True
         diagnostics = DiagnosticsCallback(run_dir / DIAGNOSTICS_FILE, print_progress=not quiet, total_timesteps=train["total_timesteps"])
         if not quiet:
             _print_header(config, run_dir)
-        interrupted, t0 = False, time.perf_counter()
+        interrupted, stopped_by, t0 = False, None, time.perf_counter()
         try:
             bar = [RolloutProgressBar()] if train["progress_bar"] and not quiet else []  # SB3's bar overshoots its total
             model.learn(train["total_timesteps"], callback=CallbackList([diagnostics, evaluation, *callbacks, *bar]))
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as exc:
+            interrupted, stopped_by = True, signal_of(exc)
         seconds = time.perf_counter() - t0 - evaluation.eval_seconds
         model.logger.dump(model.num_timesteps)  # SB3 dumps before train(): flush the last update's values
         model.logger.close()
@@ -312,9 +366,10 @@ def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True
         interrupted=interrupted,
         final_return=float(sum(returns) / len(returns)) if returns and not interrupted else None,
         eval_returns=returns if not interrupted else [],
+        stopped_by=stopped_by,
     )
     if not interrupted:
-        summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("run_dir", "interrupted")}
+        summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("run_dir", "interrupted", "stopped_by")}
         summary.update(algorithm=config["algo"]["algorithm"], env_id=config["env"]["id"], seed=train["seed"])
         _write_json_atomically(run_dir / RESULT_FILE, summary)
     if not quiet:
@@ -341,8 +396,83 @@ def _print_header(config: Mapping[str, Any], run_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: what a ``result.json`` must hold, and what each field must be (a file without them is corrupt)
+RESULT_FIELDS: Dict[str, Tuple[str, Any]] = {
+    "timesteps": ("an integer", _whole),
+    "train_seconds": ("a number", _number),
+    "final_return": ("a number", lambda v: v is None or _number(v)),
+    "eval_returns": ("a list of numbers", lambda v: isinstance(v, list) and all(_number(x) for x in v)),
+    "algorithm": ("a string", lambda v: isinstance(v, str)),
+    "env_id": ("a string", lambda v: isinstance(v, str)),
+    "seed": ("an integer", _whole),
+}
+
+
+def read_result(run_dir: Union[str, Path]) -> Dict[str, Any]:
+    """A run directory's ``result.json``, checked (:data:`RESULT_FIELDS`). Raises
+    :class:`FileNotFoundError` when there is none and :class:`CorruptRunError`, naming the file and
+    what is wrong, when it does not parse or lacks a field."""
+    path = Path(run_dir) / RESULT_FILE
+    raw = path.read_bytes()
+    try:
+        result = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        what = "is empty" if not raw.strip() else f"is not valid JSON ({exc})"
+        raise CorruptRunError(f"{path} {what}") from None
+    if not isinstance(result, dict):
+        raise CorruptRunError(f"{path} holds {type(result).__name__}, not a mapping of results")
+    for key, (kind, valid) in RESULT_FIELDS.items():
+        if key not in result:
+            raise CorruptRunError(f"{path} lacks the field {key!r}")
+        if not valid(result[key]):
+            raise CorruptRunError(f"{path}: {key}={result[key]!r} is not {kind}")
+    return result
+
+
+def result_problem(run_dir: Union[str, Path]) -> Optional[str]:
+    """Why the run's ``result.json`` is corrupt; None when it is valid or absent."""
+    try:
+        read_result(run_dir)
+    except FileNotFoundError:
+        return None
+    except CorruptRunError as exc:
+        return str(exc)
+    return None
+
+
 def is_finished(run_dir: Union[str, Path]) -> bool:
-    return (Path(run_dir) / RESULT_FILE).is_file()
+    """Whether the run directory holds a valid ``result.json`` (a corrupt one is unfinished)."""
+    try:
+        read_result(run_dir)
+    except (FileNotFoundError, NotADirectoryError, CorruptRunError):
+        return False
+    return True
+
+
+#: a run directory whose result.json is corrupt is renamed ``<name>.corrupt-<time>``, kept whole
+CORRUPT_MARK = ".corrupt-"
+
+
+def set_aside(run_dir: Union[str, Path], why: str) -> Path:
+    """Rename a run directory whose ``result.json`` is corrupt out of the grid's way (nothing is
+    deleted) and say so; returns the new path. Call it holding the run's lock."""
+    run_dir = Path(run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}{CORRUPT_MARK}{stamp}-{uuid.uuid4().hex[:6]}")
+    os.rename(run_dir, target)
+    run_files.fsync_dir(run_dir.parent)
+    warnings.warn(
+        f"{why}; the run counts as unfinished: its directory was moved aside to {target} (kept) and the run trains again", stacklevel=2
+    )
+    return target
 
 
 def _progress_rows(path: Path) -> List[Dict[str, float]]:
@@ -372,8 +502,11 @@ def load_result(run_dir: Union[str, Path], label: Optional[str] = None) -> Dict[
     import yaml
 
     run_dir = Path(run_dir)
-    result = json.loads((run_dir / RESULT_FILE).read_text())
-    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    result = read_result(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CorruptRunError(f"{run_dir / CONFIG_FILE} cannot be read: {exc}") from None
     result.update(
         run_dir=str(run_dir),
         key=run_dir.name,
@@ -427,8 +560,17 @@ Grid = Sequence[Tuple[str, Mapping[str, Any]]]  # (label, resolved config) per r
 
 
 def pending(runs: Grid, out_dir: Union[str, Path]) -> List[Tuple[str, Mapping[str, Any]]]:
-    """The runs whose directory under ``out_dir`` holds no ``result.json`` yet."""
-    return [(label, cfg) for label, cfg in runs if not is_finished(Path(out_dir) / run_key(label, cfg))]
+    """The runs whose directory under ``out_dir`` holds no valid ``result.json`` yet. A corrupt one
+    is named in a warning and counted as unfinished (training moves it aside: :func:`set_aside`)."""
+    todo = []
+    for label, cfg in runs:
+        run_dir = Path(out_dir) / run_key(label, cfg)
+        problem = result_problem(run_dir)
+        if problem is not None:
+            warnings.warn(f"{problem}; the run counts as unfinished (training moves its directory aside and trains it again)", stacklevel=2)
+        if not is_finished(run_dir):
+            todo.append((label, cfg))
+    return todo
 
 
 #: a run adopted from another grid's folder names its source here (provenance: it was not trained here)
@@ -441,27 +583,89 @@ def _seed_and_hash(key: str) -> str:
     return "_".join(key.rsplit("_", 2)[-2:])
 
 
-def _finished_runs_by_seed_and_hash(sources: Sequence[Union[str, Path]]) -> Dict[str, Path]:
+def _finished_runs_by_seed_and_hash(sources: Sequence[Union[str, Path]]) -> Dict[str, List[Path]]:
     """Each finished run directory of ``sources`` under :func:`_seed_and_hash` of its name, read once;
-    sources in order, names sorted within each, the first one found wins."""
-    index: Dict[str, Path] = {}
+    sources in order, names sorted within each."""
+    index: Dict[str, List[Path]] = {}
     for source in map(Path, sources):
         if not source.is_dir():
             raise FileNotFoundError(f"reuse_runs_from: {source} is not a folder")
         for run_dir in sorted(source.iterdir()):
-            if run_dir.is_dir() and is_finished(run_dir):
-                index.setdefault(_seed_and_hash(run_dir.name), run_dir)
+            if run_dir.is_dir() and run_key_seed(run_dir.name) is not None and is_finished(run_dir):
+                index.setdefault(_seed_and_hash(run_dir.name), []).append(run_dir)
     return index
+
+
+def _flat(value: Any, prefix: str) -> Dict[str, Any]:
+    """A nested mapping as ``{dotted key: value}`` (values as JSON would write them)."""
+    if isinstance(value, Mapping) and value:
+        out: Dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: json.loads(json.dumps(value, default=str))}
+
+
+#: settings a grid worker sets itself (they change no result): never a reason to refuse a run
+_WORKER_SETTINGS = ("train.torch_threads", "train.progress_bar")
+
+
+def adoption_mismatch(source: Union[str, Path], config: Mapping[str, Any]) -> Optional[str]:
+    """Why the finished run at ``source`` is not the run ``config`` describes (None: it is): the
+    resolved env, algo and train settings in its ``config.yaml`` and the env id, algorithm, seed and
+    budget in its ``result.json`` must be the config's. One line naming the first field that differs."""
+    import yaml
+
+    source = Path(source)
+    try:
+        theirs = yaml.safe_load((source / CONFIG_FILE).read_text(encoding="utf-8"))
+        result = read_result(source)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, CorruptRunError) as exc:
+        return f"its files cannot be read ({exc})"
+    if not isinstance(theirs, dict):
+        return f"its {CONFIG_FILE} is not a config"
+    for section in ("env", "algo", "train"):
+        mine, other = _flat(config[section], section), _flat(theirs.get(section), section)
+        for key in sorted(set(mine) | set(other)):
+            if key in _WORKER_SETTINGS or mine.get(key, "absent") == other.get(key, "absent"):
+                continue
+            return f"{CONFIG_FILE} has {key}={other.get(key, 'absent')!r}, this grid's run has {mine.get(key, 'absent')!r}"
+    train, algo = config["train"], config["algo"]
+    for key, want in (("env_id", config["env"]["id"]), ("algorithm", algo["algorithm"]), ("seed", train["seed"])):
+        if result[key] != want:
+            return f"{RESULT_FILE} has {key}={result[key]!r}, this grid's run has {want!r}"
+    rollout = int(algo.get("n_steps") or 1) * int(config["env"].get("n_envs", 1))
+    total = train["total_timesteps"]
+    if not total <= result["timesteps"] < total + rollout:
+        return f"{RESULT_FILE} has timesteps={result['timesteps']}, a budget of {total} steps takes {total} to {total + rollout - 1}"
+    return None
+
+
+def _provenance_differences(source: Path, here: Mapping[str, Any]) -> List[str]:
+    import yaml
+
+    try:
+        theirs = (yaml.safe_load((source / CONFIG_FILE).read_text(encoding="utf-8")) or {}).get(PROVENANCE_KEY) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return ["no provenance recorded"]
+    versions = theirs.get("versions") or {}
+    mine = here.get("versions") or {}
+    return [f"{name} {versions.get(name, 'unknown')} (here {mine[name]})" for name in mine if versions.get(name) != mine[name]]
 
 
 def adopt_finished_runs(runs: Grid, out_dir: Union[str, Path], sources: Sequence[Union[str, Path]], dry_run: bool = False) -> List[Path]:
     """Copy into ``out_dir`` every run of ``runs`` that another grid's run folder already finished.
 
-    Two runs are the same run when their keys agree after the label: the same seed and the same hash
-    of the resolved env, algo and train settings (:func:`run_key`), so a cell that two grids share
-    (a sweep's middle size = the benchmark's cell) trains once. The copy gets ``adopted_from.txt``
-    naming its source. A run that already has a directory here (finished, or being trained) is left
-    alone; sources are searched in order, the first finished match wins.
+    A candidate is a finished run of a source folder whose name has the same seed and settings hash
+    (:func:`run_key` after the label), so a cell that two grids share (a sweep's middle size = the
+    benchmark's cell) trains once. It is adopted only when its content agrees too
+    (:func:`adoption_mismatch`: the settings in its ``config.yaml``, the env id, algorithm, seed and
+    budget in its ``result.json``); a mismatch is refused with a warning naming the field, and the
+    run trains here. Package versions that differ from this installation's are reported, not refused.
+    The copy is made under the run's lock (:mod:`hybrid_pg.experiments.run_files`) into a temporary
+    folder of its own and renamed into place, and gets ``adopted_from.txt`` naming its source. A run
+    that already has a directory here (finished, or being trained) is left alone; sources are
+    searched in order, the first matching run wins.
 
     :param sources: run folders of other grids (an ablation's ``<output_dir>/runs``).
     :param dry_run: copy nothing; return what would be adopted.
@@ -470,96 +674,98 @@ def adopt_finished_runs(runs: Grid, out_dir: Union[str, Path], sources: Sequence
     out = Path(out_dir)
     finished = _finished_runs_by_seed_and_hash(sources)
     adopted: List[Path] = []
+    here: Optional[Dict[str, Any]] = None
     for label, cfg in runs:
         key = run_key(label, cfg)
-        target, source = out / key, finished.get(_seed_and_hash(key))
-        if source is None or target.exists() or _lock_path(target).exists():
+        target = out / key
+        candidates = finished.get(_seed_and_hash(key), [])
+        if not candidates or target.exists() or run_files.is_locked(target):
             continue
+        source = None
+        for candidate in candidates:
+            why = adoption_mismatch(candidate, cfg)
+            if why is None:
+                source = candidate
+                break
+            warnings.warn(f"reuse_runs_from: {candidate} is not adopted as {key}: {why}; the run trains here", stacklevel=2)
+        if source is None:
+            continue
+        here = here or provenance()
+        differences = _provenance_differences(source, here)
+        if differences:
+            warnings.warn(f"reuse_runs_from: {source} was trained with {', '.join(differences)}", stacklevel=2)
         if not dry_run:
             out.mkdir(parents=True, exist_ok=True)
-            tmp = out / (key + ".adopting")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(source, tmp)
-            (tmp / ADOPTED_FILE).write_text(f"{source}\n", encoding="utf-8")
-            os.replace(tmp, target)  # atomic: a half-copied run never looks finished
+            if not claim_run(target):
+                continue  # another process is adopting or training it
+            try:
+                if target.exists():
+                    continue
+                tmp = out / f".{key}.adopting-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+                try:
+                    shutil.copytree(source, tmp)
+                    run_files.write_atomically(tmp / ADOPTED_FILE, f"{source}\n")
+                    os.rename(tmp, target)  # atomic: a half-copied run never looks finished
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                run_files.fsync_dir(out)
+            finally:
+                release_run(target)
         adopted.append(target)
     return adopted
 
 
-#: a run being trained holds ``<run dir>.lock`` (``pid@host``): two grid invocations filling the same
-#: folder (two terminals, two sessions) never train, or wipe, the same run
-LOCK_SUFFIX = ".lock"
-
-
-def _lock_path(run_dir: Path) -> Path:
-    return run_dir.with_name(run_dir.name + LOCK_SUFFIX)
-
-
-def _lock_is_live(lock: Path) -> bool:
-    """Whether the process named in ``lock`` still runs. A lock from another host cannot be checked
-    and counts as live; an unreadable or half-written one younger than a minute too (its writer may
-    be between creating and writing it); otherwise a dead pid makes it stale."""
-    try:
-        owner = lock.read_text().strip()
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    pid_text, _, host = owner.partition("@")
-    if not pid_text.isdigit():
-        return age < 60.0
-    if host != platform.node():
-        return True
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+# a run being trained (or adopted) holds ``<run dir>.lock``: two grid invocations filling the same
+# folder (two terminals, two sessions, a local and a Ray grid) never train, or wipe, the same run.
+# The protocol, for every backend, is in hybrid_pg.experiments.run_files.
+LOCK_SUFFIX = run_files.LOCK_SUFFIX
+_lock_path = run_files.lock_path
 
 
 def claim_run(run_dir: Union[str, Path]) -> bool:
-    """Claim a run for this process by creating its lock file exclusively; a stale lock (its process
-    is gone) is taken over. False: another live process is training this run."""
-    lock = _lock_path(Path(run_dir))
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _lock_is_live(lock):
-                return False
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}@{platform.node()}")
-        return True
-    return False
+    """Take the run's lock for this process (:func:`hybrid_pg.experiments.run_files.claim`); a lock
+    its holder left behind (dead, however it died) is taken over. False: a live process holds it."""
+    return run_files.claim(run_dir)
+
+
+def release_run(run_dir: Union[str, Path]) -> None:
+    run_files.release(run_dir)
 
 
 def in_training_elsewhere(runs: Grid, out_dir: Union[str, Path]) -> List[str]:
     """Run names of ``runs`` not finished under ``out_dir`` whose lock a live process holds."""
     out = Path(out_dir)
     keys = [run_key(label, cfg) for label, cfg in runs]
-    return [k for k in keys if not is_finished(out / k) and _lock_is_live(_lock_path(out / k))]
+    return [k for k in keys if not is_finished(out / k) and run_files.is_locked(out / k)]
 
 
-def release_run(run_dir: Union[str, Path]) -> None:
-    _lock_path(Path(run_dir)).unlink(missing_ok=True)
+def _prepare_claimed(path: Path) -> bool:
+    """With the run's lock held: False when the run is finished (by another process, since the
+    listing); else a corrupt result is moved aside (:func:`set_aside`), and True."""
+    if is_finished(path):
+        return False
+    problem = result_problem(path)
+    if problem is not None:
+        set_aside(path, problem)
+    return True
 
 
 def _run_fresh(config: Mapping[str, Any], run_dir: str) -> Optional[str]:
-    """A grid worker: claim the run (None: another live process trains it), clear what an
-    unfinished earlier attempt left, train with one torch thread."""
+    """A grid worker: claim the run, clear what an unfinished earlier attempt left, train with one
+    torch thread. Returns ``run_dir`` when this call trained the run, None when it did not (another
+    live process holds it, or finished it since the listing). An interrupted run raises
+    :class:`~hybrid_pg.experiments.processes.Interrupted`: the grid stops, nothing counts as finished."""
     path = Path(run_dir)
     if not claim_run(path):
         return None
     try:
-        if is_finished(path):  # finished by another process between our listing and our claim
-            return run_dir
+        if not _prepare_claimed(path):
+            return None
         if path.exists():
             shutil.rmtree(path)
-        run({**config, "train": {**config["train"], "torch_threads": 1, "progress_bar": False}}, path, quiet=True)
+        result = run({**config, "train": {**config["train"], "torch_threads": 1, "progress_bar": False}}, path, quiet=True)
+        if result.interrupted:
+            raise Interrupted(result.stopped_by or signal.SIGINT)
     finally:
         release_run(path)
     return run_dir
@@ -576,7 +782,16 @@ def _naming_failures(label: str, config: Mapping[str, Any]) -> Iterator[None]:
 BACKENDS = ("local", "ray")
 
 
-def run_grid(
+@dataclasses.dataclass
+class GridOutcome:
+    """What :func:`train_grid` did: the runs (their keys) this call trained, and those it left to
+    another live process that holds their lock."""
+
+    trained: List[str]
+    held: List[str]
+
+
+def train_grid(
     runs: Grid,
     out_dir: Union[str, Path],
     workers: Optional[int] = None,
@@ -584,18 +799,9 @@ def run_grid(
     backend: str = "local",
     address: Optional[str] = None,
     max_retries: Optional[int] = None,
-) -> List[Dict[str, Any]]:
-    """Train every run without a finished directory under ``out_dir`` and return every run's
-    :func:`load_result`, in order, labelled. A run another live process is training (it holds the
-    run's lock, see :func:`claim_run`) is left to it, with a warning, and is not returned.
-
-    ``backend="local"`` (default): up to ``workers`` spawned processes on this machine, one torch
-    thread each, never more than the cores; a failed run raises after the others finished.
-    ``backend="ray"``: one Ray task per run (``num_cpus=1``, one torch thread) on the cluster at
-    ``address``, the run directories returned to this process and written here in the same layout,
-    a failed run retried up to ``max_retries`` times (default 2) while the others go on
-    (:mod:`hybrid_pg.experiments.ray_backend`); ``workers`` then caps the runs in flight.
-    """
+) -> GridOutcome:
+    """Train every run of ``runs`` without a finished directory under ``out_dir`` (see
+    :func:`run_grid`, which also reads the results back) and say which runs this call trained."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     if backend != "ray" and (address is not None or max_retries is not None):
@@ -610,42 +816,114 @@ def run_grid(
     if len(set(keys)) != len(keys):
         raise ValueError("two runs of the grid are identical; give them different labels or seeds")
     todo = pending(runs, out)
+    trained: List[str] = []
     if todo and backend == "ray":
-        from hybrid_pg.experiments.ray_backend import DEFAULT_MAX_RETRIES, run_cells
+        trained = _run_ray(todo, out, address, workers, max_retries, progress)
+    elif todo:
+        trained = _run_local(todo, out, worker_count(workers, len(todo)), progress)
+    return GridOutcome(trained=trained, held=in_training_elsewhere(runs, out))
 
-        cells = [(label, cfg, run_key(label, cfg)) for label, cfg in todo]
+
+def run_grid(
+    runs: Grid,
+    out_dir: Union[str, Path],
+    workers: Optional[int] = None,
+    progress: bool = True,
+    backend: str = "local",
+    address: Optional[str] = None,
+    max_retries: Optional[int] = None,
+) -> List[Dict[str, Any]]:
+    """Train every run without a finished directory under ``out_dir`` and return every finished
+    run's :func:`load_result`, in order, labelled. A run another live process is training (it holds
+    the run's lock, see :func:`claim_run`) is left to it, with a warning, and is not returned.
+
+    ``backend="local"`` (default): up to ``workers`` spawned processes on this machine, one torch
+    thread each, never more than the cores (:class:`~hybrid_pg.experiments.processes.WorkerPool`:
+    no worker outlives this process); a failed run raises after the others finished.
+    ``backend="ray"``: one Ray task per run (``num_cpus=1``, one torch thread) on the cluster at
+    ``address``, the run directories returned to this process and written here in the same layout,
+    a failed run retried up to ``max_retries`` times (default 2) while the others go on
+    (:mod:`hybrid_pg.experiments.ray_backend`); ``workers`` then caps the runs in flight. This
+    process holds the lock of every run it has in flight, as a local worker would.
+
+    Ctrl-C or SIGTERM (inside :func:`~hybrid_pg.experiments.processes.sigterm_interrupts`) stops
+    the grid: the workers are stopped, nothing unfinished counts as finished, and the
+    ``KeyboardInterrupt`` (:class:`~hybrid_pg.experiments.processes.Interrupted`) goes on to the caller;
+    the next call trains what is left.
+    """
+    outcome = train_grid(runs, out_dir, workers=workers, progress=progress, backend=backend, address=address, max_retries=max_retries)
+    if outcome.held:
+        warnings.warn(
+            f"{len(outcome.held)} run(s) left to another live process that holds their lock: {', '.join(outcome.held)}", stacklevel=2
+        )
+    out = Path(out_dir)
+    results = []
+    for label, cfg in runs:
+        key = run_key(label, cfg)
+        if key in outcome.held:
+            continue
+        if not is_finished(out / key):
+            warnings.warn(f"run {key} is not finished (another process held it and stopped); the next call trains it", stacklevel=2)
+            continue
+        results.append(load_result(out / key, label=label))
+    return results
+
+
+def _run_ray(
+    todo: Grid, out: Path, address: Optional[str], workers: Optional[int], max_retries: Optional[int], progress: bool
+) -> List[str]:
+    """The Ray backend with the lock protocol: this process claims each run before it is submitted
+    and holds the lock until its directory is written (or the grid ends)."""
+    from hybrid_pg.experiments.ray_backend import DEFAULT_MAX_RETRIES, run_cells
+
+    claimed: List[Path] = []
+    try:
+        cells = []
+        for label, cfg in todo:
+            key = run_key(label, cfg)
+            if not claim_run(out / key):
+                continue  # a live process trains it: left to it
+            claimed.append(out / key)
+            if _prepare_claimed(out / key):
+                cells.append((label, cfg, key))
         retries = DEFAULT_MAX_RETRIES if max_retries is None else max_retries
         run_cells(cells, out, _run_fresh, address=address, workers=workers, max_retries=retries, progress=progress, result_file=RESULT_FILE)
-    elif todo:
-        _run_local(todo, out, worker_count(workers, len(todo)), progress)
-    held = in_training_elsewhere(runs, out)
-    if held:
-        warnings.warn(f"{len(held)} run(s) left to another live process that holds their lock: {', '.join(held)}", stacklevel=2)
-    return [load_result(out / key, label=label) for key, (label, _) in zip(keys, runs) if key not in held]
+    finally:
+        for path in claimed:
+            release_run(path)
+    return [key for _, _, key in cells]
 
 
-def _run_local(todo: Grid, out: Path, n_workers: int, progress: bool) -> None:
+def _run_local(todo: Grid, out: Path, n_workers: int, progress: bool) -> List[str]:
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc=f"runs ({n_workers} workers)")
-    if n_workers == 1:
-        for label, cfg in todo:
-            with _naming_failures(label, cfg):
-                _run_fresh(cfg, str(out / run_key(label, cfg)))
-            if bar is not None:
-                bar.update()
-    else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_fresh, cfg, str(out / run_key(label, cfg))): (label, cfg) for label, cfg in todo}
-            for future in as_completed(futures):
-                # on a failure the pool still finishes (and saves) the other runs, then this raises
-                with _naming_failures(*futures[future]):
-                    future.result()
+    trained: List[str] = []
+    try:
+        if n_workers == 1:
+            for label, cfg in todo:
+                with _naming_failures(label, cfg):
+                    if _run_fresh(cfg, str(out / run_key(label, cfg))) is not None:
+                        trained.append(run_key(label, cfg))
                 if bar is not None:
                     bar.update()
-    if bar is not None:
-        bar.close()
+        else:
+            failures = []
+            calls = [(cfg, str(out / run_key(label, cfg))) for label, cfg in todo]
+            with WorkerPool(_run_fresh, n_workers) as pool:
+                for index, ok, value in pool.imap_unordered(calls):
+                    label, cfg = todo[index]
+                    if not ok:  # the others still finish (and are saved); this raises at the end
+                        failures.append(f"run {run_key(label, cfg)} ({label}, seed {cfg['train']['seed']}) failed: {value}")
+                    elif value is not None:
+                        trained.append(run_key(label, cfg))
+                    if bar is not None:
+                        bar.update()
+            if failures:
+                raise RuntimeError(f"{len(failures)} of {len(todo)} runs failed (the others are saved): " + "; ".join(failures))
+    finally:
+        if bar is not None:
+            bar.close()
+    return trained
