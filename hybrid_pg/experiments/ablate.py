@@ -542,6 +542,7 @@ def run_ablation(
     address: Optional[str] = None,
     only: Optional[Sequence[str]] = None,
     train: bool = True,
+    figure_format: str = "png",
 ) -> AblationResult:
     """Train the missing runs of a validated ablation, then write every env's report.
 
@@ -555,6 +556,7 @@ def run_ablation(
         of the grid, so a grid can be filled over several invocations.
     :param train: False writes the reports from the runs already finished and trains nothing (safe
         while another invocation is filling the grid: it never touches an unfinished run).
+    :param figure_format: the reports' figures as png, pdf or svg.
     """
     from hybrid_pg.experiments.ablate_report import write_env_report, write_summary
     from hybrid_pg.experiments.runner import GridOutcome, adopt_finished_runs, pending, train_grid, worker_count
@@ -586,8 +588,9 @@ def run_ablation(
             reference=ablation.reference,
             skip_updates=ablation.skip_updates,
             total_timesteps=ablation.total_timesteps,
+            figure_format=figure_format,
         )
-    written += write_summary(out, per_env, ablation.reference)
+    written += write_summary(out, per_env, ablation.reference, figure_format=figure_format)
     if ablation.baseline is not None and per_env:
         from hybrid_pg.experiments.baseline_goals import write_goals
 

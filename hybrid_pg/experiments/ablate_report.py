@@ -69,7 +69,7 @@ from hybrid_pg.experiments.aggregate import (
     probability_of_improvement,
     stratified_bootstrap_ci,
 )
-from hybrid_pg.experiments.figure_io import save_figure
+from hybrid_pg.experiments.figure_io import figure_path, legend_outside, new_figure, readable_log_ticks, save_figure
 from hybrid_pg.experiments.results import (
     VARIANCE_RATIO_KEYS,
     learning_curve,
@@ -286,10 +286,8 @@ def _on_common_grid(series: Sequence[Tuple[np.ndarray, np.ndarray]]) -> Optional
     return grid, np.stack([np.interp(grid, x, y) for x, y in series])
 
 
-def _figure(n_axes: int):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5 * n_axes, 4.2))
+def _figure(n_axes: int, width: float = 6.0):
+    fig = new_figure(width * n_axes + 2.2, 4.4)  # + the legend column
     return fig, [fig.add_subplot(1, n_axes, i + 1) for i in range(n_axes)]
 
 
@@ -298,6 +296,10 @@ def _figure(n_axes: int):
 #: updates, where every estimator is still at lam = 0) all stay visible
 _STYLES = (("-", 2.6), ("--", 1.9), (":", 1.9), ("-.", 1.6), ((0, (5, 1, 1, 1)), 1.4), ((0, (1, 3)), 1.4))
 
+#: what the lines and the shading of the curve figures are (their legend's title)
+MEAN_BAND = "estimator (runs)\nline: mean over seeds\nshaded: 95% bootstrap CI"
+GEOMETRIC_BAND = "estimator (runs)\nline: geometric mean over seeds\nshaded: 95% bootstrap CI"
+
 
 def _band(ax, grid: np.ndarray, curves: np.ndarray, label: str, log: bool = False, index: int = 0) -> None:
     values = np.log(curves) if log else curves
@@ -305,7 +307,7 @@ def _band(ax, grid: np.ndarray, curves: np.ndarray, label: str, log: bool = Fals
     if log:
         centre, low, high = np.exp(centre), np.exp(low), np.exp(high)
     style, width = _STYLES[index % len(_STYLES)]
-    (line,) = ax.plot(grid, centre, label=f"{label} (n={curves.shape[0]})", linestyle=style, linewidth=width, zorder=3 + index)
+    (line,) = ax.plot(grid, centre, label=f"{label} ({curves.shape[0]})", linestyle=style, linewidth=width, zorder=3 + index)
     ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.15, linewidth=0, zorder=1)
 
 
@@ -324,11 +326,11 @@ def plot_curves(results: Results, out_png: Path, title: str) -> Path:
             drawn = True
     if not drawn:
         _mark_empty(ax, "training return")
-    ax.set(xlabel="env steps", ylabel="training return (rollout/ep_rew_mean)", title=title)
+    ax.set(xlabel="environment steps", ylabel="training return\n(mean of the last 100 episodes)", title=f"{title}: learning curves")
     if drawn:
-        ax.legend(fontsize="small")
+        legend_outside(ax, title=MEAN_BAND)
     ax.grid(alpha=0.3)
-    return save_figure(fig, out_png, tight=True)
+    return save_figure(fig, out_png)
 
 
 def _positive(series: Tuple[np.ndarray, np.ndarray], skip: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -339,13 +341,14 @@ def _positive(series: Tuple[np.ndarray, np.ndarray], skip: int) -> Tuple[np.ndar
 
 def plot_variance(results: Results, out_png: Path, title: str, skip_updates: int = 0) -> Path:
     """Var(applied gradient) and its ratio to Var(score) per update, log scale: geometric mean over
-    seeds with a 95% CI band (bootstrap of the mean log)."""
-    fig, axes = _figure(2)
+    seeds with a 95% CI band (bootstrap of the mean log). One legend, beside the right panel."""
+    fig, axes = _figure(2, width=5.2)
     panels = (
-        ("hybrid/var_applied", "Var(applied gradient)"),
-        (VARIANCE_RATIO_KEYS[0], "Var(applied) / Var(score), same rollout"),
+        ("hybrid/var_applied", "gradient variance", "Var(applied gradient)\n(log scale)"),
+        (VARIANCE_RATIO_KEYS[0], "variance ratio to REINFORCE, same rollout", "Var(applied) / Var(score gradient)\n(log scale)"),
     )
-    for ax, (key, label) in zip(axes, panels):
+    legend_from = None
+    for ax, (key, what, ylabel) in zip(axes, panels):
         drawn = False
         for i, (name, runs) in enumerate(results.items()):
             # runs logged before the ratio's rename hold it under its old name
@@ -356,14 +359,19 @@ def plot_variance(results: Results, out_png: Path, title: str, skip_updates: int
                 drawn = True
         if drawn:
             ax.set_yscale("log")
-            ax.legend(fontsize="small")
+            low, high = ax.get_ylim()
+            readable_log_ticks(ax, low, high)
+            legend_from = legend_from or ax
         else:
-            _mark_empty(ax, label)
+            _mark_empty(ax, what)
         if key == VARIANCE_RATIO_KEYS[0] and drawn:
             ax.axhline(1.0, color="0.5", linestyle=":", linewidth=1)
-        ax.set(xlabel="env steps (end of the update's rollout)", ylabel=label, title=f"{title}: {label}")
+        ax.set(xlabel="environment steps (end of the update's rollout)", ylabel=ylabel, title=what)
         ax.grid(alpha=0.3, which="both")
-    return save_figure(fig, out_png, tight=True)
+    if legend_from is not None:
+        legend_outside(axes[-1], legend_from.get_legend_handles_labels()[0], title=GEOMETRIC_BAND)
+    fig.suptitle(title, fontsize="large")
+    return save_figure(fig, out_png)
 
 
 def plot_lambda(results: Results, out_png: Path, title: str) -> Path:
@@ -377,13 +385,17 @@ def plot_lambda(results: Results, out_png: Path, title: str) -> Path:
             _band(ax, *common, label=name, index=i)
             drawn = True
     if drawn:
-        ax.legend(fontsize="small")
+        legend_outside(ax, title=MEAN_BAND)
         ax.set_ylim(-0.02, 1.02)
     else:
-        _mark_empty(ax, "hybrid/lambda")
-    ax.set(xlabel="env steps (end of the update's rollout)", ylabel="lam applied", title=f"{title}: the weight over training")
+        _mark_empty(ax, "the weight λ")
+    ax.set(
+        xlabel="environment steps (end of the update's rollout)",
+        ylabel="λ applied\n(weight on the pathwise gradient)",
+        title=f"{title}: the weight over training",
+    )
     ax.grid(alpha=0.3)
-    return save_figure(fig, out_png, tight=True)
+    return save_figure(fig, out_png)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -399,8 +411,10 @@ def write_env_report(
     reference: str,
     skip_updates: int = 0,
     total_timesteps: Optional[int] = None,
+    figure_format: str = "png",
 ) -> List[Path]:
-    """Write the env's tables and figures (see the module docstring) into ``out_dir``."""
+    """Write the env's tables and figures (see the module docstring) into ``out_dir``; the figures
+    as ``figure_format`` (png, pdf or svg)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_run = {name: [run_metrics(r, skip_updates) for r in runs] for name, runs in results.items()}
@@ -422,9 +436,9 @@ def write_env_report(
         for r, m in zip(runs, per_run[name])
     ]
     runs_csv = _write_csv(out_dir / f"runs_{env_name}.csv", run_rows)
-    curves = plot_curves(results, out_dir / f"curves_{env_name}.png", label)
-    variance = plot_variance(results, out_dir / f"variance_{env_name}.png", env_name, skip_updates)
-    weight = plot_lambda(results, out_dir / f"lambda_{env_name}.png", env_name)
+    curves = plot_curves(results, figure_path(out_dir, f"curves_{env_name}", figure_format), label)
+    variance = plot_variance(results, figure_path(out_dir, f"variance_{env_name}", figure_format), label, skip_updates)
+    weight = plot_lambda(results, figure_path(out_dir, f"lambda_{env_name}", figure_format), label)
     return [md, table_csv, runs_csv, curves, variance, weight]
 
 
@@ -448,19 +462,20 @@ def _plot_profiles(profiles: Mapping[str, Tuple[np.ndarray, np.ndarray, np.ndarr
         (line,) = ax.step(PROFILE_TAUS, point, where="post", label=name)
         ax.fill_between(PROFILE_TAUS, low, high, step="post", color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set(
-        xlabel="normalised final return tau (per env: 0 = worst run, 1 = best run of any estimator)",
-        ylabel="fraction of runs with score > tau",
-        title=f"Performance profile over {n_envs} env(s), 95% stratified-bootstrap CI",
+        xlabel="final return τ, normalised per env\n(0: the env's worst run, 1: its best run of any estimator)",
+        ylabel="fraction of runs with a\nnormalised final return above τ",
+        title=f"Performance profile over {n_envs} env{'s' if n_envs != 1 else ''}",
         ylim=(-0.02, 1.02),
     )
-    ax.legend(fontsize="small")
+    legend_outside(ax, title="estimator\nshaded: 95% stratified-\nbootstrap CI")
     ax.grid(alpha=0.3)
-    return save_figure(fig, out_png, tight=True)
+    return save_figure(fig, out_png)
 
 
-def write_summary(out_dir: Path, per_env: Mapping[str, Results], reference: str) -> List[Path]:
+def write_summary(out_dir: Path, per_env: Mapping[str, Results], reference: str, figure_format: str = "png") -> List[Path]:
     """The cross-env files of the module docstring (``summary.md``, ``summary.csv``,
-    ``performance_profile.png``). ``per_env``: env name -> estimator name -> that cell's runs."""
+    ``performance_profile.png``; the figure as ``figure_format``: png, pdf or svg). ``per_env``: env
+    name -> estimator name -> that cell's runs."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a grid filled over several invocations: compare only estimators with runs on every env
@@ -543,5 +558,5 @@ def write_summary(out_dir: Path, per_env: Mapping[str, Results], reference: str)
     if csv_rows:
         written.append(_write_csv(out_dir / "summary.csv", csv_rows))
     if profiles:
-        written.append(_plot_profiles(profiles, len(per_env), out_dir / "performance_profile.png"))
+        written.append(_plot_profiles(profiles, len(per_env), figure_path(out_dir, "performance_profile", figure_format)))
     return written

@@ -2,10 +2,10 @@
 
 ::
 
-    hybrid-pg train [CONFIG] [--set KEY=VALUE ...] [--out RUN_DIR] [--quiet]
-    hybrid-pg plot RUN_DIR [RUN_DIR ...] [--out PNG]
+    hybrid-pg train [CONFIG] [--set KEY=VALUE ...] [--out RUN_DIR] [--quiet] [--format png|pdf|svg]
+    hybrid-pg plot RUN_DIR [RUN_DIR ...] [--out FIGURE] [--format png|pdf|svg]
     hybrid-pg ablate CONFIG [--workers N] [--out DIR] [--seeds S [S ...]] [--only NAME [NAME ...]] [--report-only]
-                     [--backend local|ray] [--address ADDR] [--dry-run] [--quiet]
+                     [--backend local|ray] [--address ADDR] [--dry-run] [--quiet] [--format png|pdf|svg]
     hybrid-pg bench [--steps N] [--seeds K] [--out DIR] [--env ID] [--n-envs N] [--n-steps N] [--eval-episodes N]
 
 ``train`` reads CONFIG (default: the packaged ``default.yaml``, which the repository's
@@ -24,7 +24,11 @@ evaluation instead of SB3's per-update table (that goes to progress.csv / tensor
 printed is always the run directory, so ``RUN=$(hybrid-pg train --quiet)`` captures it.
 
 ``plot`` redraws a run's ``returns.png`` and ``lambda.png``, or, with ``--out``, overlays the
-returns of several runs in one PNG.
+returns of several runs in one figure.
+
+Every figure is a PNG unless ``--format pdf`` or ``--format svg`` asks for a vector file (``train``,
+``plot``, ``ablate``; ``plot --out`` goes by the file's suffix); the layout is the same
+(:mod:`hybrid_pg.experiments.figure_io`).
 
 ``ablate`` runs an estimator ablation grid (env x estimator x seed; file format in
 :mod:`hybrid_pg.experiments.ablate`): every cell is validated first, missing runs train in parallel worker
@@ -56,6 +60,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hybrid_pg.experiments.config import ConfigError, load_config, run_name
+from hybrid_pg.experiments.figure_io import FIGURE_FORMATS, figure_path
 from hybrid_pg.experiments.processes import signal_of, sigterm_interrupts
 from hybrid_pg.experiments.runner import CorruptRunError, RunDirError, run
 
@@ -81,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out)
     else:
         run_dir = Path(config["output"]["dir"]) / run_name(config, time.strftime("%Y%m%d-%H%M%S"))
-    result = run(config, run_dir, quiet=args.quiet)
+    result = run(config, run_dir, quiet=args.quiet, figure_format=args.figure_format)
     print(result.run_dir)
     return 128 + result.stopped_by if result.interrupted and result.stopped_by else 0
 
@@ -137,6 +142,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         address=args.address,
         only=args.only,
         train=not args.report_only,
+        figure_format=args.figure_format,
     )
     if not args.quiet:
         if not result.runs_trained:
@@ -196,14 +202,19 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     for run_dir in run_dirs:
         if not run_dir.is_dir():
             raise UsageError(f"{run_dir} is not a directory")
+    if args.out is not None and Path(args.out).suffix.lstrip(".").lower() not in FIGURE_FORMATS:
+        raise UsageError(f"--out {args.out}: name the figure .png, .pdf or .svg")
     try:
         if args.out is not None:
             written = [plot_returns(run_dirs, args.out)]
         elif len(run_dirs) == 1:
             run_dir = run_dirs[0]
-            written = [plot_returns([run_dir], run_dir / "returns.png"), plot_lambda(run_dir, run_dir / "lambda.png")]
+            written = [
+                plot_returns([run_dir], figure_path(run_dir, "returns", args.figure_format)),
+                plot_lambda(run_dir, figure_path(run_dir, "lambda", args.figure_format)),
+            ]
         else:
-            raise UsageError("--out PNG is required to overlay several runs")
+            raise UsageError("--out FIGURE is required to overlay several runs")
     except (FileNotFoundError, ValueError) as exc:  # not a run directory (nor a tensorboard log), or unreadable files
         raise UsageError(str(exc)) from exc
     for path in written:
@@ -246,15 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run directory itself (default: {output.dir}/{name}_{estimator}_s{seed}_{timestamp}-{random hex}); must not exist or be empty",
     )
     train.add_argument("--quiet", action="store_true", help="print only the run directory")
+    _add_format_argument(train, "returns and lambda figures")
     train.set_defaults(handler=_cmd_train)
 
     plot = commands.add_parser(
         "plot",
         help="redraw a run's plots or overlay several runs",
-        description="Without --out, redraw RUN_DIR/returns.png and RUN_DIR/lambda.png; with --out, overlay the returns of all runs in PNG.",
+        description=(
+            "Without --out, redraw RUN_DIR/returns.png and RUN_DIR/lambda.png (.pdf, .svg with --format); with --out, overlay "
+            "the returns of all runs in one figure, written as its suffix says (.png, .pdf or .svg)."
+        ),
     )
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by 'hybrid-pg train'")
-    plot.add_argument("--out", metavar="PNG", help="write a returns overlay of all runs here")
+    plot.add_argument("--out", metavar="FIGURE", help="write a returns overlay of all runs here (.png, .pdf or .svg)")
+    _add_format_argument(plot, "redrawn figures (with --out: the suffix of FIGURE decides)")
     plot.set_defaults(handler=_cmd_plot)
     _add_ablate_parser(commands)
     _add_bench_parser(commands)
@@ -295,7 +311,18 @@ def _add_ablate_parser(commands) -> None:
         help="write the tables and figures from the runs already finished; train nothing (safe while the grid is being filled)",
     )
     ablate.add_argument("--quiet", action="store_true", help="no progress bar; print only the written files")
+    _add_format_argument(ablate, "report's figures")
     ablate.set_defaults(handler=_cmd_ablate)
+
+
+def _add_format_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--format",
+        dest="figure_format",
+        choices=FIGURE_FORMATS,
+        default="png",
+        help=f"file format of the {what}: png (default), pdf or svg (vector, for papers)",
+    )
 
 
 def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,10 +21,9 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, read_csv_columns
-from hybrid_pg.experiments.figure_io import save_figure
+from hybrid_pg.experiments.figure_io import footnote, legend_outside, new_figure, save_figure
 from hybrid_pg.experiments.lambda_figure import plot_lambda_columns
 
 __all__ = ["plot_lambda", "plot_returns"]
@@ -102,72 +101,80 @@ def _mark_empty(ax: Axes, what: str) -> None:
     ax.text(0.5, 0.5, f"{what}: not logged in this run", ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
-#: why the training curve trails the evaluations (printed on returns.png)
+#: why the training curve trails the evaluations (printed under returns.png's axes)
 LAG_NOTE = (
-    "train: SB3's mean of the last 100 finished episodes (stats window), so it lags the policy "
-    "by up to 100 episodes (20k steps for 200-step episodes);\neval: the policy at that step"
+    "Training: SB3's mean return of the last 100 finished episodes, so it lags the policy by up to 100 episodes "
+    "(20k steps for 200-step episodes). Evaluation: the deterministic policy at that step."
 )
 
+TRAIN_LABEL = "training (mean of the last 100 episodes)"
+EVAL_LABEL = "evaluation (deterministic policy, mean)"
+EVAL_BAND_LABEL = "evaluation ± 1 std over episodes"
 
-def plot_returns(run_dirs: Sequence[PathLike], out_png: PathLike, labels: Optional[Sequence[str]] = None) -> Path:
+
+def plot_returns(
+    run_dirs: Sequence[PathLike], out_png: PathLike, labels: Optional[Sequence[str]] = None, title: Optional[str] = None
+) -> Path:
     """Training return (``rollout/ep_rew_mean``, solid) and deterministic evaluation return (mean,
-    dashed, +- 1 std band over the evaluation episodes, labelled) against env steps, one colour per
-    run. The training curve is SB3's moving mean over the last 100 finished episodes, so it trails
-    the evaluations (by up to 100 episodes: 20k steps on Pendulum); a note on the figure says so.
-    Returns the written path.
+    dashed, shaded ± 1 std over the evaluation episodes) against env steps, one colour per run. The
+    training curve is SB3's moving mean over the last 100 finished episodes, so it trails the
+    evaluations (by up to 100 episodes: 20k steps on Pendulum); a note under the axes says so. The
+    legend (beside the axes) keys the line styles once and, for several runs, the colours by run;
+    one run's name is the title. Returns the written path (PNG, PDF or SVG by its suffix).
 
     :param run_dirs: run directories (each with ``diagnostics.csv`` and/or ``evaluations.csv``).
-    :param out_png: the PNG to write (parent folders are created).
+    :param out_png: the figure to write (parent folders are created).
     :param labels: legend label per run (default: the directory names).
+    :param title: the figure's title (default: ``Returns: <run name>`` for one run, ``Returns`` for several).
     """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
         raise ValueError("plot_returns needs at least one run directory")
     names = list(labels) if labels is not None else [d.name for d in dirs]
     if len(names) != len(dirs):
         raise ValueError(f"got {len(names)} labels for {len(dirs)} run directories")
-    fig = Figure(figsize=(8, 4.8))
+    fig = new_figure(9.0, 4.8)
     ax = fig.add_subplot()
-    plotted = False
-    for i, (run_dir, name) in enumerate(zip(dirs, names)):
+    drawn = {"train": False, "eval": False, "band": False}
+    for i, run_dir in enumerate(dirs):
         diag, evals = _run_columns(run_dir)
         color = f"C{i % 10}"
         train = _series(diag, "rollout/ep_rew_mean")
         if train is not None:
-            ax.plot(*train, color=color, lw=1.6, label=f"{name}: train (moving mean of the last 100 episodes)")
-            plotted = True
+            ax.plot(*train, color=color, lw=1.6)
+            drawn["train"] = True
         mean, std = _series(evals, "mean"), _series(evals, "std")
         if mean is not None:
-            ax.plot(*mean, color=color, ls="--", marker="o", ms=3.5, label=f"{name}: eval (deterministic, mean)")
+            ax.plot(*mean, color=color, ls="--", marker="o", ms=3.5)
+            drawn["eval"] = True
             if std is not None and len(std[1]) == len(mean[1]):
-                ax.fill_between(
-                    mean[0],
-                    mean[1] - std[1],
-                    mean[1] + std[1],
-                    color=color,
-                    alpha=0.15,
-                    lw=0,
-                    label=f"{name}: eval mean +- 1 std over episodes",
-                )
-            plotted = True
-    if not plotted:
+                ax.fill_between(mean[0], mean[1] - std[1], mean[1] + std[1], color=color, alpha=0.15, lw=0)
+                drawn["band"] = True
+    if not any(drawn.values()):
         _mark_empty(ax, "episode returns")
     else:
-        ax.legend(fontsize="small", loc="best")
-        ax.text(
-            0.01,
-            0.01,
-            LAG_NOTE,
-            transform=ax.transAxes,
-            fontsize="x-small",
-            color="0.35",
-            va="bottom",
-        )
-    ax.set_xlabel("env steps")
+        key = "C0" if len(dirs) == 1 else "0.35"  # one run: its colour; several: a neutral key for the styles
+        handles = []
+        if drawn["train"]:
+            handles.append(Line2D([], [], color=key, lw=1.6, label=TRAIN_LABEL))
+        if drawn["eval"]:
+            handles.append(Line2D([], [], color=key, ls="--", marker="o", ms=3.5, label=EVAL_LABEL))
+        if drawn["band"]:
+            handles.append(Patch(color=key, alpha=0.15, lw=0, label=EVAL_BAND_LABEL))
+        if len(dirs) > 1:
+            handles += [Patch(color=f"C{i % 10}", label=name) for i, name in enumerate(names)]
+        legend_outside(ax, handles)
+        if drawn["train"]:
+            footnote(ax, LAG_NOTE, width=110)
+    ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
-    ax.set_title("returns" if len(dirs) > 1 else f"returns: {names[0]}", fontsize="medium")
+    if title is None:
+        title = f"Returns: {names[0]}" if len(dirs) == 1 else "Returns"
+    ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, out_png)
 
 
@@ -175,4 +182,4 @@ def plot_lambda(run_dir: PathLike, out_png: PathLike) -> Path:
     """``lambda.png``: the readable headline figure (:mod:`hybrid_pg.experiments.lambda_figure`) of a run
     directory or of an SB3/zoo tensorboard directory."""
     diag, _ = _run_columns(Path(run_dir))
-    return plot_lambda_columns(diag, out_png, title=Path(run_dir).name)
+    return plot_lambda_columns(diag, out_png, title=f"The weight λ and the gradient variances: {Path(run_dir).name}")

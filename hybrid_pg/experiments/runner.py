@@ -300,8 +300,11 @@ def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
     run_files.write_atomically(path, json.dumps(data, indent=2))
 
 
-def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True, callbacks: Sequence[Any] = ()) -> RunResult:
-    """Train one resolved, env-checked config and write its run directory (module docstring).
+def run(
+    config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True, callbacks: Sequence[Any] = (), figure_format: str = "png"
+) -> RunResult:
+    """Train one resolved, env-checked config and write its run directory (module docstring); its
+    ``returns`` and ``lambda`` figures as ``figure_format`` (png, pdf or svg).
 
     The env and model are built (so every config error surfaces) before ``run_dir`` is created;
     ``run_dir`` must not exist or be empty, and is claimed atomically (two processes never share it).
@@ -319,9 +322,11 @@ def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True
         EvalCSVCallback,
         RolloutProgressBar,
     )
+    from hybrid_pg.experiments.figure_io import figure_path
     from hybrid_pg.experiments.plots import plot_lambda, plot_returns
 
     run_dir = Path(run_dir)
+    returns_figure, lambda_figure = (figure_path(run_dir, stem, figure_format) for stem in ("returns", "lambda"))  # a bad format fails now
     _check_run_dir_free(run_dir)
     train = config["train"]
     # small MLPs gain nothing from intra-op threads, and on a busy machine they lose a lot
@@ -356,8 +361,12 @@ def run(config: Mapping[str, Any], run_dir: Union[str, Path], quiet: bool = True
         vec_env.close()
         if eval_env is not None:
             eval_env.close()
-    plot_returns([run_dir], run_dir / "returns.png")
-    plot_lambda(run_dir, run_dir / "lambda.png")
+    try:
+        plot_returns([run_dir], returns_figure)
+        plot_lambda(run_dir, lambda_figure)
+    except FileNotFoundError:
+        if not interrupted:
+            raise  # an interrupt before the first update leaves nothing to plot
     returns = evaluation.last_returns
     result = RunResult(
         run_dir=run_dir,
@@ -701,6 +710,8 @@ def adopt_finished_runs(runs: Grid, out_dir: Union[str, Path], sources: Sequence
             try:
                 if target.exists():
                     continue
+                for leftover in out.glob(f".{key}.adopting-*"):  # of an adopter that died (it held this lock)
+                    shutil.rmtree(leftover, ignore_errors=True)
                 tmp = out / f".{key}.adopting-{os.getpid()}-{uuid.uuid4().hex[:6]}"
                 try:
                     shutil.copytree(source, tmp)
