@@ -39,10 +39,8 @@ checkpoint (one CSV each, written atomically: resumable) and writes the report.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -53,6 +51,8 @@ import numpy as np
 import torch as th
 import yaml
 
+from hybrid_pg.experiments.run_files import write_atomically
+from hybrid_pg.oracle import copy_env_without_monitor
 from hybrid_pg.reference_gradient import (
     GROUPS,
     Normalisation,
@@ -254,14 +254,20 @@ def train_with_checkpoints(label: str, config: Mapping[str, Any], out: Path, ste
     and library builds: the simulator's floating point differs between CPUs in the last digits and
     a chaotic task (Hopper) amplifies that within a few updates."""
     from hybrid_pg.experiments.ablate import RUNS_SUBDIR
-    from hybrid_pg.experiments.runner import run, run_key
+    from hybrid_pg.experiments.runner import claim_run, release_run, run, run_key
 
     run_dir = out / RUNS_SUBDIR / run_key(label, config)
     if all(checkpoint_paths(run_dir, s)[0].exists() for s in steps) and (not full or (run_dir / "result.json").exists()):
         return run_dir
-    if run_dir.exists():  # an interrupted earlier attempt: the audit's own scratch, trained again
-        shutil.rmtree(run_dir)
-    run(config, run_dir, quiet=True, callbacks=[_checkpoint_callback(run_dir, steps, stop_after_last=not full)])
+    # the grids' lock protocol: two audit processes never train (or clear) the same run
+    if not claim_run(run_dir):
+        raise RuntimeError(f"{run_dir} is being trained by another live process; audit other seeds (--seeds) meanwhile")
+    try:
+        if run_dir.exists():  # an interrupted earlier attempt: the audit's own scratch, trained again
+            shutil.rmtree(run_dir)
+        run(config, run_dir, quiet=True, callbacks=[_checkpoint_callback(run_dir, steps, stop_after_last=not full)])
+    finally:
+        release_run(run_dir)
     return run_dir
 
 
@@ -345,7 +351,9 @@ def audit_rollout(model: Any, venv: Any, settings: ReferenceSettings, seed: int,
         for e, env in enumerate(envs):
             contacts[t, e] = _contacts(env)
             if t % stride == offset:
-                snapshots.append(copy.deepcopy(env))
+                # SB3's Monitor is spliced out: it refuses a step after the episode ended, and the
+                # reference's returns continue through time-limit truncations
+                snapshots.append(copy_env_without_monitor(env))
                 snap_obs.append(np.asarray(current_obs[e]))
                 snap_index.append(e * n_steps + t)  # env-major, as the flattened buffer
 
@@ -575,9 +583,7 @@ def run_signals(config: AuditConfig, rollouts: int = 8, log: Any = print) -> Lis
             signals = checkpoint_signals(model, rollouts, config.seed + step)
             model.env.close()
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(
-                path, json.dumps({"run": label, "seed": cfg["train"]["seed"], "step": step, **signals}, sort_keys=True) + "\n"
-            )
+            write_atomically(path, json.dumps({"run": label, "seed": cfg["train"]["seed"], "step": step, **signals}, sort_keys=True) + "\n")
             log(f"{label} seed {cfg['train']['seed']} step {step}: signals -> {path}")
             written.append(path)
     return written
@@ -586,15 +592,6 @@ def run_signals(config: AuditConfig, rollouts: int = 8, log: Any = print) -> Lis
 # ------------------------------------------------------------------------------------------------
 # the command
 # ------------------------------------------------------------------------------------------------
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def checkpoint_csv(out: Path, key: str, step: int) -> Path:
@@ -612,7 +609,7 @@ def write_checkpoint_csv(path: Path, label: str, seed: int, step: int, audit: Ma
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, buf.getvalue())
+    write_atomically(path, buf.getvalue())
 
 
 def run_audit(config: AuditConfig, only_seeds: Optional[Sequence[int]] = None, log: Any = print) -> List[Path]:
@@ -649,4 +646,4 @@ def save_meta(config: AuditConfig) -> None:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"name": config.name, "grid": config.grid, "checkpoints": list(config.checkpoints), "reference": vars(config.reference)}
-    _write_atomically(out / "audit_settings.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_atomically(out / "audit_settings.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -97,16 +97,27 @@ def plot_bias_variance(rows: List[Dict[str, Any]], path: Path, title: str) -> No
 
     estimators = [e for e in ESTIMATOR_NAMES if any(r["estimator"] == e for r in rows)]
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    plotted = 0
     for est in estimators:
-        sel = _select(rows, estimator=est, group="all", stratum="all")
+        # a checkpoint whose reference was too noisy to scale by has NaN statistics: left out
+        sel = [
+            r
+            for r in _select(rows, estimator=est, group="all", stratum="all")
+            if isinstance(r["rel_var"], float) and math.isfinite(r["rel_var"]) and r["rel_var"] > 0 and math.isfinite(r["rel_bias"])
+        ]
+        plotted += len(sel)
         ax.scatter([r["rel_var"] for r in sel], [r["rel_bias"] ** 2 for r in sel], label=ESTIMATOR_NAMES[est], s=18)
-    ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=0.01)
+    if plotted:
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=0.01)
+    else:
+        ax.text(0.5, 0.5, "no checkpoint with a reference precise enough to scale by", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("variance of one rollout's estimate / ||g_ref||^2")
     ax.set_ylabel("squared bias / ||g_ref||^2")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if plotted:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
