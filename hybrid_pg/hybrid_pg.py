@@ -653,7 +653,11 @@ def _check_load_keywords(cls: Type[HybridPG], kwargs: Dict[str, Any]) -> None:
     """``load(**kwargs)``: each key a setting, a deprecated name of one, or a constructor argument."""
     params = inspect.signature(cls.__init__).parameters
     known = {*HybridPGSettings.model_fields, *DEPRECATED_ALIASES, *_LOAD_OWN}
-    known |= {name for name, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD and name not in ("self", "policy", "env", "_init_setup_model")}
+    known |= {
+        name
+        for name, p in params.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and name not in ("self", "policy", "env", "_init_setup_model")
+    }
     for key, value in kwargs.items():
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
