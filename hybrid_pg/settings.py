@@ -29,6 +29,7 @@ __all__ = [
     "LAMBDA_GROUPS",
     "WINDOW_MODES",
     "HybridPGSettings",
+    "KEY_NEUTRAL",
     "SettingsError",
     "check_action_space",
     "check_rollout_shape",
@@ -40,6 +41,12 @@ __all__ = [
 ESTIMATORS = ("hybrid", "reinforce", "pathwise")
 WINDOW_MODES = ("sliding", "ema", "adaptive")
 LAMBDA_GROUPS = ("global", "per_group")
+
+#: settings added after the run-name format was fixed, each with the value that reproduces the
+#: behaviour from before it existed. A run config that leaves one at that value keeps the run name it
+#: had before the setting was added (so a grid's finished runs stay reusable, e.g. REINFORCE cells
+#: when a weight rule is added); any other value, a changed default included, enters the name.
+KEY_NEUTRAL: Dict[str, Any] = {}
 
 #: old keyword -> new keyword. The old name still works for one release, with a DeprecationWarning.
 DEPRECATED_ALIASES: Dict[str, str] = {

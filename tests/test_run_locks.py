@@ -105,3 +105,16 @@ def test_run_key_seed_reads_back_the_seed_run_key_wrote():
         assert runner.run_key_seed(key) == seed
     assert runner.run_key_seed("halfcheetah__stationary__ppo_s1_eb2f788") is None  # 7 hex digits: no key
     assert runner.run_key_seed("notes") is None and runner.run_key_seed("x_s2_deadbeef.lock") is None
+
+
+def test_a_setting_added_later_keeps_run_names_at_its_neutral_value(monkeypatch):
+    """KEY_NEUTRAL: a run that leaves a newer setting at the value reproducing the old behaviour keeps
+    its old name (finished runs stay reusable); another value, or a changed default, renames it."""
+    from hybrid_pg import settings
+    from hybrid_pg.experiments.runner import run_key
+
+    config = {"env": {"id": "Pendulum-v1"}, "algo": {"estimator": "reinforce"}, "train": {"seed": 3, "total_timesteps": 10}}
+    before = run_key("cell", config)
+    monkeypatch.setitem(settings.KEY_NEUTRAL, "new_rule", "none")
+    assert run_key("cell", {**config, "algo": {"estimator": "reinforce", "new_rule": "none"}}) == before
+    assert run_key("cell", {**config, "algo": {"estimator": "reinforce", "new_rule": "other"}}) != before

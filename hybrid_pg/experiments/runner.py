@@ -533,8 +533,13 @@ def load_result(run_dir: Union[str, Path], label: Optional[str] = None) -> Dict[
 
 def run_key(label: str, config: Mapping[str, Any]) -> str:
     """A run directory name: label, seed and a hash of everything that changes the result."""
+    from hybrid_pg.settings import KEY_NEUTRAL
+
     what = {k: v for k, v in config.items() if k in ("env", "algo", "train")}
     what["train"] = {k: v for k, v in what["train"].items() if k != "progress_bar"}
+    # a setting added after the name format, at the value that reproduces the earlier behaviour,
+    # leaves the name as it was (hybrid_pg.settings.KEY_NEUTRAL)
+    what["algo"] = {k: v for k, v in what.get("algo", {}).items() if not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
     digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{sanitise(label)}_s{config['train']['seed']}_{digest}"
 
