@@ -46,6 +46,7 @@ from hybrid_pg.experiments.aggregate import (
     probability_of_improvement,
     stratified_bootstrap_ci,
 )
+from hybrid_pg.experiments.compressed import open_text, stored
 from hybrid_pg.experiments.results import median_over_updates
 
 #: runs per side before a goal can be called met (the project's rule against 2-3-seed verdicts)
@@ -56,12 +57,12 @@ Results = Dict[str, List[Dict[str, Any]]]  # estimator -> finished runs (runner.
 
 
 def evaluation_curve(result: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
-    """(steps, mean return) of a run's deterministic evaluations (``evaluations.csv``); empty
-    arrays when the run has none."""
+    """(steps, mean return) of a run's deterministic evaluations (``evaluations.csv``, or
+    ``evaluations.csv.gz``); empty arrays when the run has none."""
     path = Path(result["run_dir"]) / EVALUATIONS_FILE
-    if not path.is_file():
+    if stored(path) is None:
         return np.empty(0), np.empty(0)
-    with path.open() as fh:
+    with open_text(path) as fh:
         rows = [(float(r["timesteps"]), float(r["mean"])) for r in csv.DictReader(fh)]
     rows.sort()
     return np.array([s for s, _ in rows]), np.array([v for _, v in rows])

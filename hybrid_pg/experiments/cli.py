@@ -6,6 +6,7 @@
     hybrid-pg plot RUN_DIR [RUN_DIR ...] [--out FIGURE] [--format png|pdf|svg]
     hybrid-pg ablate CONFIG [--workers N] [--out DIR] [--seeds S [S ...]] [--only NAME [NAME ...]] [--report-only]
                      [--backend local|ray] [--address ADDR] [--dry-run] [--quiet] [--format png|pdf|svg]
+    hybrid-pg compact DIR [DIR ...] [--dry-run]
     hybrid-pg bench [--steps N] [--seeds K] [--out DIR] [--env ID] [--n-envs N] [--n-steps N] [--eval-episodes N]
 
 ``train`` reads CONFIG (default: the packaged ``default.yaml``, which the repository's
@@ -25,6 +26,9 @@ printed is always the run directory, so ``RUN=$(hybrid-pg train --quiet)`` captu
 
 ``plot`` redraws a run's ``returns.png`` and ``lambda.png``, or, with ``--out``, overlays the
 returns of several runs in one figure.
+
+``compact`` gzips ``progress.csv`` and ``diagnostics.csv`` of every finished run below DIR
+(:mod:`hybrid_pg.experiments.compaction`); every command reads the compressed files as the plain ones.
 
 Every figure is a PNG unless ``--format pdf`` or ``--format svg`` asks for a vector file (``train``,
 ``plot``, ``ablate``; ``plot --out`` goes by the file's suffix); the layout is the same
@@ -195,6 +199,23 @@ _positive_int = _int_at_least(1)
 _seed = _int_at_least(0, "an integer seed")
 
 
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from hybrid_pg.experiments.compaction import compact
+
+    for folder in args.dirs:
+        if not Path(folder).is_dir():
+            raise UsageError(f"{folder} is not a directory")
+    done = compact(args.dirs, dry_run=args.dry_run)
+    before = sum(c.before for c in done)
+    runs = len({c.path.parent for c in done})
+    if args.dry_run:
+        print(f"would compress {len(done)} files of {runs} finished runs ({before / 1e6:.1f} MB)")
+    else:
+        after = sum(c.after or 0 for c in done)
+        print(f"compressed {len(done)} files of {runs} finished runs: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from hybrid_pg.experiments.plots import plot_lambda, plot_returns
 
@@ -274,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(handler=_cmd_plot)
     _add_ablate_parser(commands)
     _add_bench_parser(commands)
+    _add_compact_parser(commands)
     return parser
 
 
@@ -341,6 +363,22 @@ def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="--backend ray: the cluster to join (auto: the one 'ray start' runs on this node; default: a local Ray instance)",
     )
+
+
+def _add_compact_parser(commands) -> None:
+    compact = commands.add_parser(
+        "compact",
+        help="gzip the large CSV files of finished runs (what committed results keep)",
+        description=(
+            "Replace progress.csv and diagnostics.csv of every finished run (a directory with result.json) at or below each DIR "
+            "by .csv.gz files (deterministic bytes, checked by reading back); result.json, config.yaml and evaluations.csv stay "
+            "as they are. Every command reads either form, so reports regenerate byte for byte. Runs another process holds are skipped."
+        ),
+        epilog="example: hybrid-pg compact docs/results/mujoco",
+    )
+    compact.add_argument("dirs", nargs="+", metavar="DIR", help="folders of run directories (a study's output folder, or one run)")
+    compact.add_argument("--dry-run", action="store_true", help="count what would be compressed; change nothing")
+    compact.set_defaults(handler=_cmd_compact)
 
 
 def _add_bench_parser(commands) -> None:

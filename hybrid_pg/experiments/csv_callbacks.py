@@ -41,6 +41,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
+from hybrid_pg.experiments.compressed import open_text
 from hybrid_pg_envs.clock import env_clock, has_clock, sync_clock
 
 __all__ = [
@@ -107,8 +108,9 @@ def _cell(value: Any) -> str:
 
 
 def read_csv_columns(path: Union[str, Path]) -> Dict[str, np.ndarray]:
-    """A CSV of numbers as ``{column: float array}``; empty or non-numeric cells are NaN."""
-    with Path(path).open(newline="", encoding="utf-8") as fh:
+    """A CSV of numbers as ``{column: float array}``; empty or non-numeric cells are NaN. ``path``
+    may be stored gzip-compressed as ``path.gz`` (:mod:`hybrid_pg.experiments.compressed`)."""
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:

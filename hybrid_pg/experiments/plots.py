@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 from matplotlib.axes import Axes
 
+from hybrid_pg.experiments.compressed import stored
 from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, read_csv_columns
 from hybrid_pg.experiments.figure_io import footnote, legend_outside, new_figure, save_figure
 from hybrid_pg.experiments.lambda_figure import plot_lambda_columns
@@ -73,9 +74,16 @@ def _tensorboard_columns(run_dir: Path) -> Tuple[Columns, Columns]:
     return diag, evals
 
 
+def _stored_name(run_dir: Path, name: str) -> str:
+    """``name``, or ``name.gz`` where the run keeps only the compressed file (committed results)."""
+    found = stored(run_dir / name)
+    return found.name if found is not None else name
+
+
 def _run_columns(run_dir: Path) -> Tuple[Columns, Columns]:
-    """(diagnostics, evaluations) of a run directory: its CSV files, else its tensorboard logs."""
-    diag, evals = _read(run_dir, DIAGNOSTICS_FILE), _read(run_dir, EVALUATIONS_FILE)
+    """(diagnostics, evaluations) of a run directory: its CSV files (plain or ``.csv.gz``), else its
+    tensorboard logs."""
+    diag, evals = _read(run_dir, _stored_name(run_dir, DIAGNOSTICS_FILE)), _read(run_dir, _stored_name(run_dir, EVALUATIONS_FILE))
     if not diag and not evals:
         diag, evals = _tensorboard_columns(run_dir)
     if not diag and not evals:

@@ -48,6 +48,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import gymnasium as gym
 
 from hybrid_pg.experiments import run_files
+from hybrid_pg.experiments.compressed import open_text, stored
 from hybrid_pg.experiments.config import (
     PROVENANCE_KEY,
     ConfigError,
@@ -485,11 +486,12 @@ def set_aside(run_dir: Union[str, Path], why: str) -> Path:
 
 
 def _progress_rows(path: Path) -> List[Dict[str, float]]:
-    """SB3's progress.csv as one dict per dump, holding only the keys that dump logged (numbers)."""
-    if not path.is_file():
+    """SB3's progress.csv (or progress.csv.gz) as one dict per dump, holding only the keys that dump
+    logged (numbers)."""
+    if stored(path) is None:
         return []
     rows = []
-    with path.open(newline="", encoding="utf-8") as fh:
+    with open_text(path) as fh:
         for raw in csv.DictReader(fh):
             row = {}
             for key, text in raw.items():
