@@ -111,12 +111,46 @@ def flat_group_gradients(scalar: th.Tensor, groups: Dict[str, List[nn.Parameter]
 # ------------------------------------------------------------------------------------------------
 
 
-def _unwrap_monitors(env: gym.Env) -> gym.Env:
-    """A deep copy of ``env`` with SB3's Monitor wrappers spliced out (a copy must not write the
-    training run's monitor file)."""
-    from hybrid_pg.oracle import copy_env_without_monitor
+def _restore_simulator(source: gym.Env, copy_: gym.Env) -> None:
+    """Give ``copy_`` the simulator state of ``source`` where a deep copy does not carry it.
 
-    return copy_env_without_monitor(env)
+    gymnasium's MuJoCo envs pickle by their constructor arguments (``EzPickle``), so
+    ``copy.deepcopy`` of one is a freshly built env at its initial state (its wrappers' own state,
+    e.g. a time limit's step count or a clock, is copied as usual). The simulator's full state
+    (``MjData``: positions, velocities, actuator states, time, warm start) is copied over, and so is
+    every numeric array of the ``MjModel``, which a non-stationary wrapper may have changed (friction,
+    masses) and would not re-apply while its parameters stay the same.
+    """
+    src, dst = source.unwrapped, copy_.unwrapped
+    data = getattr(src, "data", None)
+    if data is None or type(data).__name__ != "MjData":
+        return
+    import mujoco
+
+    for name in dir(src.model):
+        if name.startswith("_"):
+            continue
+        value = getattr(src.model, name, None)
+        if isinstance(value, np.ndarray) and value.flags.writeable:
+            target = getattr(dst.model, name)
+            if target.shape == value.shape:
+                target[...] = value
+    mujoco.mj_copyData(dst.data, dst.model, src.data)
+
+
+def clone_env(env: gym.Env, without_monitor: bool = False) -> gym.Env:
+    """A copy of ``env`` in its current state, the user's wrappers included (SB3's Monitor spliced
+    out with ``without_monitor``: it refuses steps after an episode ended, and the reference's
+    returns continue through time limits); MuJoCo envs get their simulator state copied
+    (:func:`_restore_simulator`)."""
+    if without_monitor:
+        from hybrid_pg.oracle import copy_env_without_monitor
+
+        new = copy_env_without_monitor(env)
+    else:
+        new = copy.deepcopy(env)
+    _restore_simulator(env, new)
+    return new
 
 
 def hold_clock(env: gym.Env) -> None:
@@ -149,7 +183,7 @@ def make_env(env: EnvSpec) -> gym.Env:
     if isinstance(env, str):
         return gym.make(env)
     if isinstance(env, gym.Env):
-        return _unwrap_monitors(env)
+        return clone_env(env, without_monitor=True)
     if callable(env):
         return env()
     raise TypeError(f"env must be an env id, a gymnasium env or an env factory; got {type(env).__name__}")
@@ -203,7 +237,7 @@ def monte_carlo_returns(
     low, high = _box_bounds(snapshots[0].action_space)
     h0 = tail_horizon(gamma, tail_weight)
     stop = h0 + np.asarray(rng.geometric(1.0 - gamma, size=n) if gamma > 0 else np.zeros(n, dtype=int))
-    envs = [[copy.deepcopy(snapshots[i]) for _ in range(k)] for i in range(n)]
+    envs = [[clone_env(snapshots[i]) for _ in range(k)] for i in range(n)]
     values = np.zeros((n, k))
     ended_by_termination = np.zeros((n, k), dtype=bool)
     alive = [(i, j) for i in range(n) for j in range(k)]
@@ -422,7 +456,7 @@ def reference_gradient(
         offset, t, done = int(rng.integers(state_stride)), 0, False
         while not done:
             if t % state_stride == offset:
-                snapshots.append(copy.deepcopy(base))
+                snapshots.append(clone_env(base))
                 raw_obs.append(obs)
                 weights.append(state_stride * gamma**t)
                 units.append(episode)

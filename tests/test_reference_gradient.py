@@ -186,3 +186,39 @@ def test_split_half_and_reliability_on_synthetic_units():
     full_noise = noise**2 * dim / units
     assert ref.reliability() == pytest.approx(signal / (signal + full_noise), abs=0.05)
     assert set(GROUPS) == set(ref.units)
+
+
+def test_a_clone_of_a_mujoco_env_continues_exactly_where_the_original_is():
+    """gymnasium's MuJoCo envs deep-copy as freshly built envs (EzPickle): clone_env carries the
+    simulator's state over, so the clone's steps are the original's, and a clone of a clone too."""
+    pytest.importorskip("mujoco")
+    from hybrid_pg.reference_gradient import clone_env
+
+    env = gym.make("Hopper-v5")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        env.step(rng.uniform(-0.1, 0.1, 3))
+    snapshot = clone_env(env)
+    actions = rng.uniform(-0.1, 0.1, (15, 3))
+    original = [env.step(a)[0] for a in actions]
+    twice = clone_env(snapshot)
+    np.testing.assert_array_equal(np.array([twice.step(a)[0] for a in actions]), np.array(original))
+
+
+def test_a_clone_keeps_the_physics_a_nonstationary_wrapper_set():
+    pytest.importorskip("mujoco")
+    from hybrid_pg.reference_gradient import clone_env, hold_clock
+    from hybrid_pg_envs import NonStationaryWrapper
+
+    schedules = {"friction_scale": {"kind": "linear", "start": 1.0, "end": 0.4, "duration": 1000}}
+    env = NonStationaryWrapper(gym.make("HalfCheetah-v5"), schedules=schedules)
+    env.reset(seed=0)
+    env.set_clock(800)
+    hold_clock(env)
+    friction = env.unwrapped.model.geom_friction.copy()
+    copy_ = clone_env(env)
+    np.testing.assert_array_equal(copy_.unwrapped.model.geom_friction, friction)
+    assert not np.allclose(gym.make("HalfCheetah-v5").unwrapped.model.geom_friction, friction)  # it did move
+    copy_.step(np.zeros(6))
+    np.testing.assert_array_equal(copy_.unwrapped.model.geom_friction, friction)  # and stays held

@@ -52,10 +52,10 @@ import torch as th
 import yaml
 
 from hybrid_pg.experiments.run_files import write_atomically
-from hybrid_pg.oracle import copy_env_without_monitor
 from hybrid_pg.reference_gradient import (
     GROUPS,
     Normalisation,
+    clone_env,
     corrected_cosine,
     cosine,
     flat_group_gradients,
@@ -353,7 +353,7 @@ def audit_rollout(model: Any, venv: Any, settings: ReferenceSettings, seed: int,
             if t % stride == offset:
                 # SB3's Monitor is spliced out: it refuses a step after the episode ended, and the
                 # reference's returns continue through time-limit truncations
-                snapshots.append(copy_env_without_monitor(env))
+                snapshots.append(clone_env(env, without_monitor=True))
                 snap_obs.append(np.asarray(current_obs[e]))
                 snap_index.append(e * n_steps + t)  # env-major, as the flattened buffer
 
