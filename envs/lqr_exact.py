@@ -77,11 +77,15 @@ def expected_return(
     """``E[sum_{t<T} gamma^t r_t]`` (a float64 scalar tensor) of the linear Gaussian policy.
 
     ``W`` is (m, n), or (m, n + 1) holding ``w_t`` as its last column (an SB3 ``action_net.weight``).
-    ``w_t`` and ``b`` default to 0, ``log_std=None`` means a deterministic policy. Assumes no action
+    ``w_t`` and ``b`` default to 0, ``log_std=None`` means a deterministic policy; a tensor
+    ``x0_mean`` keeps its autograd graph (the return as a function of the start state). Assumes no action
     clipping: match it with a large ``action_bound`` in the env.
     """
-    cfg = validate_lqr(A, B, Q, R, horizon, x0_mean, x0_std, noise_std)
+    start = x0_mean.detach().cpu().numpy() if isinstance(x0_mean, th.Tensor) else x0_mean
+    cfg = validate_lqr(A, B, Q, R, horizon, start, x0_std, noise_std)
     A, B, Q, R, mu0, std0 = (th.as_tensor(cfg[k], dtype=_F64) for k in ("A", "B", "Q", "R", "x0_mean", "x0_std"))
+    if isinstance(x0_mean, th.Tensor) and x0_mean.shape == mu0.shape:
+        mu0 = _as_f64(x0_mean)  # keeps its graph: the return is differentiable in the start state too
     n, m = B.shape
     T = cfg["horizon"]
     W, w_t, b, log_std = _policy_tensors(W, w_t, b, log_std, n, m)
