@@ -8,6 +8,7 @@ import contextlib
 import gzip
 import io
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,11 @@ def test_a_report_is_the_same_bytes_from_a_compacted_folder(tmp_path):
     runs = tmp_path / "runs"
     picked = [d for d in sorted(SAMPLE.iterdir()) if d.name.startswith("pendulum_critic__") and ("_s0_" in d.name or "_s1_" in d.name)]
     assert len(picked) == 4
-    for d in picked:
+    for d in picked:  # as training wrote them: plain
         shutil.copytree(d, runs / d.name)
+        for packed in (runs / d.name).glob("*.csv.gz"):
+            packed.with_suffix("").write_bytes(gzip.decompress(packed.read_bytes()))
+            packed.unlink()
 
     def report(out: Path) -> dict:
         results: dict = {}
@@ -130,3 +134,25 @@ def test_a_report_is_the_same_bytes_from_a_compacted_folder(tmp_path):
     after = report(tmp_path / "after")
     assert before.keys() == after.keys() and len(before) >= 8
     assert [name for name in before if before[name] != after[name]] == []
+
+
+def _tracked(folder: Path) -> list:
+    try:
+        out = subprocess.run(["git", "ls-files", "--", str(folder)], cwd=REPO, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return out.stdout.split()
+
+
+@pytest.mark.skipif(not RESULTS.is_dir(), reason="the committed results are not here (an sdist)")
+def test_committed_runs_keep_their_large_logs_compressed():
+    tracked = _tracked(RESULTS)
+    if not tracked:
+        pytest.skip("not a git checkout")
+    # the run directories of studies (the quickstart run the docs show stays as training writes it)
+    in_runs = [f for f in tracked if "runs" in Path(f).parts and Path(f).relative_to("docs/results").parts[0] not in LIVE_GRIDS]
+    plain = [f for f in in_runs if Path(f).name in COMPACTED_FILES]
+    assert plain == [], f"{len(plain)} committed run logs are not compressed: run hybrid-pg compact on their folder (first: {plain[:3]})"
+    for f in tracked:
+        if f.endswith(".csv.gz"):
+            assert (REPO / f).read_bytes()[4:8] == b"\0\0\0\0", f"{f}: not written by hybrid-pg compact (a timestamp in its header)"
