@@ -121,7 +121,9 @@ def _restore_simulator(source: gym.Env, copy_: gym.Env) -> None:
     every numeric array of the ``MjModel``, which a non-stationary wrapper may have changed (friction,
     masses) and would not re-apply while its parameters stay the same.
     """
-    src, dst = source.unwrapped, copy_.unwrapped
+    # gymnasium's MujocoEnv (its model and data attributes), found by duck typing
+    src: Any = source.unwrapped
+    dst: Any = copy_.unwrapped
     data = getattr(src, "data", None)
     if data is None or type(data).__name__ != "MjData":
         return
