@@ -442,6 +442,23 @@ def _stack(results: Sequence[Mapping[str, Any]], key: str, stratum: str, group: 
     return th.stack(rows)
 
 
+#: below this reliability (expected squared cosine with the truth) a reference is too noisy for a
+#: corrected cosine: the correction would divide by almost nothing
+MIN_RELIABILITY = 0.2
+
+
+def _push_interval(name: str, rows: Optional[th.Tensor]) -> Dict[str, float]:
+    """Mean over rollouts of the sum of a log_std gradient's components, with a 95% t-interval."""
+    from scipy import stats
+
+    if rows is None or rows.shape[0] < 2:
+        return {name: float("nan"), f"{name}_lo": float("nan"), f"{name}_hi": float("nan")}
+    sums = rows.sum(dim=1).double().numpy()
+    mean, se = float(sums.mean()), float(sums.std(ddof=1) / math.sqrt(len(sums)))
+    half = float(stats.t.ppf(0.975, len(sums) - 1)) * se
+    return {name: mean, f"{name}_lo": mean - half, f"{name}_hi": mean + half}
+
+
 def _debiased_sq_norm(rows: th.Tensor) -> float:
     """||E x||^2 estimated without the noise of the mean: ||mean||^2 - trace(Cov) / R."""
     r = rows.shape[0]
@@ -490,13 +507,15 @@ def summarise(results: Sequence[Mapping[str, Any]], bootstrap: int = 2000, seed:
                 for _ in range(bootstrap):
                     pick = th.as_tensor(rng.integers(n, size=n))
                     boot.append(math.sqrt(max(_debiased_sq_norm(diff[pick]), 0.0)) / math.sqrt(ref_sq))
+                # a cosine against a reference with almost no signal cannot be corrected for its noise
+                usable = rel_full >= MIN_RELIABILITY
                 row = {
                     **base,
                     "estimator": est,
                     "cos_single": float(np.nanmean(singles)),
-                    "cos_single_corrected": corrected_cosine(float(np.nanmean(singles)), rel_loo),
+                    "cos_single_corrected": corrected_cosine(float(np.nanmean(singles)), rel_loo) if usable else float("nan"),
                     "cos_mean": cosine(e.mean(0), ref_mean),
-                    "cos_mean_corrected": corrected_cosine(cosine(e.mean(0), ref_mean), rel_full),
+                    "cos_mean_corrected": corrected_cosine(cosine(e.mean(0), ref_mean), rel_full) if usable else float("nan"),
                     "rel_bias": math.sqrt(max(bias_sq, 0.0)) / math.sqrt(ref_sq),
                     "rel_bias_lo": float(np.percentile(boot, 2.5)),
                     "rel_bias_hi": float(np.percentile(boot, 97.5)),
@@ -505,6 +524,12 @@ def summarise(results: Sequence[Mapping[str, Any]], bootstrap: int = 2000, seed:
                     "lam_mse": float("nan"),
                 }
                 row["rel_mse"] = row["rel_bias"] ** 2 + row["rel_var"]
+                # the push on the policy's spread: the sum of the log_std components (each is
+                # d/d log sigma_j), of the estimator and of its difference from the reference, with
+                # t-intervals over the rollouts (negative: shrinks sigma)
+                for name, values in (("push", e), ("push_diff", diff)):
+                    row.update(_push_interval(name, values if group == "log_std" else None))
+                row.update(_push_interval("push_ref", ref if group == "log_std" else None))
                 if est.startswith("pathwise") and score is not None:
                     d = e - score
                     num = -float(sum(d[i] @ (score[i] - loo[i]) for i in range(n)))

@@ -39,6 +39,10 @@ def _num(value: str) -> Any:
     return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return "—" if math.isnan(value) else f"{value:.{digits}f}"
@@ -170,6 +174,21 @@ def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
                         )
                     if any(c != "—" for c in cells):
                         lines.append(f"| {step} | {est} | " + " | ".join(cells) + " |")
+            lines.append("")
+        pushes = [r for r in _select(rows, run=run, seed=seed, stratum="all", group="log_std") if "push" in r and _finite(r["push"])]
+        if pushes:
+            lines += [
+                "The push on the policy's spread: the sum of each estimator's log_std components (negative shrinks sigma), "
+                "the reference's, and the estimator's difference from the reference [95% t-interval over rollouts]",
+                "",
+                "| step | estimator | estimator's push | reference's push | difference [CI] |",
+                "|---|---|---|---|---|",
+            ]
+            for r in pushes:
+                lines.append(
+                    f"| {r['step']} | {r['estimator']} | {_fmt(r['push'], 3)} | {_fmt(r['push_ref'], 3)} [{_fmt(r['push_ref_lo'], 3)}, "
+                    f"{_fmt(r['push_ref_hi'], 3)}] | {_fmt(r['push_diff'], 3)} [{_fmt(r['push_diff_lo'], 3)}, {_fmt(r['push_diff_hi'], 3)}] |"
+                )
             lines.append("")
         checks = _select(rows, run=run, seed=seed, stratum="all", group="all", estimator="score")
         if checks:
