@@ -282,23 +282,41 @@ def _box_bounds(space: gym.Space) -> tuple:
     return space.low, space.high
 
 
-def sample_actions(policy: nn.Module, obs: th.Tensor, n_actions: int, generator: th.Generator) -> th.Tensor:
-    """(N, K, action_dim) actions drawn from the policy at each of N observations."""
+def sample_actions(policy: nn.Module, obs: th.Tensor, n_actions: int, generator: th.Generator, antithetic: bool = False) -> th.Tensor:
+    """(N, K, action_dim) actions drawn from the policy at each of N observations. ``antithetic``:
+    in pairs mu + sigma eps, mu - sigma eps (K even), each action still distributed as the policy."""
+    if antithetic and (n_actions < 4 or n_actions % 2):
+        raise ValueError(f"antithetic actions need an even n_actions >= 4 (a baseline from the other pairs), got {n_actions}")
     with th.no_grad():
         mean, log_std = policy_mean_log_std(policy, obs)
-        noise = th.randn((mean.shape[0], n_actions, mean.shape[1]), generator=generator, device=mean.device)
+        draws = n_actions // 2 if antithetic else n_actions
+        noise = th.randn((mean.shape[0], draws, mean.shape[1]), generator=generator, device=mean.device)
+        if antithetic:
+            noise = th.stack([noise, -noise], dim=2).reshape(mean.shape[0], n_actions, mean.shape[1])
         return mean[:, None, :] + th.exp(log_std) * noise
 
 
-def score_contributions(policy: nn.Module, obs: th.Tensor, actions: th.Tensor, returns: np.ndarray) -> th.Tensor:
-    """Per-state surrogate sum_k c_k log pi(a_k|s) with the leave-one-out coefficients
-    c_k = (G_k - mean_{j != k} G_j) / K: its gradient is g_hat(s). Shape (N,), differentiable."""
+def score_contributions(policy: nn.Module, obs: th.Tensor, actions: th.Tensor, returns: np.ndarray, antithetic: bool = False) -> th.Tensor:
+    """Per-state surrogate sum_k c_k log pi(a_k|s) with c_k = (G_k - b_k) / K: its gradient is g_hat(s).
+    Shape (N,), differentiable.
+
+    b_k is the mean return of the *other* actions (leave-one-out), and with ``antithetic`` actions
+    (pairs mu +- sigma eps, :func:`sample_actions`) of the other *pairs*: a baseline must not depend
+    on a_k, and a_k's partner does. Antithetic pairs make the mean's estimate a central difference,
+    (G(mu + sigma eps) - G(mu - sigma eps)) eps / sigma, whose noise is far smaller when Q is smooth
+    in the action."""
     n, k = returns.shape
     if k < 2:
         raise ValueError("the reference needs n_actions >= 2 (a leave-one-out baseline)")
     g = th.as_tensor(returns, dtype=th.float64, device=actions.device)
-    loo = (g.sum(dim=1, keepdim=True) - g) / (k - 1)
-    coef = ((g - loo) / k).float()
+    if antithetic:
+        if k < 4 or k % 2:
+            raise ValueError(f"antithetic actions need an even n_actions >= 4, got {k}")
+        pair_sum = g.reshape(n, k // 2, 2).sum(dim=2).repeat_interleave(2, dim=1)
+        baseline = (g.sum(dim=1, keepdim=True) - pair_sum) / (k - 2)
+    else:
+        baseline = (g.sum(dim=1, keepdim=True) - g) / (k - 1)
+    coef = ((g - baseline) / k).float()
     mean, log_std = policy_mean_log_std(policy, obs)
     log_prob = gaussian_log_prob(mean[:, None, :].expand_as(actions), log_std, actions)
     return (coef * log_prob).sum(dim=1)
@@ -423,13 +441,15 @@ def reference_gradient(
     seed: int = 0,
     tail_weight: float = 0.05,
     vec_normalize: Any = None,
+    antithetic: bool = True,
 ) -> ReferenceGradient:
     """The gradient of the expected discounted return from the start distribution, at the model's
     current parameters (the ``discounted`` weighting of the module docstring), unbiased.
 
     ``n_episodes`` whole episodes are run from reset (seeds ``seed``, ``seed + 1``, ...); every
     ``state_stride``-th state of each (from a random offset, weight scaled by the stride, which keeps
-    the sum unbiased) gets ``n_actions`` Monte Carlo returns. One unit per episode.
+    the sum unbiased) gets ``n_actions`` Monte Carlo returns (antithetic pairs by default: see
+    :func:`score_contributions`). One unit per episode.
 
     :param model: an SB3 on-policy model with a diagonal Gaussian policy (HybridPG, PPO, A2C).
     :param env: env id, gymnasium env (deep-copied) or factory: the env the gradient is of, with the
@@ -468,9 +488,9 @@ def reference_gradient(
             obs, _, terminated, truncated, _ = base.step(np.clip(action, low, high))
             steps, t, done = steps + 1, t + 1, terminated or truncated
     obs_t = _policy_obs(norm, np.asarray(raw_obs), device)
-    actions = sample_actions(policy, obs_t, n_actions, generator)
+    actions = sample_actions(policy, obs_t, n_actions, generator, antithetic=antithetic)
     returns = monte_carlo_returns(policy, snapshots, actions.cpu().numpy(), norm, gamma, rng, tail_weight, through_truncation=False)
-    per_state = score_contributions(policy, obs_t, actions, returns.values)
+    per_state = score_contributions(policy, obs_t, actions, returns.values, antithetic=antithetic)
     units_arr = np.asarray(units)
     grads = unit_gradients(
         policy, per_state, th.as_tensor(weights, dtype=th.float32, device=device), units_arr, {u: 1.0 for u in set(units)}

@@ -102,7 +102,7 @@ def test_the_audit_command_trains_audits_reports_and_resumes(tmp_path, monkeypat
     )
     (tmp_path / "audit.yaml").write_text(
         "grid: grid.yaml\noutput_dir: out\nruns: [{env: Pendulum-v1, estimator: hybrid, seeds: [0]}]\n"
-        "checkpoints: [64, 192]\nreference: {rollouts: 4, states_per_rollout: 4, actions: 2, burn_in: 10, bootstrap: 100}\n"
+        "checkpoints: [64, 192]\nreference: {rollouts: 4, states_per_rollout: 4, actions: 4, burn_in: 10, bootstrap: 100}\n"
     )
     config = ga.load_audit_config("audit.yaml")
     written = ga.run_audit(config, log=lambda m: None)

@@ -83,7 +83,7 @@ def test_lqr_reference_state_subsampling_stays_unbiased():
         log_std=policy.log_std.detach().double(),
     )
     exact_flat = th.cat([exact.weight.reshape(-1), exact.bias, exact.log_std])
-    ref = reference_gradient(model, env, n_episodes=400, n_actions=3, state_stride=3, seed=1)
+    ref = reference_gradient(model, env, n_episodes=400, n_actions=3, state_stride=3, seed=1, antithetic=False)
     assert th.all(_z_scores(ref, exact_flat).abs() < 4.0)
 
 
@@ -112,7 +112,9 @@ def test_reference_refuses_too_few_units_and_bad_settings():
     with pytest.raises(ValueError, match="state_stride"):
         reference_gradient(model, env, n_episodes=4, state_stride=0)
     with pytest.raises(ValueError, match="n_actions >= 2"):
-        reference_gradient(model, env, n_episodes=2, n_actions=1)
+        reference_gradient(model, env, n_episodes=2, n_actions=1, antithetic=False)
+    with pytest.raises(ValueError, match="even n_actions >= 4"):
+        reference_gradient(model, env, n_episodes=2, n_actions=3)
     with pytest.raises(ValueError, match="gamma < 1"):
         tail_horizon(1.0, 0.05)
     with pytest.raises(ValueError, match="tail_weight"):
@@ -323,9 +325,9 @@ def test_visitation_reference_matches_the_closed_form_through_vecnormalize():
     model, venv, snapshots, obs, times, horizon = _lqr_visitation_setup()
     exact = _exact_semi_gradient(model, venv, obs, times, horizon)
     obs_t = th.as_tensor(obs, dtype=th.float32)
-    actions = sample_actions(model.policy, obs_t, 16, th.Generator().manual_seed(1))
+    actions = sample_actions(model.policy, obs_t, 16, th.Generator().manual_seed(1), antithetic=True)
     returns = monte_carlo_returns(model.policy, snapshots, actions.numpy(), Normalisation(venv), model.gamma, np.random.default_rng(1))
-    per_state = score_contributions(model.policy, obs_t, actions, returns.values)
+    per_state = score_contributions(model.policy, obs_t, actions, returns.values, antithetic=True)
     units = np.arange(len(obs)) % 20
     rows = unit_gradients(model.policy, per_state, th.ones(len(obs)), units, {u: float((units == u).sum()) for u in range(20)})
     ref = ReferenceGradient(

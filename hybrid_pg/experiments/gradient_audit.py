@@ -86,12 +86,19 @@ class ReferenceSettings:
     tail_weight: float = 0.05
     burn_in: int = 1000
     bootstrap: int = 2000
+    #: actions in antithetic pairs (hybrid_pg.reference_gradient.score_contributions): an even
+    #: ``actions`` >= 4
+    antithetic: bool = True
 
     def __post_init__(self) -> None:
         for key, low in (("rollouts", 4), ("states_per_rollout", 1), ("actions", 2), ("burn_in", 0), ("bootstrap", 100)):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"reference.{key} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.antithetic, bool):
+            raise ValueError(f"reference.antithetic must be true or false, got {self.antithetic!r}")
+        if self.antithetic and self.actions % 2:
+            raise ValueError(f"reference.actions must be even with antithetic pairs, got {self.actions}")
         if not 0.0 < float(self.tail_weight) < 1.0:
             raise ValueError(f"reference.tail_weight must be in (0, 1), got {self.tail_weight!r}")
 
@@ -380,9 +387,9 @@ def audit_rollout(model: Any, venv: Any, settings: ReferenceSettings, seed: int,
     # the reference at the snapshotted states of this rollout
     norm = Normalisation(model.get_vec_normalize_env())
     obs_t = th.as_tensor(np.asarray(snap_obs), dtype=th.float32)
-    actions = sample_actions(policy, obs_t, settings.actions, generator)
+    actions = sample_actions(policy, obs_t, settings.actions, generator, antithetic=settings.antithetic)
     returns = monte_carlo_returns(policy, snapshots, actions.numpy(), norm, float(model.gamma), rng, settings.tail_weight)
-    per_state = score_contributions(policy, obs_t, actions, returns.values)
+    per_state = score_contributions(policy, obs_t, actions, returns.values, antithetic=settings.antithetic)
     snap_index = np.asarray(snap_index)
     reference = {}
     for stratum, mask in masks.items():
