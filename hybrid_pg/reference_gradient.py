@@ -342,10 +342,11 @@ def spearman_brown(r: float, factor: float) -> float:
 
 def corrected_cosine(raw: float, reliability: float) -> float:
     """A cosine against a noisy reference, corrected for the reference's reliability (its expected
-    squared cosine with the truth): raw / sqrt(reliability)."""
+    squared cosine with the truth): raw / sqrt(reliability), kept in [-1, 1] (the reliability is
+    itself estimated, and a noisy estimate can push the ratio past 1)."""
     if not (math.isfinite(raw) and math.isfinite(reliability)) or reliability <= 0:
         return float("nan")
-    return raw / math.sqrt(reliability)
+    return max(-1.0, min(1.0, raw / math.sqrt(reliability)))
 
 
 @dataclass

@@ -163,6 +163,7 @@ def test_spearman_brown_and_the_cosine_correction():
     assert spearman_brown(0.5, 2.0) == pytest.approx(2 / 3)
     assert spearman_brown(1.0, 3.0) == pytest.approx(1.0)
     assert corrected_cosine(0.4, 0.64) == pytest.approx(0.5)
+    assert corrected_cosine(0.9, 0.5) == 1.0  # a noisy reliability cannot push a cosine past 1
     assert math.isnan(corrected_cosine(0.4, 0.0))
 
 

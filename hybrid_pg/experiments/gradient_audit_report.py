@@ -26,7 +26,11 @@ def read_rows(out: Path) -> List[Dict[str, Any]]:
     for path in sorted((out / AUDIT_DIR).glob("*.csv")):
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                rows.append({k: _num(v) for k, v in row.items()})
+                record = {k: _num(v) for k, v in row.items()}
+                for key in ("cos_single_corrected", "cos_mean_corrected"):  # as corrected_cosine keeps them
+                    if _finite(record.get(key)):
+                        record[key] = max(-1.0, min(1.0, float(record[key])))
+                rows.append(record)
     rows.sort(key=lambda r: (r["run"], r["seed"], r["step"], r["stratum"], r["group"], r["estimator"]))
     return rows
 
