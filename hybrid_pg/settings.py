@@ -46,7 +46,7 @@ LAMBDA_GROUPS = ("global", "per_group")
 #: behaviour from before it existed. A run config that leaves one at that value keeps the run name it
 #: had before the setting was added (so a grid's finished runs stay reusable, e.g. REINFORCE cells
 #: when a weight rule is added); any other value, a changed default included, enters the name.
-KEY_NEUTRAL: Dict[str, Any] = {}
+KEY_NEUTRAL: Dict[str, Any] = {"log_std_estimator": "mix"}
 
 #: old keyword -> new keyword. The old name still works for one release, with a DeprecationWarning.
 DEPRECATED_ALIASES: Dict[str, str] = {
@@ -199,6 +199,13 @@ class HybridPGSettings(BaseModel):
     )
     lambda_groups: Literal["global", "per_group"] = Field(
         "global", description="'global' (one lam) or 'per_group' (one for the mean network, one for log_std)."
+    )
+    log_std_estimator: Literal["mix", "score"] = Field(
+        "mix",
+        description="how log_std is updated: 'mix' (default) with the weighted mix, like the mean network (its own weight "
+        "with lambda_groups='per_group'); 'score' with the score-function estimator alone (lam = 0 for log_std, the mean "
+        "still mixed). The gradient audit measured MuJoCo's derivatives pushing sigma down more than the true gradient "
+        "(docs/results/audit/hopper).",
     )
     lambda_warmup: Int = Field(2, ge=0, description="number of first updates with lam held at 0 (hybrid only) while the critic is fitted.")
     oracle_freq: Int = Field(

@@ -28,8 +28,13 @@ def weights_for_update(
         lam = {g: 0.0 for g in groups}
     else:
         lam = {g: windows[g].estimate(batch_size=batch_size).lam for g in groups}
+        if settings.log_std_estimator == "score":
+            # log_std does not mix: the mean's weight comes from the mean network's own statistics
+            lam["global"] = lam["mean"]
     if settings.lambda_groups == "global":
-        return {"mean": lam["global"], "log_std": lam["global"], "global": lam["global"]}
+        lam = {"mean": lam["global"], "log_std": lam["global"], "global": lam["global"]}
+    if settings.log_std_estimator == "score":
+        lam["log_std"] = 0.0  # the spread follows the score-function estimator alone
     return lam
 
 
