@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -146,6 +147,40 @@ def test_write_run_dir_replaces_an_unfinished_attempt_and_refuses_escapes(tmp_pa
     with pytest.raises(ValueError, match="did not finish"):
         ray_backend.write_run_dir({"progress.csv": b""}, tmp_path / "other")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no staging folder left
+
+
+def test_write_run_dir_never_replaces_a_finished_run(tmp_path):
+    run_dir = tmp_path / "key"
+    run_dir.mkdir()
+    (run_dir / RESULT_FILE).write_text('{"seed": 0}')
+    with pytest.raises(FileExistsError, match="holds a finished run"):
+        ray_backend.write_run_dir({"progress.csv": b"new", RESULT_FILE: b'{"seed": 1}'}, run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == [RESULT_FILE] and (run_dir / RESULT_FILE).read_text() == '{"seed": 0}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no staging folder left
+
+
+def test_a_run_that_a_live_process_holds_is_left_alone(ray, tiny, tmp_path):
+    runs = load_ablation(tiny).runs()[:2]
+    out = tmp_path / "runs"
+    held = out / run_key(*runs[1])
+    held.mkdir(parents=True)
+    (held / "progress.csv").write_text("being written by the other process\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hybrid_pg.experiments.runner import claim_run; "
+         "assert claim_run(sys.argv[1]); print('held', flush=True); time.sleep(600)", str(held)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.warns(UserWarning, match=r"1 run\(s\) left to another live process that holds their lock"):
+            results = run_grid(runs, out, progress=False, backend="ray")
+        assert [r["key"] for r in results] == [run_key(*runs[0])]
+        # neither trained nor wiped: the other process's files are as it left them
+        assert sorted(p.name for p in held.iterdir()) == ["progress.csv"]
+        assert (held / "progress.csv").read_text() == "being written by the other process\n"
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_backend_ray_without_ray_exits_2_saying_how_to_install(monkeypatch, tiny, tmp_path):

@@ -533,8 +533,9 @@ def load_result(run_dir: Union[str, Path], label: Optional[str] = None) -> Dict[
 # ------------------------------------------------------------------------------------------------
 
 
-def run_key(label: str, config: Mapping[str, Any]) -> str:
-    """A run directory name: label, seed and a hash of everything that changes the result."""
+def _run_identity(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """What a run's name hashes, and what adoption compares: the env, algo and train sections, less
+    what changes no result."""
     from hybrid_pg.settings import KEY_NEUTRAL
 
     what = {k: v for k, v in config.items() if k in ("env", "algo", "train")}
@@ -542,7 +543,12 @@ def run_key(label: str, config: Mapping[str, Any]) -> str:
     # a setting added after the name format, at the value that reproduces the earlier behaviour,
     # leaves the name as it was (hybrid_pg.settings.KEY_NEUTRAL)
     what["algo"] = {k: v for k, v in what.get("algo", {}).items() if not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
-    digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return what
+
+
+def run_key(label: str, config: Mapping[str, Any]) -> str:
+    """A run directory name: label, seed and a hash of everything that changes the result."""
+    digest = hashlib.sha1(json.dumps(_run_identity(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{sanitise(label)}_s{config['train']['seed']}_{digest}"
 
 
@@ -638,10 +644,11 @@ def adoption_mismatch(source: Union[str, Path], config: Mapping[str, Any]) -> Op
         result = read_result(source)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, CorruptRunError) as exc:
         return f"its files cannot be read ({exc})"
-    if not isinstance(theirs, dict):
-        return f"its {CONFIG_FILE} is not a config"
+    if not isinstance(theirs, dict) or not all(isinstance(theirs.get(s), dict) for s in ("env", "algo", "train")):
+        return f"its {CONFIG_FILE} is not a resolved config (no env, algo and train sections)"
+    ours, theirs = _run_identity(config), _run_identity(theirs)
     for section in ("env", "algo", "train"):
-        mine, other = _flat(config[section], section), _flat(theirs.get(section), section)
+        mine, other = _flat(ours[section], section), _flat(theirs[section], section)
         for key in sorted(set(mine) | set(other)):
             if key in _WORKER_SETTINGS or mine.get(key, "absent") == other.get(key, "absent"):
                 continue

@@ -1,0 +1,264 @@
+"""Run directories that many processes share: the lock protocol (pid reuse, other hosts, the
+heartbeat), corrupt result files (named, moved aside, retrained, never crashing a report), durable
+writes, and adoption of another grid's runs by their content."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+import hybrid_pg.experiments.runner as runner
+import hybrid_pg.settings as settings
+from hybrid_pg.experiments.ablate import load_ablation
+from hybrid_pg.experiments.cli import main
+from hybrid_pg.experiments.config import PROVENANCE_KEY, dump_config
+from hybrid_pg.experiments.runner import RESULT_FILE, adopt_finished_runs, claim_run, is_finished, release_run, run_key
+
+# 1 env x 2 estimators x 2 seeds, 128 Pendulum steps per run
+TINY = {
+    "name": "tiny",
+    "seeds": [0, 1],
+    "total_timesteps": 128,
+    "eval_episodes": 1,
+    "algo": {"policy_kwargs": {"net_arch": [8]}, "n_steps": 64, "batch_size": 64, "n_epochs": 1},
+    "envs": ["Pendulum-v1"],
+    "estimators": ["hybrid", "reinforce"],
+}
+
+
+def _result(cfg):
+    return {
+        "timesteps": cfg["train"]["total_timesteps"],
+        "train_seconds": 1.0,
+        "final_return": -1000.0,
+        "eval_returns": [-1000.0],
+        "algorithm": cfg["algo"]["algorithm"],
+        "env_id": cfg["env"]["id"],
+        "seed": cfg["train"]["seed"],
+    }
+
+
+def _fake_run(calls):
+    """runner.run's stand-in: records the run and writes a valid result."""
+
+    def fake(config, run_dir, quiet=True):
+        calls.append(Path(run_dir).name)
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / RESULT_FILE).write_text(json.dumps(_result(config)))
+        dump_config(config, Path(run_dir) / runner.CONFIG_FILE)
+        return runner.RunResult(Path(run_dir), 1, 1.0, False, -1000.0, [-1000.0])
+
+    return fake
+
+
+def _cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid(tiny):
+    return load_ablation(tiny).runs()
+
+
+@pytest.fixture
+def sleeper():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+# ------------------------------------------------------------------------------------------------
+# locks
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_lock_naming_a_reused_pid_is_stale_and_a_live_older_holder_is_respected(tmp_path, sleeper):
+    run_dir = tmp_path / "cell_s0_abc"
+    lock = tmp_path / "cell_s0_abc.lock"
+    lock.write_text(f"{sleeper.pid}@{platform.node()}")
+    # written after the process started: that process may hold it (a version that does not flock)
+    assert not claim_run(run_dir)
+    # written an hour before the process with that pid started: the pid was reused, the holder is gone
+    hour_ago = time.time() - 3600
+    os.utime(lock, (hour_ago, hour_ago))
+    assert claim_run(run_dir)
+    assert lock.read_text() == f"{os.getpid()}@{platform.node()}"
+    release_run(run_dir)
+    assert not lock.exists()
+
+
+def test_a_lock_from_another_host_counts_while_it_is_refreshed(tmp_path):
+    run_dir = tmp_path / "cell_s0_abc"
+    lock = tmp_path / "cell_s0_abc.lock"
+    lock.write_text("4321@some-other-machine")
+    assert not claim_run(run_dir)  # fresh: its holder there refreshes it every minute
+    two_hours_ago = time.time() - 7200
+    os.utime(lock, (two_hours_ago, two_hours_ago))
+    with pytest.warns(UserWarning, match=r"a lock of pid 4321 on host 'some-other-machine', not refreshed for 72\d\d s"):
+        assert claim_run(run_dir)
+    release_run(run_dir)
+
+
+def test_a_held_lock_is_refreshed_so_that_other_hosts_see_it_alive(tmp_path):
+    from hybrid_pg.experiments import run_files
+
+    run_dir = tmp_path / "cell_s0_abc"
+    assert claim_run(run_dir)
+    try:
+        lock = tmp_path / "cell_s0_abc.lock"
+        long_ago = time.time() - 7200
+        os.utime(lock, (long_ago, long_ago))
+        run_files.refresh_held_locks()  # what the heartbeat thread does every minute
+        assert time.time() - lock.stat().st_mtime < 60
+    finally:
+        release_run(run_dir)
+
+
+# ------------------------------------------------------------------------------------------------
+# corrupt result files
+# ------------------------------------------------------------------------------------------------
+
+CORRUPT = {"truncated": b'{"timesteps": 128, "train_sec', "empty object": b"{}", "zero length": b""}
+
+
+def test_a_corrupt_result_is_named_moved_aside_kept_and_retrained(tmp_path, grid, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "run", _fake_run(calls))
+    runs = grid[:4]
+    keys = [run_key(label, cfg) for label, cfg in runs]
+    good = tmp_path / keys[0]
+    good.mkdir()
+    (good / RESULT_FILE).write_text(json.dumps(_result(runs[0][1])))
+    dump_config(runs[0][1], good / runner.CONFIG_FILE)
+    for key, content in zip(keys[1:], CORRUPT.values()):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / RESULT_FILE).write_bytes(content)
+        (tmp_path / key / "model.zip").write_bytes(b"kept")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = runner.run_grid(runs, tmp_path, workers=1, progress=False)
+    messages = "\n".join(str(w.message) for w in caught)
+    for key in keys[1:]:
+        assert str(tmp_path / key / RESULT_FILE) in messages, messages
+    assert "moved aside" in messages and "(kept)" in messages
+    assert [r["key"] for r in results] == keys  # nothing crashed; every run reported
+    assert sorted(calls) == sorted(keys[1:])  # the corrupt ones trained again, the finished one not
+    aside = {p.name.split(".corrupt-")[0]: p for p in tmp_path.iterdir() if ".corrupt-" in p.name}
+    assert sorted(aside) == sorted(keys[1:])
+    for key, content in zip(keys[1:], CORRUPT.values()):
+        assert (aside[key] / RESULT_FILE).read_bytes() == content and (aside[key] / "model.zip").read_bytes() == b"kept"
+
+
+def test_dry_run_counts_a_corrupt_result_as_unfinished_and_reports_do_not_crash(tmp_path, tiny, grid):
+    out = tmp_path / "out"
+    key = run_key(*grid[0])
+    (out / "runs" / key).mkdir(parents=True)
+    (out / "runs" / key / RESULT_FILE).write_text("{}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, stdout, err = _cli(["ablate", str(tiny), "--out", str(out), "--dry-run"])
+        assert status == 0, err
+        assert "4 runs, 0 done, 4 to train" in stdout
+        assert any(f"{out / 'runs' / key / RESULT_FILE} lacks the field" in str(w.message) for w in caught)
+        status, stdout, err = _cli(["ablate", str(tiny), "--out", str(out), "--report-only", "--quiet"])
+    assert status == 0, err
+    assert (out / "runs" / key / RESULT_FILE).read_text() == "{}"  # a report moves nothing
+
+
+def test_results_are_written_durably(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.isdir(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd") else None)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    runner._write_json_atomically(tmp_path / RESULT_FILE, {"seed": 0})
+    assert json.loads((tmp_path / RESULT_FILE).read_text()) == {"seed": 0}
+    assert synced == [False, True]  # the file, then the folder that holds the rename
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RESULT_FILE]
+
+
+# ------------------------------------------------------------------------------------------------
+# adoption by content
+# ------------------------------------------------------------------------------------------------
+
+
+def _source_run(folder: Path, label, cfg, versions=None) -> Path:
+    """A finished run of another grid, as the run engine writes it (config.yaml with provenance, result.json)."""
+    run_dir = folder / run_key(label, cfg)
+    run_dir.mkdir(parents=True)
+    prov = runner.provenance()
+    prov["versions"].update(versions or {})
+    dump_config({**cfg, PROVENANCE_KEY: prov}, run_dir / runner.CONFIG_FILE)
+    (run_dir / RESULT_FILE).write_text(json.dumps(_result(cfg)))
+    return run_dir
+
+
+def test_adoption_compares_content_and_reports_provenance(tmp_path, grid):
+    source = tmp_path / "other" / "runs"
+    (label0, cfg0), (label1, cfg1), (label2, cfg2), (label3, cfg3) = grid[:4]
+    older = _source_run(source, label0, cfg0)  # the same run, written before a later setting existed: adopted
+    theirs = yaml.safe_load((older / runner.CONFIG_FILE).read_text())
+    for key in getattr(settings, "KEY_NEUTRAL", {}):  # settings added later, at values that reproduce the earlier behaviour
+        theirs["algo"].pop(key, None)
+    dump_config(theirs, older / runner.CONFIG_FILE)
+    tampered = _source_run(source, label1, cfg1)
+    theirs = yaml.safe_load((tampered / runner.CONFIG_FILE).read_text())
+    theirs["algo"]["n_steps"], theirs["algo"]["estimator"] = 999, "pathwise"
+    dump_config(theirs, tampered / runner.CONFIG_FILE)
+    mixed = _source_run(source, label2, cfg2)
+    (mixed / RESULT_FILE).write_text(json.dumps({**_result(cfg2), "final_return": 12345.0, "env_id": "CartPole-v1"}))
+    _source_run(source, label3, cfg3, versions={"hybrid_pg": "0.0.1"})  # older code: adopted, and said so
+    out = tmp_path / "here"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adopted = adopt_finished_runs(grid[:4], out, [source])
+    messages = [str(w.message) for w in caught]
+    assert [p.name for p in adopted] == [run_key(label0, cfg0), run_key(label3, cfg3)]
+    assert all(is_finished(p) and (p / runner.ADOPTED_FILE).is_file() for p in adopted)
+    assert not (out / run_key(label1, cfg1)).exists() and not (out / run_key(label2, cfg2)).exists()
+    assert any(f"{tampered} is not adopted" in m and "config.yaml has algo.estimator='pathwise'" in m for m in messages), messages
+    assert any(f"{mixed} is not adopted" in m and "result.json has env_id='CartPole-v1'" in m for m in messages), messages
+    assert any("was trained with hybrid_pg 0.0.1 (here " in m for m in messages), messages
+
+
+def test_adoption_leaves_another_adopters_copy_and_a_held_run_alone(tmp_path, grid, sleeper):
+    source = tmp_path / "other" / "runs"
+    (label0, cfg0), (label1, cfg1) = grid[:2]
+    _source_run(source, label0, cfg0)
+    _source_run(source, label1, cfg1)
+    out = tmp_path / "here"
+    busy = out / (run_key(label0, cfg0) + ".adopting")  # another process copying into its temporary folder now
+    busy.mkdir(parents=True)
+    (busy / "half-copied").write_text("x")
+    lock = out / (run_key(label1, cfg1) + ".lock")
+    lock.write_text(f"{sleeper.pid}@{platform.node()}")  # a live process holds this run
+    adopted = adopt_finished_runs(grid[:2], out, [source])
+    assert [p.name for p in adopted] == [run_key(label0, cfg0)]
+    assert (busy / "half-copied").is_file()
+    assert lock.read_text() == f"{sleeper.pid}@{platform.node()}" and not (out / run_key(label1, cfg1)).exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([busy.name, lock.name, run_key(label0, cfg0)])
