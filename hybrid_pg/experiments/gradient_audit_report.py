@@ -131,6 +131,47 @@ def plot_bias_variance(rows: List[Dict[str, Any]], path: Path, title: str) -> No
     plt.close(fig)
 
 
+def summary_table(rows: List[Dict[str, Any]]) -> List[str]:
+    """One line per audited checkpoint: the weight the run applied against the MSE-optimal one, each
+    estimator's corrected cosine with the reference, and the log_std push's difference from the
+    reference (group all, stratum all)."""
+    estimators = [e for e in ESTIMATOR_NAMES if e != "mix" and any(r["estimator"] == e for r in rows)]
+    pathwise = [e for e in estimators if e.startswith("pathwise")]
+    lines = [
+        "## Summary",
+        "",
+        "Per checkpoint: the weight the run applied and the MSE-optimal weight against the reference for each "
+        "pathwise estimator; each estimator's cosine with the reference (one rollout, corrected; — where the reference is "
+        "too noisy); the log_std push's difference from the reference [95% CI] (negative: pushes sigma down more than the "
+        "true gradient).",
+        "",
+        "| run | seed | step | std | lam applied | "
+        + " | ".join(f"lam_mse {e}" for e in pathwise)
+        + " | "
+        + " | ".join(f"cos {e}" for e in estimators)
+        + " | "
+        + " | ".join(f"push diff {e}" for e in estimators)
+        + " | ref reliability |",
+        "|" + "---|" * (5 + len(pathwise) + 2 * len(estimators) + 1),
+    ]
+    for run, seed, step in sorted({(r["run"], r["seed"], r["step"]) for r in rows}):
+        sel = {r["estimator"]: r for r in _select(rows, run=run, seed=seed, step=step, group="all", stratum="all")}
+        push = {r["estimator"]: r for r in _select(rows, run=run, seed=seed, step=step, group="log_std", stratum="all")}
+        if not sel:
+            continue
+        first = next(iter(sel.values()))
+        cells = [run.split("__")[-1], str(seed), str(step), _fmt(first["std"]), _fmt(first["lam_mean"])]
+        cells += [_fmt(sel[e]["lam_mse"]) if e in sel else "—" for e in pathwise]
+        cells += [_fmt(sel[e]["cos_single_corrected"]) if e in sel else "—" for e in estimators]
+        for e in estimators:
+            r = push.get(e)
+            ok = r is not None and _finite(r.get("push_diff"))
+            cells.append(f"{_fmt(r['push_diff'], 3)} [{_fmt(r['push_diff_lo'], 3)}, {_fmt(r['push_diff_hi'], 3)}]" if ok else "—")
+        cells.append(_fmt(first["ref_reliability"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
     ref = config.reference
     lines = [
@@ -147,6 +188,7 @@ def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
         "ref rel = the reference's reliability (expected squared cosine with the truth).",
         "",
     ]
+    lines += summary_table(rows)
     for run, seed in sorted({(r["run"], r["seed"]) for r in rows}):
         lines += [f"## {run}, seed {seed}", ""]
         lines += [
