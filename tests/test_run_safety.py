@@ -182,8 +182,14 @@ def test_dry_run_counts_a_corrupt_result_as_unfinished_and_reports_do_not_crash(
         assert status == 0, err
         assert "4 runs, 0 done, 4 to train" in stdout
         assert any(f"{out / 'runs' / key / RESULT_FILE} lacks the field" in str(w.message) for w in caught)
+        # a finished run whose config.yaml is garbage: left out of the reports, named
+        other = out / "runs" / run_key(*grid[1])
+        other.mkdir()
+        (other / RESULT_FILE).write_text(json.dumps(_result(grid[1][1])))
+        (other / runner.CONFIG_FILE).write_bytes(b"env: [unclosed\n\xff\xfe")
         status, stdout, err = _cli(["ablate", str(tiny), "--out", str(out), "--report-only", "--quiet"])
     assert status == 0, err
+    assert any(f"{other / runner.CONFIG_FILE} cannot be read" in str(w.message) for w in caught)
     assert (out / "runs" / key / RESULT_FILE).read_text() == "{}"  # a report moves nothing
 
 

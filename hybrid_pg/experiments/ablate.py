@@ -63,6 +63,7 @@ import copy
 import dataclasses
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -519,8 +520,9 @@ def selected_runs(ablation: Ablation, only: Optional[Sequence[str]] = None) -> L
 
 def finished_results(ablation: Ablation, runs_dir: Union[str, Path]) -> Dict[str, Dict[str, List[Dict[str, Any]]]]:
     """Every finished run of the grid (the file's seeds and any --seeds), loaded: env name ->
-    estimator name -> runs (grid order)."""
-    from hybrid_pg.experiments.runner import is_finished, load_result, run_key
+    estimator name -> runs (grid order). A run whose files cannot be read back is left out with a
+    warning naming the file: one bad run never stops a report."""
+    from hybrid_pg.experiments.runner import CorruptRunError, is_finished, load_result, run_key
 
     runs_dir = Path(runs_dir)
     per_env: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
@@ -528,8 +530,14 @@ def finished_results(ablation: Ablation, runs_dir: Union[str, Path]) -> Dict[str
         for seed in ablation.report_seeds or ablation.seeds:
             cfg = {**cell.config, "train": {**cell.config["train"], "seed": seed}}
             run_dir = runs_dir / run_key(cell.label, cfg)
-            if is_finished(run_dir):
-                per_env.setdefault(cell.env.name, {}).setdefault(cell.estimator.name, []).append(load_result(run_dir, label=cell.label))
+            if not is_finished(run_dir):
+                continue
+            try:
+                result = load_result(run_dir, label=cell.label)
+            except CorruptRunError as exc:
+                warnings.warn(f"{exc}; the run is left out of the reports", stacklevel=2)
+                continue
+            per_env.setdefault(cell.env.name, {}).setdefault(cell.estimator.name, []).append(result)
     return per_env
 
 

@@ -890,7 +890,10 @@ def run_grid(
         if not is_finished(out / key):
             warnings.warn(f"run {key} is not finished (another process held it and stopped); the next call trains it", stacklevel=2)
             continue
-        results.append(load_result(out / key, label=label))
+        try:
+            results.append(load_result(out / key, label=label))
+        except CorruptRunError as exc:
+            warnings.warn(f"{exc}; the run is left out of the results", stacklevel=2)
     return results
 
 
