@@ -476,10 +476,17 @@ def summarise(results: Sequence[Mapping[str, Any]], bootstrap: int = 2000, seed:
     """The statistics of the module docstring, one row per (estimator, group, stratum)."""
     rng = np.random.default_rng(seed)
     estimators = list(results[0]["grads"])
-    strata = list(results[0]["reference"])
+    # a stratum (e.g. the steps that change the contact set) may hold no reference state in some
+    # rollouts: it is summarised over the rollouts where it does, when there are at least 4
+    strata = list(dict.fromkeys(k for r in results for k in r["reference"]))
+    all_results = results
     rows = []
     n = len(results)
     for stratum in strata:
+        results = [r for r in all_results if stratum in r["reference"]]
+        n = len(results)
+        if n < 4:
+            continue
         for group in (*GROUPS, "all"):
             ref = _stack(results, "reference", stratum, group)
             if ref is None:
