@@ -18,7 +18,10 @@ the floor grid's folder:
   cells do not differ (:func:`hybrid_pg.experiments.aggregate.below_minimum_test`); "worse than its
   fallback by more than noise" is p < 0.05;
 * the hybrid against REINFORCE and against PPO: difference of means with a 95% bootstrap CI and
-  P(improvement) (unpaired: a seed does not couple two algorithms' runs).
+  P(improvement) (unpaired: a seed does not couple two algorithms' runs);
+* the policy's standard deviation (``train/std``) at 100k, the median over the same pooled seeds (the
+  floor reads every run at 100k, the end of the floor grid's runs; the benchmark's own report gives
+  its runs' std at the end).
 
     hybrid-pg ablate configs/mujoco_floor.yaml --workers 2     # trains the floor grid (resumable)
     python examples/mujoco_floor.py                           # the report, from what has finished
@@ -31,7 +34,7 @@ import csv
 import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -45,6 +48,7 @@ from hybrid_pg.experiments.aggregate import (
     stratified_bootstrap_ci,
 )
 from hybrid_pg.experiments.baseline_goals import return_at
+from hybrid_pg.experiments.results import policy_std, policy_std_note, policy_std_titles, seed_median
 
 #: the share of seeds whose mean is the "lower tail" column
 TAIL_FRACTION = 0.2
@@ -52,13 +56,18 @@ TAIL_FRACTION = 0.2
 Returns = Dict[str, Dict[str, Dict[int, float]]]  # env -> cell -> seed -> return at the budget
 
 
-def readings(ablation, runs_dir: Path, at_steps: float) -> Returns:
-    """env -> cell -> seed -> evaluation return at ``at_steps`` of a grid's finished runs."""
+def readings(
+    finished: Mapping[str, Mapping[str, Sequence[Any]]], at_steps: float, read: Callable[[Any, float], float] = return_at
+) -> Returns:
+    """env -> cell -> seed -> ``read(run, at_steps)`` of a grid's finished runs (``finished``: env ->
+    cell -> runs, :func:`hybrid_pg.experiments.ablate.finished_results`; ``read`` by default the
+    evaluation return at ``at_steps``, :func:`hybrid_pg.experiments.results.policy_std` the policy's
+    std there); runs without a value are left out."""
     out: Returns = {}
-    for env, cells in finished_results(ablation, runs_dir).items():
+    for env, cells in finished.items():
         for cell, runs in cells.items():
             for run in runs:
-                value = return_at(run, at_steps)
+                value = read(run, at_steps)
                 if math.isfinite(value):
                     out.setdefault(env, {}).setdefault(cell, {})[int(run["seed"])] = value
     return out
@@ -98,7 +107,10 @@ def report(
     hybrid: str,
     floor: str,
     baseline: str,
+    stds: Optional[Returns] = None,
 ) -> str:
+    """The markdown report; ``stds``: env -> cell -> seed -> the policy's std at ``at_steps`` (a column)."""
+    std_title = policy_std_titles(True, int(at_steps))[0]
     lines = [
         f"# The {at_steps:.0f}-step floor: {hybrid} against {floor} (and {baseline})",
         "",
@@ -114,16 +126,18 @@ def report(
             "",
             f"## {env}",
             "",
-            f"| cell | seeds | mean [CI] | IQM [CI] | worst | lower 20% | below {floor}'s worst (p) |",
-            "|---|---|---|---|---|---|---|",
+            f"| cell | seeds | mean [CI] | IQM [CI] | worst | lower 20% | below {floor}'s worst (p) |"
+            + (f" {std_title} |" if stds is not None else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if stds is not None else ""),
         ]
         values = {cell: np.array([v for _, v in sorted(by_seed.items())]) for cell, by_seed in cells.items() if by_seed}
         tests = {cell: below_minimum_test(x, values[floor]) for cell, x in values.items() if cell != floor and floor in values}
         for cell, x in values.items():
             below = f"{tests[cell].count} ({tests[cell].p_value:.3f})" if cell in tests else "—"
             iqm_text = _ci(stratified_bootstrap_ci([x], statistic=iqm)) if x.size >= 4 else "—"
+            std = "" if stds is None else f" {seed_median(list(stds.get(env, {}).get(cell, {}).values())).text()} |"
             lines.append(
-                f"| {cell} | {x.size} | {_ci(stratified_bootstrap_ci([x]))} | {iqm_text} | {x.min():.0f} | {lower_tail_mean(x):.0f} | {below} |"
+                f"| {cell} | {x.size} | {_ci(stratified_bootstrap_ci([x]))} | {iqm_text} | {x.min():.0f} | {lower_tail_mean(x):.0f} | {below} |{std}"
             )
         if hybrid in values and floor in values:
             h, f, t = values[hybrid], values[floor], tests[hybrid]
@@ -143,6 +157,8 @@ def report(
                 f"({h.min():.0f} vs {f.min():.0f}); below it by more than noise: {'yes' if noisy else 'no'} "
                 f"({t.count} of {t.n_a} seeds below, {t.expected:.2f} expected by chance, p = {t.p_value:.3f})"
             )
+    if stds is not None:
+        lines += ["", policy_std_note(True, int(at_steps), end=False)]
     lines += ["", "## The floor", ""] + (verdicts or ["- no env has both cells yet"])
     lines += ["", f"## Seeds in both grids (the same training read at {at_steps:.0f})", ""]
     if not check:
@@ -154,16 +170,23 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, pooled: Returns) -> None:
+def write_csv(path: Path, pooled: Returns, stds: Optional[Returns] = None) -> None:
+    """One row per env, cell and seed: the return at the budget (and the policy's std there, empty
+    where the run did not log it)."""
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["env", "cell", "seed", "return"])
+        writer.writerow(["env", "cell", "seed", "return"] + (["policy_std"] if stds is not None else []))
         for env, cells in pooled.items():
             for cell, by_seed in cells.items():
                 for seed, value in sorted(by_seed.items()):
-                    writer.writerow([env, cell, seed, f"{value:.4f}"])
+                    std = [] if stds is None else [_std_text(stds.get(env, {}).get(cell, {}).get(seed))]
+                    writer.writerow([env, cell, seed, f"{value:.4f}"] + std)
     tmp.replace(path)
+
+
+def _std_text(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def main(argv: Sequence[str] = ()) -> int:
@@ -190,21 +213,23 @@ def main(argv: Sequence[str] = ()) -> int:
         print(f"error: {missing} not among the floor grid's cells {cells}", file=sys.stderr)
         return 2
     envs = [e.name for e in floor_cfg.envs]
-    bench = readings(bench_cfg, bench_out / RUNS_SUBDIR, args.at)
-    floor = readings(floor_cfg, floor_out / RUNS_SUBDIR, args.at)
+    bench_runs, floor_runs = finished_results(bench_cfg, bench_out / RUNS_SUBDIR), finished_results(floor_cfg, floor_out / RUNS_SUBDIR)
+    bench, floor = readings(bench_runs, args.at), readings(floor_runs, args.at)
     pooled = pool(bench, floor, envs, cells)
+    # the std of the same runs (a seed in both grids: the benchmark's, as for the returns)
+    stds = pool(readings(bench_runs, args.at, policy_std), readings(floor_runs, args.at, policy_std), envs, cells)
     check = both_grids(bench, floor, envs, cells)
     sources = (
         f"Seeds {sorted(bench_cfg.seeds)} from {bench_out} (read at {args.at:.0f}), the other seeds from {floor_out}; "
         f"the seeds each cell has are counted in the tables."
     )
     floor_out.mkdir(parents=True, exist_ok=True)
-    text = report(pooled, check, args.at, sources, args.hybrid, args.reference, args.baseline)
+    text = report(pooled, check, args.at, sources, args.hybrid, args.reference, args.baseline, stds)
     target = floor_out / "floor.md"
     tmp = target.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(target)
-    write_csv(floor_out / "floor_returns.csv", pooled)
+    write_csv(floor_out / "floor_returns.csv", pooled, stds)
     print(text)
     print(f"wrote {target} and {floor_out / 'floor_returns.csv'}")
     return 0

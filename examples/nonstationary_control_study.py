@@ -16,7 +16,9 @@ and four figures:
   drift's share and the policy drift's spread of lam*;
 * returns (every cell): final training return (last 10% of rollouts: the env as it is at the end),
   final deterministic evaluation (at the training env's clock), and the regret against the same cell
-  and seed on the stationary env (paired by seed; it includes any change in the task's difficulty);
+  and seed on the stationary env (paired by seed; it includes any change in the task's difficulty),
+  next to the policy's standard deviation (``train/std``, median over seeds) at 100k steps and at
+  the end (the end only for a task of 100k steps or less);
 * the paper's question: per moving env and hybrid mode, ``(hybrid - reinforce)`` final training
   return on the moving env minus the same on the stationary env, paired by seed, with a bootstrap
   CI; below 5 seeds no verdict ("too few runs", :mod:`hybrid_pg.experiments.aggregate`);
@@ -72,7 +74,15 @@ from hybrid_pg.experiments.nonstationary_analysis import (
     tracking_lag,
 )
 from hybrid_pg.experiments.ray_backend import RayNotInstalledError, require_ray
-from hybrid_pg.experiments.results import learning_curve, update_series
+from hybrid_pg.experiments.results import (
+    PolicyStd,
+    learning_curve,
+    policy_std_note,
+    policy_std_summary,
+    policy_std_titles,
+    reads_early,
+    update_series,
+)
 from hybrid_pg.experiments.runner import is_finished, load_result, run_grid, run_key, run_key_seed
 
 STATIONARY = "stationary"
@@ -378,6 +388,7 @@ def return_rows(
                     "mean_train_return": _mean_ci(list(mean_train.values())),
                     "regret_vs_stationary": regret,
                     "train_seconds": nanmean([float(r.get("train_seconds", math.nan)) for r in runs.values()]),
+                    **policy_std_summary(list(runs.values()), float(task["total_timesteps"])).columns(),
                 }
             )
     return rows
@@ -435,6 +446,8 @@ def report(
     cover: str,
 ) -> str:
     freq = int(task.get("oracle", {}).get("oracle_freq", 1) or 1)
+    early = reads_early(float(task["total_timesteps"]))
+    std_titles = policy_std_titles(early)
     out = [
         f"# {task_name}: {task['env_id']}, {task['total_timesteps']} steps per run",
         "",
@@ -472,18 +485,22 @@ def report(
         "",
         "## Returns (mean over seeds [95% bootstrap CI over seeds], n runs)",
         "",
-        "| env | cell | runs | final train return (last 10%) | final eval return | mean train return | regret vs stationary (paired by seed) | train s/run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| env | cell | runs | final train return (last 10%) | final eval return | mean train return | regret vs stationary (paired by seed) | train s/run | "
+        + " | ".join(std_titles)
+        + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(std_titles),
     ]
     for r in returns:
         out.append(
             f"| {r['env']} | {r['cell']} | {r['runs']} | {_ci(r['final_train_return'])} | {_ci(r['final_eval_return'])} | "
-            f"{_ci(r['mean_train_return'])} | {_ci(r['regret_vs_stationary'])} | {_f(r['train_seconds'], '.0f')} |"
+            f"{_ci(r['mean_train_return'])} | {_ci(r['regret_vs_stationary'])} | {_f(r['train_seconds'], '.0f')} | "
+            + " | ".join(PolicyStd.from_columns(r).texts())
+            + " |"
         )
     out += [
         "",
         "Regret vs stationary: the same cell and seed's mean training return on the stationary env minus this env's; "
-        "it includes any change in how hard the task is, not only the cost of tracking it.",
+        "it includes any change in how hard the task is, not only the cost of tracking it. " + policy_std_note(early),
         "",
         "## The paper's question: does hybrid - reinforce change when the task moves?",
         "",

@@ -18,7 +18,9 @@ reports, per env and mode:
   lam*_frozen over training (the policy drift's);
 * final training return (last 10% of rollouts), mean training return, and the dynamic regret:
   the stationary env's mean training return minus this env's, for the same mode (what the drift
-  costs the same agent).
+  costs the same agent);
+* the policy's standard deviation (``train/std``), median over seeds, at 100k steps and at the end
+  (the end only for a budget of 100k steps or less).
 
 Outputs in ``output_dir``: ``table.md``, ``table.csv``, ``summary.json`` and the figures
 ``lambda_tracking.png`` (applied lam per mode vs the oracle, env parameter overlaid, switches
@@ -26,6 +28,7 @@ marked), ``error_per_mode.png``, ``returns.png`` and ``drift_decomposition.png``
 
     python examples/nonstationary_study.py configs/nonstationary_study.yaml --workers 2
     python examples/nonstationary_study.py configs/nonstationary_study.yaml --backend ray --address auto   # on a Ray cluster
+    python examples/nonstationary_study.py configs/nonstationary_study.yaml --report-only   # the finished runs; trains nothing
 """
 
 from __future__ import annotations
@@ -66,8 +69,8 @@ from hybrid_pg.experiments.nonstationary_analysis import (
     save_figure as _save,
 )
 from hybrid_pg.experiments.ray_backend import RayNotInstalledError, require_ray
-from hybrid_pg.experiments.results import learning_curve, update_series
-from hybrid_pg.experiments.runner import run_grid
+from hybrid_pg.experiments.results import PolicyStd, learning_curve, policy_std_note, policy_std_summary, policy_std_titles, update_series
+from hybrid_pg.experiments.runner import is_finished, load_result, run_grid, run_key
 
 
 def _moving_parameter(cfg: Dict[str, Any], env_name: str) -> str:
@@ -163,6 +166,7 @@ def summarize(cfg: Dict[str, Any], results: List[Dict[str, Any]]) -> List[Dict[s
                 "final_train_return": float(np.mean([_final_train_return(r) for r in runs])),
                 "train_return": train_return[label],
                 "dynamic_regret": float(train_return.get(f"{_stationary_env(cfg)}__{mode_name}", math.nan) - train_return[label]),
+                **policy_std_summary(runs, total).columns(),
             }
         )
     env_order, mode_order = list(cfg["envs"]), list(cfg["modes"])
@@ -185,21 +189,23 @@ def _censored(row: Dict[str, Any]) -> str:
 
 
 def markdown(rows: List[Dict[str, Any]]) -> str:
+    stds = [PolicyStd.from_columns(r) for r in rows]
+    early = any(std.at_step is not None for std in stds)
     lines = [
         "| env | mode | seeds | mean abs(lam - lam*_oracle) | ... of one rollout alone | mean excess variance | "
         "lag behind the oracle (updates) | recovery after a switch (updates, mean of recovered) | ... unrecovered counted as >= budget + 1 | recovered | env-drift share of lam* | policy-drift spread of lam* | "
-        "final train return | mean train return | dynamic regret |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "final train return | mean train return | dynamic regret | " + " | ".join(policy_std_titles(early)) + " |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(policy_std_titles(early)),
     ]
-    for r in rows:
+    for r, std in zip(rows, stds):
         err = f"{r['error_to_oracle']:.3f}" + (f" ± {r['error_to_oracle_se']:.3f}" if math.isfinite(r["error_to_oracle_se"]) else "")
         recovered = "" if math.isnan(r["recovered_fraction"]) else f"{100 * r['recovered_fraction']:.0f}%"
         lines.append(
             f"| {r['env']} | {r['mode']} | {r['seeds']} | {err} | {_fmt(r['error_of_rollout_alone'])} | {_fmt(r['excess_variance'], '.3g')} | "
             f"{_fmt(r['lag_updates'], '.1f')} | {_fmt(r['recovery_updates'], '.1f')} | {_censored(r)} | {recovered} | {_fmt(r['env_drift_share'])} | {_fmt(r['policy_drift_spread'])} | "
-            f"{_fmt(r['final_train_return'])} | {_fmt(r['train_return'])} | {_fmt(r['dynamic_regret'])} |"
+            f"{_fmt(r['final_train_return'])} | {_fmt(r['train_return'])} | {_fmt(r['dynamic_regret'])} | " + " | ".join(std.texts()) + " |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + ["", policy_std_note(early)])
 
 
 def write_csv(rows: List[Dict[str, Any]], path: Path) -> None:
@@ -320,6 +326,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--envs", nargs="+", default=None, help="run and report only these envs of the config")
     parser.add_argument("--modes", nargs="+", default=None, help="run and report only these window modes of the config")
+    parser.add_argument("--report-only", action="store_true", help="report the finished runs in OUT/runs; train nothing")
     args = parser.parse_args()
     if args.backend == "ray":
         try:
@@ -340,7 +347,14 @@ def main() -> None:
         cfg["reference_mode"] = list(cfg["modes"])[-1]
     out = Path(args.out or cfg["output_dir"])
     runs = build_runs(cfg, args.seeds or list(cfg["seeds"]))
-    results = run_grid(runs, out / "runs", workers=args.workers, backend=args.backend, address=args.address)
+    if args.report_only:
+        found = [(label, out / "runs" / run_key(label, config)) for label, config in runs]
+        results = [load_result(path, label=label) for label, path in found if is_finished(path)]
+        print(f"{len(results)} of {len(runs)} runs finished")
+        if not results:
+            parser.error(f"--report-only: no finished run in {out / 'runs'}")  # exit 2
+    else:
+        results = run_grid(runs, out / "runs", workers=args.workers, backend=args.backend, address=args.address)
     rows = summarize(cfg, results)
     table = markdown(rows)
     print(table)

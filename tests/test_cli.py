@@ -184,6 +184,7 @@ def test_train_run_name_progress_and_vecnormalize(tmp_path):
     assert re.fullmatch(r"Pendulum-v1_reinforce_s3_\d{8}-\d{6}-[0-9a-f]{8}", run_dir.name), run_dir.name
     assert out.splitlines()[-1] == str(run_dir)
     assert len(re.findall(r"^update +\d+ \| steps", out, flags=re.M)) == 2
+    assert len(re.findall(r"^update +\d+ \| steps .* \| std \d+\.\d{3} \| lam ", out, flags=re.M)) == 2  # the policy's std, every update
     assert (run_dir / "vecnormalize.pkl").is_file()
     # eval_freq 0: one evaluation, at the end (result.json's final return)
     assert read_csv_columns(run_dir / "evaluations.csv")["timesteps"].tolist() == [512]

@@ -603,7 +603,18 @@ def run_ablation(
         from hybrid_pg.experiments.baseline_goals import write_goals
 
         b = ablation.baseline
-        written.append(write_goals(out, per_env, b.name, b.floor, b.floor_at_steps, ablation.skip_updates, title=ablation.name))
+        written.append(
+            write_goals(
+                out,
+                per_env,
+                b.name,
+                b.floor,
+                b.floor_at_steps,
+                ablation.skip_updates,
+                title=ablation.name,
+                total_timesteps=ablation.total_timesteps,
+            )
+        )
     return AblationResult(
         out_dir=out,
         runs_total=len(runs),

@@ -10,6 +10,11 @@ Per run (from what the run engine wrote, :func:`hybrid_pg.experiments.runner.loa
 * ``variance_ratio``: median over updates of ``hybrid/variance_ratio_vs_reinforce``, that variance over
   the score-function (REINFORCE) gradient's variance on the same rollout (1 for reinforce itself).
 
+Beside them, per estimator, the policy's standard deviation (``train/std``) at 100k steps and at the
+end of training, each the median over seeds (:func:`hybrid_pg.experiments.results.policy_std_summary`;
+the end only where the budget is 100k steps or less): a policy whose std collapses early stops
+exploring.
+
 (The variance medians leave out the first ``skip_updates`` updates.) Per estimator, every metric is
 aggregated over seeds as the mean with a 95% bootstrap CI (the runs of the env form the single
 stratum of :func:`hybrid_pg.experiments.aggregate.stratified_bootstrap_ci`; 2000 resamples, fixed
@@ -36,8 +41,10 @@ rliable computes the last two when it imports (else the numpy fallback of
 Files written into the output folder, ``<env>`` being the env entry's name:
 
 * ``table_<env>.md``: the aggregates and the comparisons, with this legend;
-* ``table_<env>.csv``: the same numbers, one row per estimator (column names below);
-* ``runs_<env>.csv``: the per-run metrics (one row per estimator and seed);
+* ``table_<env>.csv``: the same numbers, one row per estimator (column names below; the policy std
+  as ``std_at_100000_median``, ``std_at_100000_n``, ``std_end_median``, ``std_end_n``);
+* ``runs_<env>.csv``: the per-run metrics (one row per estimator and seed; the policy std as
+  ``std_at_100000`` and ``std_end``);
 * ``curves_<env>.png``: training return against env steps, mean over seeds with a 95% CI band;
 * ``variance_<env>.png``: Var(applied) and Var(applied)/Var(score) over training (log scale),
   geometric mean over seeds with a 95% CI band;
@@ -71,10 +78,16 @@ from hybrid_pg.experiments.aggregate import (
 )
 from hybrid_pg.experiments.figure_io import figure_path, legend_outside, new_figure, readable_log_ticks, save_figure
 from hybrid_pg.experiments.results import (
+    STD_EARLY_STEP,
     VARIANCE_RATIO_KEYS,
+    PolicyStd,
     learning_curve,
     median_over_updates,
     normalized_auc,
+    policy_std,
+    policy_std_note,
+    policy_std_summary,
+    policy_std_titles,
     update_series,
     variance_ratio_key,
 )
@@ -177,8 +190,22 @@ def _p_text(comparison: Comparison) -> str:
     return f"{name} n/a" if math.isnan(comparison.p_value) else f"{name} {comparison.p_value:.3g}"
 
 
+def _policy_std_section(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """The table of the rows' ``policy_std`` (:class:`~hybrid_pg.experiments.results.PolicyStd`);
+    nothing where no row has one."""
+    stds: List[Tuple[str, PolicyStd]] = [(row["estimator"], row["policy_std"]) for row in rows if row.get("policy_std") is not None]
+    if not stds:
+        return []
+    early = any(std.at_step is not None for _, std in stds)
+    header = ["estimator", *policy_std_titles(early)]
+    lines = ["", "## The policy's standard deviation", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([name, *std.texts()]) + " |" for name, std in stds]
+    return lines + ["", policy_std_note(early)]
+
+
 def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -> str:
-    """The env's markdown report: aggregates, then comparisons with ``reference``, then a legend."""
+    """The env's markdown report: aggregates, the policy std (rows with a ``policy_std``), then
+    comparisons with ``reference``, then a legend."""
     lines = [
         f"# {title}",
         "",
@@ -192,6 +219,7 @@ def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -
         for m in METRICS:
             cells += [_ci_text(row[m.key]["mean"], m.fmt), _ci_text(row[m.key]["iqm"], m.fmt, missing="—" if row[m.key]["n"] else "n/a")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _policy_std_section(rows)
     lines += [
         "",
         f"## Compared with {reference}",
@@ -255,6 +283,8 @@ def _csv_rows(env_name: str, env_id: str, rows: Sequence[Dict[str, Any]], refere
             flat[f"{m.key}_p"] = c.p_value if c else ""
             flat[f"{m.key}_verdict"] = c.verdict if c else ""
             flat[f"{m.key}_significant"] = int(c.significant) if c else ""
+        if row.get("policy_std") is not None:
+            flat.update(row["policy_std"].columns())
         out.append(flat)
     return out
 
@@ -423,6 +453,8 @@ def write_env_report(
         estimator_summary(name, metrics, None if name == reference else per_run[reference], seeds_of[name], seeds_of[reference])
         for name, metrics in per_run.items()
     ]
+    for row in rows:
+        row["policy_std"] = policy_std_summary(results[row["estimator"]], total_timesteps)
     seeds = sorted({r["spec"]["seed"] for runs in results.values() for r in runs})
     budget = f", {total_timesteps} steps per run" if total_timesteps else ""
     label = env_id if env_name == env_id.replace("/", "-") else f"{env_id} ({env_name})"
@@ -430,8 +462,17 @@ def write_env_report(
     md = out_dir / f"table_{env_name}.md"
     md.write_text(markdown_table(title, rows, reference) + "\n", encoding="utf-8")
     table_csv = _write_csv(out_dir / f"table_{env_name}.csv", _csv_rows(env_name, env_id, rows, reference))
+    early = any(row["policy_std"].at_step is not None for row in rows)
     run_rows = [
-        {"env": env_name, "estimator": name, "seed": r["spec"]["seed"], "key": r["key"], **m}
+        {
+            "env": env_name,
+            "estimator": name,
+            "seed": r["spec"]["seed"],
+            "key": r["key"],
+            **m,
+            **({f"std_at_{STD_EARLY_STEP}": policy_std(r, STD_EARLY_STEP)} if early else {}),
+            "std_end": policy_std(r),
+        }
         for name, runs in results.items()
         for r, m in zip(runs, per_run[name])
     ]

@@ -19,7 +19,11 @@ collapse below it? Per env and estimator this module reports, from the finished 
   cell's runs below the floor's worst with the exact probability of that many under
   exchangeability (:func:`~hybrid_pg.experiments.aggregate.below_minimum_test`): "worse than its
   fallback by more than noise" is p < 0.05;
-* the weight: the median over updates of ``hybrid/lambda`` and of ``hybrid/variance_ratio_vs_reinforce``.
+* the weight: the median over updates of ``hybrid/lambda`` and of ``hybrid/variance_ratio_vs_reinforce``;
+* the policy's standard deviation (``train/std``) at 100k steps and at the end, each the median over
+  seeds (:func:`~hybrid_pg.experiments.results.policy_std_summary`; the end only where the budget is
+  100k steps or less): where a cell loses, a std that fell faster than the baseline's is the first
+  suspect.
 
 Nothing is called met with fewer than :data:`MIN_RUNS` runs on either side: the row says how many
 there are. Wall time is not read from grid runs (they share cores with whatever else ran); the cost
@@ -47,7 +51,7 @@ from hybrid_pg.experiments.aggregate import (
     stratified_bootstrap_ci,
 )
 from hybrid_pg.experiments.compressed import open_text, stored
-from hybrid_pg.experiments.results import median_over_updates
+from hybrid_pg.experiments.results import median_over_updates, policy_std_note, policy_std_summary, policy_std_titles
 
 #: runs per side before a goal can be called met (the project's rule against 2-3-seed verdicts)
 MIN_RUNS: int = MIN_RUNS_FOR_SIGNIFICANCE
@@ -120,8 +124,10 @@ def cell_row(
     floor_runs: Optional[Sequence[Mapping[str, Any]]] = None,
     at_steps: Optional[float] = None,
     skip_updates: int = 0,
+    total_timesteps: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """One estimator's numbers on one env against the baseline's (and the floor's at ``at_steps``)."""
+    """One estimator's numbers on one env against the baseline's (and the floor's at ``at_steps``);
+    ``total_timesteps``: the runs' budget (where the policy std is read; default: their configs')."""
     finals, base = _finals(runs), _finals(baseline_runs)
     row: Dict[str, Any] = {"estimator": name, "runs": int(finals.size), "baseline_runs": int(base.size)}
     row["mean"], row["iqm"] = _interval(finals, mean), _interval(finals, iqm)
@@ -145,16 +151,22 @@ def cell_row(
         row["floor_test"] = below_minimum_test(mine, theirs) if mine.size and theirs.size else None
     row["lambda_median"] = _median_key(runs, "hybrid/lambda", skip_updates)
     row["variance_ratio_median"] = _median_key(runs, "hybrid/variance_ratio_vs_reinforce", skip_updates)
+    row["policy_std"] = policy_std_summary(runs, total_timesteps)
     return row
 
 
 def env_rows(
-    results: Results, baseline: str, floor: Optional[str] = None, at_steps: Optional[float] = None, skip_updates: int = 0
+    results: Results,
+    baseline: str,
+    floor: Optional[str] = None,
+    at_steps: Optional[float] = None,
+    skip_updates: int = 0,
+    total_timesteps: Optional[float] = None,
 ) -> List[Dict[str, Any]]:
     """Every estimator of one env (the baseline's own row included, for scale)."""
     base = results.get(baseline, [])
     floor_runs = results.get(floor) if floor is not None else None
-    return [cell_row(name, runs, base, floor_runs, at_steps, skip_updates) for name, runs in results.items()]
+    return [cell_row(name, runs, base, floor_runs, at_steps, skip_updates, total_timesteps) for name, runs in results.items()]
 
 
 def aggregate_poi(per_env: Mapping[str, Results], estimator: str, baseline: str) -> Optional[Interval]:
@@ -269,6 +281,8 @@ def markdown(
         f"of the applied gradient's variance over REINFORCE's on the same rollout. No goal is called with fewer than {MIN_RUNS} "
         "runs per side."
     )
+    early = any(r["policy_std"].at_step is not None for rows in per_env_rows.values() for r in rows)
+    lines += ["", policy_std_note(early)]
     for env, rows in per_env_rows.items():
         lines += ["", f"## {env}", ""]
         head = f"| estimator | runs | final: mean [CI] | final: IQM [CI] | P(impr. over {baseline}) [CI] | steps to {baseline} (ratio) | worst seed (vs {baseline}'s) |"
@@ -276,8 +290,8 @@ def markdown(
         if floor is not None and at_steps is not None:
             head += f" worst at {at_steps:.0f} (vs {floor}'s) |"
             sep += "---|"
-        head += " lam | Var ratio |"
-        sep += "---|---|"
+        head += " lam | Var ratio | " + " | ".join(policy_std_titles(early)) + " |"
+        sep += "---|---|" + "---|" * len(policy_std_titles(early))
         lines += [head, sep]
         for r in rows:
             poi = "—" if r["estimator"] == baseline else _fmt(r["poi"], 2)
@@ -295,7 +309,7 @@ def markdown(
                 test = r.get("floor_test")
                 below = "" if test is None or r["estimator"] == floor else f"; {test.count} below, p {test.p_value:.2f}"
                 cells.append(f"{_num(r.get('worst_at', math.nan))} ({_num(r.get('floor_worst_at', math.nan))}){below}")
-            cells += [_num(r["lambda_median"], ".2f"), _num(r["variance_ratio_median"], ".3f")]
+            cells += [_num(r["lambda_median"], ".2f"), _num(r["variance_ratio_median"], ".3f"), *r["policy_std"].texts()]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Final return by seed", ""]
     for env, results in per_env.items():
@@ -350,9 +364,11 @@ def write_goals(
     at_steps: Optional[float] = None,
     skip_updates: int = 0,
     title: str = "",
+    total_timesteps: Optional[float] = None,
 ) -> Path:
-    """Write ``goals_<baseline>.md`` into ``out_dir`` and return its path."""
-    per_env_rows = {env: env_rows(results, baseline, floor, at_steps, skip_updates) for env, results in per_env.items()}
+    """Write ``goals_<baseline>.md`` into ``out_dir`` and return its path (``total_timesteps``: the
+    runs' budget, where the policy std is read; default: their configs')."""
+    per_env_rows = {env: env_rows(results, baseline, floor, at_steps, skip_updates, total_timesteps) for env, results in per_env.items()}
     path = Path(out_dir) / f"goals_{baseline}.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(markdown(per_env_rows, per_env, baseline, floor, at_steps, title))

@@ -175,12 +175,19 @@ class RolloutProgressBar(BaseCallback):
             self.pbar.close()
 
 
+#: logger keys the progress line shows besides a diagnostics row's own (they are not written to
+#: diagnostics.csv: progress.csv has them)
+PROGRESS_EXTRA_KEYS = ("train/std",)
+
+
 def format_progress_line(row: Mapping[str, Any], total_timesteps: Optional[int] = None) -> str:
-    """One short line for a diagnostics row: steps, training return, applied and batch lambda."""
+    """One short line for a diagnostics row: steps, training return, the policy's std (``train/std``,
+    where the row holds it), applied and batch lambda."""
     steps = f"{row['timesteps']:>8d}" + (f"/{total_timesteps}" if total_timesteps else "")
     parts = [f"update {row['update']:>4d}", f"steps {steps}"]
     for label, key, fmt in (
         ("ep_rew_mean", "rollout/ep_rew_mean", "{:9.2f}"),
+        ("std", "train/std", "{:.3f}"),
         ("lam", "hybrid/lambda", "{:.3f}"),
         ("lam_batch", "hybrid/lambda_batch", "{:.3f}"),
         ("lam*", "hybrid/oracle_lambda", "{:.3f}"),
@@ -259,7 +266,8 @@ class DiagnosticsCallback(BaseCallback):
         self._pending = None
         self.writer.write(row)
         if self.print_progress:
-            print(format_progress_line(row, self.total_timesteps), flush=True)
+            shown = {k: self.logger.name_to_value[k] for k in PROGRESS_EXTRA_KEYS if k in self.logger.name_to_value}
+            print(format_progress_line({**row, **shown}, self.total_timesteps), flush=True)
 
 
 class EvalCSVCallback(BaseCallback):

@@ -6,22 +6,40 @@ statistics after rollout ``i``, and the ``train/`` and ``hybrid/`` values of upd
 extra row after training holds the last update's values. So the values of a ``train/`` or
 ``hybrid/`` key, in row order, are exactly one per update: :func:`update_series` pairs each with the
 step at which its rollout ended; :func:`learning_curve` gives the training return per rollout.
+
+The policy's standard deviation (``train/std``: the mean over action dimensions of the Gaussian
+policy's std after each update, which HybridPG and SB3's PPO both log) is read by
+:func:`policy_std` at a step or at the end, and summarised per cell by :func:`policy_std_summary`
+(median over seeds, at :data:`STD_EARLY_STEP` and at the end): a std that collapses early is the
+first thing to look at when a run stops improving.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 __all__ = [
+    "POLICY_STD_KEY",
+    "STD_EARLY_STEP",
     "VARIANCE_RATIO_KEYS",
+    "PolicyStd",
+    "SeedMedian",
     "column",
     "learning_curve",
     "median_over_updates",
     "normalized_auc",
+    "policy_std",
+    "policy_std_note",
+    "policy_std_summary",
+    "policy_std_titles",
+    "reads_early",
+    "seed_median",
     "update_series",
+    "value_at",
     "variance_ratio",
     "variance_ratio_key",
 ]
@@ -53,7 +71,7 @@ def variance_ratio(result: Dict[str, Any], skip: int = 0) -> float:
     return float(np.median(ratio)) if ratio.size else math.nan
 
 
-def update_series(result: Dict[str, Any], key: str) -> Tuple[np.ndarray, np.ndarray]:
+def update_series(result: Mapping[str, Any], key: str) -> Tuple[np.ndarray, np.ndarray]:
     """(steps, values) of a per-update key (``train/``, ``hybrid/``): one value per update, paired
     with the env step at which that update's rollout ended (see the row semantics in the module
     docstring); updates that did not log ``key`` (or logged a non-finite value) are left out."""
@@ -95,8 +113,137 @@ def normalized_auc(steps: np.ndarray, values: np.ndarray) -> float:
     return area / float(span)
 
 
-def median_over_updates(result: Dict[str, Any], key: str, skip: int = 0) -> float:
+def median_over_updates(result: Mapping[str, Any], key: str, skip: int = 0) -> float:
     """Median of a per-update key over the run's updates after the first ``skip``; NaN if none."""
     _, values = update_series(result, key)
     values = values[skip:]
     return float(np.median(values)) if values.size else math.nan
+
+
+# ------------------------------------------------------------------------------------------------
+# the policy's standard deviation
+# ------------------------------------------------------------------------------------------------
+
+#: the per-update mean standard deviation of the Gaussian policy (HybridPG and SB3's PPO log it)
+POLICY_STD_KEY = "train/std"
+#: the early budget at which reports read the policy's std besides the end
+STD_EARLY_STEP = 100_000
+
+
+def value_at(result: Mapping[str, Any], key: str, step: Optional[float] = None) -> float:
+    """A per-update key's last value logged at or before env step ``step`` (the step at which the
+    update's rollout ended, as in :func:`update_series`); ``step=None``: the run's last value. NaN
+    when the run never logged ``key`` or logged it only after ``step``."""
+    steps, values = update_series(result, key)
+    if step is not None:
+        values = values[steps <= step]
+    return float(values[-1]) if values.size else math.nan
+
+
+def policy_std(result: Mapping[str, Any], step: Optional[float] = None) -> float:
+    """The policy's std (``train/std``) at env step ``step`` (the last value at or before it), or at
+    the end (``step=None``); NaN for a run that did not log it (a non-Gaussian policy)."""
+    return value_at(result, POLICY_STD_KEY, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedMedian:
+    """The median over seeds of a per-run number, and how many seeds had one (NaN when none)."""
+
+    median: float
+    n: int
+
+    def text(self, fmt: str = "#.3g", missing: str = "—") -> str:
+        """``"0.412 (n=5)"``, or ``missing`` when no seed had a value."""
+        return missing if self.n == 0 else f"{self.median:{fmt}} (n={self.n})"
+
+
+def seed_median(values: Sequence[float]) -> SeedMedian:
+    """:class:`SeedMedian` of the finite values (NaNs are runs without the number)."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return SeedMedian(float(np.median(finite)) if finite.size else math.nan, int(finite.size))
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyStd:
+    """One cell's policy std: the median over seeds at env step ``step`` (None where the runs'
+    budget is ``step`` or less: the reading would be the end's) and at the end of training."""
+
+    at_step: Optional[SeedMedian]
+    end: SeedMedian
+    step: int
+
+    def columns(self) -> Dict[str, Any]:
+        """Flat CSV/JSON columns: ``std_at_<step>_median``, ``_n`` (both empty where not read) and
+        ``std_end_median``, ``std_end_n`` (an empty median where no seed logged it)."""
+        out: Dict[str, Any] = {}
+        for name, reading in ((f"std_at_{self.step}", self.at_step), ("std_end", self.end)):
+            out[f"{name}_median"] = reading.median if reading is not None and reading.n else ""
+            out[f"{name}_n"] = reading.n if reading is not None else ""
+        return out
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any], step: int = STD_EARLY_STEP) -> "PolicyStd":
+        """The inverse of :meth:`columns` (a report row that holds them)."""
+
+        def reading(name: str) -> Optional[SeedMedian]:
+            n = columns[f"{name}_n"]
+            if n == "":
+                return None
+            median = columns[f"{name}_median"]
+            return SeedMedian(math.nan if median == "" else float(median), int(n))
+
+        end = reading("std_end")
+        if end is None:
+            raise ValueError(f"std_end_n is empty in {dict(columns)}")
+        return cls(at_step=reading(f"std_at_{step}"), end=end, step=step)
+
+    def texts(self, fmt: str = "#.3g") -> List[str]:
+        """The report cells: at :attr:`step` (where read) and at the end (:meth:`SeedMedian.text`)."""
+        return ([] if self.at_step is None else [self.at_step.text(fmt)]) + [self.end.text(fmt)]
+
+
+def _steps_text(step: int) -> str:
+    return f"{step // 1000}k" if step % 1000 == 0 else str(step)
+
+
+def policy_std_titles(early: bool, step: int = STD_EARLY_STEP) -> List[str]:
+    """Column titles matching :meth:`PolicyStd.texts` (``early``: the reading at ``step`` is shown)."""
+    titles = [f"policy std at {_steps_text(step)} steps (median over seeds)"] if early else []
+    return titles + ["policy std at the end (median over seeds)"]
+
+
+def policy_std_note(early: bool, step: int = STD_EARLY_STEP, end: bool = True) -> str:
+    """The sentence a report gives under its policy-std columns (``early``: the reading at ``step``
+    is shown, ``end``: the reading at the end is)."""
+    read = ([f"its last value at or before {_steps_text(step)} steps"] if early else []) + (
+        ["its last value at the end of training"] if end else []
+    )
+    note = (
+        f"Policy std: {POLICY_STD_KEY}, the Gaussian policy's standard deviation (mean over action dimensions) after "
+        f"an update; per run {' and '.join(read)}, then the median over the seeds that logged it (n: how many)."
+    )
+    return note if early else note + f" The runs' budget is {_steps_text(step)} steps or less: the std at the end only."
+
+
+def _budget(runs: Sequence[Mapping[str, Any]]) -> Optional[float]:
+    """The largest ``train.total_timesteps`` in the runs' configs (None when no run has a config)."""
+    budgets = [r.get("config", {}).get("train", {}).get("total_timesteps") for r in runs]
+    known = [float(b) for b in budgets if b is not None]
+    return max(known) if known else None
+
+
+def reads_early(budget: Optional[float], step: int = STD_EARLY_STEP) -> bool:
+    """Whether runs of ``budget`` env steps get a policy-std reading at ``step`` besides the end: only
+    when they train past it (an unknown budget, None: yes)."""
+    return budget is None or budget > step
+
+
+def policy_std_summary(runs: Sequence[Mapping[str, Any]], budget: Optional[float] = None, step: int = STD_EARLY_STEP) -> PolicyStd:
+    """A cell's :class:`PolicyStd` over its runs (one per seed). ``budget``: the runs' training
+    budget in env steps (default: read from their configs); the reading at ``step`` is made only
+    for runs that train past it (``budget > step``, or an unknown budget)."""
+    budget = _budget(runs) if budget is None else budget
+    early = seed_median([policy_std(r, step) for r in runs]) if reads_early(budget, step) else None
+    return PolicyStd(at_step=early, end=seed_median([policy_std(r) for r in runs]), step=int(step))
