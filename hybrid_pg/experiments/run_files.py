@@ -155,8 +155,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def lock_path(run_dir: PathLike) -> Path:
-    """``<run dir>.lock``, beside the run directory."""
-    run_dir = Path(run_dir)
+    """``<run dir>.lock``, beside the run directory (an absolute path: one key per lock in this process)."""
+    run_dir = Path(run_dir).absolute()
     return run_dir.with_name(run_dir.name + LOCK_SUFFIX)
 
 
@@ -182,13 +182,17 @@ def _flock_free(path: Path) -> bool:
     if fcntl is None:  # pragma: no cover
         return True
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDWR)  # NFS emulates flock with byte-range locks: an exclusive one needs write access
     except FileNotFoundError:
+        return True
+    except OSError:  # not ours to open: only the contents can say (step 3)
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError:  # a file system without locks: only the contents can say (step 3)
+        return True
     finally:
         os.close(fd)  # closing drops the flock we may have taken
     return True
@@ -247,6 +251,8 @@ def claim(run_dir: PathLike) -> bool:
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError:  # a file system without locks (ENOLCK, EOPNOTSUPP): the contents alone decide (step 3)
+            pass
         try:
             same_file = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
