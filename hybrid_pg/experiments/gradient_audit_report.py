@@ -185,7 +185,9 @@ def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
         "Columns: cos = cosine of one rollout's estimate with the reference, corrected for the reference's noise; "
         "bias = ||E g - g_ref|| / ||g_ref|| [95% CI]; proj = the error along the reference (-1: none of the true direction); "
         "var = one rollout's variance / ||g_ref||^2; lam_mse = the weight minimising the mix's error against the reference; "
-        "ref rel = the reference's reliability (expected squared cosine with the truth).",
+        "ref rel = the reference's reliability (expected squared cosine with the truth). Bias CIs: basic bootstrap of the "
+        "debiased squared bias, except checkpoints audited before that change (no `bias_ci` column in their CSV: a percentile "
+        "bootstrap, which may not cover its point estimate when the reference is noisy).",
         "",
     ]
     lines += summary_table(rows)
