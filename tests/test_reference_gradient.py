@@ -44,13 +44,8 @@ def _lqr_model(gamma):
     return model, env
 
 
-def _z_scores(ref: ReferenceGradient, exact: th.Tensor) -> th.Tensor:
-    return (ref.mean("all") - exact) / ref.se("all")
-
-
-def test_lqr_reference_matches_the_closed_form_gradient():
-    gamma = 0.9
-    model, env = _lqr_model(gamma)
+def _exact_lqr_gradient(model, env, gamma) -> th.Tensor:
+    """The closed-form gradient of the LQR's discounted return, flattened as the reference's groups."""
     policy = model.policy
     exact = exact_policy_gradient(
         **env.unwrapped.lqr_kwargs(),
@@ -59,7 +54,17 @@ def test_lqr_reference_matches_the_closed_form_gradient():
         b=policy.action_net.bias.detach().double(),
         log_std=policy.log_std.detach().double(),
     )
-    exact_flat = th.cat([exact.weight.reshape(-1), exact.bias, exact.log_std])
+    return th.cat([exact.weight.reshape(-1), exact.bias, exact.log_std])
+
+
+def _z_scores(ref: ReferenceGradient, exact: th.Tensor) -> th.Tensor:
+    return (ref.mean("all") - exact) / ref.se("all")
+
+
+def test_lqr_reference_matches_the_closed_form_gradient():
+    gamma = 0.9
+    model, env = _lqr_model(gamma)
+    exact_flat = _exact_lqr_gradient(model, env, gamma)
     ref = reference_gradient(model, env, n_episodes=300, n_actions=4, seed=0)
     z = _z_scores(ref, exact_flat)
     # 5 coordinates, each within 4 of its own standard error; and precise enough to mean something
@@ -74,15 +79,7 @@ def test_lqr_reference_state_subsampling_stays_unbiased():
     """Every 3rd state from a random offset, weighted by 3: the same gradient within its SE."""
     gamma = 0.9
     model, env = _lqr_model(gamma)
-    policy = model.policy
-    exact = exact_policy_gradient(
-        **env.unwrapped.lqr_kwargs(),
-        gamma=gamma,
-        W=policy.action_net.weight.detach().double(),
-        b=policy.action_net.bias.detach().double(),
-        log_std=policy.log_std.detach().double(),
-    )
-    exact_flat = th.cat([exact.weight.reshape(-1), exact.bias, exact.log_std])
+    exact_flat = _exact_lqr_gradient(model, env, gamma)
     ref = reference_gradient(model, env, n_episodes=400, n_actions=3, state_stride=3, seed=1, antithetic=False)
     assert th.all(_z_scores(ref, exact_flat).abs() < 4.0)
 
