@@ -45,6 +45,10 @@ def _env(extra_path: str = "") -> Dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _hybrid_pg(args: List[str], logs: Path, extra_path: str = "") -> subprocess.Popen:
     """``hybrid-pg ARGS`` in its own process group (a terminal's job), its output into files under
     ``logs`` (not pipes: a process it leaves behind would hold a pipe open)."""
@@ -52,7 +56,15 @@ def _hybrid_pg(args: List[str], logs: Path, extra_path: str = "") -> subprocess.
     name = str(len(list(logs.glob("*.out"))))
     with open(logs / f"{name}.out", "w") as out, open(logs / f"{name}.err", "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hybrid_pg.experiments.cli", *args], stdout=out, stderr=err, env=_env(extra_path), start_new_session=True
+            [sys.executable, "-m", "hybrid_pg.experiments.cli", *args],
+            stdout=out,
+            stderr=err,
+            env=_env(extra_path),
+            start_new_session=True,
+            # a terminal's foreground job: SIGINT at its default, which Python turns into
+            # KeyboardInterrupt. Under a non-interactive shell's background job (a CI runner's
+            # `cmd &`) SIGINT arrives ignored, and Python then leaves it ignored.
+            preexec_fn=_default_sigint,
         )
     proc.logs = (logs / f"{name}.out", logs / f"{name}.err")  # type: ignore[attr-defined]
     return proc
