@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
@@ -303,14 +303,64 @@ def signal_table(rows: List[Dict[str, Any]], signals: Dict[tuple, Dict[str, floa
     return lines + [""]
 
 
+RUN_EVALUATIONS = "run_evaluations.csv"
+
+
+def collect_run_evaluations(out: Path) -> Path:
+    """The audited runs' deterministic evaluations (run folder, step, mean return) in one small file
+    beside the report: the run folders (models, checkpoints) are not committed, this file is, so the
+    report regenerates from a clone. Rewritten whenever the run folders are there."""
+    from hybrid_pg.experiments.compressed import open_text, stored
+    from hybrid_pg.experiments.run_files import write_atomically
+
+    path = out / RUN_EVALUATIONS
+    runs = sorted(p for p in (out / "runs").glob("*") if p.is_dir()) if (out / "runs").is_dir() else []
+    lines = []
+    for run_dir in runs:
+        if stored(run_dir / "evaluations.csv") is None:
+            continue
+        with open_text(run_dir / "evaluations.csv") as f:
+            for row in csv.DictReader(f):
+                lines.append(f"{run_dir.name},{int(float(row['timesteps']))},{float(row['mean']):.1f}")
+    if lines:
+        write_atomically(path, "run,step,mean_return\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def evaluations_table(out: Path, steps: Sequence[int]) -> List[str]:
+    path = out / RUN_EVALUATIONS
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        records = list(csv.DictReader(f))
+    runs = sorted({r["run"] for r in records})
+    wanted = sorted(set(steps))
+    lines = [
+        "Deterministic evaluations of the audited runs (5 episodes; the last evaluation at or before each checkpoint)",
+        "",
+        "| run | " + " | ".join(str(s) for s in wanted) + " |",
+        "|" + "---|" * (1 + len(wanted)),
+    ]
+    for run in runs:
+        points = sorted((int(r["step"]), float(r["mean_return"])) for r in records if r["run"] == run)
+        cells = []
+        for step in wanted:
+            before = [v for s, v in points if s <= step]
+            cells.append(f"{before[-1]:.1f}" if before else "—")
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_report(config: AuditConfig) -> List[Path]:
     out = Path(config.output_dir)
+    collect_run_evaluations(out)
     rows = read_rows(out)
     if not rows:
         return []
     written = [out / "audit.csv", out / "report.md", out / "cosine_vs_step.png", out / "bias_vs_variance.png"]
     write_table(rows, written[0])
-    written[1].write_text(markdown(rows, config) + "\n".join(signal_table(rows, read_signals(out))))
+    text = markdown(rows, config) + "\n".join(evaluations_table(out, config.checkpoints) + signal_table(rows, read_signals(out)))
+    written[1].write_text(text)
     plot_cosines(rows, written[2], f"{config.name}: each estimator against the true gradient")
     plot_bias_variance(rows, written[3], f"{config.name}: bias and variance against the reference (group all)")
     return written
