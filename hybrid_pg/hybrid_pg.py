@@ -652,13 +652,14 @@ _LOAD_OWN = ("custom_objects", "print_system_info", "force_reset")
 
 def _check_load_keywords(cls: Type[HybridPG], kwargs: Dict[str, Any]) -> None:
     """``load(**kwargs)``: each key a setting, a deprecated name of one, or a constructor argument."""
-    params = inspect.signature(cls.__init__).parameters
     known = {*HybridPGSettings.model_fields, *DEPRECATED_ALIASES, *_LOAD_OWN}
-    known |= {
-        name
-        for name, p in params.items()
-        if p.kind is p.POSITIONAL_OR_KEYWORD and name not in ("self", "policy", "env", "_init_setup_model")
-    }
+    # HybridPG's own arguments, and a subclass's (a subclass may take *args, **kwargs and pass them on)
+    for init in {HybridPG.__init__, cls.__init__}:
+        known |= {
+            name
+            for name, p in inspect.signature(init).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in ("self", "policy", "env", "_init_setup_model")
+        }
     for key, value in kwargs.items():
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)

@@ -208,3 +208,19 @@ def test_plot_of_a_garbage_diagnostics_csv_exits_2_naming_the_file(tmp_path):
     status, _, err = _run(["plot", str(run_dir)])
     assert status == 2 and f"{run_dir / 'diagnostics.csv'} is not a CSV file" in err, err
     assert not (run_dir / "returns.png").exists()
+
+
+def test_load_accepts_the_base_classes_arguments_through_a_subclass_with_star_kwargs(tmp_path):
+    """SB3's peer suite loads through a subclass whose __init__ takes *args, **kwargs: load must still
+    accept HybridPG's own arguments (policy_kwargs) there, and still refuse a typo."""
+    from hybrid_pg import HybridPG
+
+    class Wrapped(HybridPG):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    model = Wrapped("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=32, policy_kwargs=dict(net_arch=[8]), device="cpu")
+    model.save(tmp_path / "m.zip")
+    Wrapped.load(tmp_path / "m.zip", policy_kwargs=dict(net_arch=[8]), device="cpu")
+    with pytest.raises(ValueError, match="learning_rat"):
+        Wrapped.load(tmp_path / "m.zip", learning_rat=1e-4, device="cpu")
