@@ -79,7 +79,7 @@ def test_audit_files_are_checked(tmp_path):
     with pytest.raises(ValueError, match="checkpoints"):
         load_audit_config(str(bad))
     bad.write_text("grid: g.yaml\nruns: [{env: X, estimator: y, seeds: [0]}]\ncheckpoints: [10]\nreference: {actions: 1}\n")
-    with pytest.raises(ValueError, match="reference.actions"):
+    with pytest.raises(ValueError, match=r"reference\.actions=1"):
         load_audit_config(str(bad))
     bad.write_text("grid: g.yaml\nrun: []\ncheckpoints: [10]\n")
     with pytest.raises(ValueError, match="unknown key"):

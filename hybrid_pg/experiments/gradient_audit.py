@@ -50,7 +50,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch as th
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hybrid_pg.experiments.config import section_error
 from hybrid_pg.experiments.run_files import write_atomically
 from hybrid_pg.reference_gradient import (
     GROUPS,
@@ -78,29 +80,26 @@ AUDIT_DIR = "audit"
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ReferenceSettings:
-    rollouts: int = 12
-    states_per_rollout: int = 32
-    actions: int = 4
-    tail_weight: float = 0.05
-    burn_in: int = 1000
-    bootstrap: int = 2000
+class ReferenceSettings(BaseModel):
+    """The reference's budget at each checkpoint (the audit file's ``reference`` section)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    rollouts: int = Field(12, ge=4, description="independent rollouts of the run's size per checkpoint")
+    states_per_rollout: int = Field(32, ge=1, description="states of each rollout that get the reference")
+    actions: int = Field(4, ge=2, description="actions per reference state")
+    tail_weight: float = Field(0.05, gt=0.0, lt=1.0, description="discount after which a return runs on for a geometric tail")
+    burn_in: int = Field(1000, ge=0, description="most env steps of a rollout's random burn-in")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the bias CIs")
     #: actions in antithetic pairs (hybrid_pg.reference_gradient.score_contributions): an even
     #: ``actions`` >= 4
-    antithetic: bool = True
+    antithetic: bool = Field(True, description="actions in antithetic pairs")
 
-    def __post_init__(self) -> None:
-        for key, low in (("rollouts", 4), ("states_per_rollout", 1), ("actions", 2), ("burn_in", 0), ("bootstrap", 100)):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"reference.{key} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.antithetic, bool):
-            raise ValueError(f"reference.antithetic must be true or false, got {self.antithetic!r}")
-        if self.antithetic and self.actions % 2:
-            raise ValueError(f"reference.actions must be even with antithetic pairs, got {self.actions}")
-        if not 0.0 < float(self.tail_weight) < 1.0:
-            raise ValueError(f"reference.tail_weight must be in (0, 1), got {self.tail_weight!r}")
+    @model_validator(mode="after")
+    def _even_pairs(self) -> "ReferenceSettings":
+        if self.antithetic and (self.actions < 4 or self.actions % 2):
+            raise ValueError(f"actions must be an even number >= 4 with antithetic pairs, got {self.actions}")
+        return self
 
 
 @dataclass
@@ -123,7 +122,7 @@ class AuditConfig:
     output_dir: str
     runs: Tuple[AuditRunEntry, ...]
     checkpoints: Tuple[int, ...]
-    reference: ReferenceSettings = field(default_factory=ReferenceSettings)
+    reference: ReferenceSettings = field(default_factory=lambda: ReferenceSettings())
     extra_sources: Tuple[str, ...] = ()
     seed: int = 0
     #: train each run's whole budget (its final return tells a good seed from a bad one), or stop
@@ -171,8 +170,8 @@ def load_audit_config(path: str) -> AuditConfig:
         raise ValueError(f"{path}: reference must be a mapping")
     try:
         ref = ReferenceSettings(**reference)
-    except TypeError as exc:
-        raise ValueError(f"{path}: reference: {exc}") from None
+    except ValidationError as exc:
+        raise ValueError(f"{path}: {section_error(exc, 'reference', ReferenceSettings)}") from None
     name = raw.get("name") or Path(path).stem
     return AuditConfig(
         name=name,
@@ -686,5 +685,5 @@ def run_audit(config: AuditConfig, only_seeds: Optional[Sequence[int]] = None, l
 def save_meta(config: AuditConfig) -> None:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"name": config.name, "grid": config.grid, "checkpoints": list(config.checkpoints), "reference": vars(config.reference)}
+    meta = {"name": config.name, "grid": config.grid, "checkpoints": list(config.checkpoints), "reference": config.reference.model_dump()}
     write_atomically(out / "audit_settings.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
