@@ -104,7 +104,7 @@ def plot_bias_variance(rows: List[Dict[str, Any]], path: Path, title: str) -> No
     import matplotlib.pyplot as plt
 
     estimators = [e for e in ESTIMATOR_NAMES if any(r["estimator"] == e for r in rows)]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     plotted = 0
     for est in estimators:
         # a checkpoint whose reference was too noisy to scale by has NaN statistics: left out
@@ -118,6 +118,7 @@ def plot_bias_variance(rows: List[Dict[str, Any]], path: Path, title: str) -> No
     if plotted:
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_ylim(bottom=0.0)  # a squared bias is never negative
     else:
         ax.text(0.5, 0.5, "no checkpoint with a reference precise enough to scale by", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("variance of one rollout's estimate / ||g_ref||^2")
@@ -125,7 +126,7 @@ def plot_bias_variance(rows: List[Dict[str, Any]], path: Path, title: str) -> No
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if plotted:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, never over a point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -361,8 +362,10 @@ def write_report(config: AuditConfig) -> List[Path]:
     write_table(rows, written[0])
     text = markdown(rows, config) + "\n".join(evaluations_table(out, config.checkpoints) + signal_table(rows, read_signals(out)))
     written[1].write_text(text)
-    plot_cosines(rows, written[2], f"{config.name}: each estimator against the true gradient")
-    plot_bias_variance(rows, written[3], f"{config.name}: bias and variance against the reference (group all)")
+    ref = config.reference
+    budget = f"reference: {ref.rollouts} rollouts x {ref.states_per_rollout} states x {ref.actions} actions per checkpoint"
+    plot_cosines(rows, written[2], f"{config.name}: each estimator against the true gradient\n{budget}")
+    plot_bias_variance(rows, written[3], f"{config.name}: bias and variance against the reference (group all)\n{budget}")
     return written
 
 
