@@ -480,7 +480,6 @@ def summarise(results: Sequence[Mapping[str, Any]], bootstrap: int = 2000, seed:
     strata = list(dict.fromkeys(k for r in results for k in r["reference"]))
     all_results = results
     rows = []
-    n = len(results)
     for stratum in strata:
         results = [r for r in all_results if stratum in r["reference"]]
         n = len(results)
