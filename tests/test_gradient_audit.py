@@ -105,7 +105,11 @@ def test_the_audit_command_trains_audits_reports_and_resumes(tmp_path, monkeypat
         "checkpoints: [64, 192]\nreference: {rollouts: 4, states_per_rollout: 4, actions: 4, burn_in: 10, bootstrap: 100}\n"
     )
     config = ga.load_audit_config("audit.yaml")
-    written = ga.run_audit(config, log=lambda m: None)
+    with pytest.raises(ValueError, match="no run labelled Pendulum-v1__hybrdi .*labels: Pendulum-v1__hybrid"):
+        ga.run_audit(config, only_runs=["Pendulum-v1__hybrdi"], log=lambda m: None)
+    assert ga.run_audit(config, only_runs=["Pendulum-v1__hybrid"], only_seeds=[1], log=lambda m: None) == []
+    assert not (tmp_path / "out" / "runs").exists()  # a filter that leaves nothing trains nothing
+    written = ga.run_audit(config, only_runs=["Pendulum-v1__hybrid"], log=lambda m: None)
     assert len(written) == 2 and all(p.exists() for p in written)
     run_dir = next((tmp_path / "out" / "runs").iterdir())
     assert (run_dir / "result.json").exists()  # trained the whole budget by default

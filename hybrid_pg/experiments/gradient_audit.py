@@ -651,15 +651,32 @@ def write_checkpoint_csv(path: Path, label: str, seed: int, step: int, audit: Ma
     write_atomically(path, buf.getvalue())
 
 
-def run_audit(config: AuditConfig, only_seeds: Optional[Sequence[int]] = None, log: Any = print) -> List[Path]:
-    """Train what is missing, audit what is not audited yet; returns the checkpoint CSVs."""
+def check_run_labels(config: AuditConfig, only_runs: Optional[Sequence[str]], runs: Optional[Sequence[Tuple[str, Any]]] = None) -> None:
+    """A clear error for a ``--runs`` label the audit file does not have."""
+    if only_runs is None:
+        return
+    labels = sorted({label for label, _ in (audit_runs(config) if runs is None else runs)})
+    unknown = sorted(set(only_runs) - set(labels))
+    if unknown:
+        raise ValueError(f"{config.name}: no run labelled {', '.join(unknown)} (labels: {', '.join(labels)})")
+
+
+def run_audit(
+    config: AuditConfig, only_seeds: Optional[Sequence[int]] = None, log: Any = print, only_runs: Optional[Sequence[str]] = None
+) -> List[Path]:
+    """Train what is missing, audit what is not audited yet; returns the checkpoint CSVs.
+    ``only_seeds`` / ``only_runs`` (labels) restrict it to those seeds / runs of the file."""
     from hybrid_pg.experiments.runner import run_key
 
     out = Path(config.output_dir)
     written = []
-    for label, cfg in audit_runs(config):
+    runs = audit_runs(config)
+    check_run_labels(config, only_runs, runs)
+    for label, cfg in runs:
         seed = cfg["train"]["seed"]
         if only_seeds is not None and seed not in only_seeds:
+            continue
+        if only_runs is not None and label not in only_runs:
             continue
         key = run_key(label, cfg)
         todo = [s for s in config.checkpoints if not checkpoint_csv(out, key, s).exists()]
