@@ -27,13 +27,22 @@ def main(argv=None) -> int:
 
     import torch as th
 
-    from hybrid_pg.experiments.gradient_audit import check_run_labels, load_audit_config, run_audit, run_signals, save_meta
+    from hybrid_pg.experiments.gradient_audit import (
+        check_extra_sources,
+        check_run_labels,
+        load_audit_config,
+        run_audit,
+        run_signals,
+        save_meta,
+    )
     from hybrid_pg.experiments.gradient_audit_report import write_report
 
     th.set_num_threads(1)
     try:
         config = load_audit_config(args.config)
         check_run_labels(config, args.runs)
+        if not args.report_only:
+            check_extra_sources(config)  # before anything trains
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ episode is one step, so the score estimator (a constant baseline: V of the one s
 pathwise estimator through the env's exact model are both unbiased, while an untrained advantage
 head is not."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -108,6 +109,9 @@ def test_the_audit_command_trains_audits_reports_and_resumes(tmp_path, monkeypat
     with pytest.raises(ValueError, match="no run labelled Pendulum-v1__hybrdi .*labels: Pendulum-v1__hybrid"):
         ga.run_audit(config, only_runs=["Pendulum-v1__hybrdi"], log=lambda m: None)
     assert ga.run_audit(config, only_runs=["Pendulum-v1__hybrid"], only_seeds=[1], log=lambda m: None) == []
+    bad = dataclasses.replace(config, extra_sources=("mujoco",))
+    with pytest.raises(ValueError, match="extra source 'mujoco' cannot serve Pendulum-v1__hybrid"):
+        ga.run_audit(bad, log=lambda m: None)
     assert not (tmp_path / "out" / "runs").exists()  # a filter that leaves nothing trains nothing
     written = ga.run_audit(config, only_runs=["Pendulum-v1__hybrid"], log=lambda m: None)
     assert len(written) == 2 and all(p.exists() for p in written)

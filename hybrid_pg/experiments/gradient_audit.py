@@ -661,6 +661,32 @@ def check_run_labels(config: AuditConfig, only_runs: Optional[Sequence[str]], ru
         raise ValueError(f"{config.name}: no run labelled {', '.join(unknown)} (labels: {', '.join(labels)})")
 
 
+def check_extra_sources(config: AuditConfig, runs: Optional[Sequence[Tuple[str, Any]]] = None) -> None:
+    """A clear error, before anything trains, for an extra source that cannot serve a run's env
+    (e.g. MuJoCo's derivatives on an env the differentiable model does not cover): each run's
+    untrained model is built once per label and asked for every extra source."""
+    if not config.extra_sources:
+        return
+    from hybrid_pg.experiments.runner import build_model, make_vec_env_from
+    from hybrid_pg.sources import build_source
+
+    seen = set()
+    for label, cfg in audit_runs(config) if runs is None else runs:
+        if label in seen:
+            continue
+        seen.add(label)
+        venv = make_vec_env_from({**cfg["env"], "vec_env": "dummy", "n_envs": 1, "normalize": False}, cfg["train"]["seed"])
+        try:
+            model = build_model(cfg, venv)
+            for name in config.extra_sources:
+                try:
+                    build_source(model, name)
+                except ValueError as exc:
+                    raise ValueError(f"{config.name}: extra source {name!r} cannot serve {label}: {exc}") from exc
+        finally:
+            venv.close()
+
+
 def run_audit(
     config: AuditConfig, only_seeds: Optional[Sequence[int]] = None, log: Any = print, only_runs: Optional[Sequence[str]] = None
 ) -> List[Path]:
@@ -672,6 +698,8 @@ def run_audit(
     written = []
     runs = audit_runs(config)
     check_run_labels(config, only_runs, runs)
+    selected = [(label, cfg) for label, cfg in runs if (only_runs is None or label in only_runs)]
+    check_extra_sources(config, [(label, cfg) for label, cfg in selected if only_seeds is None or cfg["train"]["seed"] in only_seeds])
     for label, cfg in runs:
         seed = cfg["train"]["seed"]
         if only_seeds is not None and seed not in only_seeds:
