@@ -149,6 +149,7 @@ class HybridPG(OnPolicyAlgorithm):
         bias_min_samples: int = 2048,
         lambda_groups: str = "global",
         log_std_estimator: str = "mix",
+        direction_check: bool = False,
         lambda_warmup: int = 2,
         stats_chunk_size: int = 256,
         rms_prop_eps: float = 1e-5,

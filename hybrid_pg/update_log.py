@@ -21,6 +21,7 @@ import torch as th
 
 from hybrid_pg.estimator import BatchMoments, LambdaEstimate, excess_variance, lambda_from_moments, mixed_variance, pooled_estimate
 from hybrid_pg.per_sample import GROUPS
+from hybrid_pg.weight_rule import direction_test
 
 Record = Callable[..., None]
 
@@ -144,6 +145,18 @@ LOGGED_KEYS: Tuple[LoggedKey, ...] = (
     LoggedKey(
         "hybrid/path_score_cos_debiased",
         "the same cosine with the noise the two means share removed (long-run covariances); NaN when the rollout is too noisy to say",
+    ),
+    LoggedKey(
+        "hybrid/direction_cos",
+        "cosine between the window's pathwise and score gradients, from pairs of different rollouts (their shared noise never "
+        "enters), once this rollout has joined the window (NaN where the window cannot see the gradient's direction)",
+        "when the window holds 3 rollouts or more",
+    ),
+    LoggedKey(
+        "hybrid/direction_t",
+        "the same inner product over its jackknife standard error: below -1.9 or so (the t quantile) the direction check "
+        "(direction_check=True) makes the next update fall back to the score gradient",
+        "when the window holds 3 rollouts or more",
     ),
     LoggedKey(
         "hybrid/stats_valid", "1 when this rollout's gradient statistics were finite and joined the window, 0 when they were skipped"
@@ -359,6 +372,10 @@ def record_weight(
     health = window.between_within()
     record("hybrid/window_f_path", health["path"], exclude=QUIET)
     record("hybrid/window_f_score", health["score"], exclude=QUIET)
+    direction = direction_test(window.batches, window.weights)
+    if direction is not None:
+        record("hybrid/direction_cos", direction.cos, exclude=QUIET)
+        record("hybrid/direction_t", direction.t, exclude=QUIET)
     if moments is None or rollout_estimate is None:
         return
     batch = rollout_estimate

@@ -2,7 +2,8 @@
 
 The estimator setting decides first (REINFORCE: 0, pathwise: 1, a fixed ablation weight), then the
 warm-up (0 while the critic is first fitted), and otherwise the windows of *previous* rollouts
-(:mod:`hybrid_pg.window`, by the rule of :mod:`hybrid_pg.weight_rule`).
+(:mod:`hybrid_pg.window`, by the rule of :mod:`hybrid_pg.weight_rule`), with ``direction_check``
+a group whose window's pathwise gradient points against its score gradient falls back to 0.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from hybrid_pg.per_sample import GROUPS
 from hybrid_pg.settings import HybridPGSettings
+from hybrid_pg.weight_rule import direction_test
 
 
 def weights_for_update(
@@ -28,6 +30,11 @@ def weights_for_update(
         lam = {g: 0.0 for g in groups}
     else:
         lam = {g: windows[g].estimate(batch_size=batch_size).lam for g in groups}
+        if settings.direction_check:
+            for g in groups:
+                test = direction_test(windows[g].batches, windows[g].weights)
+                if test is not None and test.against:
+                    lam[g] = 0.0
         if settings.log_std_estimator == "score":
             # log_std does not mix: the mean's weight comes from the mean network's own statistics
             lam["global"] = lam["mean"]

@@ -1,0 +1,111 @@
+"""The direction check (hybrid_pg.weight_rule.direction_test, ``direction_check=True``): a window's
+pathwise gradient that points against its score gradient beyond noise makes the update fall back to
+the score gradient; an unbiased pathwise gradient almost never does (the test's level, 5%)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch as th
+
+from hybrid_pg import HybridPG
+from hybrid_pg.estimator import BatchMoments
+from hybrid_pg.experiments.config import resolve_config
+from hybrid_pg.experiments.runner import run_key
+from hybrid_pg.update_weights import weights_for_update
+from hybrid_pg.weight_rule import direction_test, student_t_quantile
+from hybrid_pg.window import WindowedLambda
+
+D = 6
+G = th.tensor([1.0, -0.5, 0.25, 0.0, 0.5, -1.0], dtype=th.float64)  # the true gradient
+
+
+def _rollout(rng, path_mean, n=64, shared=3.0, own=0.5):
+    """One rollout's paired per-sample gradients: large noise the two estimators share (as a
+    rollout's returns and actions enter both), plus their own."""
+    common = rng.normal(0.0, shared, size=(n, D))
+    g_path = path_mean.numpy() + common + rng.normal(0.0, own, size=(n, D))
+    g_score = G.numpy() + common + rng.normal(0.0, 4 * own, size=(n, D))
+    return BatchMoments.from_samples(th.as_tensor(g_path), th.as_tensor(g_score))
+
+
+def test_cross_rollout_inner_product_is_unbiased_where_the_same_rollout_product_is_not():
+    """E inner = <E g_P, E g_M> over many windows (within 4 SE); the same-rollout product carries the
+    shared noise's covariance (tr = 6 * 9 / 64 per rollout mean here) and misses by far more."""
+    rng = np.random.default_rng(0)
+    truth = float(G @ G)
+    inner, naive = [], []
+    for _ in range(400):
+        batches = [_rollout(rng, G) for _ in range(8)]
+        inner.append(direction_test(batches).inner)
+        naive.append(float(np.mean([float(b.mean_path @ b.mean_score) for b in batches])))
+    inner, naive = np.array(inner), np.array(naive)
+    se = inner.std(ddof=1) / math.sqrt(len(inner))
+    assert abs(inner.mean() - truth) < 4 * se
+    assert naive.mean() - truth > 10 * se  # the shared noise: tr Cov = 6 * 9 / 64 = 0.84
+
+
+def test_fires_at_most_at_its_level_when_unbiased_and_almost_always_against_a_wrong_way_gradient():
+    rng = np.random.default_rng(1)
+    unbiased = [direction_test([_rollout(rng, G, shared=6.0) for _ in range(8)]).against for _ in range(400)]
+    wrong_way = [direction_test([_rollout(rng, -G) for _ in range(8)]).against for _ in range(200)]
+    # the level is 5%; 400 windows give a binomial SE of 1.1%
+    assert np.mean(unbiased) < 0.05 + 3 * math.sqrt(0.05 * 0.95 / 400)
+    assert np.mean(wrong_way) > 0.9
+    test = direction_test([_rollout(rng, -G) for _ in range(8)])
+    assert test.cos < -0.8 and test.t < -student_t_quantile(1.645, 7) and test.rollouts == 8
+
+
+def test_the_jackknife_se_matches_the_spread_of_the_inner_product():
+    rng = np.random.default_rng(2)
+    tests = [direction_test([_rollout(rng, G) for _ in range(8)]) for _ in range(300)]
+    spread = np.std([t.inner for t in tests], ddof=1)
+    mean_se = float(np.sqrt(np.mean([t.se**2 for t in tests])))
+    assert 0.7 < mean_se / spread < 1.4  # the jackknife variance is unbiased to first order
+
+
+def test_too_few_rollouts_say_nothing_and_bad_weights_are_refused():
+    rng = np.random.default_rng(3)
+    assert direction_test([_rollout(rng, G) for _ in range(2)]) is None
+    with pytest.raises(ValueError, match="one weight per batch"):
+        direction_test([_rollout(rng, G) for _ in range(3)], weights=[1.0, 1.0])
+
+
+def test_student_t_quantiles():
+    for dof, exact in ((2, 2.919986), (4, 2.131847), (7, 1.894579), (30, 1.697261)):
+        assert student_t_quantile(1.6448536, dof) == pytest.approx(exact, rel=0.015 if dof == 2 else 0.002)
+
+
+def _windows(path_mean, rng, k=8):
+    windows = {}
+    for g in ("global", "mean", "log_std"):
+        w = WindowedLambda(window=8, source="learned")
+        for _ in range(k):
+            w.add(_rollout(rng, path_mean))
+        windows[g] = w
+    return windows
+
+
+def test_the_update_falls_back_to_the_score_gradient_only_with_the_check_on():
+    on = HybridPG("MlpPolicy", "Pendulum-v1", direction_check=True, lambda_warmup=0, device="cpu").settings
+    off = HybridPG("MlpPolicy", "Pendulum-v1", lambda_warmup=0, device="cpu").settings
+    rng = np.random.default_rng(4)
+    wrong = _windows(-G, rng)
+    lam_off = weights_for_update(off, wrong, n_rollouts_trained=10, batch_size=64)
+    assert lam_off["global"] > 0.1  # the bias-aware rule alone keeps a weight on the wrong-way gradient here
+    assert weights_for_update(on, wrong, n_rollouts_trained=10, batch_size=64) == {"global": 0.0, "mean": 0.0, "log_std": 0.0}
+    right = _windows(G, rng)
+    assert weights_for_update(on, right, 10, 64) == weights_for_update(off, right, 10, 64)
+
+
+def test_training_logs_the_check_and_default_runs_keep_their_names():
+    model = HybridPG("MlpPolicy", "Pendulum-v1", n_steps=128, batch_size=64, n_epochs=1, lambda_warmup=0, seed=0, device="cpu")
+    model.learn(128 * 4)
+    assert math.isfinite(model.logger.name_to_value["hybrid/direction_cos"])
+    assert math.isfinite(model.logger.name_to_value["hybrid/direction_t"])
+    assert model.settings.direction_check is False
+    base = {"env": {"id": "Pendulum-v1"}, "train": {"total_timesteps": 100}}
+    default = resolve_config({**base, "algo": {}})
+    explicit = resolve_config({**base, "algo": {"direction_check": False}})
+    checked = resolve_config({**base, "algo": {"direction_check": True}})
+    assert run_key("c", default) == run_key("c", explicit) != run_key("c", checked)
