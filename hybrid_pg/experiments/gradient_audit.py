@@ -564,6 +564,7 @@ def audit_checkpoint(model: Any, settings: ReferenceSettings, seed: int, extra_s
     results = [audit_rollout(model, model.env, settings, seed * 10_007 + r, sources) for r in range(settings.rollouts)]
     rows = summarise(results, settings.bootstrap, seed)
     extras = {
+        "source": str(own),  # the run's own pathwise source (the "pathwise" rows)
         "seconds": time.perf_counter() - start,
         "env_steps": int(sum(r["env_steps"] for r in results)),
         "ref_states": int(sum(r["n_ref_states"] for r in results)),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -271,9 +271,8 @@ def read_signals(out: Path) -> Dict[tuple, Dict[str, float]]:
 
 def signal_table(rows: List[Dict[str, Any]], signals: Dict[tuple, Dict[str, float]]) -> List[str]:
     """How well each online signal ranks the audited checkpoints like the reference does: Spearman's
-    rank correlation with the MSE-optimal lam and with the pathwise estimator's relative bias."""
-    from scipy import stats
-
+    rank correlation with the MSE-optimal lam and with the pathwise estimator's relative bias; then
+    the same for the audit's offline checks of the critic (contacts or the critic?)."""
     lines = []
     targets = [("lam_mse", "MSE-optimal lam"), ("rel_bias", "pathwise relative bias"), ("cos_single_corrected", "pathwise cosine")]
     joined = []
@@ -291,17 +290,51 @@ def signal_table(rows: List[Dict[str, Any]], signals: Dict[tuple, Dict[str, floa
         "|" + "---|" * (1 + len(targets)),
     ]
     for key in SIGNAL_KEYS:
-        cells = []
-        for target, _ in targets:
-            pairs = [(sig.get(key, math.nan), r[target]) for r, sig in joined]
-            pairs = [(a, b) for a, b in pairs if isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b)]
-            if len(pairs) < 4:
-                cells.append("—")
-                continue
-            rho, p = stats.spearmanr([a for a, _ in pairs], [b for _, b in pairs])
-            cells.append(f"{rho:+.2f} (p {p:.2f}, n {len(pairs)})")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {key} | "
+            + " | ".join(_rank_cell([(sig.get(key, math.nan), r[target]) for r, sig in joined]) for target, _ in targets)
+            + " |"
+        )
+    lines += [
+        "",
+        "The critic's own error at the same checkpoints of the advantage-head runs (offline: measured on the audit's Monte "
+        "Carlo returns, not available while training): adv_head_corr is the correlation of the advantage head's action differences with the Monte Carlo "
+        "ones, value_rmse_rel the value head's RMSE against the Monte Carlo value (relative to its spread).",
+        "",
+        "| critic check | " + " | ".join(name for _, name in targets) + " |",
+        "|" + "---|" * (1 + len(targets)),
+    ]
+    # the head's checks say something about the pathwise gradient only where the head is its source
+    pathwise = [r for r in _select(rows, estimator="pathwise", group="all", stratum="all") if own_source(r) == "critic"]
+    for key in CRITIC_KEYS:
+        lines.append(
+            f"| {key} | " + " | ".join(_rank_cell([(r.get(key, math.nan), r[target]) for r in pathwise]) for target, _ in targets) + " |"
+        )
     return lines + [""]
+
+
+#: the audit's offline checks of the learned critic (columns of every checkpoint CSV)
+CRITIC_KEYS = ("adv_head_corr", "value_rmse_rel")
+
+
+def own_source(row: Dict[str, Any]) -> str:
+    """The run's own pathwise source: the CSV's ``source`` column; checkpoints audited before that
+    column existed were all of the advantage head ("critic") or, labelled so, MuJoCo's derivatives."""
+    source = row.get("source")
+    if isinstance(source, str) and source:
+        return source
+    return "mujoco" if "mujoco" in str(row["run"]) else "critic"
+
+
+def _rank_cell(pairs: Sequence[Tuple[Any, Any]]) -> str:
+    """Spearman's rho of finite pairs, its p-value and n ("—" below 4 pairs)."""
+    from scipy import stats
+
+    kept = [(a, b) for a, b in pairs if isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b)]
+    if len(kept) < 4:
+        return "—"
+    rho, p = stats.spearmanr([a for a, _ in kept], [b for _, b in kept])
+    return f"{rho:+.2f} (p {p:.2f}, n {len(kept)})"
 
 
 RUN_EVALUATIONS = "run_evaluations.csv"
