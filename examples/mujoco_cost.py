@@ -16,6 +16,9 @@ lam = 0 skip it, so a short run understates a source's cost)::
 
 ``--forced`` measures the sources' own cost instead: every hybrid cell with ``fixed_lambda=0.5`` and
 no warmup (the pathwise term in every update), against REINFORCE (no pathwise term).
+
+``--profile`` adds, per cell, where the time goes: rollout collection and each phase of the update
+(:class:`hybrid_pg.experiments.phase_profile.PhaseTimer`), in ms per 1000 env steps and shares.
 """
 
 from __future__ import annotations
@@ -75,8 +78,13 @@ def cells(forced: bool = False) -> Dict[str, Callable[[Any, int], Any]]:
     }
 
 
-def measure(build: Callable[[Any, int], Any], env_id: str, steps: int, seed: int = 0) -> Dict[str, float]:
-    """Seconds per env step of ``learn(steps)`` and of its ``train()`` calls per sample."""
+def measure(build: Callable[[Any, int], Any], env_id: str, steps: int, seed: int = 0, profile: bool = False) -> Dict[str, Any]:
+    """Seconds per env step of ``learn(steps)`` and of its ``train()`` calls per sample
+    (``profile``: plus the phase table of :class:`~hybrid_pg.experiments.phase_profile.PhaseTimer`)."""
+    from contextlib import nullcontext
+
+    from hybrid_pg.experiments.phase_profile import PhaseTimer
+
     model = build(_env(env_id, seed), seed)
     spent: List[float] = []
     with_path: List[bool] = []
@@ -90,8 +98,10 @@ def measure(build: Callable[[Any, int], Any], env_id: str, steps: int, seed: int
         with_path.append(bool(lam) and max(lam.values()) > 0.0)
 
     model.train = timed_train
+    timer = PhaseTimer(model) if profile else None
     t0 = time.perf_counter()
-    model.learn(steps)
+    with timer if timer is not None else nullcontext():
+        model.learn(steps)
     total = time.perf_counter() - t0
     samples = len(spent) * model.n_steps * model.n_envs
     model.env.close()
@@ -99,6 +109,7 @@ def measure(build: Callable[[Any, int], Any], env_id: str, steps: int, seed: int
         "step_s": total / model.num_timesteps,
         "update_s": sum(spent) / max(samples, 1),
         "path_share": sum(with_path) / max(len(with_path), 1),
+        "phases": timer.table(steps=model.num_timesteps) if timer is not None else "",
     }
 
 
@@ -109,14 +120,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cells", nargs="*", default=None, help="a subset of the cells (default: all)")
     parser.add_argument("--forced", action="store_true", help="hybrid cells at fixed_lambda=0.5, no warmup")
+    parser.add_argument("--profile", action="store_true", help="also print where each cell's time goes (per phase)")
     args = parser.parse_args()
     th.set_num_threads(1)
     table = cells(args.forced)
     names = args.cells or [name for name in table if name != "hybrid_mujoco_k2"]
-    best: Dict[str, Dict[str, float]] = {}
+    best: Dict[str, Dict[str, Any]] = {}
     for _ in range(args.repeats):
         for name in names:
-            m = measure(table[name], args.env, args.steps)
+            m = measure(table[name], args.env, args.steps, profile=args.profile)
             if name not in best or m["step_s"] < best[name]["step_s"]:
                 best[name] = m
             print(f"  {name:20s} {m['step_s'] * 1e3:7.3f} ms/step, update {m['update_s'] * 1e3:7.3f} ms/sample", flush=True)
@@ -131,6 +143,9 @@ def main() -> None:
         r1 = f"{m['step_s'] / ref['step_s']:11.2f}" if ref else f"{'-':>11s}"
         r2 = f"{m['update_s'] / ref['update_s']:11.2f}" if ref else f"{'-':>11s}"
         print(f"{name:20s} {m['step_s'] * 1e3:8.3f} {r1} {m['update_s'] * 1e3:17.3f} {r2} {m['path_share']:6.0%}")
+    if args.profile:
+        for name in names:
+            print(f"\n{name} (best repeat):\n{best[name]['phases']}")
 
 
 if __name__ == "__main__":
