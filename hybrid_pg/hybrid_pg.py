@@ -150,6 +150,7 @@ class HybridPG(OnPolicyAlgorithm):
         lambda_groups: str = "global",
         log_std_estimator: str = "mix",
         direction_check: bool = False,
+        direction_confidence: float = 0.5,
         lambda_warmup: int = 2,
         stats_chunk_size: int = 256,
         rms_prop_eps: float = 1e-5,

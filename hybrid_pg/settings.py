@@ -46,7 +46,7 @@ LAMBDA_GROUPS = ("global", "per_group")
 #: behaviour from before it existed. A run config that leaves one at that value keeps the run name it
 #: had before the setting was added (so a grid's finished runs stay reusable, e.g. REINFORCE cells
 #: when a weight rule is added); any other value, a changed default included, enters the name.
-KEY_NEUTRAL: Dict[str, Any] = {"log_std_estimator": "mix", "direction_check": False}
+KEY_NEUTRAL: Dict[str, Any] = {"log_std_estimator": "mix", "direction_check": False, "direction_confidence": 0.5}
 
 #: old keyword -> new keyword. The old name still works for one release, with a DeprecationWarning.
 DEPRECATED_ALIASES: Dict[str, str] = {
@@ -210,10 +210,18 @@ class HybridPGSettings(BaseModel):
     direction_check: Bool = Field(
         False,
         description="fall back to the score-function estimator (lam = 0, per group) when the window's pathwise gradient points "
-        "against its score gradient beyond noise: the upper 95% confidence limit of <E g_P, E g_M>, estimated from pairs of "
-        "different previous rollouts, below 0 (hybrid_pg.weight_rule.direction_test). The bias-aware rule weighs a bias's size "
-        "against the score gradient's noise, and keeps a large weight on a wrong-way pathwise gradient when that noise is large "
-        "(the gradient audit measured it on InvertedDoublePendulum: docs/results/audit/inverted_double_pendulum).",
+        "against its score gradient: <E g_P, E g_M>, estimated from pairs of different previous rollouts, negative with "
+        "probability above direction_confidence (hybrid_pg.weight_rule.direction_test). The bias-aware rule weighs a bias's "
+        "size against the score gradient's noise, and keeps a large weight on a wrong-way pathwise gradient when that noise is "
+        "large (the gradient audit measured it on InvertedDoublePendulum: docs/results/audit/inverted_double_pendulum).",
+    )
+    direction_confidence: Number = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="how sure the direction check must be that the pathwise gradient points against the score gradient before "
+        "it falls back: 0.5 (default) acts on the sign of the point estimate, 0.95 is a one-sided 95% test (rarely fires "
+        "with a window of 8 rollouts). Used with direction_check=True only.",
     )
     lambda_warmup: Int = Field(2, ge=0, description="number of first updates with lam held at 0 (hybrid only) while the critic is fitted.")
     oracle_freq: Int = Field(

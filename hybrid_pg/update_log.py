@@ -154,8 +154,8 @@ LOGGED_KEYS: Tuple[LoggedKey, ...] = (
     ),
     LoggedKey(
         "hybrid/direction_t",
-        "the same inner product over its jackknife standard error: below -1.9 or so (the t quantile) the direction check "
-        "(direction_check=True) makes the next update fall back to the score gradient",
+        "the same inner product over its jackknife standard error: below 0 (at the default direction_confidence) the "
+        "direction check (direction_check=True) makes the next update fall back to the score gradient",
         "when the window holds 3 rollouts or more",
     ),
     LoggedKey(

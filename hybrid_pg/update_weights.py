@@ -32,7 +32,7 @@ def weights_for_update(
         lam = {g: windows[g].estimate(batch_size=batch_size).lam for g in groups}
         if settings.direction_check:
             for g in groups:
-                test = direction_test(windows[g].batches, windows[g].weights)
+                test = direction_test(windows[g].batches, windows[g].weights, settings.direction_confidence)
                 if test is not None and test.against:
                     lam[g] = 0.0
         if settings.log_std_estimator == "score":

@@ -20,12 +20,12 @@ D = 6
 G = th.tensor([1.0, -0.5, 0.25, 0.0, 0.5, -1.0], dtype=th.float64)  # the true gradient
 
 
-def _rollout(rng, path_mean, n=64, shared=3.0, own=0.5):
+def _rollout(rng, path_mean, n=64, shared=3.0, own=0.5, score_mean=G):
     """One rollout's paired per-sample gradients: large noise the two estimators share (as a
     rollout's returns and actions enter both), plus their own."""
     common = rng.normal(0.0, shared, size=(n, D))
     g_path = path_mean.numpy() + common + rng.normal(0.0, own, size=(n, D))
-    g_score = G.numpy() + common + rng.normal(0.0, 4 * own, size=(n, D))
+    g_score = score_mean.numpy() + common + rng.normal(0.0, 4 * own, size=(n, D))
     return BatchMoments.from_samples(th.as_tensor(g_path), th.as_tensor(g_score))
 
 
@@ -45,15 +45,39 @@ def test_cross_rollout_inner_product_is_unbiased_where_the_same_rollout_product_
     assert naive.mean() - truth > 10 * se  # the shared noise: tr Cov = 6 * 9 / 64 = 0.84
 
 
-def test_fires_at_most_at_its_level_when_unbiased_and_almost_always_against_a_wrong_way_gradient():
+@pytest.mark.parametrize("confidence", [0.5, 0.95])
+def test_an_unbiased_gradient_rarely_triggers_it_and_a_wrong_way_one_almost_always_does(confidence):
+    """At 95% an unbiased pathwise gradient makes it fire at most at the test's level (5%) even where
+    the gradient is weak against the noise (||g|| 0.48 against shared noise 6 per coordinate); at
+    0.5 it fires only as often as the point estimate's sign errs, which falls as the gradient grows."""
     rng = np.random.default_rng(1)
-    unbiased = [direction_test([_rollout(rng, G, shared=6.0) for _ in range(8)]).against for _ in range(400)]
-    wrong_way = [direction_test([_rollout(rng, -G) for _ in range(8)]).against for _ in range(200)]
-    # the level is 5%; 400 windows give a binomial SE of 1.1%
-    assert np.mean(unbiased) < 0.05 + 3 * math.sqrt(0.05 * 0.95 / 400)
+
+    def rate(scale):
+        g = scale * G
+        return np.mean(
+            [
+                direction_test([_rollout(rng, g, shared=6.0, score_mean=g) for _ in range(8)], confidence=confidence).against
+                for _ in range(400)
+            ]
+        )
+
+    weak, strong = rate(0.3), rate(1.0)
+    wrong_way = [direction_test([_rollout(rng, -G) for _ in range(8)], confidence=confidence).against for _ in range(200)]
+    se = math.sqrt(0.25 / 400)  # binomial SE of a rate near 0.5 over 400 windows
+    if confidence == 0.95:
+        assert weak < 0.05 + 3 * math.sqrt(0.05 * 0.95 / 400)
+    else:
+        assert 0.05 < weak < 0.5 - 3 * se  # a true inner product > 0 makes a negative estimate the minority
+        assert strong < 0.5 * weak
     assert np.mean(wrong_way) > 0.9
+
+
+def test_a_wrong_way_window_reads_as_one():
+    rng = np.random.default_rng(5)
     test = direction_test([_rollout(rng, -G) for _ in range(8)])
     assert test.cos < -0.8 and test.t < -student_t_quantile(1.645, 7) and test.rollouts == 8
+    with pytest.raises(ValueError, match="confidence"):
+        direction_test([_rollout(rng, G) for _ in range(3)], confidence=1.0)
 
 
 def test_the_jackknife_se_matches_the_spread_of_the_inner_product():
@@ -106,6 +130,7 @@ def test_training_logs_the_check_and_default_runs_keep_their_names():
     assert model.settings.direction_check is False
     base = {"env": {"id": "Pendulum-v1"}, "train": {"total_timesteps": 100}}
     default = resolve_config({**base, "algo": {}})
-    explicit = resolve_config({**base, "algo": {"direction_check": False}})
+    explicit = resolve_config({**base, "algo": {"direction_check": False, "direction_confidence": 0.5}})
     checked = resolve_config({**base, "algo": {"direction_check": True}})
-    assert run_key("c", default) == run_key("c", explicit) != run_key("c", checked)
+    stricter = resolve_config({**base, "algo": {"direction_check": True, "direction_confidence": 0.95}})
+    assert run_key("c", default) == run_key("c", explicit) != run_key("c", checked) != run_key("c", stricter)
