@@ -121,7 +121,12 @@ def test_the_audit_command_trains_audits_reports_and_resumes(tmp_path, monkeypat
     assert ga.run_audit(config, log=lambda m: None) == written
     assert [p.stat().st_mtime_ns for p in written] == stamps  # nothing audited twice
     signals = ga.run_signals(config, rollouts=2, log=lambda m: None)
-    assert len(signals) == 2 and "sign_agreement" in json.loads(signals[0].read_text())
+    assert len(signals) == 2 and {"sign_agreement", "direction_t", "direction_cos"} <= set(json.loads(signals[0].read_text()))
+    assert ga.run_signals(config, rollouts=3, log=lambda m: None) == []  # measured once
+    stale = json.loads(signals[0].read_text())
+    del stale["direction_t"]
+    signals[0].write_text(json.dumps(stale))  # a file from before the window signals: measured again
+    assert ga.run_signals(config, rollouts=3, log=lambda m: None) == [signals[0]]
     report = write_report(config)
     text = (tmp_path / "out" / "report.md").read_text()
     assert any(p.name == "cosine_vs_step.png" for p in report) and "Pendulum-v1__hybrid, seed 0" in text

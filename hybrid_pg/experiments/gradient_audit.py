@@ -579,12 +579,16 @@ def audit_checkpoint(model: Any, settings: ReferenceSettings, seed: int, extra_s
 
 def checkpoint_signals(model: Any, rollouts: int, seed: int) -> Dict[str, float]:
     """The online agreement signals (:mod:`hybrid_pg.online_signals`) at a checkpoint, averaged over
-    ``rollouts`` fresh rollouts of the run's size: what a run logs, to be set against the audit."""
+    ``rollouts`` fresh rollouts of the run's size: what a run logs, to be set against the audit; and
+    the direction check's cosine and t statistic (:func:`hybrid_pg.weight_rule.direction_test`) over
+    those rollouts taken as one window (:data:`WINDOW_SIGNAL_KEYS`)."""
     from hybrid_pg.correlation import block_ids
     from hybrid_pg.online_signals import online_signals
     from hybrid_pg.rollout import rollout_group_moments
+    from hybrid_pg.weight_rule import direction_test
 
     values: Dict[str, List[float]] = {}
+    window: List[Any] = []
     venv = model.env
     for r in range(rollouts):
         generator = th.Generator().manual_seed(seed * 7919 + r)
@@ -597,7 +601,17 @@ def checkpoint_signals(model: Any, rollouts: int, seed: int) -> Dict[str, float]
         moments = rollout_group_moments(model.policy, model.actor_head, model.pathwise, batch, blocks=blocks)
         for key, value in online_signals(model.pathwise, batch, moments).items():
             values.setdefault(key, []).append(value)
-    return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in values.items()}
+        if moments is not None:
+            window.append(moments["global"])
+    out = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in values.items()}
+    # the direction check's statistics over the rollouts as one window (all at this checkpoint's theta)
+    test = direction_test(window)
+    out.update(direction_cos=math.nan if test is None else test.cos, direction_t=math.nan if test is None else test.t)
+    return out
+
+
+#: the signals of a window of rollouts rather than of one (see :func:`checkpoint_signals`)
+WINDOW_SIGNAL_KEYS = ("direction_cos", "direction_t")
 
 
 def signals_path(out: Path, key: str, step: int) -> Path:
@@ -617,8 +631,10 @@ def run_signals(config: AuditConfig, rollouts: int = 8, log: Any = print) -> Lis
         run_dir = out / RUNS_SUBDIR / key
         for step in config.checkpoints:
             path = signals_path(out, key, step)
-            if path.exists() or not checkpoint_csv(out, key, step).exists() or not checkpoint_paths(run_dir, step)[0].exists():
+            if not checkpoint_csv(out, key, step).exists() or not checkpoint_paths(run_dir, step)[0].exists():
                 continue
+            if path.exists() and set(WINDOW_SIGNAL_KEYS) <= set(json.loads(path.read_text())):
+                continue  # measured (a file from before the window signals existed is measured again)
             model = load_checkpoint(cfg, run_dir, step, n_envs=cfg["env"].get("n_envs", 1))
             signals = checkpoint_signals(model, rollouts, config.seed + step)
             model.env.close()

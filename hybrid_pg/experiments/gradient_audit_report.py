@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from hybrid_pg.experiments.gradient_audit import AUDIT_DIR, AuditConfig
+from hybrid_pg.experiments.gradient_audit import AUDIT_DIR, WINDOW_SIGNAL_KEYS, AuditConfig
 from hybrid_pg.online_signals import SIGNAL_KEYS
 
 ESTIMATOR_NAMES = {
@@ -289,7 +289,7 @@ def signal_table(rows: List[Dict[str, Any]], signals: Dict[tuple, Dict[str, floa
         "| signal | " + " | ".join(name for _, name in targets) + " |",
         "|" + "---|" * (1 + len(targets)),
     ]
-    for key in SIGNAL_KEYS:
+    for key in (*SIGNAL_KEYS, *WINDOW_SIGNAL_KEYS):
         lines.append(
             f"| {key} | "
             + " | ".join(_rank_cell([(sig.get(key, math.nan), r[target]) for r, sig in joined]) for target, _ in targets)
