@@ -151,6 +151,7 @@ class HybridPG(OnPolicyAlgorithm):
         log_std_estimator: str = "mix",
         direction_check: bool = False,
         direction_confidence: float = 0.5,
+        critic_gate: Optional[float] = None,
         lambda_warmup: int = 2,
         stats_chunk_size: int = 256,
         rms_prop_eps: float = 1e-5,
@@ -218,6 +219,8 @@ class HybridPG(OnPolicyAlgorithm):
             for name in ("global", *GROUPS)
         }
         self._n_rollouts_trained = 0
+        # the value head's explained variance on the previous rollout (critic_gate); NaN before one
+        self._previous_explained_variance = float("nan")
         # saved with the model like the windows, so a resumed run's drift diagnostics continue exactly
         self._drift = DriftTracker(settings.lambda_window)
         self.last_lambda: Dict[str, float] = {"global": 0.0, **{g: 0.0 for g in GROUPS}}
@@ -417,7 +420,13 @@ class HybridPG(OnPolicyAlgorithm):
 
     def _weights_for_this_update(self) -> Dict[str, float]:
         """lam per group for the rollout about to be used, from previous rollouts only."""
-        return weights_for_update(self.settings, self.lambda_windows, self._n_rollouts_trained, self._gradient_batch_size())
+        return weights_for_update(
+            self.settings,
+            self.lambda_windows,
+            self._n_rollouts_trained,
+            self._gradient_batch_size(),
+            critic_quality=getattr(self, "_previous_explained_variance", float("nan")),  # models saved before 0.4 lack it
+        )
 
     @property
     def gradient_batch_size(self) -> int:
@@ -582,7 +591,11 @@ class HybridPG(OnPolicyAlgorithm):
         record_step_logs(record, logs)
         if clip_range is not None:
             record("train/clip_range", clip_range)
-        record("train/explained_variance", explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
+        # V's values were predicted before V saw this rollout: an out-of-sample fit, which the next
+        # update's critic gate reads (never this update's: a weight from its own batch is biased)
+        ev = float(explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
+        self._previous_explained_variance = ev
+        record("train/explained_variance", ev)
         record("train/n_updates", self._n_updates, exclude="tensorboard")
         record("train/std", th.exp(self.policy.log_std).mean().item())
         record("hybrid/stats_valid", float(moments is not None), exclude=QUIET)

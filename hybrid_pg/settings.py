@@ -46,7 +46,7 @@ LAMBDA_GROUPS = ("global", "per_group")
 #: behaviour from before it existed. A run config that leaves one at that value keeps the run name it
 #: had before the setting was added (so a grid's finished runs stay reusable, e.g. REINFORCE cells
 #: when a weight rule is added); any other value, a changed default included, enters the name.
-KEY_NEUTRAL: Dict[str, Any] = {"log_std_estimator": "mix", "direction_check": False, "direction_confidence": 0.5}
+KEY_NEUTRAL: Dict[str, Any] = {"log_std_estimator": "mix", "direction_check": False, "direction_confidence": 0.5, "critic_gate": None}
 
 #: old keyword -> new keyword. The old name still works for one release, with a DeprecationWarning.
 DEPRECATED_ALIASES: Dict[str, str] = {
@@ -222,6 +222,14 @@ class HybridPGSettings(BaseModel):
         description="how sure the direction check must be that the pathwise gradient points against the score gradient before "
         "it falls back: 0.5 (default) acts on the sign of the point estimate, 0.95 is a one-sided 95% test (rarely fires "
         "with a window of 8 rollouts). Used with direction_check=True only.",
+    )
+    critic_gate: Optional[Number] = Field(
+        None,
+        le=1.0,
+        description="use the pathwise term only while the value head's explained variance of the returns on the previous "
+        "rollout (train/explained_variance, predicted before V saw that rollout) is at least this; below it lam = 0. None "
+        "(default): off. On InvertedDoublePendulum it falls below 0 again and again once the policy holds the pole for the "
+        "whole episode (the returns jump), which is where the hybrid lost the optimum.",
     )
     lambda_warmup: Int = Field(2, ge=0, description="number of first updates with lam held at 0 (hybrid only) while the critic is fitted.")
     oracle_freq: Int = Field(

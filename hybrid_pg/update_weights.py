@@ -3,11 +3,13 @@
 The estimator setting decides first (REINFORCE: 0, pathwise: 1, a fixed ablation weight), then the
 warm-up (0 while the critic is first fitted), and otherwise the windows of *previous* rollouts
 (:mod:`hybrid_pg.window`, by the rule of :mod:`hybrid_pg.weight_rule`), with ``direction_check``
-a group whose window's pathwise gradient points against its score gradient falls back to 0.
+a group whose window's pathwise gradient points against its score gradient falls back to 0, and
+with ``critic_gate`` every group does while the value head's fit on the previous rollout is poor.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Mapping, Optional
 
 from hybrid_pg.per_sample import GROUPS
@@ -16,9 +18,11 @@ from hybrid_pg.weight_rule import direction_test
 
 
 def weights_for_update(
-    settings: HybridPGSettings, windows: Mapping[str, Any], n_rollouts_trained: int, batch_size: int
+    settings: HybridPGSettings, windows: Mapping[str, Any], n_rollouts_trained: int, batch_size: int, critic_quality: float = math.nan
 ) -> Dict[str, float]:
-    """lam per group ("global", "mean", "log_std") for the rollout about to be used."""
+    """lam per group ("global", "mean", "log_std") for the rollout about to be used.
+
+    ``critic_quality``: the value head's explained variance on the previous rollout (``critic_gate``)."""
     groups = ("global", *GROUPS)
     if settings.estimator == "reinforce":
         lam = {g: 0.0 for g in groups}
@@ -30,6 +34,10 @@ def weights_for_update(
         lam = {g: 0.0 for g in groups}
     else:
         lam = {g: windows[g].estimate(batch_size=batch_size).lam for g in groups}
+        if settings.critic_gate is not None and not critic_quality >= settings.critic_gate:
+            # the value head explains too little of the returns: the advantages the head learns from,
+            # and the bootstrap of a model's return, are no better than its fit
+            lam = {g: 0.0 for g in groups}
         if settings.direction_check:
             for g in groups:
                 test = direction_test(windows[g].batches, windows[g].weights, settings.direction_confidence)

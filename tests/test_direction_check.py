@@ -1,6 +1,8 @@
-"""The direction check (hybrid_pg.weight_rule.direction_test, ``direction_check=True``): a window's
-pathwise gradient that points against its score gradient beyond noise makes the update fall back to
-the score gradient; an unbiased pathwise gradient almost never does (the test's level, 5%)."""
+"""The weight rule's back-off candidates. The direction check (``direction_check=True``,
+hybrid_pg.weight_rule.direction_test): a window whose pathwise gradient points against its score
+gradient makes the update fall back to the score gradient, an unbiased pathwise gradient rarely. The
+critic gate (``critic_gate``): no pathwise term while the value head's fit on the previous rollout
+is below the threshold."""
 
 import math
 
@@ -134,3 +136,37 @@ def test_training_logs_the_check_and_default_runs_keep_their_names():
     checked = resolve_config({**base, "algo": {"direction_check": True}})
     stricter = resolve_config({**base, "algo": {"direction_check": True, "direction_confidence": 0.95}})
     assert run_key("c", default) == run_key("c", explicit) != run_key("c", checked) != run_key("c", stricter)
+
+
+# -- the critic gate (critic_gate): the value head's fit on the previous rollout ---------------------
+
+
+def test_the_critic_gate_closes_below_its_threshold_and_before_any_rollout():
+    gated = HybridPG("MlpPolicy", "Pendulum-v1", critic_gate=0.5, lambda_warmup=0, device="cpu").settings
+    off = HybridPG("MlpPolicy", "Pendulum-v1", lambda_warmup=0, device="cpu").settings
+    rng = np.random.default_rng(6)
+    windows = _windows(G, rng)
+    free = weights_for_update(off, windows, 10, 64)
+    assert free["global"] > 0.1
+    assert weights_for_update(gated, windows, 10, 64, critic_quality=0.7) == free
+    assert weights_for_update(gated, windows, 10, 64, critic_quality=0.3) == {"global": 0.0, "mean": 0.0, "log_std": 0.0}
+    assert weights_for_update(gated, windows, 10, 64) == {"global": 0.0, "mean": 0.0, "log_std": 0.0}  # no fit measured yet
+    assert weights_for_update(off, windows, 10, 64, critic_quality=-5.0) == free  # off: the fit is not read
+
+
+def test_training_gates_on_the_previous_rollouts_explained_variance():
+    def model(**kwargs):
+        return HybridPG("MlpPolicy", "Pendulum-v1", n_steps=128, batch_size=64, n_epochs=1, lambda_warmup=0, seed=0, device="cpu", **kwargs)
+
+    never = model(critic_gate=1.0)  # an explained variance of exactly 1 never happens
+    seen = []
+    rule = never._weights_for_this_update
+    never._weights_for_this_update = lambda: (seen.append(never._previous_explained_variance), rule())[1]
+    never.learn(128 * 4)
+    assert never.last_lambda == {"global": 0.0, "mean": 0.0, "log_std": 0.0}
+    assert math.isnan(seen[0]) and all(math.isfinite(x) and x < 1.0 for x in seen[1:])
+    assert never._previous_explained_variance == never.logger.name_to_value["train/explained_variance"]
+    assert model(critic_gate=-1e9).learn(128 * 4).last_lambda["global"] > 0.0  # always open: the rule's weight
+    base = {"env": {"id": "Pendulum-v1"}, "train": {"total_timesteps": 100}}
+    assert run_key("c", resolve_config({**base, "algo": {}})) == run_key("c", resolve_config({**base, "algo": {"critic_gate": None}}))
+    assert run_key("c", resolve_config({**base, "algo": {}})) != run_key("c", resolve_config({**base, "algo": {"critic_gate": 0.0}}))
