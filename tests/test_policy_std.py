@@ -194,3 +194,31 @@ def test_the_progress_line_shows_the_std_where_there_is_one():
     assert "std" not in format_progress_line(row)
     line = format_progress_line({**row, "train/std": 0.8123})
     assert "| ep_rew_mean   -900.00 | std 0.812 | lam 0.250 |" in line
+
+
+def test_the_signal_summary_is_the_median_over_seeds_of_each_runs_median():
+    from hybrid_pg.experiments.results import signal_summary
+
+    runs = []
+    for seed, values in enumerate(([0.9, 0.1, 0.2, 0.3], [0.9, 0.5, 0.6, 0.7], [0.9, 0.4, 0.8, 0.9])):
+        result = _result([0.5] * len(values), seed=seed)
+        for row, value in zip(result["rows"][1:], values):
+            row["hybrid/direction_cos"] = value
+        runs.append(result)
+    runs.append(_result([0.5, 0.5], seed=3))  # never logged it: not counted
+    # skipping the first update: per-run medians 0.2, 0.6, 0.8 -> 0.6 over 3 seeds
+    assert signal_summary(runs, "hybrid/direction_cos", skip_updates=1) == SeedMedian(pytest.approx(0.6), 3)
+    assert signal_summary(runs, "hybrid/direction_cos").median == pytest.approx(0.65)  # medians 0.25, 0.65, 0.85
+    assert signal_summary(runs[3:], "hybrid/direction_cos").n == 0
+
+
+def test_the_ablation_table_shows_the_signals_only_where_runs_logged_them(tmp_path):
+    results = _cells(tmp_path / "runs")
+    write_env_report(tmp_path / "old", "E", "E", results, "reinforce", total_timesteps=200_000)
+    assert "Online agreement signals" not in (tmp_path / "old" / "table_E.md").read_text()  # old grids: unchanged
+    for i, result in enumerate(results["hybrid"]):
+        for row in result["rows"][1:]:
+            row["hybrid/sign_agreement"] = 0.4 + 0.1 * i
+    write_env_report(tmp_path / "new", "E", "E", results, "reinforce", total_timesteps=200_000)
+    md = (tmp_path / "new" / "table_E.md").read_text()
+    assert "| hybrid | — | — | 0.500 (n=3) |" in md and "| reinforce |" not in md.split("Online agreement signals")[1]

@@ -78,6 +78,7 @@ from hybrid_pg.experiments.aggregate import (
 )
 from hybrid_pg.experiments.figure_io import figure_path, legend_outside, new_figure, readable_log_ticks, save_figure
 from hybrid_pg.experiments.results import (
+    SIGNAL_REPORT_KEYS,
     STD_EARLY_STEP,
     VARIANCE_RATIO_KEYS,
     PolicyStd,
@@ -88,6 +89,7 @@ from hybrid_pg.experiments.results import (
     policy_std_note,
     policy_std_summary,
     policy_std_titles,
+    signal_summary,
     update_series,
     variance_ratio_key,
 )
@@ -203,6 +205,23 @@ def _policy_std_section(rows: Sequence[Dict[str, Any]]) -> List[str]:
     return lines + ["", policy_std_note(early)]
 
 
+def _signal_section(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """The table of the rows' ``signals`` (key -> :class:`~hybrid_pg.experiments.results.SeedMedian`);
+    nothing where no run of any row logged one (grids trained before the signals existed)."""
+    with_signals = [(row["estimator"], row["signals"]) for row in rows if any(m.n for m in row.get("signals", {}).values())]
+    if not with_signals:
+        return []
+    keys = list(with_signals[0][1])
+    header = "| estimator | " + " | ".join(f"`{k}`" for k in keys) + " |"
+    lines = ["", "## Online agreement signals", "", header, "|" + "---|" * (1 + len(keys))]
+    lines += ["| " + " | ".join([name, *(signals[k].text() for k in keys)]) + " |" for name, signals in with_signals]
+    return lines + [
+        "",
+        "Per run the median over its updates, then the median over the seeds that logged it (n). How well each "
+        "follows the true gradient is measured by the gradient audit (docs/benchmarks/gradient_audit.md).",
+    ]
+
+
 def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -> str:
     """The env's markdown report: aggregates, the policy std (rows with a ``policy_std``), then
     comparisons with ``reference``, then a legend."""
@@ -220,6 +239,7 @@ def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -
             cells += [_ci_text(row[m.key]["mean"], m.fmt), _ci_text(row[m.key]["iqm"], m.fmt, missing="—" if row[m.key]["n"] else "n/a")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _policy_std_section(rows)
+    lines += _signal_section(rows)
     lines += [
         "",
         f"## Compared with {reference}",
@@ -455,6 +475,7 @@ def write_env_report(
     ]
     for row in rows:
         row["policy_std"] = policy_std_summary(results[row["estimator"]], total_timesteps)
+        row["signals"] = {key: signal_summary(results[row["estimator"]], key, skip_updates) for key in SIGNAL_REPORT_KEYS}
     seeds = sorted({r["spec"]["seed"] for runs in results.values() for r in runs})
     budget = f", {total_timesteps} steps per run" if total_timesteps else ""
     label = env_id if env_name == env_id.replace("/", "-") else f"{env_id} ({env_name})"

@@ -247,3 +247,19 @@ def policy_std_summary(runs: Sequence[Mapping[str, Any]], budget: Optional[float
     budget = _budget(runs) if budget is None else budget
     early = seed_median([policy_std(r, step) for r in runs]) if reads_early(budget, step) else None
     return PolicyStd(at_step=early, end=seed_median([policy_std(r) for r in runs]), step=int(step))
+
+
+#: the online agreement signals a report summarises per cell (hybrid_pg.online_signals and the direction
+#: check's window statistics; the gradient audit ranks them against the true gradient)
+SIGNAL_REPORT_KEYS: Tuple[str, ...] = ("hybrid/direction_cos", "hybrid/path_score_cos", "hybrid/sign_agreement")
+
+
+def signal_summary(runs: Sequence[Mapping[str, Any]], key: str, skip_updates: int = 0) -> SeedMedian:
+    """The median over seeds of each run's median ``key`` over its updates (the first
+    ``skip_updates`` left out); runs that never logged it do not count."""
+    per_run = []
+    for r in runs:
+        _, values = update_series(r, key)
+        values = values[skip_updates:]
+        per_run.append(float(np.median(values)) if values.size else math.nan)
+    return seed_median(per_run)
