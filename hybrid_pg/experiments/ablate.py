@@ -36,6 +36,9 @@ Ablation file (YAML; ``configs/ablate_pendulum.yaml`` is a full example)::
       - {name: no_bias_correction, algo: {estimator: hybrid, bias_correction: false}}
       - {name: ppo, algo: {algorithm: ppo}}   # SB3's PPO on the same env, network and normalisation
     fixed_lambdas: [0.25, 0.5]     # shorthand: adds {name: lam<x>, algo: {estimator: hybrid, fixed_lambda: x}}
+    optimum_floor: reinforce       # optional: also write optimum.md (tasks every cell solves: does each
+                                   #   seed stay at the optimum, and its std against this cell's;
+                                   #   hybrid_pg.experiments.optimum_goals)
     reuse_runs_from: [docs/results/mujoco]   # optional: other grids' output folders; a run whose seed and
                                    #   resolved settings equal a finished run there is copied, not trained
                                    #   (its folder gets adopted_from.txt naming the source)
@@ -98,6 +101,7 @@ TOP_LEVEL_KEYS = (
     "envs",
     "estimators",
     "fixed_lambdas",
+    "optimum_floor",
     "reuse_runs_from",
 )
 ENV_KEYS = ("id", "name", "n_envs", "normalize", "algo")
@@ -177,6 +181,8 @@ class Ablation:
     report_seeds: Tuple[int, ...] = ()
     #: other grids' output folders whose finished runs of identical settings this grid adopts
     reuse_runs_from: Tuple[str, ...] = ()
+    #: the cell whose policy std the "stays at the optimum" report compares with (None: no report)
+    optimum_floor: Optional[str] = None
 
     def reuse_sources(self) -> List[Path]:
         """The run folders searched for runs to adopt (each ``<folder>/runs`` that exists: a grid that
@@ -370,6 +376,9 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
     if reference not in names:
         raise ConfigError(f"reference={_show(reference)} is not one of the estimators {names}{suggest(reference, names)}")
     baseline = _parse_baseline(raw["baseline"], names) if raw.get("baseline") is not None else None
+    optimum_floor = raw.get("optimum_floor")
+    if optimum_floor is not None and optimum_floor not in names:
+        raise ConfigError(f"optimum_floor={_show(optimum_floor)} is not one of the estimators {names}{suggest(str(optimum_floor), names)}")
     file_seeds = _parse_seeds(raw.get("seeds", 1))
     if seeds is not None:
         seeds_t = tuple(_int(f"--seeds[{i}]", s, 0) for i, s in enumerate(seeds))
@@ -396,6 +405,7 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
         baseline=baseline,
         report_seeds=tuple(sorted(set(file_seeds) | set(seeds_t))),
         reuse_runs_from=reuse,
+        optimum_floor=optimum_floor,
     )
 
 
@@ -615,6 +625,10 @@ def run_ablation(
                 total_timesteps=ablation.total_timesteps,
             )
         )
+    if ablation.optimum_floor is not None and per_env:
+        from hybrid_pg.experiments.optimum_goals import write_optimum_goals
+
+        written.append(write_optimum_goals(out, per_env, ablation.optimum_floor, title=ablation.name))
     return AblationResult(
         out_dir=out,
         runs_total=len(runs),

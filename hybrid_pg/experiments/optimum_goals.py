@@ -1,0 +1,170 @@
+"""Does a cell stay at the optimum once it has reached it? The report of a grid of solvable tasks.
+
+On a task that every cell solves within the budget (InvertedPendulum, InvertedDoublePendulum), the
+question is no longer how fast a cell learns but whether it keeps what it learned. Per env and cell,
+from the runs' deterministic evaluations (``evaluations.csv``) and their ``train/std``:
+
+* the optimum: the best evaluation any run of the grid reached on that env (the task's maximum is
+  not always known in closed form; a grid where no run solves the task says so by its low value);
+* reached: the seeds whose evaluations came within ``tolerance`` (5%) of the optimum at some point;
+* held: of those, the seeds whose last ``last`` (3) evaluations all stayed within ``tolerance`` of it
+  (the goal: no seed losing more than 5% of the optimum over its last 3 evaluations once reached),
+  and the worst such minimum over the seeds;
+* the policy's std at the end (median over seeds) and its paired difference from the ``floor`` cell
+  (REINFORCE with the same update) over the seeds both ran, with a 95% bootstrap CI: the goal's "std
+  not below REINFORCE's by more than noise" holds when the interval's upper end is above 0.
+
+Nothing is called met with fewer than :data:`~hybrid_pg.experiments.baseline_goals.MIN_RUNS` seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from hybrid_pg.experiments.aggregate import Interval, mean, stratified_bootstrap_ci
+from hybrid_pg.experiments.baseline_goals import MIN_RUNS, Results, evaluation_curve
+from hybrid_pg.experiments.results import policy_std
+
+#: a seed is at the optimum while its evaluation is within this share of it
+DEFAULT_TOLERANCE: float = 0.05
+#: how many final evaluations must all stay there
+DEFAULT_LAST: int = 3
+
+
+def grid_optimum(results: Results) -> float:
+    """The best deterministic evaluation any run of the env reached (nan: no evaluations)."""
+    best = [
+        float(values.max())
+        for r in (run for runs in results.values() for run in runs)
+        for _, values in [evaluation_curve(r)]
+        if values.size
+    ]
+    return max(best) if best else math.nan
+
+
+def seed_at_optimum(
+    result: Mapping[str, Any], optimum: float, tolerance: float = DEFAULT_TOLERANCE, last: int = DEFAULT_LAST
+) -> Dict[str, Any]:
+    """``reached`` (some evaluation within ``tolerance`` of ``optimum``), ``held`` (reached before its
+    last ``last`` evaluations, which all stayed within it) and ``last_min`` (the lowest of them)."""
+    steps, values = evaluation_curve(result)
+    threshold = (1.0 - tolerance) * optimum
+    if values.size == 0 or not math.isfinite(optimum):
+        return {"reached": False, "held": False, "last_min": math.nan}
+    tail = values[-last:]
+    reached_at = np.nonzero(values >= threshold)[0]
+    reached = bool(reached_at.size)
+    held = reached and values.size >= last and bool((tail >= threshold).all())
+    return {"reached": reached, "held": held, "last_min": float(tail.min())}
+
+
+def _paired_std_difference(runs: Sequence[Mapping[str, Any]], floor_runs: Sequence[Mapping[str, Any]]) -> Optional[Interval]:
+    """Mean over the seeds both ran of (the cell's final std - the floor's), with a bootstrap CI."""
+    floor_by_seed = {r["spec"]["seed"]: policy_std(r) for r in floor_runs}
+    diffs = np.array([policy_std(r) - floor_by_seed[r["spec"]["seed"]] for r in runs if r["spec"]["seed"] in floor_by_seed], dtype=float)
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size == 0:
+        return None
+    if diffs.size == 1:
+        return Interval(float(diffs[0]), math.nan, math.nan)
+    return stratified_bootstrap_ci([diffs], statistic=mean)
+
+
+def cell_rows(
+    results: Results, floor: Optional[str], tolerance: float = DEFAULT_TOLERANCE, last: int = DEFAULT_LAST
+) -> List[Dict[str, Any]]:
+    """One row per cell of one env (the module docstring's columns)."""
+    optimum = grid_optimum(results)
+    rows = []
+    for name, runs in results.items():
+        seeds = [seed_at_optimum(r, optimum, tolerance, last) for r in runs]
+        reached = sum(s["reached"] for s in seeds)
+        held = sum(s["held"] for s in seeds)
+        lows = [s["last_min"] for s in seeds if s["reached"] and math.isfinite(s["last_min"])]
+        stds = [policy_std(r) for r in runs]
+        stds = [s for s in stds if math.isfinite(s)]
+        diff = _paired_std_difference(runs, results.get(floor, [])) if floor is not None and name != floor else None
+        if len(runs) < MIN_RUNS:
+            verdict = f"too few seeds ({len(runs)} < {MIN_RUNS})"
+        elif reached == 0:
+            verdict = "never reached the optimum"
+        else:
+            verdict = "met" if held == reached else f"not met: {reached - held} of {reached} seeds lost it"
+        rows.append(
+            {
+                "estimator": name,
+                "optimum": optimum,
+                "seeds": len(runs),
+                "reached": reached,
+                "held": held,
+                "worst_last_min": min(lows) if lows else math.nan,
+                "std_end_median": float(np.median(stds)) if stds else math.nan,
+                "std_vs_floor": diff,
+                "verdict": verdict,
+            }
+        )
+    return rows
+
+
+def _interval_text(x: Optional[Interval]) -> str:
+    if x is None:
+        return "—"
+    if math.isnan(x.low):
+        return f"{x.point:+.3f} (one seed)"
+    return f"{x.point:+.3f} [{x.low:+.3f}, {x.high:+.3f}]"
+
+
+def markdown(
+    per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], floor: Optional[str], tolerance: float, last: int, title: str = ""
+) -> str:
+    lines = [
+        f"# Staying at the optimum{': ' + title if title else ''}",
+        "",
+        f"Per env, the optimum is the best deterministic evaluation any run reached. A seed *reached* it when an evaluation "
+        f"came within {tolerance:.0%} of it, and *held* it when its last {last} evaluations all stayed within {tolerance:.0%}. "
+        f"Goal: every seed that reached the optimum holds it ({MIN_RUNS} seeds or more)."
+        + (f" Std vs {floor}: the final policy std minus {floor}'s, paired by seed, mean [95% bootstrap CI]." if floor else ""),
+        "",
+    ]
+    for env, rows in per_env_rows.items():
+        optimum = rows[0]["optimum"] if rows else math.nan
+        lines += [f"## {env} (optimum {optimum:.1f})", ""]
+        header = ["estimator", "seeds", "reached", "held", "worst of the last evaluations", "policy std at the end (median)"]
+        header += [f"std vs {floor}"] if floor else []
+        header += ["goal"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            cells = [
+                r["estimator"],
+                str(r["seeds"]),
+                str(r["reached"]),
+                str(r["held"]),
+                "—" if math.isnan(r["worst_last_min"]) else f"{r['worst_last_min']:.1f}",
+                "—" if math.isnan(r["std_end_median"]) else f"{r['std_end_median']:.3f}",
+            ]
+            cells += [_interval_text(r["std_vs_floor"])] if floor else []
+            cells += [r["verdict"]]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_optimum_goals(
+    out_dir: Union[str, Path],
+    per_env: Mapping[str, Results],
+    floor: Optional[str],
+    tolerance: float = DEFAULT_TOLERANCE,
+    last: int = DEFAULT_LAST,
+    title: str = "",
+) -> Path:
+    """Write ``optimum.md`` into ``out_dir`` (atomically) and return its path."""
+    per_env_rows = {env: cell_rows(results, floor, tolerance, last) for env, results in per_env.items()}
+    path = Path(out_dir) / "optimum.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(markdown(per_env_rows, floor, tolerance, last, title) + "\n")
+    tmp.replace(path)
+    return path

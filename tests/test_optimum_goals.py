@@ -1,0 +1,69 @@
+"""The "stays at the optimum" report (hybrid_pg.experiments.optimum_goals), with verdicts known by
+construction: a seed that holds the optimum, one that loses it, one that never reaches it; the
+policy std paired by seed against the floor cell; and the ablation file's optimum_floor key."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hybrid_pg.experiments.ablate import parse_ablation
+from hybrid_pg.experiments.config import ConfigError
+from hybrid_pg.experiments.optimum_goals import cell_rows, grid_optimum, seed_at_optimum, write_optimum_goals
+
+
+def _run(tmp_path, name, seed, evaluations, std):
+    run_dir = tmp_path / f"{name}_s{seed}"
+    run_dir.mkdir(parents=True)
+    lines = ["timesteps,mean,std"] + [f"{20000 * i},{v},0" for i, v in enumerate(evaluations)]
+    (run_dir / "evaluations.csv").write_text("\n".join(lines) + "\n")
+    rows = [{"time/total_timesteps": 2048.0}, {"time/total_timesteps": 4096.0, "train/std": std}]
+    return {"rows": rows, "spec": {"seed": seed}, "run_dir": str(run_dir), "final_return": evaluations[-1]}
+
+
+HOLDS = [100, 5000, 9300, 9350, 9360, 9340]
+LOSES = [100, 9360, 9000, 5600, 9350]  # 5600 among the last three: lost
+NEVER = [100, 800, 2000, 3000]
+
+
+def test_a_seed_holds_only_when_its_last_evaluations_stay_near_the_optimum(tmp_path):
+    assert seed_at_optimum(_run(tmp_path, "a", 0, HOLDS, 0.1), 9360.0) == {"reached": True, "held": True, "last_min": 9340.0}
+    assert seed_at_optimum(_run(tmp_path, "b", 0, LOSES, 0.1), 9360.0) == {"reached": True, "held": False, "last_min": 5600.0}
+    assert seed_at_optimum(_run(tmp_path, "c", 0, NEVER, 0.1), 9360.0)["reached"] is False
+    # 5% of 9360 is 468: 8900 is inside, 8890 outside
+    assert seed_at_optimum(_run(tmp_path, "d", 0, [9360, 8900, 8900, 8900], 0.1), 9360.0)["held"] is True
+    assert seed_at_optimum(_run(tmp_path, "e", 0, [9360, 8900, 8890, 8900], 0.1), 9360.0)["held"] is False
+
+
+def test_cell_rows_count_seeds_pair_stds_and_give_verdicts(tmp_path):
+    results = {
+        "reinforce": [_run(tmp_path, "reinforce", s, HOLDS, 0.15 + 0.01 * s) for s in range(5)],
+        "hybrid": [_run(tmp_path, "hybrid", s, LOSES if s < 2 else HOLDS, 0.10 + 0.01 * s) for s in range(5)],
+        "slow": [_run(tmp_path, "slow", s, NEVER, 0.2) for s in range(5)],
+        "few": [_run(tmp_path, "few", s, HOLDS, 0.2) for s in range(2)],
+    }
+    assert grid_optimum(results) == 9360.0
+    rows = {r["estimator"]: r for r in cell_rows(results, "reinforce")}
+    assert rows["reinforce"]["verdict"] == "met" and rows["reinforce"]["std_vs_floor"] is None
+    hybrid = rows["hybrid"]
+    assert (hybrid["reached"], hybrid["held"], hybrid["worst_last_min"]) == (5, 3, 5600.0)
+    assert hybrid["verdict"] == "not met: 2 of 5 seeds lost it"
+    assert hybrid["std_vs_floor"].point == pytest.approx(-0.05)  # paired by seed: 0.10 + 0.01 s - (0.15 + 0.01 s)
+    assert hybrid["std_vs_floor"].high < 0  # every pair below: the interval excludes 0
+    assert rows["slow"]["verdict"] == "never reached the optimum"
+    assert rows["few"]["verdict"] == "too few seeds (2 < 5)"
+    one = cell_rows({"reinforce": results["reinforce"], "one": results["few"][:1]}, "reinforce")[1]
+    assert one["std_vs_floor"].point == pytest.approx(0.05) and math.isnan(one["std_vs_floor"].low)  # one pair: no interval
+    (tmp_path / "out").mkdir()
+    path = write_optimum_goals(tmp_path / "out", {"E-v5": results}, "reinforce")
+    text = path.read_text()
+    assert "## E-v5 (optimum 9360.0)" in text and "| hybrid | 5 | 5 | 3 | 5600.0 | 0.120 | -0.050 [" in text
+
+
+def test_the_ablation_file_names_a_known_floor():
+    base = {"total_timesteps": 100, "envs": ["Pendulum-v1"], "estimators": ["hybrid", "reinforce"]}
+    assert parse_ablation({**base, "optimum_floor": "reinforce"}).optimum_floor == "reinforce"
+    assert parse_ablation(base).optimum_floor is None
+    with pytest.raises(ConfigError, match="optimum_floor='reinforse' is not one of the estimators .*reinforce"):
+        parse_ablation({**base, "optimum_floor": "reinforse"})
