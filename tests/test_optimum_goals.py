@@ -10,7 +10,7 @@ import pytest
 
 from hybrid_pg.experiments.ablate import parse_ablation
 from hybrid_pg.experiments.config import ConfigError
-from hybrid_pg.experiments.optimum_goals import cell_rows, grid_optimum, seed_at_optimum, write_optimum_goals
+from hybrid_pg.experiments.optimum_goals import cell_rows, fallback_share, grid_optimum, seed_at_optimum, write_optimum_goals
 
 
 def _run(tmp_path, name, seed, evaluations, std):
@@ -18,7 +18,10 @@ def _run(tmp_path, name, seed, evaluations, std):
     run_dir.mkdir(parents=True)
     lines = ["timesteps,mean,std"] + [f"{20000 * i},{v},0" for i, v in enumerate(evaluations)]
     (run_dir / "evaluations.csv").write_text("\n".join(lines) + "\n")
-    rows = [{"time/total_timesteps": 2048.0}, {"time/total_timesteps": 4096.0, "train/std": std}]
+    # one update per 20k steps: lam 0.8 until 40k, then 0 every other update
+    rows = [{"time/total_timesteps": 20000.0}]
+    for i in range(1, len(evaluations) + 1):
+        rows.append({"time/total_timesteps": 20000.0 * (i + 1), "train/std": std, "hybrid/lambda": 0.8 if i <= 2 or i % 2 else 0.0})
     return {"rows": rows, "spec": {"seed": seed}, "run_dir": str(run_dir), "final_return": evaluations[-1]}
 
 
@@ -28,8 +31,18 @@ NEVER = [100, 800, 2000, 3000]
 
 
 def test_a_seed_holds_only_when_its_last_evaluations_stay_near_the_optimum(tmp_path):
-    assert seed_at_optimum(_run(tmp_path, "a", 0, HOLDS, 0.1), 9360.0) == {"reached": True, "held": True, "last_min": 9340.0}
-    assert seed_at_optimum(_run(tmp_path, "b", 0, LOSES, 0.1), 9360.0) == {"reached": True, "held": False, "last_min": 5600.0}
+    assert seed_at_optimum(_run(tmp_path, "a", 0, HOLDS, 0.1), 9360.0) == {
+        "reached": True,
+        "held": True,
+        "last_min": 9340.0,
+        "reached_step": 40000.0,
+    }
+    assert seed_at_optimum(_run(tmp_path, "b", 0, LOSES, 0.1), 9360.0) == {
+        "reached": True,
+        "held": False,
+        "last_min": 5600.0,
+        "reached_step": 20000.0,
+    }
     assert seed_at_optimum(_run(tmp_path, "c", 0, NEVER, 0.1), 9360.0)["reached"] is False
     # 5% of 9360 is 468: 8900 is inside, 8890 outside
     assert seed_at_optimum(_run(tmp_path, "d", 0, [9360, 8900, 8900, 8900], 0.1), 9360.0)["held"] is True
@@ -49,6 +62,11 @@ def test_cell_rows_count_seeds_pair_stds_and_give_verdicts(tmp_path):
     hybrid = rows["hybrid"]
     assert (hybrid["reached"], hybrid["held"], hybrid["worst_last_min"]) == (5, 3, 5600.0)
     assert hybrid["verdict"] == "not met: 2 of 5 seeds lost it"
+    # update i ends its rollout at 20k i; after 40k come updates 3 to 6, lam 0 at 4 and 6
+    assert fallback_share(results["reinforce"][0], 40000.0) == 0.5
+    assert math.isnan(fallback_share(results["reinforce"][0], math.nan))  # never reached: no share
+    assert rows["reinforce"]["fallback_share"] == 0.5 and math.isnan(rows["slow"]["fallback_share"])
+
     assert hybrid["std_vs_floor"].point == pytest.approx(-0.05)  # paired by seed: 0.10 + 0.01 s - (0.15 + 0.01 s)
     assert hybrid["std_vs_floor"].high < 0  # every pair below: the interval excludes 0
     assert rows["slow"]["verdict"] == "never reached the optimum"
@@ -58,7 +76,7 @@ def test_cell_rows_count_seeds_pair_stds_and_give_verdicts(tmp_path):
     (tmp_path / "out").mkdir()
     path = write_optimum_goals(tmp_path / "out", {"E-v5": results}, "reinforce")
     text = path.read_text()
-    assert "## E-v5 (optimum 9360.0)" in text and "| hybrid | 5 | 5 | 3 | 5600.0 | 0.120 | -0.050 [" in text
+    assert "## E-v5 (optimum 9360.0)" in text and "| hybrid | 5 | 5 | 3 | 5600.0 | 50% | 0.120 | -0.050 [" in text
 
 
 def test_the_ablation_file_names_a_known_floor():

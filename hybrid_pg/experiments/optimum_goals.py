@@ -10,6 +10,8 @@ from the runs' deterministic evaluations (``evaluations.csv``) and their ``train
 * held: of those, the seeds whose last ``last`` (3) evaluations all stayed within ``tolerance`` of it
   (the goal: no seed losing more than 5% of the optimum over its last 3 evaluations once reached),
   and the worst such minimum over the seeds;
+* the share of updates after a seed first reached the optimum that applied lam = 0 (a back-off rule
+  falling back to the score gradient; 100% for REINFORCE), the median over the seeds that reached it;
 * the policy's std at the end (median over seeds) and its paired difference from the ``floor`` cell
   (REINFORCE with the same update) over the seeds both ran, with a 95% bootstrap CI: the goal's "std
   not below REINFORCE's by more than noise" holds when the interval's upper end is above 0.
@@ -27,7 +29,10 @@ import numpy as np
 
 from hybrid_pg.experiments.aggregate import Interval, mean, stratified_bootstrap_ci
 from hybrid_pg.experiments.baseline_goals import MIN_RUNS, Results, evaluation_curve
-from hybrid_pg.experiments.results import policy_std
+from hybrid_pg.experiments.results import policy_std, update_series
+
+#: the weight a HybridPG run applied per update
+LAMBDA_KEY = "hybrid/lambda"
 
 #: a seed is at the optimum while its evaluation is within this share of it
 DEFAULT_TOLERANCE: float = 0.05
@@ -54,12 +59,25 @@ def seed_at_optimum(
     steps, values = evaluation_curve(result)
     threshold = (1.0 - tolerance) * optimum
     if values.size == 0 or not math.isfinite(optimum):
-        return {"reached": False, "held": False, "last_min": math.nan}
+        return {"reached": False, "held": False, "last_min": math.nan, "reached_step": math.nan}
     tail = values[-last:]
     reached_at = np.nonzero(values >= threshold)[0]
     reached = bool(reached_at.size)
     held = reached and values.size >= last and bool((tail >= threshold).all())
-    return {"reached": reached, "held": held, "last_min": float(tail.min())}
+    return {
+        "reached": reached,
+        "held": held,
+        "last_min": float(tail.min()),
+        "reached_step": float(steps[reached_at[0]]) if reached else math.nan,
+    }
+
+
+def fallback_share(result: Mapping[str, Any], after_step: float) -> float:
+    """The share of the updates after env step ``after_step`` that applied lam = 0 (the score
+    gradient alone: REINFORCE, or a back-off rule falling back); nan without such updates."""
+    steps, lam = update_series(result, LAMBDA_KEY)
+    lam = lam[steps > after_step] if math.isfinite(after_step) else lam[:0]
+    return float((lam == 0.0).mean()) if lam.size else math.nan
 
 
 def _paired_std_difference(runs: Sequence[Mapping[str, Any]], floor_runs: Sequence[Mapping[str, Any]]) -> Optional[Interval]:
@@ -85,6 +103,8 @@ def cell_rows(
         reached = sum(s["reached"] for s in seeds)
         held = sum(s["held"] for s in seeds)
         lows = [s["last_min"] for s in seeds if s["reached"] and math.isfinite(s["last_min"])]
+        shares = [fallback_share(r, s["reached_step"]) for r, s in zip(runs, seeds) if s["reached"]]
+        shares = [x for x in shares if math.isfinite(x)]
         stds = [policy_std(r) for r in runs]
         stds = [s for s in stds if math.isfinite(s)]
         diff = _paired_std_difference(runs, results.get(floor, [])) if floor is not None and name != floor else None
@@ -102,6 +122,7 @@ def cell_rows(
                 "reached": reached,
                 "held": held,
                 "worst_last_min": min(lows) if lows else math.nan,
+                "fallback_share": float(np.median(shares)) if shares else math.nan,
                 "std_end_median": float(np.median(stds)) if stds else math.nan,
                 "std_vs_floor": diff,
                 "verdict": verdict,
@@ -133,7 +154,8 @@ def markdown(
     for env, rows in per_env_rows.items():
         optimum = rows[0]["optimum"] if rows else math.nan
         lines += [f"## {env} (optimum {optimum:.1f})", ""]
-        header = ["estimator", "seeds", "reached", "held", "worst of the last evaluations", "policy std at the end (median)"]
+        header = ["estimator", "seeds", "reached", "held", "worst of the last evaluations", "updates at lam = 0 once reached (median)"]
+        header += ["policy std at the end (median)"]
         header += [f"std vs {floor}"] if floor else []
         header += ["goal"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -144,6 +166,7 @@ def markdown(
                 str(r["reached"]),
                 str(r["held"]),
                 "—" if math.isnan(r["worst_last_min"]) else f"{r['worst_last_min']:.1f}",
+                "—" if math.isnan(r["fallback_share"]) else f"{r['fallback_share']:.0%}",
                 "—" if math.isnan(r["std_end_median"]) else f"{r['std_end_median']:.3f}",
             ]
             cells += [_interval_text(r["std_vs_floor"])] if floor else []
