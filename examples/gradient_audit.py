@@ -27,28 +27,22 @@ def main(argv=None) -> int:
 
     import torch as th
 
-    from hybrid_pg.experiments.gradient_audit import (
-        check_extra_sources,
-        check_run_labels,
-        load_audit_config,
-        run_audit,
-        run_signals,
-        save_meta,
-    )
+    from hybrid_pg.experiments.gradient_audit import load_audit_config, run_audit, run_signals, save_meta, select_runs
     from hybrid_pg.experiments.gradient_audit_report import write_report
 
     th.set_num_threads(1)
     try:
         config = load_audit_config(args.config)
-        check_run_labels(config, args.runs)
-        if not args.report_only:
-            check_extra_sources(config)  # before anything trains
+        # the grid read once; bad labels and unservable extra sources refused before anything trains
+        # (a report reads only the audited files: the grid is read then only to check --runs labels)
+        if not args.report_only or args.runs is not None:
+            selected = select_runs(config, args.seeds, args.runs, check_sources=not args.report_only)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_meta(config)
     if not args.report_only:
-        run_audit(config, only_seeds=args.seeds, only_runs=args.runs, log=lambda m: print(m, flush=True))
+        run_audit(config, runs=selected, log=lambda m: print(m, flush=True))
         run_signals(config, log=lambda m: print(m, flush=True))
     for path in write_report(config):
         print(f"wrote {path}")

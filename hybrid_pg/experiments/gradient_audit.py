@@ -668,17 +668,17 @@ def write_checkpoint_csv(path: Path, label: str, seed: int, step: int, audit: Ma
     write_atomically(path, buf.getvalue())
 
 
-def check_run_labels(config: AuditConfig, only_runs: Optional[Sequence[str]], runs: Optional[Sequence[Tuple[str, Any]]] = None) -> None:
+def check_run_labels(config: AuditConfig, only_runs: Optional[Sequence[str]], runs: Sequence[Tuple[str, Any]]) -> None:
     """A clear error for a ``--runs`` label the audit file does not have."""
     if only_runs is None:
         return
-    labels = sorted({label for label, _ in (audit_runs(config) if runs is None else runs)})
+    labels = sorted({label for label, _ in runs})
     unknown = sorted(set(only_runs) - set(labels))
     if unknown:
         raise ValueError(f"{config.name}: no run labelled {', '.join(unknown)} (labels: {', '.join(labels)})")
 
 
-def check_extra_sources(config: AuditConfig, runs: Optional[Sequence[Tuple[str, Any]]] = None) -> None:
+def check_extra_sources(config: AuditConfig, runs: Sequence[Tuple[str, Any]]) -> None:
     """A clear error, before anything trains, for an extra source that cannot serve a run's env
     (e.g. MuJoCo's derivatives on an env the differentiable model does not cover): each run's
     untrained model is built once per label and asked for every extra source."""
@@ -688,7 +688,7 @@ def check_extra_sources(config: AuditConfig, runs: Optional[Sequence[Tuple[str, 
     from hybrid_pg.sources import build_source
 
     seen = set()
-    for label, cfg in audit_runs(config) if runs is None else runs:
+    for label, cfg in runs:
         if label in seen:
             continue
         seen.add(label)
@@ -704,25 +704,40 @@ def check_extra_sources(config: AuditConfig, runs: Optional[Sequence[Tuple[str, 
             venv.close()
 
 
+def select_runs(
+    config: AuditConfig, only_seeds: Optional[Sequence[int]] = None, only_runs: Optional[Sequence[str]] = None, check_sources: bool = True
+) -> List[Tuple[str, Dict[str, Any]]]:
+    """The runs of the file that ``only_seeds`` / ``only_runs`` (labels) select, the grid read and
+    validated once; an unknown label, and (``check_sources``) an extra source that cannot serve a
+    selected run's env, are refused here, before anything trains."""
+    runs = audit_runs(config)
+    check_run_labels(config, only_runs, runs)
+    selected = [
+        (label, cfg)
+        for label, cfg in runs
+        if (only_runs is None or label in only_runs) and (only_seeds is None or cfg["train"]["seed"] in only_seeds)
+    ]
+    if check_sources:
+        check_extra_sources(config, selected)
+    return selected
+
+
 def run_audit(
-    config: AuditConfig, only_seeds: Optional[Sequence[int]] = None, log: Any = print, only_runs: Optional[Sequence[str]] = None
+    config: AuditConfig,
+    only_seeds: Optional[Sequence[int]] = None,
+    log: Any = print,
+    only_runs: Optional[Sequence[str]] = None,
+    runs: Optional[Sequence[Tuple[str, Dict[str, Any]]]] = None,
 ) -> List[Path]:
     """Train what is missing, audit what is not audited yet; returns the checkpoint CSVs.
-    ``only_seeds`` / ``only_runs`` (labels) restrict it to those seeds / runs of the file."""
+    ``only_seeds`` / ``only_runs`` (labels) restrict it to those seeds / runs of the file; ``runs``:
+    a :func:`select_runs` already made (the filters are then not applied again)."""
     from hybrid_pg.experiments.runner import run_key
 
     out = Path(config.output_dir)
     written = []
-    runs = audit_runs(config)
-    check_run_labels(config, only_runs, runs)
-    selected = [(label, cfg) for label, cfg in runs if (only_runs is None or label in only_runs)]
-    check_extra_sources(config, [(label, cfg) for label, cfg in selected if only_seeds is None or cfg["train"]["seed"] in only_seeds])
-    for label, cfg in runs:
+    for label, cfg in select_runs(config, only_seeds, only_runs) if runs is None else runs:
         seed = cfg["train"]["seed"]
-        if only_seeds is not None and seed not in only_seeds:
-            continue
-        if only_runs is not None and label not in only_runs:
-            continue
         key = run_key(label, cfg)
         todo = [s for s in config.checkpoints if not checkpoint_csv(out, key, s).exists()]
         if not todo:
