@@ -42,12 +42,8 @@ DEFAULT_LAST: int = 3
 
 def grid_optimum(results: Results) -> float:
     """The best deterministic evaluation any run of the env reached (nan: no evaluations)."""
-    best = [
-        float(values.max())
-        for r in (run for runs in results.values() for run in runs)
-        for _, values in [evaluation_curve(r)]
-        if values.size
-    ]
+    peaks = [evaluation_curve(run)[1] for runs in results.values() for run in runs]
+    best = [float(values.max()) for values in peaks if values.size]
     return max(best) if best else math.nan
 
 

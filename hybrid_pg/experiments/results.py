@@ -257,9 +257,4 @@ SIGNAL_REPORT_KEYS: Tuple[str, ...] = ("hybrid/direction_cos", "hybrid/path_scor
 def signal_summary(runs: Sequence[Mapping[str, Any]], key: str, skip_updates: int = 0) -> SeedMedian:
     """The median over seeds of each run's median ``key`` over its updates (the first
     ``skip_updates`` left out); runs that never logged it do not count."""
-    per_run = []
-    for r in runs:
-        _, values = update_series(r, key)
-        values = values[skip_updates:]
-        per_run.append(float(np.median(values)) if values.size else math.nan)
-    return seed_median(per_run)
+    return seed_median([median_over_updates(r, key, skip=skip_updates) for r in runs])
