@@ -503,6 +503,11 @@ class HybridPG(OnPolicyAlgorithm):
         self._n_rollouts_trained += 1
         self._n_updates += s.n_epochs
         self.last_lambda = dict(lam)
+        # V's values were predicted before V saw this rollout: an out-of-sample fit, which the next
+        # update's critic gate reads (never this update's: a weight from its own batch is biased)
+        self._previous_explained_variance = float(
+            explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        )
         self._log(logs, lam, moments if stats_ok else None, stats_time, update_time, clip_range, batch, oracle)
         for name, value in signals.items():
             self.logger.record(f"hybrid/{name}", value, exclude=QUIET)
@@ -591,11 +596,7 @@ class HybridPG(OnPolicyAlgorithm):
         record_step_logs(record, logs)
         if clip_range is not None:
             record("train/clip_range", clip_range)
-        # V's values were predicted before V saw this rollout: an out-of-sample fit, which the next
-        # update's critic gate reads (never this update's: a weight from its own batch is biased)
-        ev = float(explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
-        self._previous_explained_variance = ev
-        record("train/explained_variance", ev)
+        record("train/explained_variance", self._previous_explained_variance)
         record("train/n_updates", self._n_updates, exclude="tensorboard")
         record("train/std", th.exp(self.policy.log_std).mean().item())
         record("hybrid/stats_valid", float(moments is not None), exclude=QUIET)
