@@ -103,10 +103,12 @@ def _finals(results: Sequence[Mapping[str, Any]]) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _interval(values: np.ndarray, statistic) -> Optional[Interval]:
+def seed_interval(values: np.ndarray, statistic) -> Optional[Interval]:
+    """``statistic`` of per-seed values with a 95% bootstrap CI; None without values (or for an IQM
+    of too few), no interval for one value (a bootstrap of one value is that value)."""
     if values.size == 0 or (statistic is iqm and not iqm_is_informative(values.size)):
         return None
-    if values.size == 1:  # a bootstrap of one value is that value: no interval to report
+    if values.size == 1:
         return Interval(float(values[0]), math.nan, math.nan)
     return stratified_bootstrap_ci([values], statistic=statistic)
 
@@ -130,7 +132,7 @@ def cell_row(
     ``total_timesteps``: the runs' budget (where the policy std is read; default: their configs')."""
     finals, base = _finals(runs), _finals(baseline_runs)
     row: Dict[str, Any] = {"estimator": name, "runs": int(finals.size), "baseline_runs": int(base.size)}
-    row["mean"], row["iqm"] = _interval(finals, mean), _interval(finals, iqm)
+    row["mean"], row["iqm"] = seed_interval(finals, mean), seed_interval(finals, iqm)
     # one run on either side: a comparison of two numbers, not a probability with an interval
     row["poi"] = probability_of_improvement([finals], [base]) if finals.size > 1 and base.size > 1 else None
     target = float(np.mean(base)) if base.size else math.nan

@@ -27,8 +27,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from hybrid_pg.experiments.aggregate import Interval, mean, stratified_bootstrap_ci
-from hybrid_pg.experiments.baseline_goals import MIN_RUNS, Results, evaluation_curve
+from hybrid_pg.experiments.aggregate import Interval, mean
+from hybrid_pg.experiments.baseline_goals import MIN_RUNS, Results, evaluation_curve, seed_interval
 from hybrid_pg.experiments.results import policy_std, update_series
 
 #: the weight a HybridPG run applied per update
@@ -80,12 +80,7 @@ def _paired_std_difference(runs: Sequence[Mapping[str, Any]], floor_runs: Sequen
     """Mean over the seeds both ran of (the cell's final std - the floor's), with a bootstrap CI."""
     floor_by_seed = {r["spec"]["seed"]: policy_std(r) for r in floor_runs}
     diffs = np.array([policy_std(r) - floor_by_seed[r["spec"]["seed"]] for r in runs if r["spec"]["seed"] in floor_by_seed], dtype=float)
-    diffs = diffs[np.isfinite(diffs)]
-    if diffs.size == 0:
-        return None
-    if diffs.size == 1:
-        return Interval(float(diffs[0]), math.nan, math.nan)
-    return stratified_bootstrap_ci([diffs], statistic=mean)
+    return seed_interval(diffs[np.isfinite(diffs)], mean)
 
 
 def cell_rows(
