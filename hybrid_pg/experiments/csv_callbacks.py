@@ -42,6 +42,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from hybrid_pg.experiments.compressed import open_text
+from hybrid_pg.experiments.processes import interrupts_deferred
 from hybrid_pg_envs.clock import env_clock, has_clock, sync_clock
 
 __all__ = [
@@ -74,14 +75,15 @@ class WideCSVWriter:
         self.rows: List[Dict[str, Any]] = []
 
     def write(self, row: Mapping[str, Any]) -> None:
-        new = [k for k in row if k not in self.columns]
-        self.rows.append(dict(row))
-        if new or len(self.rows) == 1:
-            self.columns.extend(new)
-            self._rewrite()
-        else:
-            with self.path.open("a", newline="", encoding="utf-8") as fh:
-                csv.writer(fh).writerow(self._cells(row))
+        with interrupts_deferred():  # a Ctrl-C never leaves the row in memory but not on disk
+            new = [k for k in row if k not in self.columns]
+            self.rows.append(dict(row))
+            if new or len(self.rows) == 1:
+                self.columns.extend(new)
+                self._rewrite()
+            else:
+                with self.path.open("a", newline="", encoding="utf-8") as fh:
+                    csv.writer(fh).writerow(self._cells(row))
 
     def _cells(self, row: Mapping[str, Any]) -> List[str]:
         return [_cell(row.get(c)) for c in self.columns]

@@ -3,7 +3,9 @@
 Signals. Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` in Python; inside :func:`sigterm_interrupts`
 SIGTERM raises :class:`Interrupted` (a ``KeyboardInterrupt`` that remembers its signal) the same way, so
 one ``except KeyboardInterrupt`` stops a run or a grid on either, and ``hybrid-pg`` exits with
-``128 + signal`` (130, 143).
+``128 + signal`` (130, 143). A ``KeyboardInterrupt`` can land between any two bytecodes; code that
+must not be left half-done (a logger's row, a CSV line) runs inside :func:`interrupts_deferred`,
+which holds SIGINT and SIGTERM until the block ends and then delivers them.
 
 :class:`WorkerPool` runs a function in ``spawn``-started worker processes, one call at a time per
 worker, and guarantees that no worker outlives the pool or its parent process:
@@ -40,7 +42,7 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
-__all__ = ["Interrupted", "WorkerPool", "sigterm_interrupts"]
+__all__ = ["Interrupted", "WorkerPool", "interrupts_deferred", "sigterm_interrupts"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -76,6 +78,37 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM are held; when it ends (normally or not) the handlers in
+    force before it are restored and each held signal is raised again once, so it acts exactly as
+    if it had arrived just after the block: ``KeyboardInterrupt``/:class:`Interrupted` where those
+    handlers raise, nothing where they ignore it, the default action where they are the default.
+    Off the main thread (where Python cannot set handlers) nothing changes. Cheap enough for once
+    per update (four handler swaps), not for every logged value."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: List[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if signum not in held:
+            held.append(signum)
+
+    # a handler set outside Python (getsignal gives None) could not be put back: leave it alone
+    previous = {signum: signal.signal(signum, hold) for signum in _DEFERRED_SIGNALS if signal.getsignal(signum) is not None}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in held:
+            signal.raise_signal(signum)
 
 
 # ------------------------------------------------------------------------------------------------

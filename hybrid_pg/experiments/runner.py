@@ -163,12 +163,6 @@ def _gamma(config: Mapping[str, Any]) -> float:
     return float(config["algo"].get("gamma", 0.99))
 
 
-def _tensorboard_available() -> bool:
-    from stable_baselines3.common import logger as sb3_logger
-
-    return getattr(sb3_logger, "SummaryWriter", None) is not None
-
-
 def _physical_memory() -> Optional[int]:
     try:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
@@ -201,7 +195,9 @@ def build_model(config: Mapping[str, Any], vec_env: Any, run_dir: Optional[Path]
     algo = config["algo"]
     cls = algorithm_class(algo.get("algorithm", "hybrid_pg"))
     kwargs = algorithm_kwargs(algo)
-    tensorboard = str(run_dir / "tensorboard") if run_dir is not None and _tensorboard_available() else None
+    from hybrid_pg.experiments.run_logger import tensorboard_available
+
+    tensorboard = str(run_dir / "tensorboard") if run_dir is not None and tensorboard_available() else None
     try:
         return cls(
             algo["policy"],
@@ -232,15 +228,6 @@ def check_buildable(config: Mapping[str, Any]) -> None:
         build_model(config, vec_env)
     finally:
         vec_env.close()
-
-
-def _make_logger(run_dir: Path):
-    from stable_baselines3.common.logger import Logger, make_output_format
-
-    formats = [make_output_format("csv", str(run_dir))]
-    if _tensorboard_available():
-        formats.append(make_output_format("tensorboard", str(run_dir / "tensorboard")))
-    return Logger(folder=str(run_dir), output_formats=formats)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,6 +312,7 @@ def run(
     )
     from hybrid_pg.experiments.figure_io import figure_path
     from hybrid_pg.experiments.plots import plot_lambda, plot_returns
+    from hybrid_pg.experiments.run_logger import make_run_logger
 
     run_dir = Path(run_dir)
     returns_figure, lambda_figure = (figure_path(run_dir, stem, figure_format) for stem in ("returns", "lambda"))  # a bad format fails now
@@ -338,7 +326,7 @@ def run(
         model = build_model(config, vec_env, run_dir, verbose=0 if quiet else 1)
         _claim_run_dir(run_dir)
         dump_config({**config, PROVENANCE_KEY: provenance()}, run_dir / CONFIG_FILE)
-        model.set_logger(_make_logger(run_dir))
+        model.set_logger(make_run_logger(run_dir))
         eval_env = make_vec_env_from(config["env"], train["seed"], evaluation=True, gamma=_gamma(config))
         evaluation = EvalCSVCallback(
             eval_env, train["eval_freq"], run_dir / EVALUATIONS_FILE, n_eval_episodes=train["eval_episodes"], print_progress=not quiet
