@@ -17,7 +17,10 @@ Ablation file (YAML; ``configs/ablate_pendulum.yaml`` is a full example)::
     baseline:                      # optional: also write goals_<name>.md, every cell against this one
       name: ppo                    #   (hybrid_pg.experiments.baseline_goals): IQM, P(improvement), steps
       floor: reinforce             #   to its return, worst seeds; floor + floor_at_steps: each cell's
-      floor_at_steps: 100000       #   worst seed at that budget against the floor cell's worst
+      floor_at_steps: 100000       #   worst seed at that budget against the floor cell's worst,
+                                   #   and every cell against the floor paired by seed (never loses, wins)
+      goals: {poi_envs: 2, faster_envs: 1, wins_envs: 2}   # optional: envs each goal needs (these defaults;
+                                   #   wins_envs needs a floor; default none: not reported)
     normalize: false               # VecNormalize for every env (default false; an env entry may override)
     eval_freq: 0                   # env steps between evaluations during training (default 0: only at the end)
     algo:                          # settings shared by every cell (the algo section of `hybrid-pg
@@ -157,6 +160,10 @@ class BaselineEntry:
     name: str
     floor: Optional[str] = None
     floor_at_steps: Optional[int] = None
+    #: how many envs each goal needs (baseline.goals; hybrid_pg.experiments.baseline_goals.GoalThresholds)
+    poi_envs: int = 2
+    faster_envs: int = 1
+    wins_envs: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +420,7 @@ def _parse_baseline(raw: Any, names: Sequence[str]) -> BaselineEntry:
     if isinstance(raw, str):
         raw = {"name": raw}
     raw = _mapping("baseline", raw)
-    _known_keys("baseline", raw, ("name", "floor", "floor_at_steps"))
+    _known_keys("baseline", raw, ("name", "floor", "floor_at_steps", "goals"))
     if "name" not in raw:
         raise ConfigError("baseline.name is required (the estimator every cell is measured against)")
     for key in ("name", "floor"):
@@ -423,7 +430,12 @@ def _parse_baseline(raw: Any, names: Sequence[str]) -> BaselineEntry:
     if ("floor" in raw) != ("floor_at_steps" in raw):
         raise ConfigError("baseline.floor and baseline.floor_at_steps go together (the floor is checked at that budget)")
     at = _int("baseline.floor_at_steps", raw["floor_at_steps"], 1) if "floor_at_steps" in raw else None
-    return BaselineEntry(name=raw["name"], floor=raw.get("floor"), floor_at_steps=at)
+    goals = _mapping("baseline.goals", raw.get("goals"))
+    _known_keys("baseline.goals", goals, ("poi_envs", "faster_envs", "wins_envs"))
+    counts = {key: _int(f"baseline.goals.{key}", value, 1) for key, value in goals.items()}
+    if "wins_envs" in counts and raw.get("floor") is None:
+        raise ConfigError("baseline.goals.wins_envs needs baseline.floor (the cell a win is measured against)")
+    return BaselineEntry(name=raw["name"], floor=raw.get("floor"), floor_at_steps=at, **counts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -610,7 +622,7 @@ def run_ablation(
         )
     written += write_summary(out, per_env, ablation.reference, figure_format=figure_format)
     if ablation.baseline is not None and per_env:
-        from hybrid_pg.experiments.baseline_goals import write_goals
+        from hybrid_pg.experiments.baseline_goals import GoalThresholds, write_goals
 
         b = ablation.baseline
         written.append(
@@ -623,6 +635,7 @@ def run_ablation(
                 ablation.skip_updates,
                 title=ablation.name,
                 total_timesteps=ablation.total_timesteps,
+                thresholds=GoalThresholds(b.poi_envs, b.faster_envs, b.wins_envs),
             )
         )
     if ablation.optimum_floor is not None and per_env:

@@ -16,19 +16,25 @@ first thing to look at when a run stops improving.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from hybrid_pg.experiments.compressed import open_text, stored
 
 __all__ = [
     "POLICY_STD_KEY",
     "STD_EARLY_STEP",
     "VARIANCE_RATIO_KEYS",
     "PolicyStd",
+    "Results",
     "SeedMedian",
     "column",
+    "evaluation_curve",
     "learning_curve",
     "median_over_updates",
     "normalized_auc",
@@ -37,6 +43,7 @@ __all__ = [
     "policy_std_summary",
     "policy_std_titles",
     "reads_early",
+    "return_at",
     "seed_median",
     "update_series",
     "value_at",
@@ -258,3 +265,29 @@ def signal_summary(runs: Sequence[Mapping[str, Any]], key: str, skip_updates: in
     """The median over seeds of each run's median ``key`` over its updates (the first
     ``skip_updates`` left out); runs that never logged it do not count."""
     return seed_median([median_over_updates(r, key, skip=skip_updates) for r in runs])
+
+
+#: estimator -> its finished runs (:func:`hybrid_pg.experiments.runner.load_result` dicts)
+Results = Dict[str, List[Dict[str, Any]]]
+
+#: a run's deterministic evaluations (hybrid_pg.experiments.csv_callbacks.EVALUATIONS_FILE)
+EVALUATIONS_FILE = "evaluations.csv"
+
+
+def evaluation_curve(result: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """(steps, mean return) of a run's deterministic evaluations (``evaluations.csv``, or
+    ``evaluations.csv.gz``); empty arrays when the run has none."""
+    path = Path(result["run_dir"]) / EVALUATIONS_FILE
+    if stored(path) is None:
+        return np.empty(0), np.empty(0)
+    with open_text(path) as fh:
+        rows = [(float(r["timesteps"]), float(r["mean"])) for r in csv.DictReader(fh)]
+    rows.sort()
+    return np.array([s for s, _ in rows]), np.array([v for _, v in rows])
+
+
+def return_at(result: Mapping[str, Any], step: float) -> float:
+    """The run's evaluation return at the last evaluation at or before ``step`` (nan if none)."""
+    steps, values = evaluation_curve(result)
+    keep = steps <= step
+    return float(values[keep][-1]) if keep.any() else math.nan
