@@ -152,6 +152,7 @@ class HybridPG(OnPolicyAlgorithm):
         direction_check: bool = False,
         direction_confidence: float = 0.5,
         critic_gate: Optional[float] = None,
+        control_variate: bool = False,
         lambda_warmup: int = 2,
         stats_chunk_size: int = 256,
         rms_prop_eps: float = 1e-5,

@@ -67,7 +67,7 @@ def prepare_batch(
         scale, adv = 1.0, adv_raw
     with th.no_grad():
         mean_old = policy.actor_mean(obs)
-        return RolloutBatch(
+        batch = RolloutBatch(
             obs=obs,
             actions=actions,
             old_log_prob=data.old_log_prob,
@@ -81,6 +81,7 @@ def prepare_batch(
             pi_features=policy.extract_features(obs, policy.pi_features_extractor),
             context=source.context(policy, obs, actions, generator=generator),
         )
+    return source.finish_batch(batch)
 
 
 @th.no_grad()

@@ -46,7 +46,13 @@ LAMBDA_GROUPS = ("global", "per_group")
 #: behaviour from before it existed. A run config that leaves one at that value keeps the run name it
 #: had before the setting was added (so a grid's finished runs stay reusable, e.g. REINFORCE cells
 #: when a weight rule is added); any other value, a changed default included, enters the name.
-KEY_NEUTRAL: Dict[str, Any] = {"log_std_estimator": "mix", "direction_check": False, "direction_confidence": 0.5, "critic_gate": None}
+KEY_NEUTRAL: Dict[str, Any] = {
+    "log_std_estimator": "mix",
+    "direction_check": False,
+    "direction_confidence": 0.5,
+    "critic_gate": None,
+    "control_variate": False,
+}
 
 #: old keyword -> new keyword. The old name still works for one release, with a DeprecationWarning.
 DEPRECATED_ALIASES: Dict[str, str] = {
@@ -231,6 +237,14 @@ class HybridPGSettings(BaseModel):
         "(default): off. On InvertedDoublePendulum it falls below 0 again and again once the policy holds the pole for the "
         "whole episode (the returns jump), which is where the hybrid lost the optimum.",
     )
+    control_variate: Bool = Field(
+        False,
+        description="add to the pathwise estimator the score-function estimator of what the source's Q~ misses, "
+        "(A_hat - A~) dlog pi, A~ = Q~(s, a) - Q~(s, mu(s)): by Stein's identity the pair then has exactly the score "
+        "estimator's expectation for any Q~ (Q-Prop's control variate), so every lam gives the score-only update's "
+        "expectation and the weight only trades variance (lam = lam*). Needs a source whose Q~ is one function of the action "
+        "(critic, replay_critic, model; not mujoco). See hybrid_pg.sources.control_variate.",
+    )
     lambda_warmup: Int = Field(2, ge=0, description="number of first updates with lam held at 0 (hybrid only) while the critic is fitted.")
     oracle_freq: Int = Field(
         0, ge=0, description="every this many updates, log the oracle lam* from a large fresh batch (0 = off; see hybrid_pg.oracle)."
@@ -265,6 +279,8 @@ class HybridPGSettings(BaseModel):
                 raise _Cross("lambda_detector", self.lambda_detector, str(exc)) from None
         if self.oracle_frozen_clock is not None and not self.oracle_freq:
             raise _Cross("oracle_frozen_clock", self.oracle_frozen_clock, "needs the oracle on (oracle_freq > 0)")
+        if self.control_variate and self.estimator == "reinforce":
+            raise _Cross("control_variate", self.control_variate, "has no effect with estimator='reinforce' (lam = 0: no pathwise term)")
         if self.use_sde:
             raise _Cross("use_sde", self.use_sde, "gSDE is not supported: the pathwise term needs the per-step Gaussian noise eps")
         if self.clip_range is not None and not callable(self.clip_range) and self.clip_range <= 0:

@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from hybrid_pg.sources.base import Context, PathwiseSource
+from hybrid_pg.sources.control_variate import ControlVariateSource
 from hybrid_pg.sources.critic import AdvantageHeadSource
 from hybrid_pg.sources.model import ModelSource, MujocoSource, Normalization
 from hybrid_pg.sources.replay_critic import ReplayCriticSource, make_replay_critic
@@ -149,11 +150,22 @@ def build_source(algorithm: Any, name: str) -> PathwiseSource:
 
 
 def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
-    """The source that ``algorithm.settings.pathwise_source`` asks for on ``algorithm.env``.
+    """The source that ``algorithm.settings.pathwise_source`` asks for on ``algorithm.env``, carrying
+    the control variate when ``algorithm.settings.control_variate`` is on.
 
     None while there is no env to decide ``"auto"``/``"model"`` on (``load(env=None)``); the
     algorithm decides again when an env is set.
     """
+    source = _chosen_source(algorithm)
+    if source is None or not algorithm.settings.control_variate:
+        return source
+    try:
+        return ControlVariateSource(source)
+    except ValueError as exc:
+        raise ValueError(f"pathwise_source={algorithm.settings.pathwise_source!r}: {exc}") from None
+
+
+def _chosen_source(algorithm: Any) -> Optional[PathwiseSource]:
     name = algorithm.settings.pathwise_source
     if name == "critic" or (name == "auto" and algorithm.settings.estimator == "reinforce"):
         return _critic(algorithm)
@@ -172,6 +184,7 @@ def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
 __all__ = [
     "AdvantageHeadSource",
     "Context",
+    "ControlVariateSource",
     "ModelSource",
     "MujocoSource",
     "Normalization",

@@ -13,6 +13,7 @@ Life of a source in one update:
 2. :meth:`PathwiseSource.context` once per rollout at theta_old: the per-sample tensors it needs
    (leading dimension N), e.g. critic features or raw observations. The per-sample statistics slice
    and vmap over them, the training loss indexes them by minibatch.
+   :meth:`PathwiseSource.finish_batch` then sees the whole batch (advantages normalised).
 3. :meth:`PathwiseSource.value` for a batch: Q~ per sample, differentiable in ``mean`` and ``log_std``.
 4. :meth:`PathwiseSource.regression_loss` per minibatch for sources trained with the policy's
    optimizer (the advantage head); None otherwise.
@@ -50,6 +51,12 @@ class PathwiseSource(ABC):
         the exact outer-product moments of :mod:`hybrid_pg.per_sample` applicable."""
         return True
 
+    @property
+    def action_function(self) -> bool:
+        """True when Q~(s, .) is one function of the action for each state (not re-linearised around
+        each taken action): what the control variate needs (:mod:`hybrid_pg.sources.control_variate`)."""
+        return True
+
     def refresh(self, algorithm: Any) -> None:
         """Called before every update (default: nothing)."""
 
@@ -64,6 +71,18 @@ class PathwiseSource(ABC):
         :param mean_fn: observations -> the mean action of the policy *frozen* at its current
             parameters (future actions of multi-step sources carry no theta-gradient of their own).
         """
+
+    def action_value(
+        self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None
+    ) -> th.Tensor:
+        """Q~ itself at the action (the source's own advantage is read from it); the same as
+        :meth:`value` unless a source adds terms to its pathwise surrogate (the control variate)."""
+        return self.value(mean, log_std, eps, context, mean_fn=mean_fn)
+
+    def finish_batch(self, batch: Any) -> Any:
+        """The rollout batch once its advantages are normalised (:func:`hybrid_pg.rollout.prepare_batch`
+        calls it last); a source that needs them per sample adds them to the context (default: unchanged)."""
+        return batch
 
     def regression_loss(self, policy: Any, context: Context, advantages: th.Tensor) -> Optional[th.Tensor]:
         """The source's own training loss on a minibatch (default: None, nothing to train)."""

@@ -181,6 +181,11 @@ class ModelSource(PathwiseSource):
             return False
         return hasattr(self.model, "linearize") and hasattr(self.model, "step_linear")
 
+    @property
+    def action_function(self) -> bool:
+        # a model linearised around each taken action is a different function per sample
+        return not self.linear
+
     def refresh(self, algorithm: Any) -> None:
         model = algorithm.env_model_for_rollout()
         if model is not None:

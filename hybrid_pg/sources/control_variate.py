@@ -1,0 +1,120 @@
+"""A source's pathwise estimator made unbiased: the critic as a control variate, not a stand-in.
+
+The pathwise estimator of a learned source differentiates Q~, not the true Q: its expectation is
+the true gradient only where dQ~/da is exact, and the gradient audit measured it far from it (the
+advantage head near InvertedDoublePendulum's optimum, MuJoCo's one-step model early on Hopper).
+The mix lam g_P + (1 - lam) g_M then inherits lam times that bias, and the weight rule cannot see a
+bias that the score estimator's GAE advantages share.
+
+The same Gaussian integration-by-parts identity that makes g_P and g_M two estimators of one
+gradient applies to Q~ itself: for any function Q~(s, a) of the action (weakly differentiable; the
+clip to the action box is),
+
+    E_a[ dQ~/da(s, a) da/dtheta ] = E_a[ (Q~(s, a) - b(s)) dlog pi(a|s)/dtheta ]     (Stein)
+
+for any b(s) that does not depend on the action. So the *residual* estimator
+
+    g_P' = g_P + (A_hat - A~) dlog pi/dtheta,    A~(s, a) = Q~(s, a) - Q~(s, mu_old(s)),
+
+has exactly the expectation of g_M = A_hat dlog pi/dtheta, whatever Q~ is: the pathwise gradient
+of what the critic knows plus the score gradient of what it misses (Q-Prop's control variate, Gu et
+al. 2017; Stein control variates, Liu et al. 2018). The mix lam g_P' + (1 - lam) g_M =
+g_M + lam (g_P - (Q~ - b) dlog pi) is then the score estimator plus a zero-mean term, for every
+lam: the weight only trades variance (the rule treats the source as exact, lam = lam*), a poor
+critic can only fail to reduce the variance, never move the update's expectation away from its
+score-only fallback's. What it cannot fix is what g_M itself gets wrong (GAE's bias from the value
+head is the fallback's too), and the variance reduction is that of the action-dependent part
+only, which on MuJoCo is a small share of the total (Tucker et al. 2018).
+
+Requirements: Q~ must be *one* function of the action for each state. The advantage head, the
+replay critic and a differentiable model stepped from (s, a) are; MuJoCo's derivatives are taken
+on a model linearised around each taken action (a different function per sample), for which the
+identity does not hold, so that source is refused. A~ and A_hat share the advantage normaliser
+(A~ is scaled like the pathwise term). The residual term is a plain log-likelihood term inside the
+pathwise surrogate, so the pathwise trust region (``pathwise_kl_limit``) drops it together with
+the pathwise term of the same sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import torch as th
+
+from hybrid_pg.sources.base import Context, MeanFn, PathwiseSource
+from hybrid_pg.surrogates import gaussian_log_prob
+
+__all__ = ["ControlVariateSource", "RESIDUAL_KEY", "ACTIONS_KEY"]
+
+#: context keys the wrapper adds to a batch: (A_hat - A~) / path_scale, and the taken (unclipped) actions
+RESIDUAL_KEY = "cv_residual"
+ACTIONS_KEY = "cv_actions"
+
+
+class ControlVariateSource(PathwiseSource):
+    """``inner``'s pathwise estimator plus the score estimator of its residual (module docstring).
+
+    Everything but :meth:`value` and :meth:`finish_batch` is ``inner``'s. ``exact`` is True: the
+    estimator has the score estimator's expectation, so the bias-aware weight has nothing to
+    charge."""
+
+    exact = True
+
+    def __init__(self, inner: PathwiseSource) -> None:
+        if isinstance(inner, ControlVariateSource):
+            raise ValueError("the source already carries the control variate")
+        if not inner.action_function:
+            raise ValueError(
+                f"control_variate=True needs a source whose Q~ is one function of the action; the {inner.name!r} source "
+                "differentiates a model linearised around each taken action, for which Stein's identity does not hold "
+                "(use pathwise_source='critic', 'replay_critic' or 'model')"
+            )
+        self.inner = inner
+        self.name = inner.name
+        self.reward_units = inner.reward_units
+
+    @property
+    def one_step(self) -> bool:
+        return self.inner.one_step
+
+    def refresh(self, algorithm: Any) -> None:
+        self.inner.refresh(algorithm)
+
+    def context(self, policy: Any, observations: Any, actions: th.Tensor, generator: Optional[th.Generator] = None) -> Context:
+        return self.inner.context(policy, observations, actions, generator=generator)
+
+    def regression_loss(self, policy: Any, context: Context, advantages: th.Tensor) -> Optional[th.Tensor]:
+        return self.inner.regression_loss(policy, context, advantages)
+
+    def with_model(self, model: Any) -> "PathwiseSource":
+        inner = self.inner.with_model(model)
+        return self if inner is self.inner else ControlVariateSource(inner)
+
+    def scale(self, advantage_scale: float) -> float:
+        return self.inner.scale(advantage_scale)
+
+    def action_value(
+        self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None
+    ) -> th.Tensor:
+        return self.inner.action_value(mean, log_std, eps, context, mean_fn=mean_fn)
+
+    def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
+        if RESIDUAL_KEY not in context:
+            raise ValueError("the control variate's residual is missing from the context: build the batch with prepare_batch")
+        q = self.inner.value(mean, log_std, eps, context, mean_fn=mean_fn)
+        # the residual is divided by path_scale here because the caller multiplies the whole value by it
+        return q + context[RESIDUAL_KEY] * gaussian_log_prob(mean, log_std, context[ACTIONS_KEY])
+
+    @th.no_grad()
+    def finish_batch(self, batch: Any) -> Any:
+        """The batch with (A_hat - A~) / path_scale and the taken actions in its context, all at theta_old."""
+        q_taken = self.inner.action_value(batch.mean_old, batch.log_std_old, batch.eps, batch.context)
+        q_mean = self.inner.action_value(batch.mean_old, batch.log_std_old, th.zeros_like(batch.eps), batch.context)
+        a_tilde = batch.path_scale * (q_taken - q_mean).reshape(-1)
+        residual = (batch.adv.reshape(-1) - a_tilde) / batch.path_scale
+        context = {**batch.context, RESIDUAL_KEY: residual.detach(), ACTIONS_KEY: batch.actions.detach()}
+        return dataclasses.replace(batch, context=context)
+
+    def __repr__(self) -> str:
+        return f"ControlVariateSource({self.inner!r})"
