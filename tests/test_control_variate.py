@@ -166,3 +166,24 @@ def test_sources_the_identity_does_not_hold_for_and_settings_it_cannot_serve_are
         HybridPG("MlpPolicy", "Pendulum-v1", estimator="reinforce", control_variate=True)
     with pytest.raises(SettingsError, match="control_variate"):
         HybridPG("MlpPolicy", "Pendulum-v1", control_variate="yes")
+
+
+def test_the_variance_measurement_of_the_example_reads_sane_ratios():
+    """examples/control_variate_variance.py: the mix at lam* in [0, 1] is never noisier than the
+    score estimator alone (lam = 0 is one of the candidates), and a wrong critic's control variate
+    removes almost nothing (its A~ is unrelated to the advantages)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "control_variate_variance.py"
+    spec = importlib.util.spec_from_file_location("control_variate_variance", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model = _bandit_model(control_variate=False)
+    _wrong_critic(model)
+    values = example.measure(model, rollouts=2, seed=0)
+    assert values["var_cv_mix_over_score"] <= 1.0 + 1e-9 and 0.0 <= values["lam_star_cv"] <= 1.0
+    assert values["var_cv_over_score"] > values["var_path_over_score"] > 0
+    model = _bandit_model(control_variate=False, source="model")  # Q~ = r: the action part all removed
+    exact = example.measure(model, rollouts=2, seed=0)
+    assert exact["var_cv_mix_over_score"] < 0.9 * values["var_cv_mix_over_score"], (exact, values)
