@@ -130,3 +130,18 @@ def test_the_audit_command_trains_audits_reports_and_resumes(tmp_path, monkeypat
     report = write_report(config)
     text = (tmp_path / "out" / "report.md").read_text()
     assert any(p.name == "cosine_vs_step.png" for p in report) and "Pendulum-v1__hybrid, seed 0" in text
+
+
+def test_the_audit_table_takes_the_columns_of_old_and_new_checkpoints(tmp_path):
+    """Checkpoints audited before a column existed (no ``source``) sit beside newer ones: the table
+    keeps every column, empty where a checkpoint lacks it (a mixed folder once stopped the report)."""
+    import csv
+
+    from hybrid_pg.experiments.gradient_audit_report import write_table
+
+    rows = [{"run": "a", "step": 1, "cos": 0.5}, {"run": "b", "step": 2, "cos": 0.25, "source": "critic"}]
+    write_table(rows, tmp_path / "t.csv")
+    with open(tmp_path / "t.csv", newline="") as fh:
+        read = list(csv.DictReader(fh))
+    assert list(read[0]) == ["run", "step", "cos", "source"]
+    assert [(r["run"], r["source"]) for r in read] == [("a", ""), ("b", "critic")] and read[1]["cos"] == "0.25"

@@ -58,8 +58,10 @@ def _select(rows: List[Dict[str, Any]], **where: Any) -> List[Dict[str, Any]]:
 
 
 def write_table(rows: List[Dict[str, Any]], path: Path) -> None:
+    """The rows as one CSV; its columns are every row's keys (checkpoints audited by an older version
+    lack newer columns, which stay empty for them)."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
