@@ -61,7 +61,7 @@ from hybrid_pg.settings import (
     validate_settings,
 )
 from hybrid_pg.sources import PathwiseSource, choose_source
-from hybrid_pg.surrogates import ActorHead, gaussian_entropy, gaussian_kl, gaussian_log_prob, scale_gradient
+from hybrid_pg.surrogates import ActorHead, clipped_surrogate, gaussian_entropy, gaussian_kl, gaussian_log_prob, scale_gradient
 from hybrid_pg.update_log import (
     CONSOLE_KEYS,
     QUIET,
@@ -529,21 +529,23 @@ class HybridPG(OnPolicyAlgorithm):
                 )
                 log_ratio = log_prob - batch.old_log_prob[idx]
                 ratio = th.exp(log_ratio)
-                score_obj = ratio * adv
-                if clip_range is not None:
-                    score_obj = th.min(score_obj, th.clamp(ratio, 1 - clip_range, 1 + clip_range) * adv)
-                score_term = score_obj.mean()
+                score_term = clipped_surrogate(ratio, adv, clip_range).mean()
                 path_term = th.zeros((), device=self.device)
                 if not no_path:
-                    path_values = pathwise.value(
-                        scale_gradient(mean, lam["mean"]), scale_gradient(log_std, lam["log_std"]), batch.eps[idx], mb_context
-                    )
+                    path_mean, path_log_std = scale_gradient(mean, lam["mean"]), scale_gradient(log_std, lam["log_std"])
+                    path_values = pathwise.action_value(path_mean, path_log_std, batch.eps[idx], mb_context)
                     if kl_limit is not None:
                         with th.no_grad():
                             inside = gaussian_kl(batch.mean_old[idx], batch.log_std_old, mean, log_std) <= kl_limit
                         logs["path_dropped"].append(1.0 - inside.float().mean())
                         path_values = path_values * inside
                     path_term = batch.path_scale * path_values.mean()
+                    residual = pathwise.score_residual(mb_context)
+                    if residual is not None:
+                        # the control variate's score term (hybrid_pg.sources.control_variate): a score
+                        # term, so clipped like one; its gradient at theta_old is (A_hat - A~) dlog pi
+                        path_ratio = th.exp(gaussian_log_prob(path_mean, path_log_std, batch.actions[idx]) - batch.old_log_prob[idx])
+                        path_term = path_term + clipped_surrogate(path_ratio, batch.path_scale * residual, clip_range).mean()
                 entropy = gaussian_entropy(log_std)
                 value_loss = F.mse_loss(batch.returns[idx], policy.predict_values(mb_obs).flatten())
                 advantage_loss = pathwise.regression_loss(policy, mb_context, adv)

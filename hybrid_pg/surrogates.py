@@ -21,6 +21,7 @@ call the same ``source.value``, so the update and its statistics cannot disagree
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch as th
 from torch import nn
@@ -33,6 +34,16 @@ def gaussian_log_prob(mean: th.Tensor, log_std: th.Tensor, actions: th.Tensor) -
     """log N(actions; mean, diag exp(log_std)^2), summed over action dimensions -> (B,)."""
     z = (actions - mean) * th.exp(-log_std)
     return (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(-1)
+
+
+def clipped_surrogate(ratio: th.Tensor, weights: th.Tensor, clip_range: Optional[float]) -> th.Tensor:
+    """PPO's per-sample surrogate min(r w, clip(r, 1 - eps, 1 + eps) w) (plain r w without a clip
+    range): its gradient at theta_old is w dlog pi, and later epochs stop pushing a sample once its
+    ratio has left the clip range in the direction w favours."""
+    obj = ratio * weights
+    if clip_range is not None:
+        obj = th.min(obj, th.clamp(ratio, 1 - clip_range, 1 + clip_range) * weights)
+    return obj
 
 
 def gaussian_entropy(log_std: th.Tensor) -> th.Tensor:

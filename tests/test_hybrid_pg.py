@@ -105,6 +105,43 @@ def test_fixed_lambda_mixes_the_two_gradients():
     _assert_close(_grads(model), expected)
 
 
+@pytest.mark.parametrize("clip_range", [None, 0.2])
+def test_the_control_variate_update_is_the_score_gradient_plus_lam_times_a_zero_mean_difference(clip_range):
+    """g = g_M + lam (g_P - A~ dlog pi), A~ = Q~(s, a) - Q~(s, mu_old): at theta_old the clipped
+    residual surrogate has the plain one's gradient."""
+    lam = 0.3
+    model = _one_update(estimator="hybrid", fixed_lambda=lam, control_variate=True, clip_range=clip_range)
+    obs, actions, _ = _rollout_tensors(model)
+    policy = model.policy
+    low, high = th.as_tensor(model.action_space.low), th.as_tensor(model.action_space.high)
+    features = policy.extract_features(obs, policy.vf_features_extractor)
+
+    def q(a):
+        scaled = 2 * (th.clamp(a, low, high) - low) / (high - low) - 1
+        return policy.advantage_head.mlp(th.cat([features, scaled], 1)).squeeze(-1)
+
+    with th.no_grad():
+        a_tilde = q(actions) - q(policy.actor_mean(obs))
+    log_prob = policy.evaluate_actions(obs, actions)[1]
+    critic_score = th.autograd.grad(-(a_tilde * log_prob).mean(), _actor_params(model))
+    path, score = _pathwise_gradient_by_hand(model), _score_gradient_via_sb3(model)
+    expected = [s_ + lam * (p_ - c_) for p_, s_, c_ in zip(path, score, critic_score)]
+    _assert_close(_grads(model), expected)
+
+
+def test_the_clipped_surrogate_stops_pushing_a_sample_whose_ratio_left_the_range():
+    from hybrid_pg.surrogates import clipped_surrogate
+
+    log_ratio = th.tensor([0.0, 0.5, -0.5, 0.5], requires_grad=True)
+    weights = th.tensor([1.0, 1.0, -1.0, -1.0])
+    (grad,) = th.autograd.grad(clipped_surrogate(th.exp(log_ratio), weights, 0.2).sum(), log_ratio)
+    # inside: w r; ratio above 1.2 with w > 0 and below 0.8 with w < 0: clipped, no push; the last
+    # moved against its weight: not clipped (PPO's pessimistic min)
+    assert grad.tolist() == pytest.approx([1.0, 0.0, 0.0, -math.exp(0.5)])
+    (plain,) = th.autograd.grad(clipped_surrogate(th.exp(log_ratio), weights, None).sum(), log_ratio)
+    assert plain.tolist() == pytest.approx((weights * th.exp(log_ratio)).tolist())
+
+
 def test_per_group_weights_mix_each_group_separately(monkeypatch):
     weights = {"mean": 0.2, "log_std": 0.9, "global": float("nan")}
     monkeypatch.setattr(HybridPG, "_weights_for_this_update", lambda self: dict(weights))

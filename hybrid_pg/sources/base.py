@@ -79,6 +79,13 @@ class PathwiseSource(ABC):
         :meth:`value` unless a source adds terms to its pathwise surrogate (the control variate)."""
         return self.value(mean, log_std, eps, context, mean_fn=mean_fn)
 
+    def score_residual(self, context: Context) -> Optional[th.Tensor]:
+        """Per-sample weights of a score term that belongs to the pathwise estimator (in Q~'s units,
+        times ``path_scale`` in advantage units): the update adds it as a clipped likelihood-ratio
+        surrogate, while :meth:`value` carries it as a log-likelihood term for the statistics at
+        theta_old (same gradient there). None (default): the pathwise estimator has no such term."""
+        return None
+
     def finish_batch(self, batch: Any) -> Any:
         """The rollout batch once its advantages are normalised (:func:`hybrid_pg.rollout.prepare_batch`
         calls it last); a source that needs them per sample adds them to the context (default: unchanged)."""

@@ -30,9 +30,16 @@ Requirements: Q~ must be *one* function of the action for each state. The advant
 replay critic and a differentiable model stepped from (s, a) are; MuJoCo's derivatives are taken
 on a model linearised around each taken action (a different function per sample), for which the
 identity does not hold, so that source is refused. A~ and A_hat share the advantage normaliser
-(A~ is scaled like the pathwise term). The residual term is a plain log-likelihood term inside the
-pathwise surrogate, so the pathwise trust region (``pathwise_kl_limit``) drops it together with
-the pathwise term of the same sample.
+(A~ is scaled like the pathwise term).
+
+Where the residual enters: for the statistics (the per-sample gradients at theta_old) :meth:`value`
+carries it as a log-likelihood term, (A_hat - A~) log pi; the update's epochs use a PPO-clipped
+likelihood-ratio surrogate of the same weights instead (:meth:`score_residual`), with the same
+gradient at theta_old. That difference matters: with the plain log-likelihood term, which keeps
+pushing a sample however far its ratio has moved, three InvertedDoublePendulum runs (seeds
+100-102 of ``configs/rule_selection_idp.yaml``) lost the optimum that REINFORCE with the same
+(clipped) update held, although the estimator's expectation and variance at theta_old were
+REINFORCE's.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ ACTIONS_KEY = "cv_actions"
 class ControlVariateSource(PathwiseSource):
     """``inner``'s pathwise estimator plus the score estimator of its residual (module docstring).
 
-    Everything but :meth:`value` and :meth:`finish_batch` is ``inner``'s. ``exact`` is True: the
+    Everything but :meth:`value`, :meth:`score_residual` and :meth:`finish_batch` is ``inner``'s. ``exact`` is True: the
     estimator has the score estimator's expectation, so the bias-aware weight has nothing to
     charge."""
 
@@ -99,12 +106,20 @@ class ControlVariateSource(PathwiseSource):
     ) -> th.Tensor:
         return self.inner.action_value(mean, log_std, eps, context, mean_fn=mean_fn)
 
-    def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
+    def score_residual(self, context: Context) -> Optional[th.Tensor]:
+        return self._residual(context)
+
+    @staticmethod
+    def _residual(context: Context) -> th.Tensor:
         if RESIDUAL_KEY not in context:
             raise ValueError("the control variate's residual is missing from the context: build the batch with prepare_batch")
+        return context[RESIDUAL_KEY]
+
+    def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
+        residual = self._residual(context)
         q = self.inner.value(mean, log_std, eps, context, mean_fn=mean_fn)
         # the residual is divided by path_scale here because the caller multiplies the whole value by it
-        return q + context[RESIDUAL_KEY] * gaussian_log_prob(mean, log_std, context[ACTIONS_KEY])
+        return q + residual * gaussian_log_prob(mean, log_std, context[ACTIONS_KEY])
 
     @th.no_grad()
     def finish_batch(self, batch: Any) -> Any:
