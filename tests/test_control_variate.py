@@ -187,3 +187,18 @@ def test_the_variance_measurement_of_the_example_reads_sane_ratios():
     model = _bandit_model(control_variate=False, source="model")  # Q~ = r: the action part all removed
     exact = example.measure(model, rollouts=2, seed=0)
     assert exact["var_cv_mix_over_score"] < 0.9 * values["var_cv_mix_over_score"], (exact, values)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(estimator="pathwise"), dict(lambda_groups="per_group"), dict(log_std_estimator="score"), dict(oracle_freq=1, oracle_samples=256)],
+)
+def test_the_control_variate_trains_with_the_other_settings(settings):
+    """lam = 1 (g_P' alone: Q-Prop's estimator with eta = 1), per-group weights, log_std on the score
+    gradient, and the oracle (whose fresh batches carry the residual too)."""
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
+    kwargs = dict(n_steps=32, batch_size=32, n_epochs=2, lambda_warmup=0, control_variate=True, policy_kwargs=dict(net_arch=[8]))
+    model = HybridPG("MlpPolicy", env, seed=0, device="cpu", **kwargs, **settings)
+    model.learn(32 * 2 * 3)
+    assert all(np.isfinite(v) for v in model.last_lambda.values())
+    assert all(bool(th.isfinite(p.detach()).all()) for p in model.policy.parameters())
