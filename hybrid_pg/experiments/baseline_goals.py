@@ -43,14 +43,13 @@ from hybrid_pg.experiments.aggregate import (
     MIN_RUNS_FOR_SIGNIFICANCE,
     SIGNIFICANCE_LEVEL,
     Interval,
-    below_minimum_test,
     iqm,
     iqm_is_informative,
     mean,
     probability_of_improvement,
     stratified_bootstrap_ci,
 )
-from hybrid_pg.experiments.fallback_goals import fallback_markdown, fallback_rows
+from hybrid_pg.experiments.fallback_goals import fallback_markdown, fallback_rows, floor_test
 from hybrid_pg.experiments.results import (
     Results,
     evaluation_curve,
@@ -59,6 +58,7 @@ from hybrid_pg.experiments.results import (
     policy_std_summary,
     policy_std_titles,
     return_at,
+    run_seed,
 )
 
 #: runs per side before a goal can be called met (the project's rule against 2-3-seed verdicts)
@@ -133,10 +133,7 @@ def cell_row(
         row["worst_at"] = float(np.nanmin(early)) if np.isfinite(early).any() else math.nan
         row["floor_worst_at"] = float(np.nanmin(floor)) if np.isfinite(floor).any() else math.nan
         row["floor_runs"] = int(np.isfinite(floor).sum())
-        # the literal floor (no run below the floor's worst) is a coin flip when nothing differs;
-        # the exact test says whether the cell's runs sit below it more often than chance
-        mine, theirs = early[np.isfinite(early)], floor[np.isfinite(floor)]
-        row["floor_test"] = below_minimum_test(mine, theirs) if mine.size and theirs.size else None
+        row["floor_test"] = floor_test(early, floor)
     row["lambda_median"] = _median_key(runs, "hybrid/lambda", skip_updates)
     row["variance_ratio_median"] = _median_key(runs, "hybrid/variance_ratio_vs_reinforce", skip_updates)
     row["policy_std"] = policy_std_summary(runs, total_timesteps)
@@ -322,7 +319,7 @@ def markdown(
     lines += ["", "## Final return by seed", ""]
     for env, results in per_env.items():
         for name, runs in results.items():
-            by_seed = sorted((int(r.get("seed", r.get("spec", {}).get("seed", -1))), float(r["final_return"])) for r in runs)
+            by_seed = sorted((run_seed(r), float(r["final_return"])) for r in runs)
             lines.append(f"- {env}, {name}: " + (", ".join(f"s{seed} {value:.0f}" for seed, value in by_seed) or "no finished run"))
     estimators = [
         e for e in dict.fromkeys(name for rows in per_env_rows.values() for name in (r["estimator"] for r in rows)) if e != baseline

@@ -25,23 +25,35 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hybrid_pg.experiments.aggregate import MIN_RUNS_FOR_SIGNIFICANCE, SIGNIFICANCE_LEVEL, Comparison, below_minimum_test, compare
-from hybrid_pg.experiments.results import Results, learning_curve, normalized_auc, return_at
+from hybrid_pg.experiments.aggregate import (
+    MIN_RUNS_FOR_SIGNIFICANCE,
+    SIGNIFICANCE_LEVEL,
+    BelowMinimum,
+    Comparison,
+    below_minimum_test,
+    compare,
+)
+from hybrid_pg.experiments.results import Results, learning_curve, normalized_auc, return_at, run_seed
 
-__all__ = ["fallback_rows", "fallback_verdicts", "fallback_markdown"]
+__all__ = ["fallback_rows", "fallback_verdicts", "fallback_markdown", "floor_test"]
 
 #: paired seeds per env before a goal can be called met (the project's rule against 2-3-seed verdicts)
 MIN_RUNS: int = MIN_RUNS_FOR_SIGNIFICANCE
 
 
-def _seed(result: Mapping[str, Any]) -> int:
-    return int(result.get("seed", result.get("spec", {}).get("seed", -1)))
+def floor_test(early: np.ndarray, floor_early: np.ndarray) -> Optional[BelowMinimum]:
+    """The floor test of a cell's returns at the early budget against the floor cell's (NaN: a run
+    without an evaluation by then, left out); None when either side has none. The literal floor (no
+    run below the floor's worst) is a coin flip when nothing differs; the exact test says whether the
+    cell's runs sit below it more often than chance."""
+    mine, theirs = early[np.isfinite(early)], floor_early[np.isfinite(floor_early)]
+    return below_minimum_test(mine, theirs) if mine.size and theirs.size else None
 
 
 def _paired(runs: Sequence[Mapping[str, Any]], floor_runs: Sequence[Mapping[str, Any]], metric) -> Tuple[Optional[Comparison], int]:
     """The paired comparison of ``metric`` on the seeds both cells finished (None below 2 pairs)."""
-    mine = {_seed(r): metric(r) for r in runs}
-    theirs = {_seed(r): metric(r) for r in floor_runs}
+    mine = {run_seed(r): metric(r) for r in runs}
+    theirs = {run_seed(r): metric(r) for r in floor_runs}
     seeds = sorted(s for s in set(mine) & set(theirs) if math.isfinite(mine[s]) and math.isfinite(theirs[s]))
     if len(seeds) < 2:
         return None, len(seeds)
@@ -73,11 +85,8 @@ def fallback_rows(
             auc, pairs = _paired(runs, floor_runs, _auc)
             final, _ = _paired(runs, floor_runs, _final)
             test = None
-            if at_steps is not None and floor_runs:
-                early = np.array([return_at(r, at_steps) for r in runs])
-                base = np.array([return_at(r, at_steps) for r in floor_runs])
-                early, base = early[np.isfinite(early)], base[np.isfinite(base)]
-                test = below_minimum_test(early, base) if early.size and base.size else None
+            if at_steps is not None:
+                test = floor_test(np.array([return_at(r, at_steps) for r in runs]), np.array([return_at(r, at_steps) for r in floor_runs]))
             rows.append({"estimator": name, "pairs": pairs, "auc": auc, "final": final, "floor_test": test})
         out[env] = rows
     return out

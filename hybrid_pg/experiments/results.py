@@ -44,6 +44,7 @@ __all__ = [
     "policy_std_titles",
     "reads_early",
     "return_at",
+    "run_seed",
     "seed_median",
     "update_series",
     "value_at",
@@ -291,3 +292,8 @@ def return_at(result: Mapping[str, Any], step: float) -> float:
     steps, values = evaluation_curve(result)
     keep = steps <= step
     return float(values[keep][-1]) if keep.any() else math.nan
+
+
+def run_seed(result: Mapping[str, Any]) -> int:
+    """The seed a finished run trained with (its ``spec``; a bare ``seed`` key in hand-made results)."""
+    return int(result.get("seed", result.get("spec", {}).get("seed", -1)))
