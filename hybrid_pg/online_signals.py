@@ -34,9 +34,7 @@ SIGNAL_KEYS = ("sign_agreement", "advantage_corr", "path_score_cos", "path_score
 @th.no_grad()
 def advantage_agreement(source: Any, batch: Any) -> Dict[str, float]:
     """``sign_agreement`` and ``advantage_corr`` of a rollout batch at theta_old (module docstring)."""
-    q_taken = source.action_value(batch.mean_old, batch.log_std_old, batch.eps, batch.context)
-    q_mean = source.action_value(batch.mean_old, batch.log_std_old, th.zeros_like(batch.eps), batch.context)
-    a_bar = (q_taken - q_mean).double().reshape(-1)
+    a_bar = source.own_advantage(batch).double()
     a_hat = batch.adv.double().reshape(-1)
     if a_bar.numel() < 2 or not bool(th.isfinite(a_bar).all()):
         return {"sign_agreement": float("nan"), "advantage_corr": float("nan")}

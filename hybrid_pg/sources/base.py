@@ -79,6 +79,15 @@ class PathwiseSource(ABC):
         :meth:`value` unless a source adds terms to its pathwise surrogate (the control variate)."""
         return self.value(mean, log_std, eps, context, mean_fn=mean_fn)
 
+    @th.no_grad()
+    def own_advantage(self, batch: Any) -> th.Tensor:
+        """The source's own advantage of each taken action at theta_old, Q~(s, a) - Q~(s, mu(s)),
+        shape (N,): what Q-Prop's gate compares with the GAE advantage, and what the control
+        variate's score term subtracts."""
+        q_taken = self.action_value(batch.mean_old, batch.log_std_old, batch.eps, batch.context)
+        q_mean = self.action_value(batch.mean_old, batch.log_std_old, th.zeros_like(batch.eps), batch.context)
+        return (q_taken - q_mean).reshape(-1)
+
     def score_residual(self, context: Context) -> Optional[th.Tensor]:
         """Per-sample weights of a score term that belongs to the pathwise estimator (in Q~'s units,
         times ``path_scale`` in advantage units): the update adds it as a clipped likelihood-ratio

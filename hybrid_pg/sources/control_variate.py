@@ -106,17 +106,13 @@ class ControlVariateSource(PathwiseSource):
     ) -> th.Tensor:
         return self.inner.action_value(mean, log_std, eps, context, mean_fn=mean_fn)
 
-    def score_residual(self, context: Context) -> Optional[th.Tensor]:
-        return self._residual(context)
-
-    @staticmethod
-    def _residual(context: Context) -> th.Tensor:
+    def score_residual(self, context: Context) -> th.Tensor:
         if RESIDUAL_KEY not in context:
             raise ValueError("the control variate's residual is missing from the context: build the batch with prepare_batch")
         return context[RESIDUAL_KEY]
 
     def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
-        residual = self._residual(context)
+        residual = self.score_residual(context)
         q = self.inner.value(mean, log_std, eps, context, mean_fn=mean_fn)
         # the residual is divided by path_scale here because the caller multiplies the whole value by it
         return q + residual * gaussian_log_prob(mean, log_std, context[ACTIONS_KEY])
@@ -124,9 +120,7 @@ class ControlVariateSource(PathwiseSource):
     @th.no_grad()
     def finish_batch(self, batch: Any) -> Any:
         """The batch with (A_hat - A~) / path_scale and the taken actions in its context, all at theta_old."""
-        q_taken = self.inner.action_value(batch.mean_old, batch.log_std_old, batch.eps, batch.context)
-        q_mean = self.inner.action_value(batch.mean_old, batch.log_std_old, th.zeros_like(batch.eps), batch.context)
-        a_tilde = batch.path_scale * (q_taken - q_mean).reshape(-1)
+        a_tilde = batch.path_scale * self.inner.own_advantage(batch)
         residual = (batch.adv.reshape(-1) - a_tilde) / batch.path_scale
         context = {**batch.context, RESIDUAL_KEY: residual.detach(), ACTIONS_KEY: batch.actions.detach()}
         return dataclasses.replace(batch, context=context)
