@@ -158,6 +158,11 @@ BASE = {
 }
 
 
+def _restrict_reference(raw):
+    raw["envs"].append("MountainCarContinuous-v0")
+    raw["estimators"][1] = {"name": "reinforce", "algo": {"estimator": "reinforce"}, "envs": ["Pendulum-v1"]}
+
+
 def _with(change):
     raw = yaml.safe_load(yaml.safe_dump(BASE))
     change(raw)
@@ -182,6 +187,16 @@ def _with(change):
         (lambda r: r.update(baseline={"name": "hybrid", "floor": "reinforce"}), "baseline.floor and baseline.floor_at_steps go together"),
         (lambda r: r.update(baseline={"floor": "reinforce"}), "baseline.name is required"),
         (lambda r: r.update(baseline={"name": "hybrid", "flor": "reinforce"}), "baseline.flor is not a known key"),
+        (
+            lambda r: r["estimators"].append({"name": "x", "envs": ["Pendulm-v1"]}),
+            "estimators[2].envs[0]='Pendulm-v1' is not an env entry's name",
+        ),
+        (lambda r: r["estimators"].append({"name": "x", "envs": []}), "estimators[2].envs must be a non-empty list"),
+        (
+            lambda r: r["estimators"].append({"name": "x", "envs": "Pendulum-v1"}),
+            "estimators[2].envs must be a non-empty list, got 'Pendulum-v1'",
+        ),
+        (lambda r: _restrict_reference(r), "'reinforce' is the reference, which every env is compared with"),
     ],
 )
 def test_bad_ablation_files_name_the_key(change, key):
@@ -230,6 +245,24 @@ def test_bad_cells_fail_before_training_naming_the_key(tmp_path, change, key):
     assert stdout == "" and not out.exists()
 
 
+def test_an_estimator_can_be_limited_to_some_envs(tmp_path):
+    """``envs`` on an estimator entry: its cells exist on those envs only; the others are untouched."""
+    raw = _with(lambda r: r["envs"].append("MountainCarContinuous-v0"))
+    raw["estimators"].append({"name": "fixed", "algo": {"estimator": "hybrid", "fixed_lambda": 0.5}, "envs": ["MountainCarContinuous-v0"]})
+    path = tmp_path / "limited.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    ablation = load_ablation(path)
+    labels = sorted(cell.label for cell in ablation.cells)
+    assert labels == [
+        "MountainCarContinuous-v0__fixed",
+        "MountainCarContinuous-v0__hybrid",
+        "MountainCarContinuous-v0__reinforce",
+        "Pendulum-v1__hybrid",
+        "Pendulum-v1__reinforce",
+    ]
+    assert len(ablation.runs()) == 5
+
+
 def test_missing_file_and_bad_cli_arguments(tmp_path):
     status, _, err = _run(["ablate", str(tmp_path / "none.yaml")])
     assert status == 2 and "config file not found" in err
@@ -260,6 +293,20 @@ def test_the_mujoco_benchmark_grid_is_valid():
         assert config["env"]["normalize"] is True and config["train"]["eval_freq"] == 20_000 and config["train"]["eval_episodes"] == 5
         assert config["algo"]["n_steps"] == 2048 and config["algo"]["policy_kwargs"] == {"net_arch": [64, 64]}
         assert config["algo"]["algorithm"] == ("ppo" if label.endswith("__ppo") else "hybrid_pg")
+
+
+def test_the_ten_seed_benchmark_limits_the_source_cells_to_their_tasks():
+    pytest.importorskip("mujoco")
+    ablation = load_ablation(PENDULUM.parent / "mujoco_benchmark10.yaml")
+    cells = {cell.label for cell in ablation.cells}
+    assert len(ablation.runs()) == 190  # 4 envs x 4 cells + Hopper, Walker2d x MuJoCo + HalfCheetah x replay, x 10 seeds
+    assert {label for label in cells if label.endswith("__hybrid_mujoco")} == {"Hopper-v5__hybrid_mujoco", "Walker2d-v5__hybrid_mujoco"}
+    assert {label for label in cells if label.endswith("__hybrid_replay")} == {"HalfCheetah-v5__hybrid_replay"}
+    assert all(
+        f"{env}__{name}" in cells
+        for env in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5")
+        for name in ("ppo", "reinforce", "hybrid")
+    )
 
 
 def test_extra_seeds_train_only_themselves_but_the_reports_cover_the_file_seeds_too():

@@ -146,7 +146,7 @@ def test_summary_of_a_partially_filled_grid(tmp_path):
     }
     write_summary(tmp_path, per_env, "reinforce")
     md = (tmp_path / "summary.md").read_text()
-    assert "Not yet compared (no finished runs on every env): reinforce, hybrid." in md
+    assert "Not compared across envs (no finished runs on every env, yet or by the file's envs lists): reinforce, hybrid." in md
     assert "no reinforce runs on every env yet" in md
 
 

@@ -38,6 +38,9 @@ Ablation file (YAML; ``configs/ablate_pendulum.yaml`` is a full example)::
       - reinforce
       - {name: no_bias_correction, algo: {estimator: hybrid, bias_correction: false}}
       - {name: ppo, algo: {algorithm: ppo}}   # SB3's PPO on the same env, network and normalisation
+      - {name: hybrid_model, algo: {pathwise_source: model}, envs: [pendulum_critic]}
+                                   #   envs: only on these env entries (their names); default every env.
+                                   #   The reference, baseline, floor and optimum_floor cells run on every env
     fixed_lambdas: [0.25, 0.5]     # shorthand: adds {name: lam<x>, algo: {estimator: hybrid, fixed_lambda: x}}
     optimum_floor: reinforce       # optional: also write optimum.md (tasks every cell solves: does each
                                    #   seed stay at the optimum, and its std against this cell's;
@@ -108,7 +111,7 @@ TOP_LEVEL_KEYS = (
     "reuse_runs_from",
 )
 ENV_KEYS = ("id", "name", "n_envs", "normalize", "algo")
-ESTIMATOR_KEYS = ("name", "algo")
+ESTIMATOR_KEYS = ("name", "algo", "envs")
 RUNS_SUBDIR = "runs"
 #: bounds that catch a typo (a seed count or budget off by orders of magnitude) before a grid is listed
 MAX_SEEDS = 10_000
@@ -136,6 +139,11 @@ class EstimatorEntry:
     where: str
     #: False for a bare name or a fixed_lambdas value: its algo keys are not written in the file
     explicit_algo: bool = True
+    #: the env entries (by name) this estimator runs on; None: every env
+    envs: Optional[Tuple[str, ...]] = None
+
+    def runs_on(self, env: "EnvEntry") -> bool:
+        return self.envs is None or env.name in self.envs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +341,27 @@ def _parse_estimator(index: int, raw: Any) -> EstimatorEntry:
     _known_keys(where, raw, ESTIMATOR_KEYS)
     if "name" not in raw:
         raise ConfigError(f"{where}.name is required")
-    return EstimatorEntry(name=_name(f"{where}.name", raw["name"]), algo=_mapping(f"{where}.algo", raw.get("algo")), where=where)
+    envs = None
+    if "envs" in raw:
+        envs = tuple(_name(f"{where}.envs[{i}]", e) for i, e in enumerate(_list(f"{where}.envs", raw["envs"])))
+    return EstimatorEntry(name=_name(f"{where}.name", raw["name"]), algo=_mapping(f"{where}.algo", raw.get("algo")), where=where, envs=envs)
+
+
+def _check_estimator_envs(estimators: Sequence[EstimatorEntry], envs: Sequence[EnvEntry], everywhere: Mapping[str, str]) -> None:
+    """Each ``envs`` list names env entries of the file; the cells others are compared with
+    (``everywhere``: role -> estimator name) run on every env."""
+    names = [e.name for e in envs]
+    for est in estimators:
+        for i, name in enumerate(est.envs or ()):
+            if name not in names:
+                raise ConfigError(f"{est.where}.envs[{i}]={name!r} is not an env entry's name (envs: {names}){suggest(name, names)}")
+        missing = [] if est.envs is None else [n for n in names if n not in est.envs]
+        roles = [role for role, cell in everywhere.items() if cell == est.name]
+        if missing and roles:
+            raise ConfigError(
+                f"{est.where}.envs leaves out {missing}, but {est.name!r} is the {' and '.join(roles)}, which every env is compared with: "
+                "remove its envs key"
+            )
 
 
 def _fixed_lambda_estimators(value: Any) -> List[EstimatorEntry]:
@@ -386,6 +414,14 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
     optimum_floor = raw.get("optimum_floor")
     if optimum_floor is not None and optimum_floor not in names:
         raise ConfigError(f"optimum_floor={_show(optimum_floor)} is not one of the estimators {names}{suggest(str(optimum_floor), names)}")
+    everywhere = {"reference": reference}
+    if baseline is not None:
+        everywhere["baseline"] = baseline.name
+        if baseline.floor is not None:
+            everywhere["baseline's floor"] = baseline.floor
+    if optimum_floor is not None:
+        everywhere["optimum_floor"] = optimum_floor
+    _check_estimator_envs(estimators, envs, everywhere)
     file_seeds = _parse_seeds(raw.get("seeds", 1))
     if seeds is not None:
         seeds_t = tuple(_int(f"--seeds[{i}]", s, 0) for i, s in enumerate(seeds))
@@ -506,7 +542,7 @@ def validate_cells(ablation: Ablation) -> Ablation:
     try:
         for env in ablation.envs:
             _check_env_entry(ablation, env)
-        cells = tuple(_check_cell(ablation, env, est) for env in ablation.envs for est in ablation.estimators)
+        cells = tuple(_check_cell(ablation, env, est) for env in ablation.envs for est in ablation.estimators if est.runs_on(env))
     finally:
         th.set_num_threads(threads)
     return dataclasses.replace(ablation, cells=cells)

@@ -548,7 +548,11 @@ def write_summary(out_dir: Path, per_env: Mapping[str, Results], reference: str,
     lines = [
         f"# Across {len(per_env)} env(s): {', '.join(per_env)}",
         "",
-        *([f"Not yet compared (no finished runs on every env): {', '.join(left_out)}.", ""] if left_out else []),
+        *(
+            [f"Not compared across envs (no finished runs on every env, yet or by the file's envs lists): {', '.join(left_out)}.", ""]
+            if left_out
+            else []
+        ),
         "Scores normalised per env by min-max over every run of every estimator on that env (0 = worst run there, "
         "1 = best; relative to the estimators compared). Mean / IQM of the normalised scores over all runs with a 95% "
         "stratified bootstrap CI (envs as strata; IQM — below 4 runs). P(improvement): probability that a run of the "
