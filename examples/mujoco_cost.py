@@ -41,6 +41,12 @@ SETTINGS = dict(
 )
 
 
+#: SB3's Adam settings with torch's per-parameter loop / its fused kernel
+LOOP_ADAM = dict(eps=1e-5, fused=False)
+FUSED_ADAM = dict(eps=1e-5, fused=True)
+NOT_BENCHMARK_CELLS = ("hybrid_mujoco_k2", "hybrid_loop_adam", "ppo_fused_adam")
+
+
 def _env(env_id: str, seed: int) -> Any:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
@@ -59,7 +65,7 @@ def cells(forced: bool = False) -> Dict[str, Callable[[Any, int], Any]]:
 
     def hybrid(**kw: Any) -> Callable[[Any, int], Any]:
         extra = force if kw.get("estimator") == "hybrid" else {}
-        return lambda env, seed: HybridPG("MlpPolicy", env, seed=seed, device="cpu", **SETTINGS, **kw, **extra)
+        return lambda env, seed: HybridPG("MlpPolicy", env, seed=seed, device="cpu", **{**SETTINGS, **kw, **extra})
 
     def mujoco_full(env: Any, seed: int) -> Any:
         model = hybrid(estimator="hybrid", pathwise_source="mujoco")(env, seed)
@@ -73,8 +79,16 @@ def cells(forced: bool = False) -> Dict[str, Callable[[Any, int], Any]]:
         "hybrid_replay": hybrid(estimator="hybrid", pathwise_source="replay_critic"),
         "hybrid_mujoco": hybrid(estimator="hybrid", pathwise_source="mujoco"),
         "hybrid_mujoco_full": mujoco_full,
-        # not a benchmark cell (only with --cells): a two-step return through the simulator
+        # not benchmark cells (only with --cells): a two-step return through the simulator; the
+        # optimizer's loop instead of the fused Adam HybridPG uses by default (SB3's eps kept), and
+        # PPO with the fused Adam, to tell the optimizer's share of a ratio from the algorithm's
         "hybrid_mujoco_k2": hybrid(estimator="hybrid", pathwise_source="mujoco", model_horizon=2),
+        "hybrid_loop_adam": hybrid(
+            estimator="hybrid", pathwise_source="critic", policy_kwargs=dict(net_arch=[64, 64], optimizer_kwargs=LOOP_ADAM)
+        ),
+        "ppo_fused_adam": lambda env, seed: PPO(
+            "MlpPolicy", env, seed=seed, device="cpu", **{**SETTINGS, "policy_kwargs": dict(net_arch=[64, 64], optimizer_kwargs=FUSED_ADAM)}
+        ),
     }
 
 
@@ -124,7 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     th.set_num_threads(1)
     table = cells(args.forced)
-    names = args.cells or [name for name in table if name != "hybrid_mujoco_k2"]
+    names = args.cells or [name for name in table if name not in NOT_BENCHMARK_CELLS]
     best: Dict[str, Dict[str, Any]] = {}
     for _ in range(args.repeats):
         for name in names:

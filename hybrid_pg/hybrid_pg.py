@@ -40,7 +40,7 @@ from hybrid_pg.estimator import BatchMoments, LambdaEstimate
 from hybrid_pg.online_signals import online_signals
 from hybrid_pg.oracle import Oracle, OracleEnv, check_oracle_env
 from hybrid_pg.per_sample import GROUPS, all_finite
-from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy
+from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy, unfuse_where_unsupported
 from hybrid_pg.rollout import (
     RolloutBatch,
     check_rollout_finite,
@@ -261,6 +261,7 @@ class HybridPG(OnPolicyAlgorithm):
                 f"HybridPG needs a HybridActorCriticPolicy (it adds the advantage head A_phi); got "
                 f"{type(self.policy).__name__}. Subclass hybrid_pg.policies.HybridActorCriticPolicy instead of ActorCriticPolicy."
             )
+        unfuse_where_unsupported(self.policy.optimizer, self.policy.device)
         if getattr(self, "action_space", None) is not None:  # unset by SB3 when load(env=None)
             check_action_space(self.action_space)
         if self.env is not None:

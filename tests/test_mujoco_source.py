@@ -348,8 +348,16 @@ def test_mujoco_cost_example_runs_every_cell(monkeypatch):
     monkeypatch.setitem(example.SETTINGS, "batch_size", 32)
     monkeypatch.setitem(example.SETTINGS, "n_epochs", 1)
     table = example.cells(forced=True)
-    assert {"ppo", "reinforce", "hybrid", "hybrid_replay", "hybrid_mujoco", "hybrid_mujoco_full", "hybrid_mujoco_k2"} == set(table)
-    for name in ("ppo", "hybrid_mujoco", "hybrid_mujoco_full"):
+    assert {"ppo", "reinforce", "hybrid", "hybrid_replay", "hybrid_mujoco", "hybrid_mujoco_full", *example.NOT_BENCHMARK_CELLS} == set(
+        table
+    )
+    for name in ("ppo", "hybrid_mujoco", "hybrid_mujoco_full", "hybrid_loop_adam", "ppo_fused_adam"):
         m = example.measure(table[name], "HalfCheetah-v5", 64)
         assert m["step_s"] > 0 and m["update_s"] > 0
-        assert m["path_share"] == (0.0 if name == "ppo" else 1.0)
+        assert m["path_share"] == (0.0 if name.startswith("ppo") else 1.0)
+    # the two optimizer cells are what they say
+    fused = {
+        name: table[name](example._env("HalfCheetah-v5", 0), 0).policy.optimizer.param_groups[0]["fused"]
+        for name in ("hybrid_loop_adam", "ppo_fused_adam", "hybrid")
+    }
+    assert fused == {"hybrid_loop_adam": False, "ppo_fused_adam": True, "hybrid": True}

@@ -122,6 +122,8 @@ SPEED_REGIMES: Dict[str, Tuple[str, Dict[str, Any], Dict[str, Any]]] = {
     "ppo": ("ppo", dict(n_epochs=10, batch_size=64), dict(n_epochs=10, batch_size=64, lambda_warmup=0)),
 }
 BASELINE_NAMES = {"a2c": "A2C", "ppo": "PPO"}
+#: untimed rollouts per algorithm and regime before the timed runs
+WARMUP_ROLLOUTS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +223,7 @@ def speed_benchmark(
 
     All runs happen in this process, one after the other, with one torch thread (the configs'
     ``train.torch_threads``), each writing its run directory under ``runs_dir`` (default: a
-    temporary folder): first an untimed warm-up of one rollout per algorithm (imports, allocator), then for
+    temporary folder): first an untimed warm-up of ``WARMUP_ROLLOUTS`` rollouts per algorithm (imports, allocator), then for
     every seed and regime the baseline and HybridPG back to back, the pair's order alternating
     between seeds so that a drift in machine load hits both alike. ``ratio`` is the ratio of
     median times per step (HybridPG / baseline); ``pair_ratios`` the per-seed ratios.
@@ -245,9 +247,11 @@ def _timed_runs(
     settings: SpeedSettings, root: Path, say: Callable[[str], None]
 ) -> Dict[str, Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    rollout = settings.n_steps * settings.n_envs
+    # four rollouts: every code path of an update has run once (the weight's direction check needs
+    # three rollouts in its window), so no first-call import lands in a timed run
+    warmup_steps = WARMUP_ROLLOUTS * settings.n_steps * settings.n_envs
     for regime in settings.regimes:
-        for config in speed_configs(settings, regime, seed=0, steps=rollout):
+        for config in speed_configs(settings, regime, seed=0, steps=warmup_steps):
             run(config, root / f"warmup-{stamp}" / f"{regime}_{config['algo']['algorithm']}", quiet=True)
     timed: Dict[str, Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]] = {r: ([], []) for r in settings.regimes}
     for seed in range(settings.seeds):
