@@ -193,8 +193,8 @@ def outer_product_group_moments(
             # ||sum_{i in j} delta_i h_i^T||^2 = sum_{i,i' in j} <delta_i, delta_i'> <h_i, h_i'>: Gram
             # matrices within each block, O(n L (out + in)) without forming any outer product
             hb = th.cat([h, th.ones_like(h[:, :1])], 1) if layer.bias is not None else h
-            for k, (a, b) in enumerate(((dp, dp), (dm, dm), (dp, dm))):
-                lr[k] += _block_gram_sum(padded, block_len, a, b, hb)
+            for k, value in enumerate(_block_gram_sums(padded, block_len, dp, dm, hb)):
+                lr[k] += value
         h_sq = (h * h).sum(1) + (1.0 if layer.bias is not None else 0.0)
         sum_pp += float(((dp * dp).sum(1) * h_sq).sum())
         sum_mm += float(((dm * dm).sum(1) * h_sq).sum())
@@ -229,15 +229,21 @@ def _padded_block_rows(block_index: th.Tensor, block_len: th.Tensor) -> th.Tenso
     return rows
 
 
-def _block_gram_sum(rows: th.Tensor, block_len: th.Tensor, a: th.Tensor, b: th.Tensor, h: th.Tensor) -> float:
-    """sum_j (1 / L_j) <sum_{i in j} a_i h_i^T, sum_{i in j} b_i h_i^T> over the blocks ``rows``."""
+def _block_gram_sums(rows: th.Tensor, block_len: th.Tensor, dp: th.Tensor, dm: th.Tensor, h: th.Tensor) -> Tuple[float, float, float]:
+    """sum_j (1 / L_j) <sum_{i in j} a_i h_i^T, sum_{i in j} b_i h_i^T> over the blocks ``rows``, for
+    (a, b) = (dp, dp), (dm, dm), (dp, dm): each tensor gathered once, the inputs' Gram matrix shared."""
 
     def gather(x: th.Tensor) -> th.Tensor:
         return th.cat([x, x.new_zeros(1, x.shape[1])])[rows]  # (K, L_max, dim)
 
-    ga, gb, gh = gather(a), gather(b), gather(h)
-    gram = th.bmm(ga, gb.transpose(1, 2)) * th.bmm(gh, gh.transpose(1, 2))
-    return float((gram.sum((1, 2)) / block_len.double()).sum())
+    gp, gm, gh = gather(dp), gather(dm), gather(h)
+    gram_h = th.bmm(gh, gh.transpose(1, 2))
+    lengths = block_len.double()
+
+    def total(ga: th.Tensor, gb: th.Tensor) -> float:
+        return float(((th.bmm(ga, gb.transpose(1, 2)) * gram_h).sum((1, 2)) / lengths).sum())
+
+    return total(gp, gp), total(gm, gm), total(gp, gm)
 
 
 def _moments_from_sums(n: int, mean_p: th.Tensor, mean_m: th.Tensor, sum_pp: float, sum_mm: float, sum_pm: float) -> BatchMoments:
