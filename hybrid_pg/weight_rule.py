@@ -44,7 +44,7 @@ import math
 from dataclasses import asdict, dataclass
 from functools import reduce
 from statistics import NormalDist
-from typing import Any, Optional, Sequence, Tuple, cast
+from typing import Any, List, Optional, Sequence, Tuple, cast
 
 import torch as th
 
@@ -401,13 +401,20 @@ class DirectionTest:
         return asdict(self)
 
 
-def _cross_inner(xs: Sequence[th.Tensor], ys: Sequence[th.Tensor], w: Sequence[float]) -> float:
-    """sum_{j != k} w_j w_k <x_j, y_k> / sum_{j != k} w_j w_k (needs two rollouts or more)."""
-    wx = sum(wj * x for wj, x in zip(w, xs))
-    wy = sum(wk * y for wk, y in zip(w, ys))
-    diagonal = sum(wj * wj * float(x @ y) for wj, x, y in zip(w, xs, ys))
-    pairs = sum(w) ** 2 - sum(wj * wj for wj in w)
-    return (float(cast(th.Tensor, wx) @ cast(th.Tensor, wy)) - diagonal) / pairs
+def _cross_inner(gram: th.Tensor, w: th.Tensor) -> Tuple[float, List[float]]:
+    """From ``gram[j, k] = <x_j, y_k>``: sum_{j != k} w_j w_k <x_j, y_k> / sum_{j != k} w_j w_k over
+    all rollouts, and the same with each rollout left out in turn (the jackknife's values), without
+    a loop over the rollouts (needs three rollouts or more for the leave-one-out values)."""
+    w_gram, gram_w = gram @ w, w @ gram  # (C w)_i and (C^T w)_i
+    diagonal = w * w * gram.diagonal()
+    total, diag_sum = float(w @ w_gram), float(diagonal.sum())
+    w_sum, w_sq = float(w.sum()), float((w * w).sum())
+    full = (total - diag_sum) / (w_sum**2 - w_sq)
+    # rollout i left out: its row and column leave w^T C w, its diagonal entry the diagonal's sum
+    loo_total = total - w * w_gram - w * gram_w + diagonal
+    loo_pairs = (w_sum - w) ** 2 - (w_sq - w * w)
+    loo = (loo_total - (diag_sum - diagonal)) / loo_pairs
+    return full, [float(x) for x in loo]
 
 
 def student_t_quantile(z: float, dof: float) -> float:
@@ -449,13 +456,12 @@ def direction_test(
     w = [1.0] * k if weights is None else [float(x) for x in weights]
     if len(w) != k:
         raise ValueError("one weight per batch is required")
-    ps = [b.mean_path.double() for b in batches]
-    ms = [b.mean_score.double() for b in batches]
-    inner = _cross_inner(ps, ms, w)
-    keep = [[j for j in range(k) if j != i] for i in range(k)]
-    loo = [_cross_inner([ps[j] for j in idx], [ms[j] for j in idx], [w[j] for j in idx]) for idx in keep]
+    ps = th.stack([b.mean_path.double() for b in batches])
+    ms = th.stack([b.mean_score.double() for b in batches])
+    weights_t = th.tensor(w, dtype=th.float64)
+    inner, loo = _cross_inner(ps @ ms.T, weights_t)
     se = jackknife_se(loo)
-    norm_p, norm_m = _cross_inner(ps, ps, w), _cross_inner(ms, ms, w)
+    (norm_p, _), (norm_m, _) = _cross_inner(ps @ ps.T, weights_t), _cross_inner(ms @ ms.T, weights_t)
     cos = inner / math.sqrt(norm_p * norm_m) if norm_p > 0 and norm_m > 0 else math.nan
     t = inner / se if se > 0 else math.nan
     z = NormalDist().inv_cdf(confidence)

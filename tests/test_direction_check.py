@@ -170,3 +170,21 @@ def test_training_gates_on_the_previous_rollouts_explained_variance():
     base = {"env": {"id": "Pendulum-v1"}, "train": {"total_timesteps": 100}}
     assert run_key("c", resolve_config({**base, "algo": {}})) == run_key("c", resolve_config({**base, "algo": {"critic_gate": None}}))
     assert run_key("c", resolve_config({**base, "algo": {}})) != run_key("c", resolve_config({**base, "algo": {"critic_gate": 0.0}}))
+
+
+def test_cross_rollout_inner_products_and_their_leave_one_out_values():
+    """The vectorised sums against their definition, sum over pairs j != k of w_j w_k <x_j, y_k>."""
+    from hybrid_pg.weight_rule import _cross_inner
+
+    g = th.Generator().manual_seed(3)
+    k = 6
+    xs, ys = th.randn(k, 20, generator=g, dtype=th.float64), th.randn(k, 20, generator=g, dtype=th.float64)
+    w = th.rand(k, generator=g, dtype=th.float64) + 0.1
+
+    def by_definition(rollouts):
+        pairs = [(j, m) for j in rollouts for m in rollouts if j != m]
+        return float(sum(w[j] * w[m] * (xs[j] @ ys[m]) for j, m in pairs) / sum(w[j] * w[m] for j, m in pairs))
+
+    full, loo = _cross_inner(xs @ ys.T, w)
+    assert full == pytest.approx(by_definition(range(k)), rel=1e-12)
+    assert loo == pytest.approx([by_definition([j for j in range(k) if j != i]) for i in range(k)], rel=1e-12)
