@@ -309,6 +309,17 @@ def test_the_ten_seed_benchmark_limits_the_source_cells_to_their_tasks():
     )
 
 
+def test_the_zoo_first_look_gives_both_cells_the_zoos_settings():
+    pytest.importorskip("mujoco")
+    ablation = load_ablation(PENDULUM.parent / "zoo_first_look.yaml")
+    assert len(ablation.runs()) == 12 and ablation.total_timesteps == 1_000_000
+    for env in ("HalfCheetah-v5", "Hopper-v5"):
+        ppo, hybrid = (next(c for c in ablation.cells if c.label == f"{env}__{name}") for name in ("ppo", "hybrid"))
+        shared = {k: v for k, v in ppo.config["algo"].items() if k != "algorithm"}
+        assert shared.items() <= hybrid.config["algo"].items()  # the hybrid gets every zoo setting unchanged
+        assert shared["policy_kwargs"]["net_arch"] == {"pi": [256, 256], "vf": [256, 256]}
+
+
 def test_extra_seeds_train_only_themselves_but_the_reports_cover_the_file_seeds_too():
     ablation = load_ablation(SMOKE, seeds=[5])
     assert ablation.seeds == (5,) and ablation.report_seeds == (0, 1, 5)
