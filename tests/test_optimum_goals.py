@@ -31,22 +31,35 @@ NEVER = [100, 800, 2000, 3000]
 
 
 def test_a_seed_holds_only_when_its_last_evaluations_stay_near_the_optimum(tmp_path):
-    assert seed_at_optimum(_run(tmp_path, "a", 0, HOLDS, 0.1), 9360.0) == {
-        "reached": True,
-        "held": True,
-        "last_min": 9340.0,
-        "reached_step": 40000.0,
-    }
-    assert seed_at_optimum(_run(tmp_path, "b", 0, LOSES, 0.1), 9360.0) == {
-        "reached": True,
-        "held": False,
-        "last_min": 5600.0,
-        "reached_step": 20000.0,
-    }
+    assert seed_at_optimum(_run(tmp_path, "a", 0, HOLDS, 0.1), 9360.0) == pytest.approx(
+        {"reached": True, "held": True, "last_min": 9340.0, "reached_step": 40000.0, "kept": (9350 + 9360 + 9340) / 3 / 9360}
+    )
+    assert seed_at_optimum(_run(tmp_path, "b", 0, LOSES, 0.1), 9360.0) == pytest.approx(
+        {"reached": True, "held": False, "last_min": 5600.0, "reached_step": 20000.0, "kept": (9000 + 5600 + 9350) / 3 / 9360}
+    )
     assert seed_at_optimum(_run(tmp_path, "c", 0, NEVER, 0.1), 9360.0)["reached"] is False
     # 5% of 9360 is 468: 8900 is inside, 8890 outside
     assert seed_at_optimum(_run(tmp_path, "d", 0, [9360, 8900, 8900, 8900], 0.1), 9360.0)["held"] is True
     assert seed_at_optimum(_run(tmp_path, "e", 0, [9360, 8900, 8890, 8900], 0.1), 9360.0)["held"] is False
+
+
+def test_kept_counts_every_evaluation_after_the_optimum_and_pairs_by_seed(tmp_path):
+    """Two cells that both hold on every seed by the last-3 rule, one of which loses an episode in
+    the middle: kept tells them apart, and its difference from the floor is paired by seed."""
+    dips = [100, 9360, 7488, 9360, 9360, 9360]  # one of five episodes failing once (0.8 of the optimum)
+    results = {
+        "reinforce": [_run(tmp_path, "r", s, [100, 9360, 9360, 9360, 9360, 9360], 0.1) for s in range(5)],
+        "hybrid": [_run(tmp_path, "h", s, dips if s < 2 else [100, 9360, 9360, 9360, 9360, 9360], 0.1) for s in range(5)],
+        "never": [_run(tmp_path, "n", s, NEVER, 0.1) for s in range(5)],
+    }
+    rows = {r["estimator"]: r for r in cell_rows(results, "reinforce")}
+    assert rows["hybrid"]["held"] == rows["reinforce"]["held"] == 5
+    assert rows["reinforce"]["kept"].point == pytest.approx(1.0)
+    assert rows["hybrid"]["kept"].point == pytest.approx(1.0 - 2 / 5 * (1 - 7488 / 9360) / 4)
+    assert rows["hybrid"]["kept_vs_floor"].point == pytest.approx(rows["hybrid"]["kept"].point - 1.0)
+    assert rows["hybrid"]["kept_vs_floor"].high == pytest.approx(0.0)  # the worst resample: no seed dipped
+    assert rows["never"]["kept"] is None and rows["never"]["kept_vs_floor"] is None
+    assert rows["reinforce"]["kept_vs_floor"] is None
 
 
 def test_cell_rows_count_seeds_pair_stds_and_give_verdicts(tmp_path):

@@ -10,6 +10,12 @@ from the runs' deterministic evaluations (``evaluations.csv``) and their ``train
 * held: of those, the seeds whose last ``last`` (3) evaluations all stayed within ``tolerance`` of it
   (the goal: no seed losing more than 5% of the optimum over its last 3 evaluations once reached),
   and the worst such minimum over the seeds;
+* kept: per seed that reached it, the mean of its evaluations *after* the first one at the optimum,
+  as a share of the optimum (1.0: every later evaluation at the optimum; one evaluation episode of
+  five failing early shows as about 0.8 in that evaluation), mean over seeds with a 95% bootstrap
+  CI, and paired by seed against the floor cell. Held/not held turns on the last few evaluations
+  and single failing episodes; kept uses every evaluation after the optimum, so it separates cells
+  with the same count of held seeds;
 * the share of updates after a seed first reached the optimum that applied lam = 0 (a back-off rule
   falling back to the score gradient; 100% for REINFORCE), the median over the seeds that reached it;
 * the policy's std at the end (median over seeds) and its paired difference from the ``floor`` cell
@@ -55,16 +61,18 @@ def seed_at_optimum(
     steps, values = evaluation_curve(result)
     threshold = (1.0 - tolerance) * optimum
     if values.size == 0 or not math.isfinite(optimum):
-        return {"reached": False, "held": False, "last_min": math.nan, "reached_step": math.nan}
+        return {"reached": False, "held": False, "last_min": math.nan, "reached_step": math.nan, "kept": math.nan}
     tail = values[-last:]
     reached_at = np.nonzero(values >= threshold)[0]
     reached = bool(reached_at.size)
     held = reached and values.size >= last and bool((tail >= threshold).all())
+    after = values[reached_at[0] + 1 :] if reached else values[:0]
     return {
         "reached": reached,
         "held": held,
         "last_min": float(tail.min()),
         "reached_step": float(steps[reached_at[0]]) if reached else math.nan,
+        "kept": float(after.mean() / optimum) if after.size else math.nan,
     }
 
 
@@ -83,6 +91,23 @@ def _paired_std_difference(runs: Sequence[Mapping[str, Any]], floor_runs: Sequen
     return seed_interval(diffs[np.isfinite(diffs)], mean)
 
 
+def _kept_by_seed(runs: Sequence[Mapping[str, Any]], optimum: float, tolerance: float, last: int) -> Dict[int, float]:
+    kept = {r["spec"]["seed"]: seed_at_optimum(r, optimum, tolerance, last)["kept"] for r in runs}
+    return {seed: k for seed, k in kept.items() if math.isfinite(k)}
+
+
+def _kept(runs, floor_runs, optimum: float, tolerance: float, last: int, paired: bool):
+    """The mean kept share over the seeds that reached the optimum, and its paired difference from
+    the floor cell's over the seeds both reached it (None where there is nothing to compare)."""
+    own = _kept_by_seed(runs, optimum, tolerance, last)
+    share = seed_interval(np.array(list(own.values()), dtype=float), mean)
+    if not paired:
+        return share, None
+    floor = _kept_by_seed(floor_runs, optimum, tolerance, last)
+    diffs = np.array([own[s] - floor[s] for s in own if s in floor], dtype=float)
+    return share, seed_interval(diffs, mean)
+
+
 def cell_rows(
     results: Results, floor: Optional[str], tolerance: float = DEFAULT_TOLERANCE, last: int = DEFAULT_LAST
 ) -> List[Dict[str, Any]]:
@@ -99,6 +124,7 @@ def cell_rows(
         stds = [policy_std(r) for r in runs]
         stds = [s for s in stds if math.isfinite(s)]
         diff = _paired_std_difference(runs, results.get(floor, [])) if floor is not None and name != floor else None
+        kept, kept_diff = _kept(runs, results.get(floor, []), optimum, tolerance, last, paired=floor is not None and name != floor)
         if len(runs) < MIN_RUNS:
             verdict = f"too few seeds ({len(runs)} < {MIN_RUNS})"
         elif reached == 0:
@@ -116,6 +142,8 @@ def cell_rows(
                 "fallback_share": float(np.median(shares)) if shares else math.nan,
                 "std_end_median": float(np.median(stds)) if stds else math.nan,
                 "std_vs_floor": diff,
+                "kept": kept,
+                "kept_vs_floor": kept_diff,
                 "verdict": verdict,
             }
         )
@@ -130,6 +158,14 @@ def _interval_text(x: Optional[Interval]) -> str:
     return f"{x.point:+.3f} [{x.low:+.3f}, {x.high:+.3f}]"
 
 
+def _share_text(x: Optional[Interval]) -> str:
+    if x is None:
+        return "—"
+    if math.isnan(x.low):
+        return f"{x.point:.3f} (one seed)"
+    return f"{x.point:.3f} [{x.low:.3f}, {x.high:.3f}]"
+
+
 def markdown(
     per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], floor: Optional[str], tolerance: float, last: int, title: str = ""
 ) -> str:
@@ -139,7 +175,9 @@ def markdown(
         f"Per env, the optimum is the best deterministic evaluation any run reached. A seed *reached* it when an evaluation "
         f"came within {tolerance:.0%} of it, and *held* it when its last {last} evaluations all stayed within {tolerance:.0%}. "
         f"Goal: every seed that reached the optimum holds it ({MIN_RUNS} seeds or more)."
-        + (f" Std vs {floor}: the final policy std minus {floor}'s, paired by seed, mean [95% bootstrap CI]." if floor else ""),
+        + (f" Std vs {floor}: the final policy std minus {floor}'s, paired by seed, mean [95% bootstrap CI]." if floor else "")
+        + " Kept: per seed that reached the optimum, the mean of its evaluations after the first one there, as a share of "
+        "the optimum; mean over those seeds [95% bootstrap CI]" + (f", and minus {floor}'s, paired by seed." if floor else "."),
         "",
     ]
     for env, rows in per_env_rows.items():
@@ -148,6 +186,7 @@ def markdown(
         header = ["estimator", "seeds", "reached", "held", "worst of the last evaluations", "updates at lam = 0 once reached (median)"]
         header += ["policy std at the end (median)"]
         header += [f"std vs {floor}"] if floor else []
+        header += ["kept after reaching"] + ([f"kept vs {floor}"] if floor else [])
         header += ["goal"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
@@ -161,6 +200,7 @@ def markdown(
                 "—" if math.isnan(r["std_end_median"]) else f"{r['std_end_median']:.3f}",
             ]
             cells += [_interval_text(r["std_vs_floor"])] if floor else []
+            cells += [_share_text(r["kept"])] + ([_interval_text(r["kept_vs_floor"])] if floor else [])
             cells += [r["verdict"]]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
