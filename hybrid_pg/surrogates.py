@@ -79,7 +79,9 @@ class FrozenModule:
     once whose parameters are detached views of the live ones (same storage, so in-place optimizer
     steps and ``load_state_dict`` reach it) and whose buffers are the live buffers; calling it is a
     plain forward. (``torch.func.functional_call`` does the same per call, at a cost that was 8% of
-    an update with the advantage head.) The twin follows the module's train/eval mode.
+    an update with the advantage head.) The twin follows the module's train/eval mode. It is a copy
+    made once: it sees the module's weights as they change, not a ``forward`` replaced on the
+    instance afterwards (subclass the module instead).
     """
 
     def __init__(self, module: nn.Module) -> None:

@@ -192,8 +192,10 @@ def test_log_std_at_a_floor_does_not_crash(log_std):
 
 
 def _diverge_critic(model, value: float) -> None:
-    forward = model.policy.advantage_head.forward
-    model.policy.advantage_head.forward = lambda features, actions: forward(features, actions) * value
+    """What a diverged head looks like: non-finite weights (its output layer's), written in place as
+    an optimizer step would write them, so every user of the head sees them."""
+    with th.no_grad():
+        model.policy.advantage_head.mlp[-1].weight.fill_(value)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
@@ -219,7 +221,8 @@ def test_diverged_critic_does_not_poison_the_actor_and_value_parameters(value):
     model.learn(32 * 3)
     _diverge_critic(model, value)
     model.learn(32, reset_num_timesteps=False)
-    actor_and_value = [p for name, p in model.policy.named_parameters() if not name.startswith("q_net.")]
+    actor_and_value = [p for name, p in model.policy.named_parameters() if not name.startswith("advantage_head.")]
+    assert len(actor_and_value) < len(list(model.policy.parameters()))  # the head itself is left out
     assert all(bool(th.isfinite(p).all()) for p in actor_and_value)
 
 
