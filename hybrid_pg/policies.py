@@ -31,16 +31,24 @@ from torch import nn
 
 
 class AdvantageHead(nn.Module):
-    """A_phi(features, a): an MLP on [features, a rescaled from the Box bounds to [-1, 1]]."""
+    """A_phi(features, a): an MLP on [features, a rescaled from the Box bounds to [-1, 1]].
+
+    With ``layer_norm`` every hidden layer is Linear -> LayerNorm -> activation (the normalised
+    layers of REPPO's critic, Voelcker et al. 2025): the head's inputs to each nonlinearity keep a
+    fixed scale however its weights grow, which keeps its action-gradient from sharpening as it fits
+    noisy advantages. Without it the layers are SB3's ``create_mlp`` (saved models keep their keys).
+    """
 
     # buffers (registered in __init__), declared for type checkers
     action_low: th.Tensor
     action_high: th.Tensor
 
-    def __init__(self, features_dim: int, action_space: spaces.Box, net_arch: List[int], activation_fn: Type[nn.Module]) -> None:
+    def __init__(
+        self, features_dim: int, action_space: spaces.Box, net_arch: List[int], activation_fn: Type[nn.Module], layer_norm: bool = False
+    ) -> None:
         super().__init__()
         action_dim = int(np.prod(action_space.shape))
-        self.mlp = nn.Sequential(*create_mlp(features_dim + action_dim, 1, net_arch, activation_fn))
+        self.mlp = nn.Sequential(*_mlp(features_dim + action_dim, net_arch, activation_fn, layer_norm))
         self.register_buffer("action_low", th.as_tensor(action_space.low, dtype=th.float32).flatten(), persistent=False)
         self.register_buffer("action_high", th.as_tensor(action_space.high, dtype=th.float32).flatten(), persistent=False)
 
@@ -53,6 +61,16 @@ class AdvantageHead(nn.Module):
         # a zero-width dimension (low == high, legal in gymnasium) carries no information: feed 0
         scaled = th.where(width > 0, 2.0 * (actions - self.action_low) / width.clamp_min(1e-12) - 1.0, th.zeros_like(actions))
         return self.mlp(th.cat([features, scaled], dim=1)).squeeze(-1)
+
+
+def _mlp(in_dim: int, net_arch: List[int], activation_fn: Type[nn.Module], layer_norm: bool) -> List[nn.Module]:
+    if not layer_norm:
+        return create_mlp(in_dim, 1, net_arch, activation_fn)
+    layers: List[nn.Module] = []
+    for width in net_arch:
+        layers += [nn.Linear(in_dim, width), nn.LayerNorm(width), activation_fn()]
+        in_dim = width
+    return layers + [nn.Linear(in_dim, 1)]
 
 
 #: optimizers whose fused kernel is the same algorithm as their loop (torch.optim's docs)
@@ -92,6 +110,8 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
     Accepts every argument of :class:`stable_baselines3.common.policies.ActorCriticPolicy`, plus:
 
     :param advantage_net_arch: hidden layer sizes of the advantage head A_phi(s, a) (default [64, 64]).
+    :param advantage_layer_norm: LayerNorm after each hidden layer of the advantage head (see
+        :class:`AdvantageHead`; default False).
     :param q_net_arch: deprecated name of ``advantage_net_arch``.
 
     Adam/AdamW use torch's fused kernel unless ``optimizer_kwargs`` chooses (see the module's doc).
@@ -104,6 +124,7 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
         lr_schedule: Schedule,
         *args: Any,
         advantage_net_arch: Optional[List[int]] = None,
+        advantage_layer_norm: bool = False,
         q_net_arch: Optional[List[int]] = None,
         **kwargs: Any,
     ) -> None:
@@ -115,18 +136,23 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
             warnings.warn("policy_kwargs 'q_net_arch' is deprecated; use 'advantage_net_arch'", DeprecationWarning, stacklevel=2)
             advantage_net_arch = q_net_arch
         self.advantage_net_arch = [64, 64] if advantage_net_arch is None else list(advantage_net_arch)
+        if not isinstance(advantage_layer_norm, bool):
+            raise ValueError(f"advantage_layer_norm must be True or False, got {advantage_layer_norm!r}")
+        self.advantage_layer_norm = advantage_layer_norm
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)
         assert isinstance(self.action_space, spaces.Box)  # checked in __init__
-        self.advantage_head = AdvantageHead(self.features_dim, self.action_space, self.advantage_net_arch, self.activation_fn)
+        self.advantage_head = AdvantageHead(
+            self.features_dim, self.action_space, self.advantage_net_arch, self.activation_fn, layer_norm=self.advantage_layer_norm
+        )
         # the optimizer built by the parent does not know the new head
         self.optimizer = make_optimizer(self.optimizer_class, self.parameters(), lr_schedule(1), self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> Dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(advantage_net_arch=self.advantage_net_arch)
+        data.update(advantage_net_arch=self.advantage_net_arch, advantage_layer_norm=self.advantage_layer_norm)
         return data
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
