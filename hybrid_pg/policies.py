@@ -35,8 +35,9 @@ class AdvantageHead(nn.Module):
 
     With ``layer_norm`` every hidden layer is Linear -> LayerNorm -> activation (the normalised
     layers of REPPO's critic, Voelcker et al. 2025): the head's inputs to each nonlinearity keep a
-    fixed scale however its weights grow, which keeps its action-gradient from sharpening as it fits
-    noisy advantages. Without it the layers are SB3's ``create_mlp`` (saved models keep their keys).
+    fixed scale however its weights grow (tested), meant to keep its action-gradient from sharpening
+    as it fits noisy advantages; whether it helps is measured on the selection seeds, not assumed.
+    Without it the layers are SB3's ``create_mlp`` (saved models keep their keys).
     """
 
     # buffers (registered in __init__), declared for type checkers
