@@ -145,6 +145,24 @@ def _tracked(folder: Path) -> list:
 
 
 @pytest.mark.skipif(not RESULTS.is_dir(), reason="the committed results are not here (an sdist)")
+def test_every_committed_run_folder_is_a_finished_run():
+    """A run folder in the repository holds its result.json: an unfinished one (a grid still training
+    it when its report folder was added) would be taken for a run in progress by a fresh clone's grid."""
+    tracked = _tracked(RESULTS)
+    if not tracked:
+        pytest.skip("not a git checkout")
+    folders, finished = set(), set()
+    for f in tracked:
+        parts = Path(f).parts
+        if "runs" in parts and len(parts) > parts.index("runs") + 2:
+            folder = Path(*parts[: parts.index("runs") + 2])
+            folders.add(folder)
+            if parts[parts.index("runs") + 2] == "result.json":
+                finished.add(folder)
+    unfinished = sorted(str(f) for f in folders - finished)
+    assert unfinished == [], f"{len(unfinished)} committed run folders have no result.json (first: {unfinished[:3]})"
+
+
 def test_committed_runs_keep_their_large_logs_compressed():
     tracked = _tracked(RESULTS)
     if not tracked:
