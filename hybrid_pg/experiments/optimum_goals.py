@@ -84,28 +84,14 @@ def fallback_share(result: Mapping[str, Any], after_step: float) -> float:
     return float((lam == 0.0).mean()) if lam.size else math.nan
 
 
-def _paired_std_difference(runs: Sequence[Mapping[str, Any]], floor_runs: Sequence[Mapping[str, Any]]) -> Optional[Interval]:
-    """Mean over the seeds both ran of (the cell's final std - the floor's), with a bootstrap CI."""
-    floor_by_seed = {r["spec"]["seed"]: policy_std(r) for r in floor_runs}
-    diffs = np.array([policy_std(r) - floor_by_seed[r["spec"]["seed"]] for r in runs if r["spec"]["seed"] in floor_by_seed], dtype=float)
-    return seed_interval(diffs[np.isfinite(diffs)], mean)
+def _by_seed(runs: Sequence[Mapping[str, Any]], values: Sequence[float]) -> Dict[int, float]:
+    """seed -> value for the runs whose value is finite (run order kept)."""
+    return {r["spec"]["seed"]: v for r, v in zip(runs, values) if math.isfinite(v)}
 
 
-def _kept_by_seed(runs: Sequence[Mapping[str, Any]], optimum: float, tolerance: float, last: int) -> Dict[int, float]:
-    kept = {r["spec"]["seed"]: seed_at_optimum(r, optimum, tolerance, last)["kept"] for r in runs}
-    return {seed: k for seed, k in kept.items() if math.isfinite(k)}
-
-
-def _kept(runs, floor_runs, optimum: float, tolerance: float, last: int, paired: bool):
-    """The mean kept share over the seeds that reached the optimum, and its paired difference from
-    the floor cell's over the seeds both reached it (None where there is nothing to compare)."""
-    own = _kept_by_seed(runs, optimum, tolerance, last)
-    share = seed_interval(np.array(list(own.values()), dtype=float), mean)
-    if not paired:
-        return share, None
-    floor = _kept_by_seed(floor_runs, optimum, tolerance, last)
-    diffs = np.array([own[s] - floor[s] for s in own if s in floor], dtype=float)
-    return share, seed_interval(diffs, mean)
+def _paired_difference(own: Mapping[int, float], floor: Mapping[int, float]) -> Optional[Interval]:
+    """Mean over the seeds both have of (own - floor), with a bootstrap CI."""
+    return seed_interval(np.array([v - floor[s] for s, v in own.items() if s in floor], dtype=float), mean)
 
 
 def cell_rows(
@@ -113,18 +99,20 @@ def cell_rows(
 ) -> List[Dict[str, Any]]:
     """One row per cell of one env (the module docstring's columns)."""
     optimum = grid_optimum(results)
+    at_optimum = {name: [seed_at_optimum(r, optimum, tolerance, last) for r in runs] for name, runs in results.items()}
+    stds = {name: _by_seed(runs, [policy_std(r) for r in runs]) for name, runs in results.items()}
+    kept = {name: _by_seed(runs, [s["kept"] for s in at_optimum[name]]) for name, runs in results.items()}
     rows = []
     for name, runs in results.items():
-        seeds = [seed_at_optimum(r, optimum, tolerance, last) for r in runs]
+        seeds = at_optimum[name]
         reached = sum(s["reached"] for s in seeds)
         held = sum(s["held"] for s in seeds)
         lows = [s["last_min"] for s in seeds if s["reached"] and math.isfinite(s["last_min"])]
         shares = [fallback_share(r, s["reached_step"]) for r, s in zip(runs, seeds) if s["reached"]]
         shares = [x for x in shares if math.isfinite(x)]
-        stds = [policy_std(r) for r in runs]
-        stds = [s for s in stds if math.isfinite(s)]
-        diff = _paired_std_difference(runs, results.get(floor, [])) if floor is not None and name != floor else None
-        kept, kept_diff = _kept(runs, results.get(floor, []), optimum, tolerance, last, paired=floor is not None and name != floor)
+        paired = floor is not None and name != floor
+        std_diff = _paired_difference(stds[name], stds.get(floor, {})) if paired else None
+        kept_diff = _paired_difference(kept[name], kept.get(floor, {})) if paired else None
         if len(runs) < MIN_RUNS:
             verdict = f"too few seeds ({len(runs)} < {MIN_RUNS})"
         elif reached == 0:
@@ -140,9 +128,9 @@ def cell_rows(
                 "held": held,
                 "worst_last_min": min(lows) if lows else math.nan,
                 "fallback_share": float(np.median(shares)) if shares else math.nan,
-                "std_end_median": float(np.median(stds)) if stds else math.nan,
-                "std_vs_floor": diff,
-                "kept": kept,
+                "std_end_median": float(np.median(list(stds[name].values()))) if stds[name] else math.nan,
+                "std_vs_floor": std_diff,
+                "kept": seed_interval(np.array(list(kept[name].values()), dtype=float), mean),
                 "kept_vs_floor": kept_diff,
                 "verdict": verdict,
             }
@@ -150,20 +138,13 @@ def cell_rows(
     return rows
 
 
-def _interval_text(x: Optional[Interval]) -> str:
+def _interval_text(x: Optional[Interval], fmt: str = "{:+.3f}") -> str:
+    """A difference (signed, the default) or a share (``fmt="{:.3f}"``) with its CI."""
     if x is None:
         return "—"
     if math.isnan(x.low):
-        return f"{x.point:+.3f} (one seed)"
-    return f"{x.point:+.3f} [{x.low:+.3f}, {x.high:+.3f}]"
-
-
-def _share_text(x: Optional[Interval]) -> str:
-    if x is None:
-        return "—"
-    if math.isnan(x.low):
-        return f"{x.point:.3f} (one seed)"
-    return f"{x.point:.3f} [{x.low:.3f}, {x.high:.3f}]"
+        return f"{fmt.format(x.point)} (one seed)"
+    return f"{fmt.format(x.point)} [{fmt.format(x.low)}, {fmt.format(x.high)}]"
 
 
 def markdown(
@@ -200,7 +181,7 @@ def markdown(
                 "—" if math.isnan(r["std_end_median"]) else f"{r['std_end_median']:.3f}",
             ]
             cells += [_interval_text(r["std_vs_floor"])] if floor else []
-            cells += [_share_text(r["kept"])] + ([_interval_text(r["kept_vs_floor"])] if floor else [])
+            cells += [_interval_text(r["kept"], "{:.3f}")] + ([_interval_text(r["kept_vs_floor"])] if floor else [])
             cells += [r["verdict"]]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
