@@ -84,10 +84,14 @@ def cells(forced: bool = False) -> Dict[str, Callable[[Any, int], Any]]:
         # PPO with the fused Adam, to tell the optimizer's share of a ratio from the algorithm's
         "hybrid_mujoco_k2": hybrid(estimator="hybrid", pathwise_source="mujoco", model_horizon=2),
         "hybrid_loop_adam": hybrid(
-            estimator="hybrid", pathwise_source="critic", policy_kwargs=dict(net_arch=[64, 64], optimizer_kwargs=LOOP_ADAM)
+            estimator="hybrid", pathwise_source="critic", policy_kwargs=dict(SETTINGS["policy_kwargs"], optimizer_kwargs=LOOP_ADAM)
         ),
         "ppo_fused_adam": lambda env, seed: PPO(
-            "MlpPolicy", env, seed=seed, device="cpu", **{**SETTINGS, "policy_kwargs": dict(net_arch=[64, 64], optimizer_kwargs=FUSED_ADAM)}
+            "MlpPolicy",
+            env,
+            seed=seed,
+            device="cpu",
+            **{**SETTINGS, "policy_kwargs": dict(SETTINGS["policy_kwargs"], optimizer_kwargs=FUSED_ADAM)},
         ),
     }
 
