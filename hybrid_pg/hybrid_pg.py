@@ -51,6 +51,7 @@ from hybrid_pg.rollout import (
     raise_if_observation_not_finite,
     rollout_blocks,
     rollout_group_moments,
+    whole_rollout,
 )
 from hybrid_pg.settings import (
     DEPRECATED_ALIASES,
@@ -466,7 +467,7 @@ class HybridPG(OnPolicyAlgorithm):
 
         # -- the rollout at theta_old, the weight from previous rollouts, the oracle's reference --
         check_rollout_finite(self.rollout_buffer, self.num_timesteps, self.n_envs)
-        batch = prepare_batch(self.policy, pathwise, next(self.rollout_buffer.get(batch_size=None)), s.normalize_advantage)
+        batch = prepare_batch(self.policy, pathwise, whole_rollout(self.rollout_buffer), s.normalize_advantage)
         self._drift.snapshot(self.actor_head, self.policy.log_std)
         lam = self._weights_for_this_update()
         if self.verbose >= 1 and s.estimator == "hybrid" and s.fixed_lambda is None and self._n_rollouts_trained == s.lambda_warmup + 1:

@@ -138,8 +138,23 @@ def collect_rollout(
         buffer.add(obs, actions_np, rewards, episode_starts, values, log_prob)
         obs, episode_starts = new_obs, dones
     buffer.compute_returns_and_advantage(last_values=policy.predict_values(obs_as_tensor(obs, algorithm.device)), dones=dones)
-    episode_starts = buffer.episode_starts.copy()  # before get(), which flattens the buffer
-    return next(buffer.get(batch_size=None)), episode_starts, obs
+    episode_starts = buffer.episode_starts.copy()
+    return whole_rollout(buffer), episode_starts, obs
+
+
+def whole_rollout(buffer: Any) -> Any:
+    """Every sample of a full SB3 rollout buffer as one ``RolloutBufferSamples``, in the buffer's
+    env-major order (index = env * n_steps + t).
+
+    SB3's ``get(batch_size=None)`` returns the samples *shuffled*. The per-sample statistics' block
+    labels (:func:`rollout_blocks`) and every per-step mask (episode starts, contact changes) are
+    indexed env-major, so on a shuffled batch they would label random samples: the batch-means
+    (long-run) variances would become those of random groups, i.e. the independent-samples ones the
+    blocks exist to correct. The update draws its own random minibatches (:func:`minibatches`)."""
+    n = buffer.buffer_size * buffer.n_envs
+    if not buffer.generator_ready:
+        next(buffer.get(batch_size=n))  # SB3 flattens its arrays on the first draw, for any buffer class
+    return buffer._get_samples(np.arange(n))
 
 
 def subset_batch(batch: RolloutBatch, idx: th.Tensor) -> RolloutBatch:

@@ -14,7 +14,7 @@ from stable_baselines3.common.env_util import make_vec_env
 import hybrid_pg_envs  # noqa: F401
 from hybrid_pg import HybridPG
 from hybrid_pg.ground_truth.coupled_bandit import bandit_moments
-from hybrid_pg.rollout import collect_rollout, prepare_batch, rollout_blocks, rollout_group_moments
+from hybrid_pg.rollout import collect_rollout, prepare_batch, rollout_blocks, rollout_group_moments, whole_rollout
 from hybrid_pg.settings import SettingsError
 from hybrid_pg.sources import AdvantageHeadSource, ControlVariateSource
 from hybrid_pg.sources.control_variate import RESIDUAL_KEY
@@ -132,7 +132,7 @@ def test_the_fast_and_the_general_per_sample_paths_agree_and_training_runs(sourc
     assert all(w.source == "exact" for w in model.lambda_windows.values())
     assert np.isfinite(model.last_lambda["global"])
     buf = model.rollout_buffer
-    batch = prepare_batch(model.policy, model.pathwise, next(buf.get(batch_size=None)), True)
+    batch = prepare_batch(model.policy, model.pathwise, whole_rollout(buf), True)
     labels = rollout_blocks(buf)
     args = (model.policy, model.actor_head, model.pathwise, batch)
     fast = rollout_group_moments(*args, method="outer", blocks=labels)
