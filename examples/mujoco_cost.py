@@ -54,9 +54,9 @@ def _env(env_id: str, seed: int) -> Any:
     return VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), gamma=SETTINGS["gamma"])
 
 
-def cells(forced: bool = False) -> Dict[str, Callable[[Any, int], Any]]:
+def cells(forced: bool = False, device: str = "cpu") -> Dict[str, Callable[[Any, int], Any]]:
     """name -> (env, seed) -> model, as the benchmark's cells build them (``forced``: the hybrid
-    cells at lam = 0.5 from the first update)."""
+    cells at lam = 0.5 from the first update), every model on ``device``."""
     from stable_baselines3 import PPO
 
     from hybrid_pg import HybridPG
@@ -65,7 +65,7 @@ def cells(forced: bool = False) -> Dict[str, Callable[[Any, int], Any]]:
 
     def hybrid(**kw: Any) -> Callable[[Any, int], Any]:
         extra = force if kw.get("estimator") == "hybrid" else {}
-        return lambda env, seed: HybridPG("MlpPolicy", env, seed=seed, device="cpu", **{**SETTINGS, **kw, **extra})
+        return lambda env, seed: HybridPG("MlpPolicy", env, seed=seed, device=device, **{**SETTINGS, **kw, **extra})
 
     def mujoco_full(env: Any, seed: int) -> Any:
         model = hybrid(estimator="hybrid", pathwise_source="mujoco")(env, seed)
@@ -73,7 +73,7 @@ def cells(forced: bool = False) -> Dict[str, Callable[[Any, int], Any]]:
         return model
 
     return {
-        "ppo": lambda env, seed: PPO("MlpPolicy", env, seed=seed, device="cpu", **SETTINGS),
+        "ppo": lambda env, seed: PPO("MlpPolicy", env, seed=seed, device=device, **SETTINGS),
         "reinforce": hybrid(estimator="reinforce"),
         "hybrid": hybrid(estimator="hybrid", pathwise_source="critic"),
         "hybrid_replay": hybrid(estimator="hybrid", pathwise_source="replay_critic"),
@@ -90,7 +90,7 @@ def cells(forced: bool = False) -> Dict[str, Callable[[Any, int], Any]]:
             "MlpPolicy",
             env,
             seed=seed,
-            device="cpu",
+            device=device,
             **{**SETTINGS, "policy_kwargs": dict(SETTINGS["policy_kwargs"], optimizer_kwargs=FUSED_ADAM)},
         ),
     }
@@ -139,9 +139,10 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", default=None, help="a subset of the cells (default: all)")
     parser.add_argument("--forced", action="store_true", help="hybrid cells at fixed_lambda=0.5, no warmup")
     parser.add_argument("--profile", action="store_true", help="also print where each cell's time goes (per phase)")
+    parser.add_argument("--device", default="cpu", help="where every cell's networks run (e.g. cuda); the simulator stays on the CPU")
     args = parser.parse_args()
     th.set_num_threads(1)
-    table = cells(args.forced)
+    table = cells(args.forced, args.device)
     names = args.cells or [name for name in table if name not in NOT_BENCHMARK_CELLS]
     best: Dict[str, Dict[str, Any]] = {}
     for _ in range(args.repeats):
@@ -153,7 +154,10 @@ def main() -> None:
     ref_name = "reinforce" if args.forced else "ppo"
     ref = best.get(ref_name)
     what = "hybrid cells at fixed_lambda=0.5, no warmup" if args.forced else "the benchmark's settings"
-    print(f"\n{args.env}, {args.steps} steps, {what}, best of {args.repeats}, one thread")
+    from hybrid_pg.experiments.device_parity import device_name
+
+    where = "one CPU thread" if args.device == "cpu" else f"networks on {device_name(args.device)}, one CPU thread"
+    print(f"\n{args.env}, {args.steps} steps, {what}, best of {args.repeats}, {where}")
     x = f"x {ref_name}"
     print(f"{'cell':20s} {'ms/step':>8s} {x:>11s} {'update ms/sample':>17s} {x:>11s} {'lam>0':>6s}")
     for name in names:

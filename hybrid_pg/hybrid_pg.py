@@ -478,11 +478,7 @@ class HybridPG(OnPolicyAlgorithm):
 
         # -- statistics of this rollout (they join the window only after the update) ---------------
         t_stats = time.perf_counter()
-        # blocks of the env-major rollout (cut at episode starts): the moments carry long-run
-        # variances, which the weight rule's bias UCL and the window's ESS use
-        moments = rollout_group_moments(
-            self.policy, self.actor_head, pathwise, batch, chunk_size=s.stats_chunk_size, blocks=rollout_blocks(self.rollout_buffer)
-        )
+        moments = self._rollout_moments(pathwise, batch)
         stats_time = time.perf_counter() - t_stats
         stats_ok = moments is not None and all_finite(moments.values())
         if not stats_ok and s.estimator == "hybrid" and s.fixed_lambda is None:
@@ -514,6 +510,30 @@ class HybridPG(OnPolicyAlgorithm):
         self._log(logs, lam, moments if stats_ok else None, stats_time, update_time, clip_range, batch, oracle)
         for name, value in signals.items():
             self.logger.record(f"hybrid/{name}", value, exclude=QUIET)
+
+    def _rollout_moments(self, pathwise: PathwiseSource, batch: RolloutBatch) -> Optional[Dict[str, BatchMoments]]:
+        """The rollout's per-group moments; blocks of the env-major rollout (cut at episode starts)
+        give them long-run variances, which the bias estimate's noise floor and the window's ESS use."""
+        return rollout_group_moments(
+            self.policy,
+            self.actor_head,
+            pathwise,
+            batch,
+            chunk_size=self.settings.stats_chunk_size,
+            blocks=rollout_blocks(self.rollout_buffer),
+        )
+
+    def rollout_statistics(self, generator: Optional[th.Generator] = None) -> Tuple[Dict[str, float], Optional[Dict[str, BatchMoments]]]:
+        """What the next ``train()`` computes from the rollout in the buffer before it changes
+        anything: the weight per group (from the window of previous rollouts) and this rollout's
+        per-group moments (None when they are not finite). Nothing is updated or consumed; for checks
+        such as the same weight on two devices (:mod:`hybrid_pg.experiments.device_parity`). The
+        pathwise source is taken as it is (``train()`` refreshes it first: a replay critic refits).
+        ``generator`` draws the source's own noise (a k-step model return's future actions); a CPU
+        generator gives the same noise on any device."""
+        pathwise = self._source()
+        batch = prepare_batch(self.policy, pathwise, whole_rollout(self.rollout_buffer), self.settings.normalize_advantage, generator)
+        return self._weights_for_this_update(), self._rollout_moments(pathwise, batch)
 
     def _update(self, batch: RolloutBatch, lam: Dict[str, float], clip_range: Optional[float]) -> Dict[str, list]:
         """``n_epochs`` passes of minibatch SGD on lam * pathwise + (1 - lam) * score (+ losses)."""

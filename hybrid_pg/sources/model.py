@@ -204,7 +204,11 @@ class ModelSource(PathwiseSource):
         future = max(self.horizon - 1, 1)
         context = {
             "obs": observations,
-            "future_eps": th.randn(n, future, act_dim, device=actions.device, generator=generator),
+            # drawn on the generator's device and moved: a CPU generator gives the same noise to a batch
+            # on any device (the device-parity check relies on it)
+            "future_eps": th.randn(
+                n, future, act_dim, device=actions.device if generator is None else generator.device, generator=generator
+            ).to(actions.device),
         }
         if self.linear:
             with th.no_grad():
