@@ -58,8 +58,10 @@ and rescaling rewards around the model is the library's job, not this file's.
 Limitations: contacts make the step only piecewise smooth (soft, but stiff): the Jacobian is the
 exact local one of the simulator, which can change quickly across contact events, and finite
 differences of width ``fd_eps`` smooth over features narrower than that. Costs per sample are
-``(1 + 2 (2 nv + nu)) * frame_skip`` simulator sub-steps; :func:`jacobian_cost` measures them
-(``python -m hybrid_pg_envs.mujoco_model`` prints them for every supported env).
+``(1 + 2 (2 nv + nu)) * frame_skip`` simulator sub-steps with central differences (``1 + 2 nu`` of
+them for the action columns alone, all a one-step pathwise gradient needs), about half with forward
+differences (``fd_centered=False``); :func:`jacobian_cost` measures them (``python -m
+hybrid_pg_envs.mujoco_model`` prints them for every supported env).
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ class MujocoStepModel(DifferentiableModel):
         no test; the health indicator is then 1).
     :param jacobian: ``"auto"``, ``"transition"`` (``mjd_transitionFD``, not RK4) or ``"rollout"``.
     :param fd_eps: finite-difference step of the Jacobians.
+    :param fd_centered: central differences (error O(fd_eps^2); ``1 + 2 d`` perturbed steps for ``d``
+        columns) or forward differences (error O(fd_eps), ``1 + d`` steps: about half the cost).
     :param nthread: threads of ``mujoco.rollout`` (1: no thread pool).
     """
 
@@ -157,6 +161,7 @@ class MujocoStepModel(DifferentiableModel):
         qvel_clip: Optional[float] = None,
         jacobian: str = "auto",
         fd_eps: float = 1e-6,
+        fd_centered: bool = True,
         nthread: int = 1,
     ):
         super().__init__()
@@ -179,6 +184,7 @@ class MujocoStepModel(DifferentiableModel):
         self.terminate_when_unhealthy = bool(terminate_when_unhealthy)
         self.jacobian_method = jacobian
         self.fd_eps = float(fd_eps)
+        self.fd_centered = bool(fd_centered)
         self.nthread = int(nthread)
         dt = mj_model.opt.timestep * self.frame_skip
         for name, value in dict(
@@ -201,7 +207,7 @@ class MujocoStepModel(DifferentiableModel):
     @classmethod
     def from_env(cls, env: gym.Env, **options: Any) -> "MujocoStepModel":
         """The model of ``env`` (wrapped or not) with the unwrapped env's own kwargs; ``options``:
-        ``jacobian``, ``fd_eps``, ``nthread``."""
+        ``jacobian``, ``fd_eps``, ``fd_centered``, ``nthread``."""
         spec = _env_spec(env)
         base = env.unwrapped
         if not getattr(base, "_exclude_current_positions_from_observation", True):
@@ -293,44 +299,55 @@ class MujocoStepModel(DifferentiableModel):
         return last[:, oq : oq + self.nq].copy(), last[:, ov : ov + self.nv].copy()
 
     def _ctrl_steps(self, ctrl: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Upper and lower ctrl values of the central differences, kept inside ``ctrlrange`` where the
-        actuator is ctrl-limited (one-sided at a bound, as ``mjd_transitionFD`` does)."""
+        """Upper and lower ctrl values of the differences, kept inside ``ctrlrange`` where the actuator
+        is ctrl-limited (one-sided at a bound, as ``mjd_transitionFD`` does). Forward differences
+        (``fd_centered=False``): (the perturbed ctrl, ``ctrl``), the perturbed one ``ctrl - fd_eps``
+        where ``ctrl + fd_eps`` would leave the range (a backward difference: the width is signed)."""
         up, down = ctrl + self.fd_eps, ctrl - self.fd_eps
         m = self.mj_model
         limited = m.actuator_ctrllimited.astype(bool)
         lo = np.where(limited, m.actuator_ctrlrange[:, 0], -np.inf)
         hi = np.where(limited, m.actuator_ctrlrange[:, 1], np.inf)
         inside = (ctrl >= lo) & (ctrl <= hi)
+        if not self.fd_centered:
+            return np.where(inside & (up > hi), down, up), ctrl
         up = np.where(inside, np.minimum(up, hi), up)
         down = np.where(inside, np.maximum(down, lo), down)
         return up, down
 
     def _jacobian_rollout(self, qpos: np.ndarray, qvel: np.ndarray, ctrl: np.ndarray, with_state: bool = True):
-        """Nominal next state and its central-difference Jacobian (B, nq + nv, 2 nv + nu) w.r.t.
+        """Nominal next state and its finite-difference Jacobian (B, nq + nv, 2 nv + nu) w.r.t.
         (qpos, qvel, ctrl), all perturbed states in one rollout. ``with_state=False`` perturbs the
-        ctrl only (``1 + 2 nu`` rollouts per sample instead of ``1 + 2 (2 nv + nu)``) and leaves the
-        state columns 0."""
+        ctrl only and leaves the state columns 0. Per sample ``1 + 2 d`` rollouts for ``d`` perturbed
+        columns with central differences, ``1 + d`` with forward ones."""
         b, nq, nv, nu = qpos.shape[0], self.nq, self.nv, self.nu
         ds = 2 * nv if with_state else 0
         d = ds + nu
         h = self.fd_eps
-        # per sample: [nominal, +e_1 .. +e_d, -e_1 .. -e_d]; positions in the tangent space = qpos here
+        sides = 2 if self.fd_centered else 1
+        # per sample: [nominal, upper e_1 .. e_d, (lower e_1 .. e_d)]; positions in the tangent space = qpos here
         x = np.concatenate([qpos, qvel], axis=1)[:, None, :]  # (B, 1, nq + nv)
-        dx = np.zeros((1, 2 * d + 1, nq + nv))
+        dx = np.zeros((1, sides * d + 1, nq + nv))
         dx[0, 1 : ds + 1, : 2 * nv] = h * np.eye(ds, 2 * nv)
-        dx[0, d + 1 : d + 1 + ds, : 2 * nv] = -h * np.eye(ds, 2 * nv)
+        if self.fd_centered:
+            dx[0, d + 1 : d + 1 + ds, : 2 * nv] = -h * np.eye(ds, 2 * nv)
         xs = (x + dx).reshape(-1, nq + nv)
         up, down = self._ctrl_steps(ctrl)
-        cs = np.repeat(ctrl[:, None, :], 2 * d + 1, axis=1)
+        cs = np.repeat(ctrl[:, None, :], sides * d + 1, axis=1)
         idx = np.arange(nu)
         cs[:, 1 + ds + idx, idx] = up
-        cs[:, d + 1 + ds + idx, idx] = down
+        if self.fd_centered:
+            cs[:, d + 1 + ds + idx, idx] = down
         qp, qv = self._rollout(xs[:, :nq], xs[:, nq:], cs.reshape(-1, nu))
-        y = np.concatenate([qp, qv], axis=1).reshape(b, 2 * d + 1, nq + nv)
-        width = np.full((b, d), 2 * h)
+        y = np.concatenate([qp, qv], axis=1).reshape(b, sides * d + 1, nq + nv)
+        width = np.full((b, d), 2 * h if self.fd_centered else h)
         width[:, ds:] = up - down
+        if self.fd_centered:
+            diff = y[:, 1 : d + 1] - y[:, d + 1 :]
+        else:  # against the nominal; a ctrl column's width is negative where it stepped down
+            diff = y[:, 1 : d + 1] - y[:, :1]
         jac = np.zeros((b, nq + nv, 2 * nv + nu))
-        jac[:, :, 2 * nv - ds :] = (y[:, 1 : d + 1] - y[:, d + 1 :]).transpose(0, 2, 1) / width[:, None, :]
+        jac[:, :, 2 * nv - ds :] = diff.transpose(0, 2, 1) / width[:, None, :]
         return y[:, 0, :nq], y[:, 0, nq:], jac
 
     def _jacobian_transition(self, qpos: np.ndarray, qvel: np.ndarray, ctrl: np.ndarray):
@@ -346,7 +363,7 @@ class MujocoStepModel(DifferentiableModel):
             data.qpos[:], data.qvel[:], data.ctrl[:] = qpos[i], qvel[i], ctrl[i]
             a_tot, b_tot = np.eye(2 * nv), np.zeros((2 * nv, nu))
             for _ in range(self.frame_skip):
-                mujoco.mjd_transitionFD(m, data, self.fd_eps, True, a_k, b_k, None, None)
+                mujoco.mjd_transitionFD(m, data, self.fd_eps, self.fd_centered, a_k, b_k, None, None)
                 mujoco.mj_step(m, data)
                 a_tot, b_tot = a_k @ a_tot, a_k @ b_tot + b_k
             jac[i, :, : 2 * nv], jac[i, :, 2 * nv :] = a_tot, b_tot
@@ -500,7 +517,7 @@ class _SimulatorStep(th.autograd.Function):
 class MujocoDifferentiableWrapper(gym.Wrapper):
     """A gymnasium MuJoCo env (v5 HalfCheetah, Hopper, Walker2d, Swimmer) plus
     ``get_differentiable_model()``; the env itself is unchanged. ``options`` go to the model
-    (``jacobian``, ``fd_eps``, ``nthread``)."""
+    (``jacobian``, ``fd_eps``, ``fd_centered``, ``nthread``)."""
 
     def __init__(self, env: gym.Env, **options: Any):
         super().__init__(env)
@@ -513,7 +530,7 @@ class MujocoDifferentiableWrapper(gym.Wrapper):
 
 def make_mujoco_env(env_id: str, model_options: Optional[Dict[str, Any]] = None, **kwargs: Any) -> MujocoDifferentiableWrapper:
     """``gym.make(env_id, **kwargs)`` wrapped in :class:`MujocoDifferentiableWrapper` (``model_options``:
-    ``jacobian``, ``fd_eps``, ``nthread``). Also a ``make_vec_env`` entry point, which works with
+    ``jacobian``, ``fd_eps``, ``fd_centered``, ``nthread``). Also a ``make_vec_env`` entry point, which works with
     ``SubprocVecEnv`` too::
 
         make_vec_env(make_mujoco_env, n_envs=8, env_kwargs=dict(env_id="HalfCheetah-v5"), vec_env_cls=SubprocVecEnv)

@@ -44,7 +44,7 @@ SETTINGS = dict(
 #: SB3's Adam settings with torch's per-parameter loop / its fused kernel
 LOOP_ADAM = dict(eps=1e-5, fused=False)
 FUSED_ADAM = dict(eps=1e-5, fused=True)
-NOT_BENCHMARK_CELLS = ("hybrid_mujoco_k2", "hybrid_loop_adam", "ppo_fused_adam")
+NOT_BENCHMARK_CELLS = ("hybrid_mujoco_k2", "hybrid_mujoco_forward_fd", "hybrid_loop_adam", "ppo_fused_adam")
 
 
 def _env(env_id: str, seed: int) -> Any:
@@ -67,6 +67,11 @@ def cells(forced: bool = False, device: str = "cpu") -> Dict[str, Callable[[Any,
         extra = force if kw.get("estimator") == "hybrid" else {}
         return lambda env, seed: HybridPG("MlpPolicy", env, seed=seed, device=device, **{**SETTINGS, **kw, **extra})
 
+    def mujoco_forward_fd(env: Any, seed: int) -> Any:
+        model = hybrid(estimator="hybrid", pathwise_source="mujoco")(env, seed)
+        model.pathwise.model.fd_centered = False  # forward differences: one perturbed step per actuator
+        return model
+
     def mujoco_full(env: Any, seed: int) -> Any:
         model = hybrid(estimator="hybrid", pathwise_source="mujoco")(env, seed)
         model.pathwise.linearize = False  # the simulator in every value() call
@@ -79,10 +84,12 @@ def cells(forced: bool = False, device: str = "cpu") -> Dict[str, Callable[[Any,
         "hybrid_replay": hybrid(estimator="hybrid", pathwise_source="replay_critic"),
         "hybrid_mujoco": hybrid(estimator="hybrid", pathwise_source="mujoco"),
         "hybrid_mujoco_full": mujoco_full,
-        # not benchmark cells (only with --cells): a two-step return through the simulator; the
+        # not benchmark cells (only with --cells): a two-step return through the simulator; MuJoCo's
+        # derivatives by forward differences (fd_centered=False); the
         # optimizer's loop instead of the fused Adam HybridPG uses by default (SB3's eps kept), and
         # PPO with the fused Adam, to tell the optimizer's share of a ratio from the algorithm's
         "hybrid_mujoco_k2": hybrid(estimator="hybrid", pathwise_source="mujoco", model_horizon=2),
+        "hybrid_mujoco_forward_fd": mujoco_forward_fd,
         "hybrid_loop_adam": hybrid(
             estimator="hybrid", pathwise_source="critic", policy_kwargs=dict(SETTINGS["policy_kwargs"], optimizer_kwargs=LOOP_ADAM)
         ),

@@ -258,3 +258,38 @@ def test_jacobian_cost_reports():
     # timings are reported, not compared: on a shared machine their order is not guaranteed
     assert cost["method"] == "transition"
     assert all(cost[k] > 0 and math.isfinite(cost[k]) for k in ("forward_s", "jacobian_s", "jacobian_action_s"))
+
+
+@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Hopper-v5"])
+def test_forward_differences_agree_with_central_ones_at_half_the_simulations(env_id, monkeypatch):
+    """fd_centered=False: one perturbed rollout per column instead of two; the Jacobians agree with
+    the central ones to the forward stencil's O(fd_eps) error (contact states: a few 1e-3 of the
+    scale), and a ctrl at its upper bound gets the same one-sided column both ways."""
+    env = gym.make(env_id)
+    pairs = _visited(env, 30, seed=4)
+    obs = np.array([o for o, _ in pairs])
+    actions = np.array([a for _, a in pairs])
+    actions[:4, 0] = env.unwrapped.model.actuator_ctrlrange[0, 1]  # at the bound: a one-sided column
+    central = MujocoStepModel.from_env(env)
+    forward = MujocoStepModel.from_env(env, fd_centered=False)
+    rows = []
+    original = MujocoStepModel._rollout
+
+    def counting(self, qpos, qvel, ctrl):
+        rows.append(len(qpos))
+        return original(self, qpos, qvel, ctrl)
+
+    monkeypatch.setattr(MujocoStepModel, "_rollout", counting)
+    by_central = central.simulate(obs, actions, jacobian=True, wrt_obs=False)
+    by_forward = forward.simulate(obs, actions, jacobian=True, wrt_obs=False)
+    nu, n = central.nu, len(obs)
+    assert rows == [n * (1 + 2 * nu), n * (1 + nu)]
+    np.testing.assert_array_equal(by_forward["next_obs"], by_central["next_obs"])
+    scale = np.abs(by_central["jac_act"]).max()
+    diff = np.abs(by_forward["jac_act"] - by_central["jac_act"])
+    assert np.median(diff) <= 1e-6 * scale and diff.max() <= 1e-2 * scale
+    np.testing.assert_array_equal(by_forward["jac_act"][:4, :, 0], by_central["jac_act"][:4, :, 0])
+    # the full Jacobian (states too) through the same switch
+    full_c = central.simulate(obs[:6], actions[:6], jacobian=True)
+    full_f = forward.simulate(obs[:6], actions[:6], jacobian=True)
+    assert np.median(np.abs(full_f["jac_obs"] - full_c["jac_obs"])) <= 1e-6 * np.abs(full_c["jac_obs"]).max()
