@@ -11,6 +11,7 @@ import pytest
 
 from hybrid_pg.experiments.baseline_goals import (
     MIN_RUNS,
+    GoalThresholds,
     cell_row,
     env_rows,
     goal_verdicts,
@@ -78,7 +79,17 @@ def test_fewer_than_min_runs_decide_nothing(tmp_path):
     better = _cell(tmp_path, "h", [500.0, 501.0, 502.0])
     rows = {"e": env_rows({"ppo": base, "h": better}, "ppo")}
     for _, verdict in goal_verdicts(rows, "h", "ppo"):
-        assert verdict.startswith("not decided") and "e 3/3" in verdict
+        assert verdict.startswith("not decided") and "fewer than 5 runs per side on e 3/3" in verdict
+
+
+def test_an_env_the_cell_has_not_reached_is_named_as_missing(tmp_path):
+    n = MIN_RUNS
+    base = _cell(tmp_path, "ppo", [100.0 + i for i in range(n)])
+    better = _cell(tmp_path, "h", [500.0 + i for i in range(n)])
+    rows = {"e1": env_rows({"ppo": base, "h": better}, "ppo"), "e2": env_rows({"ppo": base}, "ppo")}
+    for _, verdict in goal_verdicts(rows, "h", "ppo"):
+        # e1 has its runs on both sides: only e2 keeps the goal open
+        assert verdict.startswith("not decided: no runs yet on e2;") and "fewer than" not in verdict, verdict
 
 
 def test_the_floor_check_reads_the_worst_seed_at_the_budget(tmp_path):
@@ -116,3 +127,18 @@ def test_one_run_gets_no_interval_and_no_probability(tmp_path):
     assert row["poi"] is None and row["mean"].point == 150.0 and math.isnan(row["mean"].low)
     text = write_goals(tmp_path, {"e": {"ppo": base, "h": one}}, baseline="ppo").read_text()
     assert "| h | 1 | 150 | — | — |" in text
+
+
+def test_the_plan_decides_which_envs_and_how_many_seeds_a_verdict_needs(tmp_path):
+    from hybrid_pg.experiments.fallback_goals import GridPlan
+
+    n = MIN_RUNS
+    base = _cell(tmp_path, "ppo", [100.0 + i for i in range(n)])
+    better = _cell(tmp_path, "h", [500.0 + i for i in range(n)])
+    rows = {"e1": env_rows({"ppo": base, "h": better}, "ppo")}
+    one_env = GoalThresholds(poi_envs=1, faster_envs=1)
+    assert all(v.startswith("met") for _, v in goal_verdicts(rows, "h", "ppo", one_env))  # the report's envs, MIN_RUNS each
+    plan = GridPlan({"h": ("e1", "e2"), "ppo": ("e1", "e2")}, seeds=10)
+    for _, verdict in goal_verdicts(rows, "h", "ppo", one_env, plan=plan):
+        assert verdict.startswith(f"not decided: no runs yet on e2; fewer than 10 runs per side on e1 {n}/{n};"), verdict
+    assert all(v.startswith("met") for _, v in goal_verdicts(rows, "h", "ppo", one_env, plan=GridPlan({"h": ("e1",)}, seeds=n)))

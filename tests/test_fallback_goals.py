@@ -89,9 +89,27 @@ def test_only_seeds_both_cells_finished_are_paired_and_too_few_decide_nothing(tm
     rows = fallback_rows({"e": {"reinforce": floor, "h": cell}}, "reinforce", None)
     assert rows["e"][0]["pairs"] == 2 and rows["e"][0]["auc"].diff.point == pytest.approx(100.0)
     for _, verdict in fallback_verdicts(rows, "h", "reinforce", wins_envs=1):
-        assert verdict.startswith(f"not decided: fewer than {MIN_RUNS} seeds paired with reinforce (pairs: e 2)")
+        assert verdict.startswith(f"not decided: fewer than {MIN_RUNS} seeds paired with reinforce on e 2;")
     lone = _cell(tmp_path, "l", [200.0], seeds=[9])
     assert fallback_rows({"e": {"reinforce": floor, "l": lone}}, "reinforce", None)["e"][0]["auc"] is None
+
+
+def test_the_plan_keeps_goals_open_until_every_planned_env_and_seed_has_finished(tmp_path):
+    """6 paired seeds of a clear win on e1 would be called without a plan; a plan of 10 seeds on e1
+    and e2 keeps both goals open and says what is missing; all of it finished, they are called."""
+    from hybrid_pg.experiments.fallback_goals import GridPlan
+
+    floor = _cell(tmp_path, "r", [100.0 + _noise(i) for i in range(10)], seeds=list(range(10)))
+    cell = _cell(tmp_path, "h", [200.0 + i + _noise(i) for i in range(6)], seeds=list(range(6)))
+    rows = fallback_rows({"e1": {"reinforce": floor, "h": cell}}, "reinforce", None)
+    assert all(v.startswith("met") for _, v in fallback_verdicts(rows, "h", "reinforce", wins_envs=1))
+    plan = GridPlan({"h": ("e1", "e2"), "reinforce": ("e1", "e2")}, seeds=10)
+    for goal, verdict in fallback_verdicts(rows, "h", "reinforce", wins_envs=1, plan=plan):
+        assert verdict.startswith("not decided: no runs yet on e2; fewer than 10 seeds paired with reinforce on e1 6;"), verdict
+        assert "2 env(s)" in goal or "AUC" in goal
+    full = _cell(tmp_path, "f", [200.0 + i + _noise(i) for i in range(10)], seeds=list(range(10)))
+    both = fallback_rows({e: {"reinforce": floor, "h": full} for e in ("e1", "e2")}, "reinforce", None)
+    assert all(v.startswith("met") for _, v in fallback_verdicts(both, "h", "reinforce", wins_envs=2, plan=plan))
 
 
 def test_the_goals_report_gains_the_fallback_section_and_reads_the_thresholds(tmp_path):

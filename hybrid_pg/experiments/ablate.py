@@ -659,8 +659,12 @@ def run_ablation(
     written += write_summary(out, per_env, ablation.reference, figure_format=figure_format)
     if ablation.baseline is not None and per_env:
         from hybrid_pg.experiments.baseline_goals import GoalThresholds, write_goals
+        from hybrid_pg.experiments.fallback_goals import GridPlan
 
         b = ablation.baseline
+        planned: Dict[str, Tuple[str, ...]] = {}
+        for cell in ablation.cells:
+            planned[cell.estimator.name] = (*planned.get(cell.estimator.name, ()), cell.env.name)
         written.append(
             write_goals(
                 out,
@@ -672,6 +676,7 @@ def run_ablation(
                 title=ablation.name,
                 total_timesteps=ablation.total_timesteps,
                 thresholds=GoalThresholds(b.poi_envs, b.faster_envs, b.wins_envs),
+                plan=GridPlan(planned, len(ablation.report_seeds or ablation.seeds)),
             )
         )
     if ablation.optimum_floor is not None and per_env:

@@ -49,7 +49,7 @@ from hybrid_pg.experiments.aggregate import (
     probability_of_improvement,
     stratified_bootstrap_ci,
 )
-from hybrid_pg.experiments.fallback_goals import fallback_markdown, fallback_rows, floor_test
+from hybrid_pg.experiments.fallback_goals import GridPlan, fallback_markdown, fallback_rows, floor_test, why_undecided
 from hybrid_pg.experiments.results import (
     Results,
     evaluation_curve,
@@ -180,18 +180,23 @@ def aggregate_normalised_iqm(per_env: Mapping[str, Results], estimator: str, bas
 
 
 def goal_verdicts(
-    per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], estimator: str, baseline: str, thresholds: Optional[GoalThresholds] = None
+    per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    estimator: str,
+    baseline: str,
+    thresholds: Optional[GoalThresholds] = None,
+    plan: Optional[GridPlan] = None,
 ) -> List[Tuple[str, str]]:
     """The benchmark's goals for one estimator, each as (goal, reading). A goal is "met" or "not
-    met" only when every env has >= MIN_RUNS runs of both; otherwise the reading says what is missing."""
+    met" only when every env (of the report, or those the ``plan`` sets the cell to run on) has its
+    runs on both sides: all the plan's seeds, at least MIN_RUNS; otherwise the reading says what is
+    missing."""
     thresholds = thresholds or GoalThresholds()
     rows = {env: next((r for r in rs if r["estimator"] == estimator), None) for env, rs in per_env_rows.items()}
     rows = {env: r for env, r in rows.items() if r is not None}
-    enough = (
-        bool(rows)
-        and len(rows) == len(per_env_rows)
-        and all(r["runs"] >= MIN_RUNS and r["baseline_runs"] >= MIN_RUNS for r in rows.values())
-    )
+    planned = tuple(plan.envs.get(estimator, ())) if plan is not None else tuple(per_env_rows)
+    need = plan.required_runs() if plan is not None else MIN_RUNS
+    counts = {env: (min(r["runs"], r["baseline_runs"]), f"{r['runs']}/{r['baseline_runs']}") for env, r in rows.items()}
+    undecided = why_undecided(counts, planned, need, "runs per side") if rows else "no runs yet"
 
     def centre(row: Optional[Mapping[str, Any]]) -> Optional[Interval]:
         # the IQM where it is defined (>= 4 runs), else the mean, so "so far" readings exist early
@@ -201,9 +206,8 @@ def goal_verdicts(
     out: List[Tuple[str, str]] = []
 
     def reading(flag: bool, detail: str) -> str:
-        if not enough:
-            counts = ", ".join(f"{env} {r['runs']}/{r['baseline_runs']}" for env, r in rows.items())
-            return f"not decided: fewer than {MIN_RUNS} runs per side ({counts}); so far {detail}"
+        if undecided:
+            return f"not decided: {undecided}; so far {detail}"
         return ("met" if flag else "not met") + f": {detail}"
 
     above = {env: centre(r) is not None and base_iqm[env] is not None and centre(r).point > base_iqm[env].point for env, r in rows.items()}
@@ -275,6 +279,7 @@ def markdown(
     at_steps: Optional[float] = None,
     title: str = "",
     thresholds: Optional[GoalThresholds] = None,
+    plan: Optional[GridPlan] = None,
 ) -> str:
     thresholds = thresholds or GoalThresholds()
     lines = [f"# {title or 'Against the baseline'}: every cell against {baseline}", ""]
@@ -336,7 +341,7 @@ def markdown(
         lines.append(f"| {est} | {_fmt(norm, 2)} ({n_envs}) | {_fmt(aggregate_poi(per_env, est, baseline), 2)} |")
     lines += ["", "## Goals", ""]
     for est in estimators:
-        for goal, verdict in goal_verdicts(per_env_rows, est, baseline, thresholds):
+        for goal, verdict in goal_verdicts(per_env_rows, est, baseline, thresholds, plan):
             lines.append(f"- **{est}**: {goal}: {verdict}")
     if floor is not None and at_steps is not None:
         lines += [""]
@@ -359,7 +364,7 @@ def markdown(
                 f"{noisy or 'none'} (runs {', '.join(counts)})"
             )
     if floor is not None:
-        lines += fallback_markdown(fallback_rows(per_env, floor, at_steps, skip=(baseline,)), floor, at_steps, thresholds.wins_envs)
+        lines += fallback_markdown(fallback_rows(per_env, floor, at_steps, skip=(baseline,)), floor, at_steps, thresholds.wins_envs, plan)
     return "\n".join(lines) + "\n"
 
 
@@ -373,12 +378,14 @@ def write_goals(
     title: str = "",
     total_timesteps: Optional[float] = None,
     thresholds: Optional[GoalThresholds] = None,
+    plan: Optional[GridPlan] = None,
 ) -> Path:
     """Write ``goals_<baseline>.md`` into ``out_dir`` and return its path (``total_timesteps``: the
-    runs' budget, where the policy std is read; default: their configs')."""
+    runs' budget, where the policy std is read; default: their configs'; ``plan``: what the grid is
+    set to run, so that no goal is called before all of it has finished)."""
     per_env_rows = {env: env_rows(results, baseline, floor, at_steps, skip_updates, total_timesteps) for env, results in per_env.items()}
     path = Path(out_dir) / f"goals_{baseline}.md"
     tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(markdown(per_env_rows, per_env, baseline, floor, at_steps, title, thresholds))
+    tmp.write_text(markdown(per_env_rows, per_env, baseline, floor, at_steps, title, thresholds, plan))
     tmp.replace(path)
     return path

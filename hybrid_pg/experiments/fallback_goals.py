@@ -20,6 +20,7 @@ says what is missing and what the runs show so far.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -35,10 +36,37 @@ from hybrid_pg.experiments.aggregate import (
 )
 from hybrid_pg.experiments.results import Results, learning_curve, normalized_auc, return_at, run_seed
 
-__all__ = ["fallback_rows", "fallback_verdicts", "fallback_markdown", "floor_test"]
+__all__ = ["GridPlan", "fallback_rows", "fallback_verdicts", "fallback_markdown", "floor_test", "why_undecided"]
 
 #: paired seeds per env before a goal can be called met (the project's rule against 2-3-seed verdicts)
 MIN_RUNS: int = MIN_RUNS_FOR_SIGNIFICANCE
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPlan:
+    """What a grid is set to run: the envs of each estimator's cells and the seeds of every cell. A
+    goal is called only on the whole plan: a verdict read while seeds are still arriving would be
+    decided by when one looked (and an env without runs yet would silently drop out of "every env")."""
+
+    envs: Mapping[str, Tuple[str, ...]]
+    seeds: int
+
+    def required_runs(self) -> int:
+        return max(MIN_RUNS, int(self.seeds))
+
+
+def why_undecided(counts: Mapping[str, Tuple[int, str]], planned_envs: Sequence[str], need: int, what: str) -> Optional[str]:
+    """What keeps a goal from being called, or None: ``counts`` is env -> (the binding count of runs,
+    its display), ``planned_envs`` the envs the cell is set to run on (none yet: named as missing),
+    ``need`` the runs each env needs and ``what`` how they are counted."""
+    why = []
+    missing = [env for env in planned_envs if env not in counts]
+    if missing:
+        why.append(f"no runs yet on {', '.join(missing)}")
+    short = [f"{env} {text}" for env, (n, text) in counts.items() if n < need]
+    if short:
+        why.append(f"fewer than {need} {what} on {', '.join(short)}")
+    return "; ".join(why) or None
 
 
 def floor_test(early: np.ndarray, floor_early: np.ndarray) -> Optional[BelowMinimum]:
@@ -105,20 +133,27 @@ def _win(row: Mapping[str, Any]) -> bool:
 
 
 def fallback_verdicts(
-    rows: Mapping[str, Sequence[Mapping[str, Any]]], estimator: str, floor: str, wins_envs: Optional[int] = None
+    rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    estimator: str,
+    floor: str,
+    wins_envs: Optional[int] = None,
+    plan: Optional[GridPlan] = None,
 ) -> List[Tuple[str, str]]:
-    """The two goals of the module docstring for one estimator, over the envs it ran on; each as
-    (goal, reading), the reading "met" / "not met" only with >= MIN_RUNS pairs on every such env."""
+    """The two goals of the module docstring for one estimator, over the envs it is set to run on
+    (``plan``; without one, those it ran on); each as (goal, reading), the reading "met" / "not met"
+    only with every planned env paired on all the plan's seeds (at least MIN_RUNS)."""
     mine = {env: next((r for r in rs if r["estimator"] == estimator), None) for env, rs in rows.items()}
     mine = {env: r for env, r in mine.items() if r is not None}
-    if not mine:
+    planned = tuple(plan.envs.get(estimator, ())) if plan is not None else ()
+    if not mine and not planned:
         return []
-    enough = all(r["pairs"] >= MIN_RUNS for r in mine.values())
-    counts = ", ".join(f"{env} {r['pairs']}" for env, r in mine.items())
+    need = plan.required_runs() if plan is not None else MIN_RUNS
+    undecided = why_undecided({env: (r["pairs"], str(r["pairs"])) for env, r in mine.items()}, planned, need, f"seeds paired with {floor}")
+    n_envs = len(set(mine) | set(planned))
 
     def reading(flag: bool, detail: str) -> str:
-        if not enough:
-            return f"not decided: fewer than {MIN_RUNS} seeds paired with {floor} (pairs: {counts}); so far {detail}"
+        if undecided:
+            return f"not decided: {undecided}; so far {detail}"
         return ("met" if flag else "not met") + f": {detail}"
 
     losing = [env for env, r in mine.items() if not _no_loss(r)]
@@ -126,7 +161,7 @@ def fallback_verdicts(
     out = [
         (
             f"never loses to {floor} (paired AUC and final-return CIs reach above 0, floor test p >= {SIGNIFICANCE_LEVEL}) "
-            f"on each of its {len(mine)} env(s)",
+            f"on each of its {n_envs} env(s)",
             reading(not losing, f"a loss beyond noise on {losing}" if losing else "no loss beyond noise"),
         )
     ]
@@ -150,7 +185,11 @@ def _diff_text(c: Optional[Comparison]) -> str:
 
 
 def fallback_markdown(
-    rows: Mapping[str, Sequence[Mapping[str, Any]]], floor: str, at_steps: Optional[float], wins_envs: Optional[int] = None
+    rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    floor: str,
+    at_steps: Optional[float],
+    wins_envs: Optional[int] = None,
+    plan: Optional[GridPlan] = None,
 ) -> List[str]:
     """The goals report's section: a table per env and the verdicts per estimator."""
     lines = [
@@ -179,6 +218,6 @@ def fallback_markdown(
             lines.append(f"| {r['estimator']} | {r['pairs']} | {_diff_text(r['auc'])} | {_diff_text(r['final'])} | {floor_text} |")
     lines += ["", "Goals against the fallback:", ""]
     for est in estimators:
-        for goal, verdict in fallback_verdicts(rows, est, floor, wins_envs):
+        for goal, verdict in fallback_verdicts(rows, est, floor, wins_envs, plan):
             lines.append(f"- **{est}**: {goal}: {verdict}")
     return lines
