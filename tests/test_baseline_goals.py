@@ -142,3 +142,30 @@ def test_the_plan_decides_which_envs_and_how_many_seeds_a_verdict_needs(tmp_path
     for _, verdict in goal_verdicts(rows, "h", "ppo", one_env, plan=plan):
         assert verdict.startswith(f"not decided: no runs yet on e2; fewer than 10 runs per side on e1 {n}/{n};"), verdict
     assert all(v.startswith("met") for _, v in goal_verdicts(rows, "h", "ppo", one_env, plan=GridPlan({"h": ("e1",)}, seeds=n)))
+
+
+def test_the_goals_report_opens_with_every_cell_against_every_goal(tmp_path):
+    from hybrid_pg.experiments.fallback_goals import GridPlan
+
+    n = MIN_RUNS
+    per_env = {
+        "e": {
+            "ppo": _cell(tmp_path, "ppo", [100.0 + i for i in range(n)]),
+            "reinforce": _cell(tmp_path, "r", [90.0 + i for i in range(n)]),
+            "fast": _cell(tmp_path, "fast", [200.0 + i for i in range(n)], rate=3.0),
+            "half": _cell(tmp_path, "half", [200.0 + i for i in range(n - 2)]),
+        }
+    }
+    path = write_goals(
+        tmp_path,
+        per_env,
+        "ppo",
+        "reinforce",
+        thresholds=GoalThresholds(poi_envs=1, faster_envs=1, wins_envs=1),
+        plan=GridPlan({"fast": ("e",), "half": ("e",), "reinforce": ("e",)}, seeds=n),
+    )
+    text = path.read_text()
+    glance = text[text.index("## At a glance") : text.index("## e")]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in glance.splitlines() if line.startswith("| ")}
+    assert rows["fast"][:4] == ["met"] * 4 and rows["half"] == ["open"] * 6
+    assert rows["reinforce"][4:] == ["—", "—"]  # the floor has no fallback of its own

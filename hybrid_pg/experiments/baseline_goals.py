@@ -49,7 +49,7 @@ from hybrid_pg.experiments.aggregate import (
     probability_of_improvement,
     stratified_bootstrap_ci,
 )
-from hybrid_pg.experiments.fallback_goals import GridPlan, fallback_markdown, fallback_rows, floor_test, why_undecided
+from hybrid_pg.experiments.fallback_goals import GridPlan, fallback_markdown, fallback_rows, fallback_verdicts, floor_test, why_undecided
 from hybrid_pg.experiments.results import (
     Results,
     evaluation_curve,
@@ -271,6 +271,40 @@ def _num(x: float, fmt: str = ".0f") -> str:
     return "—" if x is None or not math.isfinite(x) else format(x, fmt)
 
 
+def _short(verdict: str) -> str:
+    """A verdict's first word(s): met, not met, or open (not decided yet)."""
+    return "open" if verdict.startswith("not decided") else ("not met" if verdict.startswith("not met") else "met")
+
+
+def glance_table(
+    verdicts: Mapping[str, Sequence[Tuple[str, str]]],
+    floor_verdicts: Mapping[str, Sequence[Tuple[str, str]]],
+    baseline: str,
+    floor: Optional[str],
+    thresholds: GoalThresholds,
+) -> List[str]:
+    """Every cell against every goal in one table (met / not met / open); the readings follow below."""
+    head = [
+        f"IQM above {baseline} on every env",
+        f"P(impr.) clear on >= {thresholds.poi_envs}",
+        f"{baseline}'s return in half its steps on >= {thresholds.faster_envs}",
+        f"no seed below {baseline}'s worst",
+    ]
+    if floor is not None and floor_verdicts:
+        head.append(f"never loses to {floor}")
+        if thresholds.wins_envs is not None:
+            head.append(f"beats {floor} on >= {thresholds.wins_envs}")
+    lines = ["", "## At a glance", "", "| estimator | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for est, rows in verdicts.items():
+        cells = [_short(v) for _, v in rows]
+        mine = list(floor_verdicts.get(est, ()))
+        if floor is not None and floor_verdicts:
+            cells += [_short(v) for _, v in mine] if mine else ["—"] * (len(head) - len(cells))
+        lines.append(f"| {est} | " + " | ".join(cells) + " |")
+    lines += ["", "Open: not decided until the grid's runs of both sides have finished (readings in **Goals** below)."]
+    return lines
+
+
 def markdown(
     per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]],
     per_env: Mapping[str, Results],
@@ -288,11 +322,24 @@ def markdown(
         f"(IQM from 4 runs). P(impr.): probability that a run beats a run of {baseline} on the same env (ties half), 95% "
         f"bootstrap CI. Steps to {baseline}: first evaluation step where the mean curve reaches {baseline}'s mean final return, "
         f"and that over {baseline}'s own. lam, Var ratio: medians over updates (after the warm-up) and seeds of hybrid/lambda and "
-        f"of the applied gradient's variance over REINFORCE's on the same rollout. No goal is called with fewer than {MIN_RUNS} "
-        "runs per side."
+        f"of the applied gradient's variance over REINFORCE's on the same rollout. "
+        + (
+            f"No goal is called before every env and seed the grid plans for both sides has finished ({plan.required_runs()} runs per side)."
+            if plan is not None
+            else f"No goal is called with fewer than {MIN_RUNS} runs per side."
+        )
     )
     early = any(r["policy_std"].at_step is not None for rows in per_env_rows.values() for r in rows)
     lines += ["", policy_std_note(early)]
+    estimators = [
+        e for e in dict.fromkeys(name for rows in per_env_rows.values() for name in (r["estimator"] for r in rows)) if e != baseline
+    ]
+    verdicts = {est: goal_verdicts(per_env_rows, est, baseline, thresholds, plan) for est in estimators}
+    vs_floor = fallback_rows(per_env, floor, at_steps, skip=(baseline,)) if floor is not None else {}
+    floor_verdicts = {
+        est: fallback_verdicts(vs_floor, est, floor, thresholds.wins_envs, plan) for est in estimators if floor is not None and est != floor
+    }
+    lines += glance_table(verdicts, floor_verdicts, baseline, floor, thresholds)
     for env, rows in per_env_rows.items():
         lines += ["", f"## {env}", ""]
         head = f"| estimator | runs | final: mean [CI] | final: IQM [CI] | P(impr. over {baseline}) [CI] | steps to {baseline} (ratio) | worst seed (vs {baseline}'s) |"
@@ -326,9 +373,6 @@ def markdown(
         for name, runs in results.items():
             by_seed = sorted((run_seed(r), float(r["final_return"])) for r in runs)
             lines.append(f"- {env}, {name}: " + (", ".join(f"s{seed} {value:.0f}" for seed, value in by_seed) or "no finished run"))
-    estimators = [
-        e for e in dict.fromkeys(name for rows in per_env_rows.values() for name in (r["estimator"] for r in rows)) if e != baseline
-    ]
     lines += [
         "",
         "## Across envs",
@@ -341,7 +385,7 @@ def markdown(
         lines.append(f"| {est} | {_fmt(norm, 2)} ({n_envs}) | {_fmt(aggregate_poi(per_env, est, baseline), 2)} |")
     lines += ["", "## Goals", ""]
     for est in estimators:
-        for goal, verdict in goal_verdicts(per_env_rows, est, baseline, thresholds, plan):
+        for goal, verdict in verdicts[est]:
             lines.append(f"- **{est}**: {goal}: {verdict}")
     if floor is not None and at_steps is not None:
         lines += [""]
@@ -364,7 +408,7 @@ def markdown(
                 f"{noisy or 'none'} (runs {', '.join(counts)})"
             )
     if floor is not None:
-        lines += fallback_markdown(fallback_rows(per_env, floor, at_steps, skip=(baseline,)), floor, at_steps, thresholds.wins_envs, plan)
+        lines += fallback_markdown(vs_floor, floor, at_steps, thresholds.wins_envs, plan)
     return "\n".join(lines) + "\n"
 
 
