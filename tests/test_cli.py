@@ -128,7 +128,7 @@ def test_config_yaml_is_resolved_and_reloadable(finished_run):
     assert written["output"] == {"dir": "runs", "name": None}
     provenance = written.pop("provenance")
     assert set(provenance["versions"]) == {"hybrid_pg", "stable_baselines3", "gymnasium", "torch", "numpy", "python"}
-    assert "git_commit" in provenance
+    assert "git_commit" in provenance and "git_uncommitted" in provenance
     assert load_config(run_dir / "config.yaml", check_environment=False) == written
 
 

@@ -268,3 +268,24 @@ def test_adoption_leaves_another_adopters_copy_and_a_held_run_alone(tmp_path, gr
     assert (busy / "half-copied").is_file()
     assert lock.read_text() == f"{sleeper.pid}@{platform.node()}" and not (out / run_key(label1, cfg1)).exists()
     assert sorted(p.name for p in out.iterdir()) == sorted([busy.name, lock.name, run_key(label0, cfg0)])
+
+
+def test_provenance_names_the_package_files_that_differ_from_the_commit(monkeypatch):
+    """A run started while the library was being edited ran code no commit holds: provenance lists
+    those files (git status of hybrid_pg/ and envs/), and [] for a clean checkout."""
+    from hybrid_pg.experiments import runner
+
+    calls = []
+
+    def fake_git(*args):
+        calls.append(args)
+        return " M hybrid_pg/rollout.py\n?? envs/new_env.py\n" if args[0] == "status" else "abc123\n"
+
+    monkeypatch.setattr(runner, "_git", fake_git)
+    p = runner.provenance()
+    assert p["git_commit"] == "abc123" and p["git_uncommitted"] == ["envs/new_env.py", "hybrid_pg/rollout.py"]
+    assert ("status", "--porcelain", "--", "hybrid_pg", "envs") in calls
+    monkeypatch.setattr(runner, "_git", lambda *args: "" if args[0] == "status" else "abc123\n")
+    assert runner.provenance()["git_uncommitted"] == []
+    monkeypatch.setattr(runner, "_git", lambda *args: None)  # not a checkout (an installed package)
+    assert runner.provenance()["git_commit"] is None and runner.provenance()["git_uncommitted"] is None

@@ -235,17 +235,31 @@ def check_buildable(config: Mapping[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _git_commit() -> Optional[str]:
+def _git(*args: str) -> Optional[str]:
+    """``git args`` in the checkout the package runs from (None outside one)."""
     root = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_commit() -> Optional[str]:
+    out = _git("rev-parse", "HEAD")
+    return None if out is None else out.strip() or None
+
+
+def _git_uncommitted() -> Optional[List[str]]:
+    """The package's files that differ from the commit (the library and its envs; None outside a
+    checkout): a run started while they were being edited ran code that no commit holds."""
+    out = _git("status", "--porcelain", "--", "hybrid_pg", "envs")
+    return None if out is None else sorted(line[3:] for line in out.splitlines() if line.strip())
 
 
 def provenance() -> Dict[str, Any]:
-    """Package versions and the git commit (when the package runs from a checkout)."""
+    """Package versions, the git commit and the package files that differed from it (when the
+    package runs from a checkout)."""
     import numpy as np
     import stable_baselines3
     import torch
@@ -262,6 +276,7 @@ def provenance() -> Dict[str, Any]:
             "python": platform.python_version(),
         },
         "git_commit": _git_commit(),
+        "git_uncommitted": _git_uncommitted(),
     }
 
 
