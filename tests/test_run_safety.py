@@ -289,3 +289,17 @@ def test_provenance_names_the_package_files_that_differ_from_the_commit(monkeypa
     assert runner.provenance()["git_uncommitted"] == []
     monkeypatch.setattr(runner, "_git", lambda *args: None)  # not a checkout (an installed package)
     assert runner.provenance()["git_commit"] is None and runner.provenance()["git_uncommitted"] is None
+
+
+def test_a_grid_started_from_an_edited_checkout_says_so(monkeypatch):
+    from hybrid_pg.experiments import ablate, runner
+
+    monkeypatch.setattr(runner, "_git", lambda *args: " M hybrid_pg/rollout.py\n" if args[0] == "status" else "abc\n")
+    with pytest.warns(UserWarning, match=r"3 runs start from a checkout whose package files differ .*hybrid_pg/rollout.py"):
+        ablate.warn_if_uncommitted(3)
+    monkeypatch.setattr(runner, "_git", lambda *args: "" if args[0] == "status" else "abc\n")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ablate.warn_if_uncommitted(3)  # a clean checkout: silent

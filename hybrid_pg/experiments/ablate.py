@@ -599,6 +599,23 @@ def finished_results(ablation: Ablation, runs_dir: Union[str, Path]) -> Dict[str
     return per_env
 
 
+def warn_if_uncommitted(n_runs: int) -> None:
+    """Each run imports the package when it starts: from a checkout with edits in progress, runs of
+    one grid can run different code. Say so once at the start (each run records its own state in
+    ``provenance.git_uncommitted``)."""
+    from hybrid_pg.experiments.runner import provenance
+
+    changed = provenance().get("git_uncommitted") or []
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        warnings.warn(
+            f"{n_runs} runs start from a checkout whose package files differ from its commit ({shown}); each run "
+            "imports the code as it is when the run starts, so commit (or stash) before a long grid, or run it from a "
+            "separate checkout",
+            stacklevel=3,
+        )
+
+
 def run_ablation(
     ablation: Ablation,
     out_dir: Optional[Union[str, Path]] = None,
@@ -633,6 +650,8 @@ def run_ablation(
     if ablation.reuse_runs_from:
         adopt_finished_runs(runs, runs_dir, ablation.reuse_sources())
     todo = pending(runs, runs_dir) if train else []
+    if todo:
+        warn_if_uncommitted(len(todo))
     n_workers = worker_count(workers, len(todo)) if backend == "local" else workers
     outcome = GridOutcome(trained=[], held=[])
     if train:
