@@ -49,7 +49,16 @@ from hybrid_pg.experiments.aggregate import (
     probability_of_improvement,
     stratified_bootstrap_ci,
 )
-from hybrid_pg.experiments.fallback_goals import GridPlan, fallback_markdown, fallback_rows, fallback_verdicts, floor_test, why_undecided
+from hybrid_pg.experiments.fallback_goals import (
+    GridPlan,
+    fallback_markdown,
+    fallback_rows,
+    fallback_verdicts,
+    floor_test,
+    reading,
+    verdict_word,
+    why_undecided,
+)
 from hybrid_pg.experiments.results import (
     Results,
     evaluation_curve,
@@ -205,37 +214,32 @@ def goal_verdicts(
     base_iqm = {env: centre(next((r for r in per_env_rows[env] if r["estimator"] == baseline), None)) for env in rows}
     out: List[Tuple[str, str]] = []
 
-    def reading(flag: bool, detail: str) -> str:
-        if undecided:
-            return f"not decided: {undecided}; so far {detail}"
-        return ("met" if flag else "not met") + f": {detail}"
-
     above = {env: centre(r) is not None and base_iqm[env] is not None and centre(r).point > base_iqm[env].point for env, r in rows.items()}
     out.append(
         (
             f"IQM final return above {baseline}'s on every env",
-            reading(all(above.values()), f"above on {sum(above.values())} of {len(rows)} (the mean where a cell has < 4 runs)"),
+            reading(undecided, all(above.values()), f"above on {sum(above.values())} of {len(rows)} (the mean where a cell has < 4 runs)"),
         )
     )
     clear = {env: r["poi"] is not None and r["poi"].low > 0.5 for env, r in rows.items()}
     out.append(
         (
             f"P(improvement over {baseline}) > 0.5 with a CI excluding 0.5 on >= {thresholds.poi_envs} envs",
-            reading(sum(clear.values()) >= thresholds.poi_envs, f"on {sum(clear.values())}"),
+            reading(undecided, sum(clear.values()) >= thresholds.poi_envs, f"on {sum(clear.values())}"),
         )
     )
     fast = {env: math.isfinite(r["steps_ratio"]) and r["steps_ratio"] <= 0.5 for env, r in rows.items()}
     out.append(
         (
             f"{baseline}'s final return reached in <= 0.5x its steps on >= {thresholds.faster_envs} env(s)",
-            reading(sum(fast.values()) >= thresholds.faster_envs, f"on {sum(fast.values())}"),
+            reading(undecided, sum(fast.values()) >= thresholds.faster_envs, f"on {sum(fast.values())}"),
         )
     )
     safe = {env: r["worst"] >= r["baseline_worst"] for env, r in rows.items()}
     out.append(
         (
             f"no seed below {baseline}'s worst seed",
-            reading(all(safe.values()), f"below on {[e for e, ok in safe.items() if not ok] or 'none'}"),
+            reading(undecided, all(safe.values()), f"below on {[e for e, ok in safe.items() if not ok] or 'none'}"),
         )
     )
     return out
@@ -271,11 +275,6 @@ def _num(x: float, fmt: str = ".0f") -> str:
     return "—" if x is None or not math.isfinite(x) else format(x, fmt)
 
 
-def _short(verdict: str) -> str:
-    """A verdict's first word(s): met, not met, or open (not decided yet)."""
-    return "open" if verdict.startswith("not decided") else ("not met" if verdict.startswith("not met") else "met")
-
-
 def glance_table(
     verdicts: Mapping[str, Sequence[Tuple[str, str]]],
     floor_verdicts: Mapping[str, Sequence[Tuple[str, str]]],
@@ -296,10 +295,10 @@ def glance_table(
             head.append(f"beats {floor} on >= {thresholds.wins_envs}")
     lines = ["", "## At a glance", "", "| estimator | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for est, rows in verdicts.items():
-        cells = [_short(v) for _, v in rows]
+        cells = [verdict_word(v) for _, v in rows]
         mine = list(floor_verdicts.get(est, ()))
         if floor is not None and floor_verdicts:
-            cells += [_short(v) for _, v in mine] if mine else ["—"] * (len(head) - len(cells))
+            cells += [verdict_word(v) for _, v in mine] if mine else ["—"] * (len(head) - len(cells))
         lines.append(f"| {est} | " + " | ".join(cells) + " |")
     lines += ["", "Open: not decided until the grid's runs of both sides have finished (readings in **Goals** below)."]
     return lines
@@ -408,7 +407,7 @@ def markdown(
                 f"{noisy or 'none'} (runs {', '.join(counts)})"
             )
     if floor is not None:
-        lines += fallback_markdown(vs_floor, floor, at_steps, thresholds.wins_envs, plan)
+        lines += fallback_markdown(vs_floor, floor, at_steps, thresholds.wins_envs, plan, floor_verdicts)
     return "\n".join(lines) + "\n"
 
 

@@ -76,7 +76,8 @@ class ParityRow:
 
 def available_cells() -> List[str]:
     """The cells this machine can run (MuJoCo's only with ``mujoco`` installed)."""
-    return [name for name, (env_id, _) in CELLS.items() if not env_id.endswith("-v5") or importlib.util.find_spec("mujoco") is not None]
+    has_mujoco = importlib.util.find_spec("mujoco") is not None
+    return [name for name, (_, settings) in CELLS.items() if has_mujoco or settings.get("pathwise_source") != "mujoco"]
 
 
 def statistics(model: Any, seed: int = 0) -> Statistics:

@@ -36,7 +36,7 @@ from hybrid_pg.experiments.aggregate import (
 )
 from hybrid_pg.experiments.results import Results, learning_curve, normalized_auc, return_at, run_seed
 
-__all__ = ["GridPlan", "fallback_rows", "fallback_verdicts", "fallback_markdown", "floor_test", "why_undecided"]
+__all__ = ["GridPlan", "fallback_rows", "fallback_verdicts", "fallback_markdown", "floor_test", "reading", "verdict_word", "why_undecided"]
 
 #: paired seeds per env before a goal can be called met (the project's rule against 2-3-seed verdicts)
 MIN_RUNS: int = MIN_RUNS_FOR_SIGNIFICANCE
@@ -67,6 +67,19 @@ def why_undecided(counts: Mapping[str, Tuple[int, str]], planned_envs: Sequence[
     if short:
         why.append(f"fewer than {need} {what} on {', '.join(short)}")
     return "; ".join(why) or None
+
+
+def reading(undecided: Optional[str], flag: bool, detail: str) -> str:
+    """A goal's reading: "not decided: why; so far detail" while ``undecided`` names what is missing,
+    else "met: detail" or "not met: detail" (:func:`verdict_word` reads it back)."""
+    if undecided:
+        return f"not decided: {undecided}; so far {detail}"
+    return ("met" if flag else "not met") + f": {detail}"
+
+
+def verdict_word(verdict: str) -> str:
+    """A :func:`reading`'s verdict alone: met, not met, or open (not decided yet)."""
+    return "open" if verdict.startswith("not decided") else ("not met" if verdict.startswith("not met") else "met")
 
 
 def floor_test(early: np.ndarray, floor_early: np.ndarray) -> Optional[BelowMinimum]:
@@ -151,25 +164,20 @@ def fallback_verdicts(
     undecided = why_undecided({env: (r["pairs"], str(r["pairs"])) for env, r in mine.items()}, planned, need, f"seeds paired with {floor}")
     n_envs = len(set(mine) | set(planned))
 
-    def reading(flag: bool, detail: str) -> str:
-        if undecided:
-            return f"not decided: {undecided}; so far {detail}"
-        return ("met" if flag else "not met") + f": {detail}"
-
     losing = [env for env, r in mine.items() if not _no_loss(r)]
     winning = [env for env, r in mine.items() if _win(r)]
     out = [
         (
             f"never loses to {floor} (paired AUC and final-return CIs reach above 0, floor test p >= {SIGNIFICANCE_LEVEL}) "
             f"on each of its {n_envs} env(s)",
-            reading(not losing, f"a loss beyond noise on {losing}" if losing else "no loss beyond noise"),
+            reading(undecided, not losing, f"a loss beyond noise on {losing}" if losing else "no loss beyond noise"),
         )
     ]
     if wins_envs is not None:
         out.append(
             (
                 f"AUC above {floor}'s (CI excluding 0, Wilcoxon p < {SIGNIFICANCE_LEVEL}) on >= {wins_envs} env(s)",
-                reading(len(winning) >= wins_envs, f"on {len(winning)} ({winning or 'none'})"),
+                reading(undecided, len(winning) >= wins_envs, f"on {len(winning)} ({winning or 'none'})"),
             )
         )
     return out
@@ -190,8 +198,10 @@ def fallback_markdown(
     at_steps: Optional[float],
     wins_envs: Optional[int] = None,
     plan: Optional[GridPlan] = None,
+    verdicts: Optional[Mapping[str, Sequence[Tuple[str, str]]]] = None,
 ) -> List[str]:
-    """The goals report's section: a table per env and the verdicts per estimator."""
+    """The goals report's section: a table per env and the verdicts per estimator (``verdicts``:
+    those :func:`fallback_verdicts` gave already, by estimator; computed here otherwise)."""
     lines = [
         "",
         f"## Against the fallback ({floor}), paired by seed",
@@ -218,6 +228,7 @@ def fallback_markdown(
             lines.append(f"| {r['estimator']} | {r['pairs']} | {_diff_text(r['auc'])} | {_diff_text(r['final'])} | {floor_text} |")
     lines += ["", "Goals against the fallback:", ""]
     for est in estimators:
-        for goal, verdict in fallback_verdicts(rows, est, floor, wins_envs, plan):
+        mine = verdicts[est] if verdicts is not None and est in verdicts else fallback_verdicts(rows, est, floor, wins_envs, plan)
+        for goal, verdict in mine:
             lines.append(f"- **{est}**: {goal}: {verdict}")
     return lines
