@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import hybrid_pg.experiments.runner as runner
-from hybrid_pg.experiments.ablate import load_ablation, parse_ablation
+from hybrid_pg.experiments.ablate import load_ablation, parse_ablation, validate_cells
 from hybrid_pg.experiments.cli import main
 from hybrid_pg.experiments.config import ConfigError
 
@@ -197,6 +197,14 @@ def _with(change):
             "estimators[2].envs must be a non-empty list, got 'Pendulum-v1'",
         ),
         (lambda r: _restrict_reference(r), "'reinforce' is the reference, which every env is compared with"),
+        (lambda r: r.update(contrasts=[["hybrid", "reinforse"]]), "contrasts[0][1]='reinforse' is not one of the estimators"),
+        (lambda r: r.update(contrasts=[["hybrid"]]), "contrasts[0] must be a pair [estimator, against]"),
+        (lambda r: r.update(contrasts="hybrid"), "contrasts must be a"),
+        (lambda r: r.update(contrasts=[["hybrid", "hybrid"]]), "contrasts[0] compares 'hybrid' with itself"),
+        (
+            lambda r: r.update(contrasts=[["hybrid", "reinforce"], ["reinforce", "hybrid"]]),
+            "contrasts[1]: 'reinforce' and 'hybrid' are already compared",
+        ),
     ],
 )
 def test_bad_ablation_files_name_the_key(change, key):
@@ -375,6 +383,17 @@ def test_a_grid_adopts_the_runs_another_grid_finished_with_the_same_settings(smo
         assert source.parent == out / "runs" and source.name.replace("Pendulum-v1", "renamed") == run_dir.name
         assert (run_dir / "result.json").read_bytes() == (source / "result.json").read_bytes()
     assert (tmp_path / "new" / "table_renamed.md").is_file()  # the adopted runs are in the report
+
+
+def test_contrasts_are_read_and_leave_the_run_keys_alone(tmp_path):
+    # a report-only key: adding it must not rename (and so retrain) a single run
+    raw = _with(lambda r: r.update(contrasts=[["hybrid", "reinforce"]]))
+    ablation = parse_ablation(raw)
+    assert ablation.contrasts == (("hybrid", "reinforce"),)
+    assert parse_ablation(_with(lambda r: None)).contrasts == ()
+    with_pairs = validate_cells(ablation)
+    without = validate_cells(parse_ablation(_with(lambda r: None)))
+    assert [cfg for _, cfg in with_pairs.runs()] == [cfg for _, cfg in without.runs()]
 
 
 def test_reuse_runs_from_must_name_folders(tmp_path):

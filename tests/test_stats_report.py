@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from hybrid_pg.experiments.ablate_report import estimator_summary, markdown_table, write_summary
+from hybrid_pg.experiments.ablate_report import contrast, estimator_summary, markdown_table, write_env_report, write_summary
 from hybrid_pg.experiments.aggregate import (
     MIN_RUNS_FOR_SIGNIFICANCE,
     below_minimum_test,
@@ -195,3 +195,49 @@ def test_below_minimum_counts_strictly_below_and_rejects_bad_input():
         below_minimum_test([], [1.0])
     with pytest.raises(ValueError, match="finite"):
         below_minimum_test([float("nan")], [1.0])
+
+
+def test_a_contrast_pairs_two_estimators_on_the_seeds_both_ran(tmp_path):
+    # the candidate is the default + 100 on every common seed, plus a seed of its own (9) and the default
+    # two of its own (7, 8): the contrast pairs seeds 0-5 and finds exactly +100 with a zero-width CI
+    default_seeds = [0, 1, 2, 3, 4, 5, 7, 8]
+    default = [float(50 * s) for s in default_seeds]
+    by_seed = dict(zip(default_seeds, default))
+    cand_seeds = [5, 4, 3, 2, 1, 0, 9]  # order must not matter: pairs are matched by seed
+    cand = [by_seed[s] + 100.0 for s in cand_seeds[:-1]] + [-1e6]
+    per_run = {"candidate": _runs(cand), "hybrid": _runs(default)}
+    seeds_of = {"candidate": cand_seeds, "hybrid": default_seeds}
+    c = contrast("candidate", "hybrid", per_run, seeds_of)
+    assert c.seeds == (0, 1, 2, 3, 4, 5)
+    fr = c.comparisons["final_return"]
+    assert fr.paired and fr.n_a == 6 and fr.diff.point == pytest.approx(100.0)
+    assert fr.diff.low == pytest.approx(100.0) and fr.diff.high == pytest.approx(100.0)
+    assert fr.p_value == pytest.approx(2 / 64) and fr.verdict == "significant"
+    # an unfinished metric on one seed (NaN) drops that seed from that metric only
+    per_run["candidate"][0] = {**per_run["candidate"][0], "auc": math.nan}
+    c = contrast("candidate", "hybrid", per_run, seeds_of)
+    assert c.comparisons["auc"].n_a == 5 and c.comparisons["final_return"].n_a == 6
+    md = markdown_table("t", [], "reinforce", [c])
+    line = next(x for x in md.splitlines() if x.startswith("| candidate | hybrid | 6 | final return |"))
+    assert "100.0 [100.0, 100.0]" in line and "higher than hybrid (better), significant" in line
+    assert "Wilcoxon 0.0625" in next(x for x in md.splitlines() if x.startswith("| candidate | hybrid | 6 | AUC"))
+
+
+def test_the_env_report_writes_the_contrasts_only_where_both_sides_ran(tmp_path):
+    results = {
+        "reinforce": [_result(float(s), s) for s in range(6)],
+        "hybrid": [_result(float(s) + 3.0, s) for s in range(6)],
+        "candidate": [_result(float(s) + 1.0, s) for s in range(6)],
+    }
+    written = write_env_report(tmp_path, "E", "E", results, "reinforce", contrasts=[("candidate", "hybrid"), ("ppo", "hybrid")])
+    assert (tmp_path / "contrasts_E.csv") in written
+    with (tmp_path / "contrasts_E.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh)]
+    assert {(r["estimator"], r["against"]) for r in rows} == {("candidate", "hybrid")}  # ppo has no runs here
+    final = next(r for r in rows if r["metric"] == "final_return")
+    assert float(final["diff"]) == pytest.approx(-2.0) and final["seeds"] == "0 1 2 3 4 5" and final["significant"] == "1"
+    md = (tmp_path / "table_E.md").read_text()
+    assert "## Estimators against each other" in md and "lower than hybrid (worse), significant" in md
+    write_env_report(tmp_path / "none", "E", "E", results, "reinforce")
+    assert not (tmp_path / "none" / "contrasts_E.csv").exists()
+    assert "against each other" not in (tmp_path / "none" / "table_E.md").read_text()

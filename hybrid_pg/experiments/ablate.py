@@ -45,6 +45,9 @@ Ablation file (YAML; ``configs/ablate_pendulum.yaml`` is a full example)::
     optimum_floor: reinforce       # optional: also write optimum.md (tasks every cell solves: does each
                                    #   seed stay at the optimum, and its std against this cell's;
                                    #   hybrid_pg.experiments.optimum_goals)
+    contrasts:                     # optional: pairs of estimators compared with each other, paired by
+      - [no_bias_correction, hybrid]  #   the seeds both ran (in table_<env>.md beside the reference
+                                   #   comparison, and contrasts_<env>.csv): a candidate against the default
     reuse_runs_from: [docs/results/mujoco]   # optional: other grids' output folders; a run whose seed and
                                    #   resolved settings equal a finished run there is copied, not trained
                                    #   (its folder gets adopted_from.txt naming the source)
@@ -109,6 +112,7 @@ TOP_LEVEL_KEYS = (
     "fixed_lambdas",
     "optimum_floor",
     "reuse_runs_from",
+    "contrasts",
 )
 ENV_KEYS = ("id", "name", "n_envs", "normalize", "algo")
 ESTIMATOR_KEYS = ("name", "algo", "envs")
@@ -198,6 +202,8 @@ class Ablation:
     reuse_runs_from: Tuple[str, ...] = ()
     #: the cell whose policy std the "stays at the optimum" report compares with (None: no report)
     optimum_floor: Optional[str] = None
+    #: (estimator, against) pairs the env reports compare with each other, paired on common seeds
+    contrasts: Tuple[Tuple[str, str], ...] = ()
 
     def reuse_sources(self) -> List[Path]:
         """The run folders searched for runs to adopt (each ``<folder>/runs`` that exists: a grid that
@@ -449,7 +455,28 @@ def parse_ablation(raw: Any, default_name: str = "ablation", seeds: Optional[Seq
         report_seeds=tuple(sorted(set(file_seeds) | set(seeds_t))),
         reuse_runs_from=reuse,
         optimum_floor=optimum_floor,
+        contrasts=_parse_contrasts(raw["contrasts"], names) if raw.get("contrasts") is not None else (),
     )
+
+
+def _parse_contrasts(raw: Any, names: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+    """``contrasts``: a list of [estimator, against] pairs of distinct estimator names, no pair twice."""
+    pairs: List[Tuple[str, str]] = []
+    for i, entry in enumerate(_list("contrasts", raw)):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise ConfigError(f"contrasts[{i}] must be a pair [estimator, against], got {_show(entry)}")
+        for j, value in enumerate(entry):
+            if value not in names:
+                raise ConfigError(
+                    f"contrasts[{i}][{j}]={_show(value)} is not one of the estimators {list(names)}{suggest(str(value), names)}"
+                )
+        a, b = str(entry[0]), str(entry[1])
+        if a == b:
+            raise ConfigError(f"contrasts[{i}] compares {a!r} with itself; name two different estimators")
+        if (a, b) in pairs or (b, a) in pairs:
+            raise ConfigError(f"contrasts[{i}]: {a!r} and {b!r} are already compared by an earlier entry")
+        pairs.append((a, b))
+    return tuple(pairs)
 
 
 def _parse_baseline(raw: Any, names: Sequence[str]) -> BaselineEntry:
@@ -674,6 +701,7 @@ def run_ablation(
             skip_updates=ablation.skip_updates,
             total_timesteps=ablation.total_timesteps,
             figure_format=figure_format,
+            contrasts=ablation.contrasts,
         )
     written += write_summary(out, per_env, ablation.reference, figure_format=figure_format)
     if ablation.baseline is not None and per_env:

@@ -43,6 +43,9 @@ Files written into the output folder, ``<env>`` being the env entry's name:
 * ``table_<env>.md``: the aggregates and the comparisons, with this legend;
 * ``table_<env>.csv``: the same numbers, one row per estimator (column names below; the policy std
   as ``std_at_100000_median``, ``std_at_100000_n``, ``std_end_median``, ``std_end_n``);
+* ``contrasts_<env>.csv`` (where the file lists ``contrasts``): each pair of estimators compared with
+  each other on the seeds both ran, paired by seed, one row per metric (``diff`` = first - second);
+  the same table closes ``table_<env>.md``;
 * ``runs_<env>.csv``: the per-run metrics (one row per estimator and seed; the policy std as
   ``std_at_100000`` and ``std_end``);
 * ``curves_<env>.png``: training return against env steps, mean over seeds with a 95% CI band;
@@ -94,7 +97,17 @@ from hybrid_pg.experiments.results import (
     variance_ratio_key,
 )
 
-__all__ = ["METRICS", "Metric", "estimator_summary", "markdown_table", "run_metrics", "write_env_report", "write_summary"]
+__all__ = [
+    "METRICS",
+    "Contrast",
+    "Metric",
+    "contrast",
+    "estimator_summary",
+    "markdown_table",
+    "run_metrics",
+    "write_env_report",
+    "write_summary",
+]
 
 Results = Mapping[str, Sequence[Dict[str, Any]]]  # estimator name -> its runs' results
 
@@ -222,9 +235,68 @@ def _signal_section(rows: Sequence[Dict[str, Any]]) -> List[str]:
     ]
 
 
-def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -> str:
+def _comparison_cells(metric: Metric, c: Optional[Comparison], against: str) -> List[str]:
+    """The cells of a comparison table's row: paired?, difference [CI], test p, verdict."""
+    if c is None:
+        return ["", "n/a", "n/a", "n/a"]
+    return ["yes" if c.paired else "no", _ci_text(c.diff, metric.fmt), _p_text(c), _verdict(metric, c, against)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+    """Two estimators of one env compared with each other on the seeds both ran (:func:`contrast`)."""
+
+    estimator: str
+    against: str
+    seeds: Tuple[int, ...]
+    #: metric key -> the paired comparison (None where a side has no finite value on those seeds)
+    comparisons: Mapping[str, Optional[Comparison]]
+
+
+def contrast(
+    estimator: str, against: str, per_run: Mapping[str, Sequence[Dict[str, float]]], seeds_of: Mapping[str, Sequence[int]]
+) -> Contrast:
+    """``estimator`` against ``against``, every metric paired by seed on the seeds both ran (a
+    candidate's first seeds can be judged against the default while its grid fills in: an unpaired
+    comparison would throw away the seed-to-seed correlation that makes a paired one sharp)."""
+    common = sorted(set(seeds_of[estimator]) & set(seeds_of[against]))
+    comparisons: Dict[str, Optional[Comparison]] = {}
+    for m in METRICS:
+        sides = []
+        for name in (estimator, against):
+            by_seed = {s: r[m.key] for s, r in zip(seeds_of[name], per_run[name])}
+            sides.append([by_seed[s] for s in common])
+        keep = [s for s, a, b in zip(common, *sides) if math.isfinite(a) and math.isfinite(b)]
+        a = [x for s, x in zip(common, sides[0]) if s in keep]
+        b = [x for s, x in zip(common, sides[1]) if s in keep]
+        comparisons[m.key] = compare(a, b, keep, keep) if keep else None
+    return Contrast(estimator, against, tuple(common), comparisons)
+
+
+def _contrast_section(contrasts: Sequence[Contrast]) -> List[str]:
+    """The table of the env's contrasts (nothing where there are none)."""
+    if not contrasts:
+        return []
+    lines = [
+        "",
+        "## Estimators against each other",
+        "",
+        "Each pair on the seeds both ran, paired by seed (as above: paired bootstrap CI, Wilcoxon's signed-rank p; the "
+        "same rule for **significant**). The difference is the first estimator minus the second.",
+        "",
+        "| estimator | against | seeds | metric | difference [95% CI] | test p | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in contrasts:
+        for m in METRICS:
+            _, *cells = _comparison_cells(m, c.comparisons[m.key], c.against)  # paired: always, here
+            lines.append("| " + " | ".join([c.estimator, c.against, str(len(c.seeds)), m.title, *cells]) + " |")
+    return lines
+
+
+def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str, contrasts: Sequence[Contrast] = ()) -> str:
     """The env's markdown report: aggregates, the policy std (rows with a ``policy_std``), then
-    comparisons with ``reference``, then a legend."""
+    comparisons with ``reference`` and the ``contrasts``, then a legend."""
     lines = [
         f"# {title}",
         "",
@@ -257,14 +329,9 @@ def markdown_table(title: str, rows: Sequence[Dict[str, Any]], reference: str) -
         if "comparison" not in row[METRICS[0].key]:
             continue  # the reference itself
         for m in METRICS:
-            c = row[m.key]["comparison"]
-            if c is None:
-                lines.append(f"| {row['estimator']} | {m.title} | | n/a | n/a | n/a |")
-                continue
-            paired = "yes" if c.paired else "no"
-            lines.append(
-                f"| {row['estimator']} | {m.title} | {paired} | {_ci_text(c.diff, m.fmt)} | {_p_text(c)} | {_verdict(m, c, reference)} |"
-            )
+            cells = [row["estimator"], m.title, *_comparison_cells(m, row[m.key]["comparison"], reference)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += _contrast_section(contrasts)
     lines += [
         "",
         "Final return: mean of the deterministic evaluation episodes after training. AUC: area under the training-return "
@@ -306,6 +373,31 @@ def _csv_rows(env_name: str, env_id: str, rows: Sequence[Dict[str, Any]], refere
         if row.get("policy_std") is not None:
             flat.update(row["policy_std"].columns())
         out.append(flat)
+    return out
+
+
+def _contrast_csv_rows(env_name: str, contrasts: Sequence[Contrast]) -> List[Dict[str, Any]]:
+    """One row per contrast and metric (``diff`` is estimator - against, paired on ``seeds``)."""
+    out = []
+    for c in contrasts:
+        for m in METRICS:
+            cmp = c.comparisons[m.key]
+            out.append(
+                {
+                    "env": env_name,
+                    "estimator": c.estimator,
+                    "against": c.against,
+                    "seeds": " ".join(map(str, c.seeds)),
+                    "metric": m.key,
+                    "diff": cmp.diff.point if cmp else "",
+                    "diff_lo": cmp.diff.low if cmp else "",
+                    "diff_hi": cmp.diff.high if cmp else "",
+                    "test": cmp.test if cmp else "",
+                    "p": cmp.p_value if cmp else "",
+                    "verdict": cmp.verdict if cmp else "",
+                    "significant": int(cmp.significant) if cmp else "",
+                }
+            )
     return out
 
 
@@ -462,9 +554,11 @@ def write_env_report(
     skip_updates: int = 0,
     total_timesteps: Optional[int] = None,
     figure_format: str = "png",
+    contrasts: Sequence[Tuple[str, str]] = (),
 ) -> List[Path]:
     """Write the env's tables and figures (see the module docstring) into ``out_dir``; the figures
-    as ``figure_format`` (png, pdf or svg)."""
+    as ``figure_format`` (png, pdf or svg). ``contrasts``: (estimator, against) pairs also compared
+    with each other (:func:`contrast`), those of which both sides have runs on this env."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_run = {name: [run_metrics(r, skip_updates) for r in runs] for name, runs in results.items()}
@@ -481,8 +575,11 @@ def write_env_report(
     label = env_id if env_name == env_id.replace("/", "-") else f"{env_id} ({env_name})"
     title = f"Ablation on {label}: {len(seeds)} seeds{budget}"
     md = out_dir / f"table_{env_name}.md"
-    md.write_text(markdown_table(title, rows, reference) + "\n", encoding="utf-8")
+    pairs = [contrast(a, b, per_run, seeds_of) for a, b in contrasts if per_run.get(a) and per_run.get(b)]
+    pairs = [c for c in pairs if c.seeds]
+    md.write_text(markdown_table(title, rows, reference, pairs) + "\n", encoding="utf-8")
     table_csv = _write_csv(out_dir / f"table_{env_name}.csv", _csv_rows(env_name, env_id, rows, reference))
+    contrast_csv = [_write_csv(out_dir / f"contrasts_{env_name}.csv", _contrast_csv_rows(env_name, pairs))] if pairs else []
     early = any(row["policy_std"].at_step is not None for row in rows)
     run_rows = [
         {
@@ -501,7 +598,7 @@ def write_env_report(
     curves = plot_curves(results, figure_path(out_dir, f"curves_{env_name}", figure_format), label)
     variance = plot_variance(results, figure_path(out_dir, f"variance_{env_name}", figure_format), label, skip_updates)
     weight = plot_lambda(results, figure_path(out_dir, f"lambda_{env_name}", figure_format), label)
-    return [md, table_csv, runs_csv, curves, variance, weight]
+    return [md, table_csv, *contrast_csv, runs_csv, curves, variance, weight]
 
 
 # ------------------------------------------------------------------------------------------------
