@@ -145,3 +145,58 @@ def test_the_audit_table_takes_the_columns_of_old_and_new_checkpoints(tmp_path):
         read = list(csv.DictReader(fh))
     assert list(read[0]) == ["run", "step", "cos", "source"]
     assert [(r["run"], r["source"]) for r in read] == [("a", ""), ("b", "critic")] and read[1]["cos"] == "0.25"
+
+
+def _audit_row(run, seed, step, estimator, cos, bias, reliability=0.9, corr=0.5):
+    return {
+        "run": run,
+        "seed": seed,
+        "step": step,
+        "estimator": estimator,
+        "group": "all",
+        "stratum": "all",
+        "cos_single_corrected": cos,
+        "rel_bias": bias,
+        "lam_mse": 0.5,
+        "ref_reliability": reliability,
+        "adv_head_corr": corr,
+        "value_rmse_rel": 0.3,
+    }
+
+
+def test_an_audit_is_paired_with_another_at_the_same_seed_and_checkpoint(tmp_path):
+    """compare_with: each of this audit's checkpoints beside the other audit's run at the same seed and
+    step; the medians only over checkpoints whose references both allow a cosine."""
+    from hybrid_pg.experiments.gradient_audit_report import contrast_table
+
+    new, old = "E__hybrid_layer_norm", "E__hybrid"
+    mine, theirs = [], []
+    for seed, step, cos_new, bias_new, cos_old, bias_old in [
+        (3, 20000, 0.9, 0.2, -0.8, 3.5),
+        (3, 50000, 0.7, 0.5, 0.8, 0.4),
+        (4, 20000, float("nan"), 9.0, float("nan"), 1.0),  # reference too noisy: listed, not in the medians
+    ]:
+        mine += [_audit_row(new, seed, step, "pathwise", cos_new, bias_new), _audit_row(new, seed, step, "score", 0.6, 0.1)]
+        theirs += [_audit_row(old, seed, step, "pathwise", cos_old, bias_old), _audit_row(old, seed, step, "score", 0.6, 0.1)]
+    theirs += [_audit_row(old, 9, 20000, "pathwise", 0.1, 1.0), _audit_row(old, 9, 20000, "score", 0.1, 1.0)]  # no partner
+    theirs += [_audit_row("E__hybrid_mujoco", 3, 20000, "pathwise", 1.0, 0.0)]  # another run of the other audit
+    lines = contrast_table(mine, theirs, "docs/old", old)
+    text = "\n".join(lines)
+    assert "## Against docs/old: hybrid_layer_norm / hybrid" in text
+    assert "| 3 | 20000 | 0.90 / 0.90 | 0.90 / -0.80 | 0.20 / 3.50 |" in text
+    assert "| 4 | 20000 |" in text and "| 9 |" not in text
+    summary = next(line for line in lines if line.startswith("Medians"))
+    assert "over the 2 matched checkpoints" in summary
+    assert "cos pathwise 0.80 / 0.00" in summary and "bias pathwise 0.35 / 1.95" in summary
+    assert "smaller on 1 of 2" in summary
+    assert contrast_table(mine, theirs, "docs/old", "E__nothing") == []
+
+
+def test_compare_with_is_checked(tmp_path):
+    bad = tmp_path / "a.yaml"
+    head = "grid: g.yaml\nruns: [{env: X, estimator: y, seeds: [0]}]\ncheckpoints: [10]\n"
+    bad.write_text(head + "compare_with: docs/results/audit/hopper\n")
+    with pytest.raises(ValueError, match="compare_with must be a mapping"):
+        load_audit_config(str(bad))
+    bad.write_text(head + "compare_with: {audit: docs/results/audit/hopper, run: Hopper-v5__hybrid}\n")
+    assert load_audit_config(str(bad)).compare_with == ("docs/results/audit/hopper", "Hopper-v5__hybrid")

@@ -34,7 +34,10 @@ Carlo returns' differences, and the value head's error against the Monte Carlo v
 
 ``python examples/gradient_audit.py configs/audit/<question>.yaml`` trains the runs with
 checkpoints (the grid's settings and seeds: they reproduce the grid's runs), audits every
-checkpoint (one CSV each, written atomically: resumable) and writes the report.
+checkpoint (one CSV each, written atomically: resumable) and writes the report. With
+``compare_with: {audit: <another audit's output folder>, run: <its run label>}`` the report also
+pairs each checkpoint with that run's at the same seed and step (a changed critic against the old one:
+``configs/audit/hopper_layer_norm.yaml``).
 """
 
 from __future__ import annotations
@@ -128,9 +131,23 @@ class AuditConfig:
     #: train each run's whole budget (its final return tells a good seed from a bad one), or stop
     #: at the last checkpoint
     train_full: bool = True
+    #: another audit's output folder and one of its run labels: the report pairs this audit's
+    #: checkpoints with that run's at the same seed and step (e.g. a changed critic against the old one)
+    compare_with: Optional[Tuple[str, str]] = None
 
 
-_KNOWN = ("name", "grid", "output_dir", "runs", "checkpoints", "reference", "extra_sources", "seed", "train_full")
+_KNOWN = ("name", "grid", "output_dir", "runs", "checkpoints", "reference", "extra_sources", "seed", "train_full", "compare_with")
+
+
+def _compare_with(path: str, raw: Any) -> Optional[Tuple[str, str]]:
+    """``compare_with: {audit: <output folder>, run: <label>}`` (None when absent)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"audit", "run"} or not all(isinstance(v, str) and v for v in raw.values()):
+        raise ValueError(
+            f"{path}: compare_with must be a mapping {{audit: <an audit's output folder>, run: <one of its run labels>}}, got {raw!r}"
+        )
+    return str(raw["audit"]), str(raw["run"])
 
 
 def load_audit_config(path: str) -> AuditConfig:
@@ -183,6 +200,7 @@ def load_audit_config(path: str) -> AuditConfig:
         extra_sources=tuple(raw.get("extra_sources") or ()),
         seed=int(raw.get("seed", 0)),
         train_full=bool(raw.get("train_full", True)),
+        compare_with=_compare_with(path, raw.get("compare_with")),
     )
 
 

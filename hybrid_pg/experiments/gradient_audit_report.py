@@ -387,6 +387,69 @@ def evaluations_table(out: Path, steps: Sequence[int]) -> List[str]:
     return lines + [""]
 
 
+def _median(values: Sequence[Any]) -> float:
+    finite = [float(v) for v in values if _finite(v)]
+    return float(np.median(finite)) if finite else math.nan
+
+
+#: the columns of :func:`contrast_table`: (title, CSV column, group) per estimator row, group all, stratum all
+CONTRAST_COLUMNS = (
+    ("cos pathwise", "cos_single_corrected", "pathwise"),
+    ("bias pathwise", "rel_bias", "pathwise"),
+    ("lam_mse", "lam_mse", "pathwise"),
+    ("cos score", "cos_single_corrected", "score"),
+    ("adv head corr", "adv_head_corr", "score"),
+    ("value RMSE (rel)", "value_rmse_rel", "score"),
+)
+
+
+def contrast_table(rows: List[Dict[str, Any]], other: List[Dict[str, Any]], other_name: str, other_run: str) -> List[str]:
+    """This audit's checkpoints beside another audit's run at the same seed and step (``this / other``
+    per column): the same seeds and budgets, so a changed critic's pathwise gradient is judged against
+    the old one's where both met the same task at the same point of training. The policies differ (each
+    trained with its own critic), so it is a comparison of two training paths, not of two critics on
+    one policy; the medians are over the matched checkpoints whose two references are both reliable
+    enough for a cosine (the report's "—" otherwise)."""
+    lines: List[str] = []
+    for run in sorted({r["run"] for r in rows}):
+        pairs = []
+        for seed, step in sorted({(r["seed"], r["step"]) for r in _select(rows, run=run)}):
+            mine = {r["estimator"]: r for r in _select(rows, run=run, seed=seed, step=step, group="all", stratum="all")}
+            theirs = {r["estimator"]: r for r in _select(other, run=other_run, seed=seed, step=step, group="all", stratum="all")}
+            if "pathwise" in mine and "pathwise" in theirs and "score" in mine and "score" in theirs:
+                pairs.append((seed, step, mine, theirs))
+        if not pairs:
+            continue
+        lines += [
+            f"## Against {other_name}: {run.split('__')[-1]} / {other_run.split('__')[-1]}",
+            "",
+            f"Each cell: this audit's run / the run `{other_run}` of `{other_name}` at the same seed and checkpoint (each trained "
+            "with its own critic, so two training paths at the same point, not two critics on one policy). bias = "
+            "||E g - g_ref|| / ||g_ref||; cos = one rollout's corrected cosine with the reference; adv head corr and value "
+            "RMSE: the critic against the Monte Carlo values at the reference states.",
+            "",
+            "| seed | step | ref reliability | " + " | ".join(title for title, _, _ in CONTRAST_COLUMNS) + " |",
+            "|" + "---|" * (3 + len(CONTRAST_COLUMNS)),
+        ]
+        for seed, step, mine, theirs in pairs:
+            cells = [str(seed), str(step), f"{_fmt(mine['score']['ref_reliability'])} / {_fmt(theirs['score']['ref_reliability'])}"]
+            cells += [f"{_fmt(mine[est].get(key, math.nan))} / {_fmt(theirs[est].get(key, math.nan))}" for _, key, est in CONTRAST_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+        both = [p for p in pairs if _finite(p[2]["pathwise"]["cos_single_corrected"]) and _finite(p[3]["pathwise"]["cos_single_corrected"])]
+        medians = [
+            f"{title} {_fmt(_median([m[est].get(key) for _, _, m, _ in both]))} / {_fmt(_median([t[est].get(key) for _, _, _, t in both]))}"
+            for title, key, est in CONTRAST_COLUMNS
+        ]
+        lower_bias = sum(m["pathwise"]["rel_bias"] < t["pathwise"]["rel_bias"] for _, _, m, t in both)
+        lines += [
+            "",
+            f"Medians over the {len(both)} matched checkpoints with both references reliable enough: " + "; ".join(medians) + ". "
+            f"The pathwise bias is the smaller on {lower_bias} of {len(both)} (an ordering over checkpoints that share seeds, not a test).",
+            "",
+        ]
+    return lines
+
+
 def write_report(config: AuditConfig) -> List[Path]:
     out = Path(config.output_dir)
     collect_run_evaluations(out)
@@ -395,7 +458,14 @@ def write_report(config: AuditConfig) -> List[Path]:
         return []
     written = [out / "audit.csv", out / "report.md", out / "cosine_vs_step.png", out / "bias_vs_variance.png"]
     write_table(rows, written[0])
-    text = markdown(rows, config) + "\n".join(evaluations_table(out, config.checkpoints) + signal_table(rows, read_signals(out)))
+    contrast: List[str] = []
+    if config.compare_with is not None:
+        folder, other_run = config.compare_with
+        other = read_rows(Path(folder))
+        if not any(r["run"] == other_run for r in other):
+            raise ValueError(f"compare_with: {folder} has no audited run {other_run!r} (runs: {sorted({r['run'] for r in other})})")
+        contrast = contrast_table(rows, other, folder, other_run)
+    text = markdown(rows, config) + "\n".join(contrast + evaluations_table(out, config.checkpoints) + signal_table(rows, read_signals(out)))
     written[1].write_text(text)
     ref = config.reference
     budget = f"reference: {ref.rollouts} rollouts x {ref.states_per_rollout} states x {ref.actions} actions per checkpoint"
