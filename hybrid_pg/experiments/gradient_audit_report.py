@@ -400,7 +400,14 @@ CONTRAST_COLUMNS = (
     ("cos score", "cos_single_corrected", "score"),
     ("adv head corr", "adv_head_corr", "score"),
     ("value RMSE (rel)", "value_rmse_rel", "score"),
+    ("MSE applied mix", "rel_mse", "mix"),
+    ("MSE score", "rel_mse", "score"),
 )
+
+
+def _cell(by_estimator: Dict[str, Dict[str, Any]], estimator: str, key: str) -> Any:
+    """One value of a checkpoint's rows (NaN where the estimator or the column is missing)."""
+    return by_estimator.get(estimator, {}).get(key, math.nan)
 
 
 def contrast_table(rows: List[Dict[str, Any]], other: List[Dict[str, Any]], other_name: str, other_run: str) -> List[str]:
@@ -426,18 +433,19 @@ def contrast_table(rows: List[Dict[str, Any]], other: List[Dict[str, Any]], othe
             f"Each cell: this audit's run / the run `{other_run}` of `{other_name}` at the same seed and checkpoint (each trained "
             "with its own critic, so two training paths at the same point, not two critics on one policy). bias = "
             "||E g - g_ref|| / ||g_ref||; cos = one rollout's corrected cosine with the reference; adv head corr and value "
-            "RMSE: the critic against the Monte Carlo values at the reference states.",
+            "RMSE: the critic against the Monte Carlo values at the reference states; MSE = one rollout's mean squared error "
+            "against the reference / ||g_ref||^2, for the mix the run applied (its own weight) and for the score gradient.",
             "",
             "| seed | step | ref reliability | " + " | ".join(title for title, _, _ in CONTRAST_COLUMNS) + " |",
             "|" + "---|" * (3 + len(CONTRAST_COLUMNS)),
         ]
         for seed, step, mine, theirs in pairs:
             cells = [str(seed), str(step), f"{_fmt(mine['score']['ref_reliability'])} / {_fmt(theirs['score']['ref_reliability'])}"]
-            cells += [f"{_fmt(mine[est].get(key, math.nan))} / {_fmt(theirs[est].get(key, math.nan))}" for _, key, est in CONTRAST_COLUMNS]
+            cells += [f"{_fmt(_cell(mine, est, key))} / {_fmt(_cell(theirs, est, key))}" for _, key, est in CONTRAST_COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
         both = [p for p in pairs if _finite(p[2]["pathwise"]["cos_single_corrected"]) and _finite(p[3]["pathwise"]["cos_single_corrected"])]
         medians = [
-            f"{title} {_fmt(_median([m[est].get(key) for _, _, m, _ in both]))} / {_fmt(_median([t[est].get(key) for _, _, _, t in both]))}"
+            f"{title} {_fmt(_median([_cell(m, est, key) for _, _, m, _ in both]))} / {_fmt(_median([_cell(t, est, key) for _, _, _, t in both]))}"
             for title, key, est in CONTRAST_COLUMNS
         ]
         lower_bias = sum(m["pathwise"]["rel_bias"] < t["pathwise"]["rel_bias"] for _, _, m, t in both)
