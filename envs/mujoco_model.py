@@ -370,13 +370,29 @@ class MujocoStepModel(DifferentiableModel):
             qp[i], qv[i] = data.qpos, data.qvel
         return qp, qv, jac
 
-    def simulate(self, obs: np.ndarray, action: np.ndarray, jacobian: bool = False, wrt_obs: bool = True) -> Dict[str, np.ndarray]:
+    def contact_counts(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """The number of active contacts at each state (B,): the contacts ``mj_forward`` detects there
+        (what ``data.ncon`` holds for the env's next step from that state)."""
+        (data,) = self._data(1)
+        counts = np.zeros(qpos.shape[0], dtype=np.int64)
+        for i in range(qpos.shape[0]):
+            data.qpos[:], data.qvel[:] = qpos[i], qvel[i]
+            mujoco.mj_forward(self.mj_model, data)
+            counts[i] = data.ncon
+        return counts
+
+    def simulate(
+        self, obs: np.ndarray, action: np.ndarray, jacobian: bool = False, wrt_obs: bool = True, contacts: bool = False
+    ) -> Dict[str, np.ndarray]:
         """The frame-skipped step for a batch (numpy, float64): ``next_obs``, ``dx`` (root x
         displacement), ``qpos``/``qvel`` (true next state) and, with ``jacobian``, ``jac_obs`` (B,
         obs_dim + 1, obs_dim) and ``jac_act`` (B, obs_dim + 1, act_dim): rows ``next_obs`` then ``dx``.
         ``wrt_obs=False`` skips ``jac_obs`` (absent from the result): the action columns alone cost
         ``1 + 2 nu`` perturbed rollouts, whatever the Jacobian method (a one-step pathwise gradient
-        needs no more)."""
+        needs no more). With ``contacts``: ``contact_change`` (B,) bool, whether the step changes the
+        number of active contacts (:meth:`contact_counts` at the state and at the next state): there
+        the local Jacobian is least to be trusted (the gradient audit measured its bias several times
+        larger on such steps of Hopper)."""
         qpos, qvel = self.obs_to_state(obs)
         ctrl = np.asarray(action, dtype=np.float64).reshape(-1, self.nu)
         out: Dict[str, np.ndarray] = {}
@@ -397,6 +413,8 @@ class MujocoStepModel(DifferentiableModel):
         else:
             qp, qv = self._rollout(qpos, qvel, ctrl)
         out.update(next_obs=self.state_to_obs(qp, qv), dx=qp[:, 0] - qpos[:, 0], qpos=qp, qvel=qv)
+        if contacts:
+            out["contact_change"] = self.contact_counts(qpos, qvel) != self.contact_counts(qp, qv)
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -448,7 +466,7 @@ class MujocoStepModel(DifferentiableModel):
     # first-order model around fixed actions (one simulation per rollout, see ``linearize``)
     # ------------------------------------------------------------------------------------------
 
-    def linearize(self, obs: th.Tensor, action: th.Tensor, wrt_obs: bool = False) -> Dict[str, th.Tensor]:
+    def linearize(self, obs: th.Tensor, action: th.Tensor, wrt_obs: bool = False, contacts: bool = False) -> Dict[str, th.Tensor]:
         """The step at ``(obs, action)`` (B, obs_dim), (B, act_dim) and its exact local action
         Jacobian, as per-sample tensors (leading dimension B) for :meth:`step_linear`:
 
@@ -462,8 +480,11 @@ class MujocoStepModel(DifferentiableModel):
           (B, obs_dim + 1, obs_dim), d(next_obs, dx)/ds at (s0, a0) (all state perturbations: the later
           steps of a k-step return, whose state depends on the first action).
 
+        * with ``contacts``: ``lin_contact_change`` (B,), 1.0 where the step at a0 changes the number of
+          active contacts (:meth:`simulate`), else 0.0.
+
         Without ``wrt_obs`` the first-order model is in the action only."""
-        out = self.simulate(obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=True, wrt_obs=wrt_obs)
+        out = self.simulate(obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=True, wrt_obs=wrt_obs, contacts=contacts)
         as_t = lambda a: th.as_tensor(a, device=obs.device).to(obs.dtype)  # noqa: E731
         self._last_state = (out["qpos"], out["qvel"])
         lin = {
@@ -475,6 +496,8 @@ class MujocoStepModel(DifferentiableModel):
         lin["lin_healthy"] = self._healthy_last_state(lin["lin_dx"])
         if wrt_obs:
             lin.update(lin_obs=obs.detach().reshape(-1, self.obs_dim), lin_jac_obs=as_t(out["jac_obs"]))
+        if contacts:
+            lin["lin_contact_change"] = as_t(out["contact_change"].astype(np.float64))
         return lin
 
     def step_linear(self, action: th.Tensor, lin: Dict[str, th.Tensor], obs: Optional[th.Tensor] = None) -> Tuple[th.Tensor, th.Tensor]:

@@ -154,6 +154,7 @@ class HybridPG(OnPolicyAlgorithm):
         direction_confidence: float = 0.5,
         critic_gate: Optional[float] = None,
         control_variate: bool = False,
+        contact_gate: bool = False,
         lambda_warmup: int = 2,
         stats_chunk_size: int = 256,
         rms_prop_eps: float = 1e-5,
@@ -564,8 +565,10 @@ class HybridPG(OnPolicyAlgorithm):
                     path_term = batch.path_scale * path_values.mean()
                     residual = pathwise.score_residual(mb_context)
                     if residual is not None:
-                        # the control variate's score term (hybrid_pg.sources.control_variate): a score
-                        # term, so clipped like one; its gradient at theta_old is (A_hat - A~) dlog pi
+                        # a score term inside the pathwise estimator (the control variate's residual,
+                        # hybrid_pg.sources.control_variate, or the contact gate's gated samples,
+                        # hybrid_pg.sources.contact_gate), so clipped like one; its gradient at
+                        # theta_old is residual * dlog pi
                         path_ratio = th.exp(gaussian_log_prob(path_mean, path_log_std, batch.actions[idx]) - batch.old_log_prob[idx])
                         path_term = path_term + clipped_surrogate(path_ratio, batch.path_scale * residual, clip_range).mean()
                 entropy = gaussian_entropy(log_std)
@@ -619,6 +622,9 @@ class HybridPG(OnPolicyAlgorithm):
     def _log(self, logs, lam, moments, stats_time, update_time, clip_range, batch, oracle) -> None:
         record = self.logger.record
         record_step_logs(record, logs)
+        gated = getattr(self.pathwise, "gated_fraction", None)
+        if gated is not None:  # contact_gate (hybrid_pg.sources.contact_gate)
+            record("hybrid/contact_gated_fraction", gated, exclude=QUIET)
         if clip_range is not None:
             record("train/clip_range", clip_range)
         record("train/explained_variance", self._previous_explained_variance)

@@ -52,6 +52,7 @@ KEY_NEUTRAL: Dict[str, Any] = {
     "direction_confidence": 0.5,
     "critic_gate": None,
     "control_variate": False,
+    "contact_gate": False,
 }
 
 #: old keyword -> new keyword. The old name still works for one release, with a DeprecationWarning.
@@ -245,6 +246,13 @@ class HybridPGSettings(BaseModel):
         "expectation and the weight only trades variance (lam = lam*). Needs a source whose Q~ is one function of the action "
         "(critic, replay_critic, model; not mujoco). See hybrid_pg.sources.control_variate.",
     )
+    contact_gate: Bool = Field(
+        False,
+        description="with MuJoCo's derivatives (pathwise_source='mujoco'): on the samples whose step changes the number "
+        "of active contacts, use the score-function estimator in place of the pathwise one (whatever lam); the weight is "
+        "the variance-optimal one for the gated estimator. The gradient audit measured the derivatives' bias several "
+        "times larger on such steps of Hopper. See hybrid_pg.sources.contact_gate.",
+    )
     lambda_warmup: Int = Field(2, ge=0, description="number of first updates with lam held at 0 (hybrid only) while the critic is fitted.")
     oracle_freq: Int = Field(
         0, ge=0, description="every this many updates, log the oracle lam* from a large fresh batch (0 = off; see hybrid_pg.oracle)."
@@ -279,6 +287,8 @@ class HybridPGSettings(BaseModel):
                 raise _Cross("lambda_detector", self.lambda_detector, str(exc)) from None
         if self.oracle_frozen_clock is not None and not self.oracle_freq:
             raise _Cross("oracle_frozen_clock", self.oracle_frozen_clock, "needs the oracle on (oracle_freq > 0)")
+        if self.contact_gate and self.estimator == "reinforce":
+            raise _Cross("contact_gate", self.contact_gate, "has no effect with estimator='reinforce' (lam = 0: no pathwise term)")
         if self.control_variate and self.estimator == "reinforce":
             raise _Cross("control_variate", self.control_variate, "has no effect with estimator='reinforce' (lam = 0: no pathwise term)")
         if self.use_sde:

@@ -178,6 +178,11 @@ LOGGED_KEYS: Tuple[LoggedKey, ...] = (
         "share of pathwise terms dropped by the trust region (pathwise_kl_limit)",
         "when the pathwise term is on and limited",
     ),
+    LoggedKey(
+        "hybrid/contact_gated_fraction",
+        "share of the rollout's samples given the score estimator alone because their step changes the number of active contacts",
+        "contact_gate=True",
+    ),
     LoggedKey("hybrid/critic_diverged_steps", "minibatch steps whose advantage-head loss was not finite and was left out"),
     LoggedKey("hybrid/skipped_steps", "minibatch steps skipped because the gradient norm was not finite", console="yes"),
     # drift between rollouts

@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from hybrid_pg.sources.base import Context, PathwiseSource
+from hybrid_pg.sources.contact_gate import ContactGatedSource
 from hybrid_pg.sources.control_variate import ControlVariateSource
 from hybrid_pg.sources.critic import AdvantageHeadSource
 from hybrid_pg.sources.model import ModelSource, MujocoSource, Normalization
@@ -151,18 +152,23 @@ def build_source(algorithm: Any, name: str) -> PathwiseSource:
 
 def choose_source(algorithm: Any) -> Optional[PathwiseSource]:
     """The source that ``algorithm.settings.pathwise_source`` asks for on ``algorithm.env``, carrying
-    the control variate when ``algorithm.settings.control_variate`` is on.
+    the control variate when ``algorithm.settings.control_variate`` is on and gated at contact changes
+    when ``algorithm.settings.contact_gate`` is (:mod:`hybrid_pg.sources.contact_gate`).
 
     None while there is no env to decide ``"auto"``/``"model"`` on (``load(env=None)``); the
     algorithm decides again when an env is set.
     """
     source = _chosen_source(algorithm)
-    if source is None or not algorithm.settings.control_variate:
+    if source is None:
         return source
     try:
-        return ControlVariateSource(source)
+        if algorithm.settings.contact_gate:
+            source = ContactGatedSource(source)
+        if algorithm.settings.control_variate:
+            source = ControlVariateSource(source)
     except ValueError as exc:
         raise ValueError(f"pathwise_source={algorithm.settings.pathwise_source!r}: {exc}") from None
+    return source
 
 
 def _chosen_source(algorithm: Any) -> Optional[PathwiseSource]:
@@ -183,6 +189,7 @@ def _chosen_source(algorithm: Any) -> Optional[PathwiseSource]:
 
 __all__ = [
     "AdvantageHeadSource",
+    "ContactGatedSource",
     "Context",
     "ControlVariateSource",
     "ModelSource",

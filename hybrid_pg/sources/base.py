@@ -115,3 +115,52 @@ class PathwiseSource(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, exact={self.exact})"
+
+
+class WrappedSource(PathwiseSource):
+    """A source that changes another one's estimator (the control variate, the contact gate): every
+    method is ``inner``'s unless the wrapper overrides it."""
+
+    def __init__(self, inner: PathwiseSource) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.reward_units = inner.reward_units
+
+    @property
+    def exact(self) -> bool:  # type: ignore[override]
+        return self.inner.exact
+
+    @property
+    def one_step(self) -> bool:
+        return self.inner.one_step
+
+    @property
+    def action_function(self) -> bool:
+        return self.inner.action_function
+
+    def refresh(self, algorithm: Any) -> None:
+        self.inner.refresh(algorithm)
+
+    def context(self, policy: Any, observations: Any, actions: th.Tensor, generator: Optional[th.Generator] = None) -> Context:
+        return self.inner.context(policy, observations, actions, generator=generator)
+
+    def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
+        return self.inner.value(mean, log_std, eps, context, mean_fn=mean_fn)
+
+    def action_value(
+        self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None
+    ) -> th.Tensor:
+        return self.inner.action_value(mean, log_std, eps, context, mean_fn=mean_fn)
+
+    def regression_loss(self, policy: Any, context: Context, advantages: th.Tensor) -> Optional[th.Tensor]:
+        return self.inner.regression_loss(policy, context, advantages)
+
+    def with_model(self, model: Any) -> "PathwiseSource":
+        inner = self.inner.with_model(model)
+        return self if inner is self.inner else type(self)(inner)
+
+    def scale(self, advantage_scale: float) -> float:
+        return self.inner.scale(advantage_scale)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"

@@ -49,7 +49,7 @@ from typing import Any, Optional
 
 import torch as th
 
-from hybrid_pg.sources.base import Context, MeanFn, PathwiseSource
+from hybrid_pg.sources.base import Context, MeanFn, PathwiseSource, WrappedSource
 from hybrid_pg.surrogates import gaussian_log_prob
 
 __all__ = ["ControlVariateSource", "RESIDUAL_KEY", "ACTIONS_KEY"]
@@ -59,7 +59,7 @@ RESIDUAL_KEY = "cv_residual"
 ACTIONS_KEY = "cv_actions"
 
 
-class ControlVariateSource(PathwiseSource):
+class ControlVariateSource(WrappedSource):
     """``inner``'s pathwise estimator plus the score estimator of its residual (module docstring).
 
     Everything but :meth:`value`, :meth:`score_residual` and :meth:`finish_batch` is ``inner``'s. ``exact`` is True: the
@@ -77,34 +77,7 @@ class ControlVariateSource(PathwiseSource):
                 "differentiates a model linearised around each taken action, for which Stein's identity does not hold "
                 "(use pathwise_source='critic', 'replay_critic' or 'model')"
             )
-        self.inner = inner
-        self.name = inner.name
-        self.reward_units = inner.reward_units
-
-    @property
-    def one_step(self) -> bool:
-        return self.inner.one_step
-
-    def refresh(self, algorithm: Any) -> None:
-        self.inner.refresh(algorithm)
-
-    def context(self, policy: Any, observations: Any, actions: th.Tensor, generator: Optional[th.Generator] = None) -> Context:
-        return self.inner.context(policy, observations, actions, generator=generator)
-
-    def regression_loss(self, policy: Any, context: Context, advantages: th.Tensor) -> Optional[th.Tensor]:
-        return self.inner.regression_loss(policy, context, advantages)
-
-    def with_model(self, model: Any) -> "PathwiseSource":
-        inner = self.inner.with_model(model)
-        return self if inner is self.inner else ControlVariateSource(inner)
-
-    def scale(self, advantage_scale: float) -> float:
-        return self.inner.scale(advantage_scale)
-
-    def action_value(
-        self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None
-    ) -> th.Tensor:
-        return self.inner.action_value(mean, log_std, eps, context, mean_fn=mean_fn)
+        super().__init__(inner)
 
     def score_residual(self, context: Context) -> th.Tensor:
         if RESIDUAL_KEY not in context:
@@ -124,6 +97,3 @@ class ControlVariateSource(PathwiseSource):
         residual = (batch.adv.reshape(-1) - a_tilde) / batch.path_scale
         context = {**batch.context, RESIDUAL_KEY: residual.detach(), ACTIONS_KEY: batch.actions.detach()}
         return dataclasses.replace(batch, context=context)
-
-    def __repr__(self) -> str:
-        return f"ControlVariateSource({self.inner!r})"

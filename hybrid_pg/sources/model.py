@@ -140,6 +140,9 @@ class ModelSource(PathwiseSource):
         self.horizon = int(horizon)
         #: None: linearise whenever the model offers it (see :attr:`linear`); False: never
         self.linearize = linearize
+        #: ask the model which steps change the number of active contacts (``lin_contact_change``;
+        #: set by :class:`hybrid_pg.sources.contact_gate.ContactGatedSource`)
+        self.contacts = False
         #: the training env's VecNormalize statistics at the last refresh (None: raw units)
         self.normalization: Optional[Normalization] = None
         #: share of the last rollout's observations that VecNormalize clipped (not exactly invertible)
@@ -228,7 +231,7 @@ class ModelSource(PathwiseSource):
         std = th.exp(self.policy.log_std)
         lin: Context = {}
         for step in range(self.horizon):
-            point = self.model.linearize(state, action, wrt_obs=step > 0)
+            point = self.model.linearize(state, action, wrt_obs=step > 0, **({"contacts": True} if self.contacts else {}))
             lin.update({_lin_key(key, step): value for key, value in point.items()})
             if step + 1 < self.horizon:
                 state = point["lin_next"]
