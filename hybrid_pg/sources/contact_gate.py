@@ -19,6 +19,9 @@ gated estimator: the per-sample statistics see ``g_P'``, with the score term in 
 samples, so nothing else in the weight rule changes. Which samples are gated is decided at
 theta_old from the rollout's own steps (the simulator at the taken action), once per rollout.
 
+Cost: two collision passes (``mj_forward``) per sample, once per rollout, beside the Jacobians'
+``1 + 2 nu`` frame-skipped rollouts per sample.
+
 Where the score part enters: as the control variate's residual does (:mod:`hybrid_pg.sources.control_variate`):
 :meth:`ContactGatedSource.value` carries it as a log-likelihood term for the statistics at theta_old,
 and the update adds it as a PPO-clipped likelihood-ratio surrogate (:meth:`ContactGatedSource.score_residual`),
