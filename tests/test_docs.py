@@ -137,9 +137,27 @@ def test_relative_links_and_images_resolve(name, page):
     for target in LINK_TARGET.findall(text):
         if re.match(r"[a-z]+:", target) or target.startswith("#"):
             continue
-        if not (page.parent / target.split("#")[0]).exists():
+        path = page.parent / target.split("#")[0]
+        if not path.exists() or (name != "README.md" and left_out_of_the_site(path)):
             broken.append(target)
-    assert not broken, f"{name}: broken links {broken}"
+    assert not broken, f"{name}: broken links {broken} (missing, or left out of the site by mkdocs.yml's exclude_docs)"
+
+
+def left_out_of_the_site(path: Path) -> bool:
+    """Whether mkdocs.yml's ``exclude_docs`` leaves ``path`` out of the built site (results' run
+    folders, CSV and JSON files; Python files): a page's link to it would be broken on the site."""
+    path = path.resolve()
+    if path.suffix == ".py":
+        return True
+    return RESULTS in path.parents and (path.suffix in (".csv", ".json") or "runs" in path.relative_to(RESULTS).parts)
+
+
+def test_the_site_exclusions_are_the_ones_mkdocs_yml_lists():
+    block = (ROOT / "mkdocs.yml").read_text(encoding="utf-8").split("exclude_docs: |")[1].split("\n\n")[0]
+    assert [line.strip() for line in block.strip().splitlines()] == ["results/**/runs/", "results/**/*.csv", "results/**/*.json", "*.py"]
+    assert left_out_of_the_site(RESULTS / "mujoco10" / "runs_Hopper-v5.csv")
+    assert left_out_of_the_site(RESULTS / "mujoco10" / "runs" / "x" / "config.yaml")
+    assert not left_out_of_the_site(RESULTS / "mujoco10" / "goals_ppo.md")
 
 
 def test_the_readme_keeps_the_two_quick_start_commands_and_ci_runs_the_second():
