@@ -622,9 +622,8 @@ class HybridPG(OnPolicyAlgorithm):
     def _log(self, logs, lam, moments, stats_time, update_time, clip_range, batch, oracle) -> None:
         record = self.logger.record
         record_step_logs(record, logs)
-        gated = getattr(self.pathwise, "gated_fraction", None)
-        if gated is not None:  # contact_gate (hybrid_pg.sources.contact_gate)
-            record("hybrid/contact_gated_fraction", gated, exclude=QUIET)
+        for key, value in self._source().logged().items():  # e.g. the contact gate's share of gated samples
+            record(key, value, exclude=QUIET)
         if clip_range is not None:
             record("train/clip_range", clip_range)
         record("train/explained_variance", self._previous_explained_variance)

@@ -262,14 +262,9 @@ def contrast(
     common = sorted(set(seeds_of[estimator]) & set(seeds_of[against]))
     comparisons: Dict[str, Optional[Comparison]] = {}
     for m in METRICS:
-        sides = []
-        for name in (estimator, against):
-            by_seed = {s: r[m.key] for s, r in zip(seeds_of[name], per_run[name])}
-            sides.append([by_seed[s] for s in common])
-        keep = [s for s, a, b in zip(common, *sides) if math.isfinite(a) and math.isfinite(b)]
-        a = [x for s, x in zip(common, sides[0]) if s in keep]
-        b = [x for s, x in zip(common, sides[1]) if s in keep]
-        comparisons[m.key] = compare(a, b, keep, keep) if keep else None
+        mine, theirs = ({s: r[m.key] for s, r in zip(seeds_of[name], per_run[name])} for name in (estimator, against))
+        keep = [s for s in common if math.isfinite(mine[s]) and math.isfinite(theirs[s])]
+        comparisons[m.key] = compare([mine[s] for s in keep], [theirs[s] for s in keep], keep, keep) if keep else None
     return Contrast(estimator, against, tuple(common), comparisons)
 
 

@@ -21,10 +21,13 @@ Life of a source in one update:
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, Optional
 
 import torch as th
+
+from hybrid_pg.surrogates import gaussian_log_prob
 
 Context = Dict[str, th.Tensor]
 MeanFn = Callable[[th.Tensor], th.Tensor]
@@ -113,6 +116,11 @@ class PathwiseSource(ABC):
         """Factor of the pathwise term: the advantage normaliser for sources in reward units."""
         return advantage_scale if self.reward_units else 1.0
 
+    def logged(self) -> Dict[str, float]:
+        """What the source reports about the last rollout, logger key -> value (keys declared in
+        :data:`hybrid_pg.update_log.LOGGED_KEYS`); default: nothing."""
+        return {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, exact={self.exact})"
 
@@ -162,5 +170,40 @@ class WrappedSource(PathwiseSource):
     def scale(self, advantage_scale: float) -> float:
         return self.inner.scale(advantage_scale)
 
+    def logged(self) -> Dict[str, float]:
+        return self.inner.logged()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
+
+
+#: context key of the taken (unclipped) actions, which a score term inside a pathwise estimator needs
+TAKEN_ACTIONS_KEY = "taken_actions"
+
+
+class ScoreTermSource(WrappedSource):
+    """A wrapper whose pathwise estimator carries a score term: per sample, the pathwise gradient of
+    :meth:`action_value` plus :meth:`score_residual` times dlog pi(a_i)/dtheta (the control variate's
+    residual, the contact gate's gated samples). :meth:`value` carries the score term as a
+    log-likelihood term for the statistics at theta_old; the update adds it as a PPO-clipped
+    likelihood-ratio surrogate of the same weights (the same gradient at theta_old)."""
+
+    @abstractmethod
+    def score_context(self, batch: Any) -> Context:
+        """The per-sample tensors, at theta_old, that :meth:`score_residual` reads (in Q~'s units: the
+        caller multiplies the whole value by ``path_scale``, so advantages enter divided by it)."""
+
+    @abstractmethod
+    def score_residual(self, context: Context) -> th.Tensor:
+        """The score term's per-sample weights, from :meth:`score_context`'s tensors."""
+
+    def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
+        path = self.action_value(mean, log_std, eps, context, mean_fn=mean_fn)
+        return path + self.score_residual(context) * gaussian_log_prob(mean, log_std, context[TAKEN_ACTIONS_KEY])
+
+    @th.no_grad()
+    def finish_batch(self, batch: Any) -> Any:
+        """The batch with :meth:`score_context`'s tensors and the taken actions in its context."""
+        batch = self.inner.finish_batch(batch)
+        context = {**batch.context, **self.score_context(batch), TAKEN_ACTIONS_KEY: batch.actions.detach()}
+        return dataclasses.replace(batch, context=context)

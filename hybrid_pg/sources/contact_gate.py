@@ -22,28 +22,25 @@ theta_old from the rollout's own steps (the simulator at the taken action), once
 Cost: two collision passes (``mj_forward``) per sample, once per rollout, beside the Jacobians'
 ``1 + 2 nu`` frame-skipped rollouts per sample.
 
-Where the score part enters: as the control variate's residual does (:mod:`hybrid_pg.sources.control_variate`):
-:meth:`ContactGatedSource.value` carries it as a log-likelihood term for the statistics at theta_old,
-and the update adds it as a PPO-clipped likelihood-ratio surrogate (:meth:`ContactGatedSource.score_residual`),
-with the same gradient at theta_old.
+Where the score part enters: as the control variate's residual does, through
+:class:`hybrid_pg.sources.base.ScoreTermSource`: a log-likelihood term for the statistics at
+theta_old, a PPO-clipped likelihood-ratio surrogate of the same weights in the update
+(:meth:`ContactGatedSource.score_residual`), with the same gradient at theta_old.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch as th
 
-from hybrid_pg.sources.base import Context, MeanFn, PathwiseSource, WrappedSource
-from hybrid_pg.surrogates import gaussian_log_prob
+from hybrid_pg.sources.base import Context, MeanFn, PathwiseSource, ScoreTermSource
 
-__all__ = ["ContactGatedSource", "GATE_KEY", "GATED_ADV_KEY", "GATED_ACTIONS_KEY"]
+__all__ = ["ContactGatedSource", "GATE_KEY", "GATED_ADV_KEY"]
 
-#: context keys: the gate (1.0 on samples whose step changes the contacts), A_hat / path_scale, the taken actions
+#: context keys: the gate (1.0 on samples whose step changes the contacts) and A_hat / path_scale
 GATE_KEY = "contact_gate"
 GATED_ADV_KEY = "contact_gate_adv"
-GATED_ACTIONS_KEY = "contact_gate_actions"
 
 
 def _gate_of(context: Context) -> th.Tensor:
@@ -55,7 +52,7 @@ def _gate_of(context: Context) -> th.Tensor:
     return th.stack(flags).amax(dim=0)
 
 
-class ContactGatedSource(WrappedSource):
+class ContactGatedSource(ScoreTermSource):
     """``inner`` (MuJoCo's derivatives, linearised) with the score estimator in place of the pathwise
     one on the samples whose step changes the number of active contacts (module docstring)."""
 
@@ -84,21 +81,12 @@ class ContactGatedSource(WrappedSource):
             raise ValueError("the gated samples' advantages are missing from the context: build the batch with prepare_batch")
         return context[GATE_KEY] * context[GATED_ADV_KEY]
 
-    def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
-        path = self.action_value(mean, log_std, eps, context, mean_fn=mean_fn)
-        # divided by path_scale in finish_batch because the caller multiplies the whole value by it
-        return path + self.score_residual(context) * gaussian_log_prob(mean, log_std, context[GATED_ACTIONS_KEY])
-
-    @th.no_grad()
-    def finish_batch(self, batch: Any) -> Any:
-        """The batch with the gate, A_hat / path_scale and the taken actions in its context."""
-        batch = self.inner.finish_batch(batch)
+    def score_context(self, batch: Any) -> Context:
+        """The gate and A_hat / path_scale at theta_old (the gate is read again in every call, so the
+        pathwise and score parts of a sample always agree on it)."""
         gate = _gate_of(batch.context).to(batch.adv.dtype)
         self.gated_fraction = float(gate.mean()) if gate.numel() else 0.0
-        context = {
-            **batch.context,
-            GATE_KEY: gate,
-            GATED_ADV_KEY: (batch.adv.reshape(-1) / batch.path_scale).detach(),
-            GATED_ACTIONS_KEY: batch.actions.detach(),
-        }
-        return dataclasses.replace(batch, context=context)
+        return {GATE_KEY: gate, GATED_ADV_KEY: (batch.adv.reshape(-1) / batch.path_scale).detach()}
+
+    def logged(self) -> Dict[str, float]:
+        return {**self.inner.logged(), "hybrid/contact_gated_fraction": self.gated_fraction}

@@ -44,27 +44,25 @@ REINFORCE's.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import torch as th
 
-from hybrid_pg.sources.base import Context, MeanFn, PathwiseSource, WrappedSource
-from hybrid_pg.surrogates import gaussian_log_prob
+from hybrid_pg.sources.base import TAKEN_ACTIONS_KEY, Context, PathwiseSource, ScoreTermSource
 
 __all__ = ["ControlVariateSource", "RESIDUAL_KEY", "ACTIONS_KEY"]
 
 #: context keys the wrapper adds to a batch: (A_hat - A~) / path_scale, and the taken (unclipped) actions
 RESIDUAL_KEY = "cv_residual"
-ACTIONS_KEY = "cv_actions"
+ACTIONS_KEY = TAKEN_ACTIONS_KEY
 
 
-class ControlVariateSource(WrappedSource):
+class ControlVariateSource(ScoreTermSource):
     """``inner``'s pathwise estimator plus the score estimator of its residual (module docstring).
 
-    Everything but :meth:`value`, :meth:`score_residual` and :meth:`finish_batch` is ``inner``'s. ``exact`` is True: the
-    estimator has the score estimator's expectation, so the bias-aware weight has nothing to
-    charge."""
+    Everything but :meth:`score_context` and :meth:`score_residual` is ``inner``'s (:class:`ScoreTermSource`
+    makes :meth:`value` and :meth:`finish_batch` of them). ``exact`` is True: the estimator has the
+    score estimator's expectation, so the bias-aware weight has nothing to charge."""
 
     exact = True
 
@@ -84,16 +82,7 @@ class ControlVariateSource(WrappedSource):
             raise ValueError("the control variate's residual is missing from the context: build the batch with prepare_batch")
         return context[RESIDUAL_KEY]
 
-    def value(self, mean: th.Tensor, log_std: th.Tensor, eps: th.Tensor, context: Context, mean_fn: Optional[MeanFn] = None) -> th.Tensor:
-        residual = self.score_residual(context)
-        q = self.inner.value(mean, log_std, eps, context, mean_fn=mean_fn)
-        # the residual is divided by path_scale here because the caller multiplies the whole value by it
-        return q + residual * gaussian_log_prob(mean, log_std, context[ACTIONS_KEY])
-
-    @th.no_grad()
-    def finish_batch(self, batch: Any) -> Any:
-        """The batch with (A_hat - A~) / path_scale and the taken actions in its context, all at theta_old."""
+    def score_context(self, batch: Any) -> Context:
+        """(A_hat - A~) / path_scale at theta_old."""
         a_tilde = batch.path_scale * self.inner.own_advantage(batch)
-        residual = (batch.adv.reshape(-1) - a_tilde) / batch.path_scale
-        context = {**batch.context, RESIDUAL_KEY: residual.detach(), ACTIONS_KEY: batch.actions.detach()}
-        return dataclasses.replace(batch, context=context)
+        return {RESIDUAL_KEY: ((batch.adv.reshape(-1) - a_tilde) / batch.path_scale).detach()}
