@@ -40,7 +40,14 @@ from hybrid_pg.estimator import BatchMoments, LambdaEstimate
 from hybrid_pg.online_signals import online_signals
 from hybrid_pg.oracle import Oracle, OracleEnv, check_oracle_env
 from hybrid_pg.per_sample import GROUPS, all_finite
-from hybrid_pg.policies import CnnPolicy, HybridActorCriticPolicy, MlpPolicy, MultiInputPolicy, unfuse_where_unsupported
+from hybrid_pg.policies import (
+    DEFAULT_ADVANTAGE_SUPPORT,
+    CnnPolicy,
+    HybridActorCriticPolicy,
+    MlpPolicy,
+    MultiInputPolicy,
+    unfuse_where_unsupported,
+)
 from hybrid_pg.rollout import (
     RolloutBatch,
     check_rollout_finite,
@@ -264,6 +271,19 @@ class HybridPG(OnPolicyAlgorithm):
                 f"{type(self.policy).__name__}. Subclass hybrid_pg.policies.HybridActorCriticPolicy instead of ActorCriticPolicy."
             )
         unfuse_where_unsupported(self.policy.optimizer, self.policy.device)
+        if (
+            self.policy.advantage_loss == "hl_gauss"
+            and not self.settings.normalize_advantage
+            and self.policy.advantage_support == DEFAULT_ADVANTAGE_SUPPORT
+        ):
+            # the bins' support is in the advantages' units: unnormalised advantages may fall outside
+            warnings.warn(
+                f"advantage_loss='hl_gauss' with normalize_advantage=False: the head's bins cover "
+                f"{self.policy.advantage_support} in raw advantage units and targets outside are clipped; "
+                "set policy_kwargs advantage_support to the advantages' range",
+                UserWarning,
+                stacklevel=2,
+            )
         if getattr(self, "action_space", None) is not None:  # unset by SB3 when load(env=None)
             check_action_space(self.action_space)
         if self.env is not None:

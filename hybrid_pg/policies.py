@@ -19,7 +19,7 @@ choice) keeps the user's.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import numpy as np
 import torch as th
@@ -28,6 +28,12 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, NatureCNN, create_mlp
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
+from torch.nn import functional as F
+
+from hybrid_pg import histogram_loss
+
+#: the HL-Gauss head's default bins' range: advantages normalised over the rollout have unit spread
+DEFAULT_ADVANTAGE_SUPPORT = (-5.0, 5.0)
 
 
 class AdvantageHead(nn.Module):
@@ -38,40 +44,94 @@ class AdvantageHead(nn.Module):
     fixed scale however its weights grow (tested), meant to keep its action-gradient from sharpening
     as it fits noisy advantages; whether it helps is measured on the selection seeds, not assumed.
     Without it the layers are SB3's ``create_mlp`` (saved models keep their keys).
+
+    With ``loss="hl_gauss"`` the last layer gives logits over ``bins`` bins covering ``support`` and
+    A_phi is the mean of that histogram, trained by the HL-Gauss cross-entropy
+    (:mod:`hybrid_pg.histogram_loss`; REPPO's value loss); with ``loss="mse"`` (the default) it is one
+    output trained by squared error. Either way ``forward`` returns A_phi, so every consumer (the
+    pathwise surrogate, the audit) is unchanged.
     """
 
     # buffers (registered in __init__), declared for type checkers
     action_low: th.Tensor
     action_high: th.Tensor
 
+    bin_edges: th.Tensor
+    bin_centres: th.Tensor
+
     def __init__(
-        self, features_dim: int, action_space: spaces.Box, net_arch: List[int], activation_fn: Type[nn.Module], layer_norm: bool = False
+        self,
+        features_dim: int,
+        action_space: spaces.Box,
+        net_arch: List[int],
+        activation_fn: Type[nn.Module],
+        layer_norm: bool = False,
+        loss: str = "mse",
+        bins: int = 101,
+        support: Tuple[float, float] = DEFAULT_ADVANTAGE_SUPPORT,
     ) -> None:
         super().__init__()
+        if loss not in ADVANTAGE_LOSSES:
+            raise ValueError(f"the advantage head's loss must be one of {ADVANTAGE_LOSSES}, got {loss!r}")
+        self.loss = loss
         action_dim = int(np.prod(action_space.shape))
-        self.mlp = nn.Sequential(*_mlp(features_dim + action_dim, net_arch, activation_fn, layer_norm))
+        out_dim = 1
+        if loss == "hl_gauss":
+            low, high = _support(support)
+            edges = histogram_loss.bin_edges(low, high, bins)
+            self.register_buffer("bin_edges", edges, persistent=False)
+            self.register_buffer("bin_centres", histogram_loss.bin_centres(edges), persistent=False)
+            self.sigma = histogram_loss.SIGMA_BIN_RATIO * (high - low) / bins
+            out_dim = bins
+        self.mlp = nn.Sequential(*_mlp(features_dim + action_dim, net_arch, activation_fn, layer_norm, out_dim))
         self.register_buffer("action_low", th.as_tensor(action_space.low, dtype=th.float32).flatten(), persistent=False)
         self.register_buffer("action_high", th.as_tensor(action_space.high, dtype=th.float32).flatten(), persistent=False)
 
     def clip_action(self, actions: th.Tensor) -> th.Tensor:
         return th.maximum(th.minimum(actions, self.action_high), self.action_low)
 
-    def forward(self, features: th.Tensor, clipped_actions: th.Tensor) -> th.Tensor:
+    def outputs(self, features: th.Tensor, clipped_actions: th.Tensor) -> th.Tensor:
+        """The last layer's outputs: shape (B, 1) for ``loss="mse"``, the logits (B, bins) for HL-Gauss."""
         actions = clipped_actions.reshape(clipped_actions.shape[0], -1)
         width = self.action_high - self.action_low
         # a zero-width dimension (low == high, legal in gymnasium) carries no information: feed 0
         scaled = th.where(width > 0, 2.0 * (actions - self.action_low) / width.clamp_min(1e-12) - 1.0, th.zeros_like(actions))
-        return self.mlp(th.cat([features, scaled], dim=1)).squeeze(-1)
+        return self.mlp(th.cat([features, scaled], dim=1))
+
+    def forward(self, features: th.Tensor, clipped_actions: th.Tensor) -> th.Tensor:
+        out = self.outputs(features, clipped_actions)
+        if self.loss == "hl_gauss":
+            return histogram_loss.histogram_mean(out, self.bin_centres)
+        return out.squeeze(-1)
+
+    def regression_loss(self, features: th.Tensor, clipped_actions: th.Tensor, targets: th.Tensor) -> th.Tensor:
+        """The head's loss against ``targets`` (B,): squared error, or HL-Gauss cross-entropy."""
+        out = self.outputs(features, clipped_actions)
+        if self.loss == "hl_gauss":
+            return histogram_loss.hl_gauss_loss(out, targets, self.bin_edges, self.sigma)
+        return F.mse_loss(out.squeeze(-1), targets)
 
 
-def _mlp(in_dim: int, net_arch: List[int], activation_fn: Type[nn.Module], layer_norm: bool) -> List[nn.Module]:
+#: the advantage head's training losses (``policy_kwargs=dict(advantage_loss=...)``)
+ADVANTAGE_LOSSES = ("mse", "hl_gauss")
+
+
+def _support(support: Any) -> Tuple[float, float]:
+    try:
+        low, high = (float(v) for v in support)
+    except (TypeError, ValueError):
+        raise ValueError(f"advantage_support must be a pair (low, high) of numbers, got {support!r}") from None
+    return low, high
+
+
+def _mlp(in_dim: int, net_arch: List[int], activation_fn: Type[nn.Module], layer_norm: bool, out_dim: int = 1) -> List[nn.Module]:
     if not layer_norm:
-        return create_mlp(in_dim, 1, net_arch, activation_fn)
+        return create_mlp(in_dim, out_dim, net_arch, activation_fn)
     layers: List[nn.Module] = []
     for width in net_arch:
         layers += [nn.Linear(in_dim, width), nn.LayerNorm(width), activation_fn()]
         in_dim = width
-    return layers + [nn.Linear(in_dim, 1)]
+    return layers + [nn.Linear(in_dim, out_dim)]
 
 
 #: optimizers whose fused kernel is the same algorithm as their loop (torch.optim's docs)
@@ -113,6 +173,14 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
     :param advantage_net_arch: hidden layer sizes of the advantage head A_phi(s, a) (default [64, 64]).
     :param advantage_layer_norm: LayerNorm after each hidden layer of the advantage head (see
         :class:`AdvantageHead`; default False).
+    :param advantage_loss: how the advantage head is trained: ``"mse"`` (squared error, default) or
+        ``"hl_gauss"`` (a histogram over ``advantage_bins`` bins and the HL-Gauss cross-entropy, as
+        REPPO's critic; see :mod:`hybrid_pg.histogram_loss`).
+    :param advantage_bins: number of bins of the ``"hl_gauss"`` head (default 101).
+    :param advantage_support: ``(low, high)`` covered by the ``"hl_gauss"`` head's bins, in the
+        units of the advantages it is regressed on (default (-5, 5): HybridPG normalises advantages
+        over the rollout by default, so they have unit spread; set it when ``normalize_advantage=False``).
+        Targets outside are clipped to its ends.
     :param q_net_arch: deprecated name of ``advantage_net_arch``.
 
     Adam/AdamW use torch's fused kernel unless ``optimizer_kwargs`` chooses (see the module's doc).
@@ -126,6 +194,9 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
         *args: Any,
         advantage_net_arch: Optional[List[int]] = None,
         advantage_layer_norm: bool = False,
+        advantage_loss: str = "mse",
+        advantage_bins: int = 101,
+        advantage_support: Tuple[float, float] = DEFAULT_ADVANTAGE_SUPPORT,
         q_net_arch: Optional[List[int]] = None,
         **kwargs: Any,
     ) -> None:
@@ -140,20 +211,39 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
         if not isinstance(advantage_layer_norm, bool):
             raise ValueError(f"advantage_layer_norm must be True or False, got {advantage_layer_norm!r}")
         self.advantage_layer_norm = advantage_layer_norm
+        if advantage_loss not in ADVANTAGE_LOSSES:
+            raise ValueError(f"advantage_loss must be one of {ADVANTAGE_LOSSES}, got {advantage_loss!r}")
+        self.advantage_loss = advantage_loss
+        self.advantage_bins = advantage_bins
+        self.advantage_support = _support(advantage_support)
+        histogram_loss.check_support(*self.advantage_support, advantage_bins)  # a bad value fails here, not mid-build
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)
         assert isinstance(self.action_space, spaces.Box)  # checked in __init__
         self.advantage_head = AdvantageHead(
-            self.features_dim, self.action_space, self.advantage_net_arch, self.activation_fn, layer_norm=self.advantage_layer_norm
+            self.features_dim,
+            self.action_space,
+            self.advantage_net_arch,
+            self.activation_fn,
+            layer_norm=self.advantage_layer_norm,
+            loss=self.advantage_loss,
+            bins=self.advantage_bins,
+            support=self.advantage_support,
         )
         # the optimizer built by the parent does not know the new head
         self.optimizer = make_optimizer(self.optimizer_class, self.parameters(), lr_schedule(1), self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> Dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(advantage_net_arch=self.advantage_net_arch, advantage_layer_norm=self.advantage_layer_norm)
+        data.update(
+            advantage_net_arch=self.advantage_net_arch,
+            advantage_layer_norm=self.advantage_layer_norm,
+            advantage_loss=self.advantage_loss,
+            advantage_bins=self.advantage_bins,
+            advantage_support=self.advantage_support,
+        )
         return data
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
@@ -185,6 +275,10 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
     def advantage(self, features: th.Tensor, clipped_actions: th.Tensor) -> th.Tensor:
         """A_phi(s, a) for already-clipped actions, shape (B,)."""
         return self.advantage_head(features, clipped_actions)
+
+    def advantage_regression_loss(self, features: th.Tensor, clipped_actions: th.Tensor, advantages: th.Tensor) -> th.Tensor:
+        """The advantage head's training loss against the rollout's advantages (``advantage_loss``)."""
+        return self.advantage_head.regression_loss(features, clipped_actions, advantages)
 
     def actor_mean(self, obs: th.Tensor) -> th.Tensor:
         """Mean action mu(s), shape (B, action_dim)."""

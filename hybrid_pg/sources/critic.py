@@ -1,6 +1,7 @@
 """The advantage-head source: Q~(s, a) = A_phi(s, a), a learned head on the policy network.
 
-A_phi is regressed on the rollout's (normalised) GAE advantages with the policy's optimizer, so Q~
+A_phi is regressed on the rollout's (normalised) GAE advantages with the policy's optimizer (squared
+error, or the HL-Gauss cross-entropy: ``policy_kwargs=dict(advantage_loss="hl_gauss")``), so Q~
 is in the advantages' units and the pathwise term needs no further scaling. Only A_phi depends on
 the action, so only A_phi is needed for dQ/da (Q = V + A). Its weights are frozen inside the
 pathwise surrogate: the actor's objective must not push the critic towards larger values.
@@ -11,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch as th
-from torch.nn import functional as F
 
 from hybrid_pg.sources.base import Context, MeanFn, PathwiseSource
 from hybrid_pg.surrogates import FrozenModule
@@ -36,4 +36,4 @@ class AdvantageHeadSource(PathwiseSource):
         return self._frozen(context["features"], action)
 
     def regression_loss(self, policy: Any, context: Context, advantages: th.Tensor) -> Optional[th.Tensor]:
-        return F.mse_loss(policy.advantage(context["features"], context["clipped_actions"]), advantages)
+        return policy.advantage_regression_loss(context["features"], context["clipped_actions"], advantages)
