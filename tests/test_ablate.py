@@ -307,13 +307,13 @@ def test_the_ten_seed_benchmark_limits_the_source_cells_to_their_tasks():
     pytest.importorskip("mujoco")
     ablation = load_ablation(PENDULUM.parent / "mujoco_benchmark10.yaml")
     cells = {cell.label for cell in ablation.cells}
-    assert len(ablation.runs()) == 230  # 4 envs x 5 cells + Hopper, Walker2d x MuJoCo + HalfCheetah x replay, x 10 seeds
+    assert len(ablation.runs()) == 270  # 4 envs x 6 cells + Hopper, Walker2d x MuJoCo + HalfCheetah x replay, x 10 seeds
     assert {label for label in cells if label.endswith("__hybrid_mujoco")} == {"Hopper-v5__hybrid_mujoco", "Walker2d-v5__hybrid_mujoco"}
     assert {label for label in cells if label.endswith("__hybrid_replay")} == {"HalfCheetah-v5__hybrid_replay"}
     assert all(
         f"{env}__{name}" in cells
         for env in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5")
-        for name in ("ppo", "reinforce", "hybrid", "hybrid_layer_norm")
+        for name in ("ppo", "reinforce", "hybrid", "hybrid_layer_norm", "hybrid_score_std")
     )
     layer_norm = next(c for c in ablation.cells if c.label == "Hopper-v5__hybrid_layer_norm")
     assert layer_norm.config["algo"]["policy_kwargs"] == {"net_arch": [64, 64], "advantage_layer_norm": True}  # merged, not replaced
