@@ -12,7 +12,7 @@ from hybrid_pg.experiments import device_parity as dp
 th.set_num_threads(1)
 
 
-@pytest.mark.parametrize("cell", ["critic", "replay_critic", "model_two_steps"])
+@pytest.mark.parametrize("cell", ["critic", "critic_hl_gauss", "replay_critic", "model_two_steps"])
 def test_a_copy_loaded_on_the_cpu_gives_exactly_the_same_statistics(cell):
     row = dp.check_cell(cell, "cpu", rollouts=4)
     assert row.ok and row.max_lam_diff == 0.0 and row.max_moment_rel_diff == 0.0, row

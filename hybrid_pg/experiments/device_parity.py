@@ -16,7 +16,7 @@ copy must then give exactly the same numbers, which checks that saving and loadi
 everything the weight depends on (windows, critic, replay, normaliser).
 
 The cells cover every source and both statistics paths: the advantage head (plain, as a control
-variate, with LayerNorm and per-group weights), the replay critic, the differentiable Pendulum model
+variate, with LayerNorm and per-group weights, with the HL-Gauss loss), the replay critic, the differentiable Pendulum model
 (one step: the outer-product path; two steps: the ``torch.func`` path) and, where ``mujoco`` is
 installed, MuJoCo's derivatives on HalfCheetah.
 """
@@ -40,6 +40,10 @@ CELLS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "critic_layer_norm_per_group": (
         "hybrid_pg/Pendulum-v0",
         dict(pathwise_source="critic", lambda_groups="per_group", policy_kwargs=dict(net_arch=[64, 64], advantage_layer_norm=True)),
+    ),
+    "critic_hl_gauss": (
+        "hybrid_pg/Pendulum-v0",
+        dict(pathwise_source="critic", policy_kwargs=dict(net_arch=[64, 64], advantage_layer_norm=True, advantage_loss="hl_gauss")),
     ),
     "replay_critic": ("hybrid_pg/Pendulum-v0", dict(pathwise_source="replay_critic")),
     "model": ("hybrid_pg/Pendulum-v0", dict(pathwise_source="model")),
