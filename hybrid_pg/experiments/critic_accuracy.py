@@ -1,0 +1,179 @@
+"""Does the learned critic's accuracy decide the pathwise gradient's? Pooled over gradient audits.
+
+Each gradient audit measures, at every checkpoint of an advantage-head run, both the head's own
+accuracy (``adv_head_corr``: the correlation of its action differences with the Monte Carlo ones at
+the reference states; ``value_rmse_rel``: the value head's error) and the pathwise gradient's quality
+against the true gradient (corrected cosine, relative bias, the MSE-optimal weight). One audit has a
+dozen checkpoints; this pools several (e.g. the plain, LayerNorm and HL-Gauss heads on one task) to
+ask two questions at once: does the critic's accuracy rank the pathwise gradient's quality, and does
+any head change the accuracy?
+
+Checkpoints of one run share its training path, so they are not independent: the rank correlations
+come with a cluster bootstrap over *runs* (whole runs resampled with their checkpoints), never a
+p-value that counts checkpoints as samples. Only checkpoints whose reference is reliable enough for a
+cosine (the audit's corrected cosine is finite) are used, so every measure is read on the same set.
+
+    python examples/critic_accuracy.py                     # the Hopper audits (plain, LayerNorm, HL-Gauss)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from hybrid_pg.experiments.gradient_audit_report import own_source, read_rows
+
+#: the pathwise gradient's quality measures (CSV column, title, which way is better)
+QUALITY = (
+    ("cos_single_corrected", "pathwise cosine with the truth"),
+    ("rel_bias", "pathwise relative bias"),
+    ("lam_mse", "MSE-optimal lam"),
+)
+#: the critic's accuracy measures (CSV column, title)
+ACCURACY = (("adv_head_corr", "advantage head's correlation with Monte Carlo"), ("value_rmse_rel", "value head's relative RMSE"))
+
+
+def checkpoints(audits: Mapping[str, Path]) -> List[Dict[str, Any]]:
+    """One record per reliable advantage-head checkpoint: the head's name (the key of ``audits``),
+    its run (audit/run label, the bootstrap's cluster), and the accuracy and quality columns."""
+    records: List[Dict[str, Any]] = []
+    for head, folder in audits.items():
+        for row in read_rows(Path(folder)):
+            if row["estimator"] != "pathwise" or row["group"] != "all" or row["stratum"] != "all" or own_source(row) != "critic":
+                continue
+            if not _finite(row.get("cos_single_corrected")):
+                continue  # the reference is too noisy for a cosine there
+            record = {"head": head, "cluster": f"{head}/{row['run']}/s{row['seed']}", "seed": row["seed"], "step": row["step"]}
+            for key, _ in QUALITY + ACCURACY:
+                value = row.get(key)
+                record[key] = float(value) if _finite(value) else math.nan
+            records.append(record)
+    return records
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho of the finite pairs (NaN below 4 pairs or with no spread)."""
+    from scipy import stats
+
+    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 4 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+        return math.nan
+    return float(stats.spearmanr([a for a, _ in pairs], [b for _, b in pairs])[0])
+
+
+def cluster_bootstrap_rho(
+    records: Sequence[Mapping[str, Any]], x_key: str, y_key: str, resamples: int = 2000, seed: int = 0
+) -> Tuple[float, float, float, int, int]:
+    """(rho, 95% CI low, high, checkpoints, runs): Spearman's rho of ``x_key`` against ``y_key``, its
+    percentile CI from resampling whole runs with replacement (their checkpoints move together)."""
+    usable = [r for r in records if math.isfinite(r[x_key]) and math.isfinite(r[y_key])]
+    clusters: Dict[str, List[Mapping[str, Any]]] = {}
+    for r in usable:
+        clusters.setdefault(r["cluster"], []).append(r)
+    rho = spearman([r[x_key] for r in usable], [r[y_key] for r in usable])
+    names = sorted(clusters)
+    if len(names) < 3 or not math.isfinite(rho):
+        return rho, math.nan, math.nan, len(usable), len(names)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        picked = [r for i in rng.integers(0, len(names), len(names)) for r in clusters[names[i]]]
+        value = spearman([r[x_key] for r in picked], [r[y_key] for r in picked])
+        if math.isfinite(value):
+            draws.append(value)
+    if not draws:
+        return rho, math.nan, math.nan, len(usable), len(names)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return rho, float(low), float(high), len(usable), len(names)
+
+
+def markdown(records: Sequence[Mapping[str, Any]], audits: Mapping[str, Path]) -> str:
+    heads = list(audits)
+    lines = [
+        "# The critic's accuracy and the pathwise gradient's, pooled over audits",
+        "",
+        "Audits: " + ", ".join(f"{head} (`{Path(folder)}`)" for head, folder in audits.items()) + ". "
+        "Each row of the audits is one checkpoint of an advantage-head run whose reference was reliable enough for a "
+        "cosine. The critic's accuracy is measured offline on the audit's Monte Carlo returns (not available while "
+        "training). Checkpoints of one run are not independent: the CIs resample whole runs.",
+        "",
+        "## Per head (medians over its checkpoints)",
+        "",
+        "| head | runs | checkpoints | " + " | ".join(title for _, title in ACCURACY + QUALITY) + " |",
+        "|" + "---|" * (3 + len(ACCURACY) + len(QUALITY)),
+    ]
+    for head in heads:
+        mine = [r for r in records if r["head"] == head]
+        cells = [head, str(len({r["cluster"] for r in mine})), str(len(mine))]
+        cells += [_fmt(_median([r[key] for r in mine])) for key, _ in ACCURACY + QUALITY]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Does the critic's accuracy rank the pathwise gradient's quality? (all heads pooled)",
+        "",
+        "Spearman's rho [95% CI, bootstrap over runs], with the checkpoints and runs it uses.",
+        "",
+        "| critic's accuracy | " + " | ".join(title for _, title in QUALITY) + " |",
+        "|" + "---|" * (1 + len(QUALITY)),
+    ]
+    for a_key, a_title in ACCURACY:
+        cells = []
+        for q_key, _ in QUALITY:
+            rho, low, high, n, runs = cluster_bootstrap_rho(records, a_key, q_key)
+            cells.append("—" if not math.isfinite(rho) else f"{rho:+.2f} [{_fmt(low)}, {_fmt(high)}] (n {n}, {runs} runs)")
+        lines.append(f"| {a_title} | " + " | ".join(cells) + " |")
+    lines += [""]
+    return "\n".join(lines)
+
+
+def plot(records: Sequence[Mapping[str, Any]], heads: Sequence[str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from hybrid_pg.experiments.figure_io import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (key, title) in zip(axes, QUALITY[:2]):
+        for head in heads:
+            mine = [r for r in records if r["head"] == head and math.isfinite(r["adv_head_corr"]) and math.isfinite(r[key])]
+            ax.scatter([r["adv_head_corr"] for r in mine], [r[key] for r in mine], label=head, alpha=0.8)
+        ax.set_xlabel("advantage head's correlation with Monte Carlo")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Critic accuracy against pathwise gradient quality (one point per audited checkpoint)")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def write(audits: Mapping[str, Path], out: Path) -> List[Path]:
+    """Write ``out``.md and ``out``.png; returns their paths."""
+    from hybrid_pg.experiments.run_files import write_atomically
+
+    for head, folder in audits.items():
+        if not (Path(folder) / "audit").is_dir():
+            raise FileNotFoundError(f"{head}: {folder} is not an audit's output folder (no audit/ inside)")
+    records = checkpoints(audits)
+    if not records:
+        raise ValueError("no reliable advantage-head checkpoints in these audits")
+    md, png = out.with_suffix(".md"), out.with_suffix(".png")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(md, markdown(records, audits))
+    plot(records, list(audits), png)
+    return [md, png]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.median(finite)) if finite else math.nan
+
+
+def _fmt(value: float) -> str:
+    return "—" if not math.isfinite(value) else f"{value:.2f}"
