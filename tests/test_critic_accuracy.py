@@ -110,6 +110,25 @@ def test_the_report_and_its_figure_are_written(tmp_path):
     assert png.stat().st_size > 0
 
 
+def test_the_online_signals_are_joined_by_run_seed_and_step(tmp_path):
+    import json
+
+    rows = [row("H__hybrid", s, step, 0.1 * s, 0.15 * s + step / 1e6) for s in range(1, 6) for step in (20000, 50000)]  # cos < 1
+    folder = write_audit(tmp_path / "a", rows)
+    (folder / "signals").mkdir()
+    for s in range(1, 6):
+        for step in (20000, 50000):
+            record = {"run": "H__hybrid", "seed": s, "step": step, "path_score_cos": -(0.1 * s + step / 1e6), "direction_t": float("nan")}
+            (folder / "signals" / f"H__hybrid_s{s}__{step}.json").write_text(json.dumps(record))
+    records = ca.checkpoints({"plain": folder})
+    first = sorted((r["seed"], r["step"], r["path_score_cos"]) for r in records)[:2]
+    assert first == [(1, 20000, pytest.approx(-0.12)), (1, 50000, pytest.approx(-0.15))]
+    assert all(math.isnan(r["direction_t"]) and math.isnan(r["sign_agreement"]) for r in records)
+    text = ca.markdown(records, {"plain": folder})
+    assert "| `path_score_cos` | -1.00 [-1.00, -1.00] (n 10, 5 runs) |" in text  # falls as the cosine rises, in every run
+    assert "| `direction_t` | — | — | — |" in text
+
+
 def test_bad_inputs_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an audit's output folder"):
         ca.write({"plain": tmp_path}, tmp_path / "out")

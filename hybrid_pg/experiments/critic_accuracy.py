@@ -24,7 +24,9 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from hybrid_pg.experiments.gradient_audit_report import own_source, read_rows
+from hybrid_pg.experiments.gradient_audit import WINDOW_SIGNAL_KEYS
+from hybrid_pg.experiments.gradient_audit_report import own_source, read_rows, read_signals
+from hybrid_pg.online_signals import SIGNAL_KEYS
 
 #: the pathwise gradient's quality measures (CSV column, title, which way is better)
 QUALITY = (
@@ -34,6 +36,8 @@ QUALITY = (
 )
 #: the critic's accuracy measures (CSV column, title)
 ACCURACY = (("adv_head_corr", "advantage head's correlation with Monte Carlo"), ("value_rmse_rel", "value head's relative RMSE"))
+#: the online signals a weight rule could read while training (the audit's signals/ files)
+ONLINE = tuple((key, f"`{key}`") for key in (*SIGNAL_KEYS, *WINDOW_SIGNAL_KEYS))
 
 
 def checkpoints(audits: Mapping[str, Path]) -> List[Dict[str, Any]]:
@@ -41,6 +45,7 @@ def checkpoints(audits: Mapping[str, Path]) -> List[Dict[str, Any]]:
     its run (audit/run label, the bootstrap's cluster), and the accuracy and quality columns."""
     records: List[Dict[str, Any]] = []
     for head, folder in audits.items():
+        signals = read_signals(Path(folder))
         for row in read_rows(Path(folder)):
             if row["estimator"] != "pathwise" or row["group"] != "all" or row["stratum"] != "all" or own_source(row) != "critic":
                 continue
@@ -49,6 +54,10 @@ def checkpoints(audits: Mapping[str, Path]) -> List[Dict[str, Any]]:
             record = {"head": head, "cluster": f"{head}/{row['run']}/s{row['seed']}", "seed": row["seed"], "step": row["step"]}
             for key, _ in QUALITY + ACCURACY:
                 value = row.get(key)
+                record[key] = float(value) if _finite(value) else math.nan
+            online = signals.get((row["run"], int(row["seed"]), int(row["step"])), {})
+            for key, _ in ONLINE:
+                value = online.get(key)
                 record[key] = float(value) if _finite(value) else math.nan
             records.append(record)
     return records
@@ -119,14 +128,31 @@ def markdown(records: Sequence[Mapping[str, Any]], audits: Mapping[str, Path]) -
         "| critic's accuracy | " + " | ".join(title for _, title in QUALITY) + " |",
         "|" + "---|" * (1 + len(QUALITY)),
     ]
-    for a_key, a_title in ACCURACY:
+    lines += _rank_rows(records, ACCURACY)
+    lines += [
+        "",
+        "## Can the run see it while training? The online signals (all heads pooled)",
+        "",
+        "The signals a weight rule can read during training, measured at the same checkpoints from fresh rollouts of "
+        "the checkpoint's policy (`hybrid_pg.online_signals`, the window's direction statistics); Spearman's rho as above.",
+        "",
+        "| online signal | " + " | ".join(title for _, title in QUALITY) + " |",
+        "|" + "---|" * (1 + len(QUALITY)),
+    ]
+    lines += _rank_rows(records, ONLINE)
+    lines += [""]
+    return "\n".join(lines)
+
+
+def _rank_rows(records: Sequence[Mapping[str, Any]], predictors: Sequence[Tuple[str, str]]) -> List[str]:
+    lines = []
+    for a_key, a_title in predictors:
         cells = []
         for q_key, _ in QUALITY:
             rho, low, high, n, runs = cluster_bootstrap_rho(records, a_key, q_key)
             cells.append("—" if not math.isfinite(rho) else f"{rho:+.2f} [{_fmt(low)}, {_fmt(high)}] (n {n}, {runs} runs)")
         lines.append(f"| {a_title} | " + " | ".join(cells) + " |")
-    lines += [""]
-    return "\n".join(lines)
+    return lines
 
 
 def plot(records: Sequence[Mapping[str, Any]], heads: Sequence[str], path: Path) -> None:
