@@ -71,13 +71,10 @@ class AdvantageHead(nn.Module):
         support: Tuple[float, float] = DEFAULT_ADVANTAGE_SUPPORT,
     ) -> None:
         super().__init__()
-        if loss not in ADVANTAGE_LOSSES:
-            raise ValueError(f"the advantage head's loss must be one of {ADVANTAGE_LOSSES}, got {loss!r}")
-        self.loss = loss
+        self.loss, bins, (low, high) = head_loss_options(loss, bins, support)
         action_dim = int(np.prod(action_space.shape))
         out_dim = 1
         if loss == "hl_gauss":
-            low, high = _support(support)
             edges = histogram_loss.bin_edges(low, high, bins)
             self.register_buffer("bin_edges", edges, persistent=False)
             self.register_buffer("bin_centres", histogram_loss.bin_centres(edges), persistent=False)
@@ -116,12 +113,17 @@ class AdvantageHead(nn.Module):
 ADVANTAGE_LOSSES = ("mse", "hl_gauss")
 
 
-def _support(support: Any) -> Tuple[float, float]:
+def head_loss_options(loss: Any, bins: Any, support: Any) -> Tuple[str, int, Tuple[float, float]]:
+    """The advantage head's loss options checked (ValueError naming the policy keyword) and
+    normalised: ``(loss, bins, (low, high))``. Bins and support are checked whatever the loss."""
+    if loss not in ADVANTAGE_LOSSES:
+        raise ValueError(f"advantage_loss must be one of {ADVANTAGE_LOSSES}, got {loss!r}")
     try:
         low, high = (float(v) for v in support)
     except (TypeError, ValueError):
         raise ValueError(f"advantage_support must be a pair (low, high) of numbers, got {support!r}") from None
-    return low, high
+    histogram_loss.check_support(low, high, bins)
+    return loss, bins, (low, high)
 
 
 def _mlp(in_dim: int, net_arch: List[int], activation_fn: Type[nn.Module], layer_norm: bool, out_dim: int = 1) -> List[nn.Module]:
@@ -211,12 +213,10 @@ class HybridActorCriticPolicy(ActorCriticPolicy):
         if not isinstance(advantage_layer_norm, bool):
             raise ValueError(f"advantage_layer_norm must be True or False, got {advantage_layer_norm!r}")
         self.advantage_layer_norm = advantage_layer_norm
-        if advantage_loss not in ADVANTAGE_LOSSES:
-            raise ValueError(f"advantage_loss must be one of {ADVANTAGE_LOSSES}, got {advantage_loss!r}")
-        self.advantage_loss = advantage_loss
-        self.advantage_bins = advantage_bins
-        self.advantage_support = _support(advantage_support)
-        histogram_loss.check_support(*self.advantage_support, advantage_bins)  # a bad value fails here, not mid-build
+        # checked here, before the parent builds anything, and again by the head itself
+        self.advantage_loss, self.advantage_bins, self.advantage_support = head_loss_options(
+            advantage_loss, advantage_bins, advantage_support
+        )
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     def _build(self, lr_schedule: Schedule) -> None:
