@@ -74,7 +74,8 @@ def test_cell_rows_count_seeds_pair_stds_and_give_verdicts(tmp_path):
     assert rows["reinforce"]["verdict"] == "met" and rows["reinforce"]["std_vs_floor"] is None
     hybrid = rows["hybrid"]
     assert (hybrid["reached"], hybrid["held"], hybrid["worst_last_min"]) == (5, 3, 5600.0)
-    assert hybrid["verdict"] == "not met: 2 of 5 seeds lost it"
+    # both clauses fail: two seeds lost it, and every seed's std is 0.05 below the floor's
+    assert hybrid["verdict"] == "not met: 2 of 5 seeds lost it; std below reinforce's by more than noise"
     # update i ends its rollout at 20k i; after 40k come updates 3 to 6, lam 0 at 4 and 6
     assert fallback_share(results["reinforce"][0], 40000.0) == 0.5
     assert math.isnan(fallback_share(results["reinforce"][0], math.nan))  # never reached: no share
@@ -90,6 +91,26 @@ def test_cell_rows_count_seeds_pair_stds_and_give_verdicts(tmp_path):
     path = write_optimum_goals(tmp_path / "out", {"E-v5": results}, "reinforce")
     text = path.read_text()
     assert "## E-v5 (optimum 9360.0)" in text and "| hybrid | 5 | 5 | 3 | 5600.0 | 50% | 0.120 | -0.050 [" in text
+
+
+def test_the_goal_also_needs_the_std_not_below_the_floors_beyond_noise(tmp_path):
+    """Every seed holds in all three cells: one keeps the floor's std (met), one sits below it on
+    every seed (not met on the std clause alone), and one is paired with a floor of too few seeds
+    (open, not passed)."""
+    floor = [_run(tmp_path, "reinforce", s, HOLDS, 0.15 + 0.01 * s) for s in range(5)]
+    results = {
+        "reinforce": floor,
+        "same": [_run(tmp_path, "same", s, HOLDS, 0.15 + 0.01 * s + (0.002 if s % 2 else -0.002)) for s in range(5)],
+        "narrow": [_run(tmp_path, "narrow", s, HOLDS, 0.13 + 0.01 * s) for s in range(5)],
+    }
+    rows = {r["estimator"]: r for r in cell_rows(results, "reinforce")}
+    assert rows["same"]["verdict"] == "met" and rows["same"]["std_vs_floor"].high >= 0
+    assert rows["narrow"]["verdict"] == "not met: std below reinforce's by more than noise"
+    short = {"reinforce": floor[:3], "cell": [_run(tmp_path, "cell", s, HOLDS, 0.2) for s in range(5)]}
+    cell = {r["estimator"]: r for r in cell_rows(short, "reinforce")}["cell"]
+    assert cell["verdict"] == "open: held on every seed; the std against reinforce's needs 5 paired seeds (3)"
+    # without a floor the std clause does not apply
+    assert {r["estimator"]: r for r in cell_rows(results, None)}["narrow"]["verdict"] == "met"
 
 
 def test_the_ablation_file_names_a_known_floor():

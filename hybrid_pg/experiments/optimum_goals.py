@@ -113,12 +113,8 @@ def cell_rows(
         paired = floor is not None and name != floor
         std_diff = _paired_difference(stds[name], stds.get(floor, {})) if paired else None
         kept_diff = _paired_difference(kept[name], kept.get(floor, {})) if paired else None
-        if len(runs) < MIN_RUNS:
-            verdict = f"too few seeds ({len(runs)} < {MIN_RUNS})"
-        elif reached == 0:
-            verdict = "never reached the optimum"
-        else:
-            verdict = "met" if held == reached else f"not met: {reached - held} of {reached} seeds lost it"
+        paired_seeds = len(set(stds[name]) & set(stds.get(floor, {}))) if paired else 0
+        verdict = _verdict(len(runs), reached, held, std_diff if paired else None, paired_seeds, floor if paired else None)
         rows.append(
             {
                 "estimator": name,
@@ -138,6 +134,24 @@ def cell_rows(
     return rows
 
 
+def _verdict(seeds: int, reached: int, held: int, std_diff: Optional[Interval], paired_seeds: int, floor: Optional[str]) -> str:
+    """The goal has two clauses: every seed that reached the optimum holds it, and (against a floor
+    cell) the final std is not below the floor's by more than noise (the paired CI's upper end >= 0).
+    A clause that needs more seeds keeps the verdict open rather than passing it."""
+    if seeds < MIN_RUNS:
+        return f"too few seeds ({seeds} < {MIN_RUNS})"
+    if reached == 0:
+        return "never reached the optimum"
+    failures = [] if held == reached else [f"{reached - held} of {reached} seeds lost it"]
+    if floor is not None:
+        if paired_seeds < MIN_RUNS or std_diff is None or math.isnan(std_diff.high):
+            if not failures:
+                return f"open: held on every seed; the std against {floor}'s needs {MIN_RUNS} paired seeds ({paired_seeds})"
+        elif std_diff.high < 0:
+            failures.append(f"std below {floor}'s by more than noise")
+    return "met" if not failures else "not met: " + "; ".join(failures)
+
+
 def _interval_text(x: Optional[Interval], fmt: str = "{:+.3f}") -> str:
     """A difference (signed, the default) or a share (``fmt="{:.3f}"``) with its CI."""
     if x is None:
@@ -155,7 +169,13 @@ def markdown(
         "",
         f"Per env, the optimum is the best deterministic evaluation any run reached. A seed *reached* it when an evaluation "
         f"came within {tolerance:.0%} of it, and *held* it when its last {last} evaluations all stayed within {tolerance:.0%}. "
-        f"Goal: every seed that reached the optimum holds it ({MIN_RUNS} seeds or more)."
+        f"Goal: every seed that reached the optimum holds it"
+        + (
+            f", and the final policy std is not below {floor}'s by more than noise (the paired CI's upper end at or above 0)"
+            if floor
+            else ""
+        )
+        + f" ({MIN_RUNS} seeds or more)."
         + (f" Std vs {floor}: the final policy std minus {floor}'s, paired by seed, mean [95% bootstrap CI]." if floor else "")
         + " Kept: per seed that reached the optimum, the mean of its evaluations after the first one there, as a share of "
         "the optimum; mean over those seeds [95% bootstrap CI]" + (f", and minus {floor}'s, paired by seed." if floor else "."),
