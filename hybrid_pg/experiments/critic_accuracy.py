@@ -25,7 +25,16 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from hybrid_pg.experiments.gradient_audit import WINDOW_SIGNAL_KEYS
-from hybrid_pg.experiments.gradient_audit_report import own_source, read_rows, read_signals
+from hybrid_pg.experiments.gradient_audit_report import (
+    fmt_number,
+    is_finite,
+    median_of_finite,
+    own_source,
+    read_rows,
+    read_signals,
+    select_rows,
+    spearman_of_finite,
+)
 from hybrid_pg.online_signals import SIGNAL_KEYS
 
 #: the pathwise gradient's quality measures (CSV column, title, which way is better)
@@ -46,31 +55,20 @@ def checkpoints(audits: Mapping[str, Path]) -> List[Dict[str, Any]]:
     records: List[Dict[str, Any]] = []
     for head, folder in audits.items():
         signals = read_signals(Path(folder))
-        for row in read_rows(Path(folder)):
-            if row["estimator"] != "pathwise" or row["group"] != "all" or row["stratum"] != "all" or own_source(row) != "critic":
-                continue
-            if not _finite(row.get("cos_single_corrected")):
-                continue  # the reference is too noisy for a cosine there
-            record = {"head": head, "cluster": f"{head}/{row['run']}/s{row['seed']}", "seed": row["seed"], "step": row["step"]}
-            for key, _ in QUALITY + ACCURACY:
-                value = row.get(key)
-                record[key] = float(value) if _finite(value) else math.nan
+        for row in select_rows(read_rows(Path(folder)), estimator="pathwise", group="all", stratum="all"):
+            if own_source(row) != "critic" or not is_finite(row.get("cos_single_corrected")):
+                continue  # another source's gradient, or a reference too noisy for a cosine there
             online = signals.get((row["run"], int(row["seed"]), int(row["step"])), {})
-            for key, _ in ONLINE:
-                value = online.get(key)
-                record[key] = float(value) if _finite(value) else math.nan
+            record = {"head": head, "cluster": f"{head}/{row['run']}/s{row['seed']}", "seed": row["seed"], "step": row["step"]}
+            record.update({key: _number(row.get(key)) for key, _ in QUALITY + ACCURACY})
+            record.update({key: _number(online.get(key)) for key, _ in ONLINE})
             records.append(record)
     return records
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rho of the finite pairs (NaN below 4 pairs or with no spread)."""
-    from scipy import stats
-
-    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
-    if len(pairs) < 4 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
-        return math.nan
-    return float(stats.spearmanr([a for a, _ in pairs], [b for _, b in pairs])[0])
+    return spearman_of_finite(zip(x, y))[0]
 
 
 def cluster_bootstrap_rho(
@@ -117,7 +115,7 @@ def markdown(records: Sequence[Mapping[str, Any]], audits: Mapping[str, Path]) -
     for head in heads:
         mine = [r for r in records if r["head"] == head]
         cells = [head, str(len({r["cluster"] for r in mine})), str(len(mine))]
-        cells += [_fmt(_median([r[key] for r in mine])) for key, _ in ACCURACY + QUALITY]
+        cells += [fmt_number(median_of_finite([r[key] for r in mine])) for key, _ in ACCURACY + QUALITY]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -150,7 +148,7 @@ def _rank_rows(records: Sequence[Mapping[str, Any]], predictors: Sequence[Tuple[
         cells = []
         for q_key, _ in QUALITY:
             rho, low, high, n, runs = cluster_bootstrap_rho(records, a_key, q_key)
-            cells.append("—" if not math.isfinite(rho) else f"{rho:+.2f} [{_fmt(low)}, {_fmt(high)}] (n {n}, {runs} runs)")
+            cells.append("—" if not math.isfinite(rho) else f"{rho:+.2f} [{fmt_number(low)}, {fmt_number(high)}] (n {n}, {runs} runs)")
         lines.append(f"| {a_title} | " + " | ".join(cells) + " |")
     return lines
 
@@ -192,14 +190,6 @@ def write(audits: Mapping[str, Path], out: Path) -> List[Path]:
     return [md, png]
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _median(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.median(finite)) if finite else math.nan
-
-
-def _fmt(value: float) -> str:
-    return "—" if not math.isfinite(value) else f"{value:.2f}"
+def _number(value: Any) -> float:
+    """A CSV or JSON value as a float, NaN where it is missing or not a finite number."""
+    return float(value) if is_finite(value) else math.nan

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
@@ -28,7 +28,7 @@ def read_rows(out: Path) -> List[Dict[str, Any]]:
             for row in csv.DictReader(f):
                 record = {k: _num(v) for k, v in row.items()}
                 for key in ("cos_single_corrected", "cos_mean_corrected"):  # as corrected_cosine keeps them
-                    if _finite(record.get(key)):
+                    if is_finite(record.get(key)):
                         record[key] = max(-1.0, min(1.0, float(record[key])))
                 rows.append(record)
     rows.sort(key=lambda r: (r["run"], r["seed"], r["step"], r["stratum"], r["group"], r["estimator"]))
@@ -43,17 +43,17 @@ def _num(value: str) -> Any:
     return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
 
 
-def _finite(value: Any) -> bool:
+def is_finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def fmt_number(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return "—" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
 
 
-def _select(rows: List[Dict[str, Any]], **where: Any) -> List[Dict[str, Any]]:
+def select_rows(rows: List[Dict[str, Any]], **where: Any) -> List[Dict[str, Any]]:
     return [r for r in rows if all(r[k] == v for k, v in where.items())]
 
 
@@ -76,7 +76,7 @@ def plot_cosines(rows: List[Dict[str, Any]], path: Path, title: str) -> None:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (run, seed), style in zip(runs, ["-", "--", ":", "-.", (0, (3, 1, 1, 1)), (0, (5, 2)), (0, (1, 1)), (0, (4, 1, 1, 1, 1, 1))] * 4):
         for c, est in enumerate(estimators):
-            sel = _select(rows, run=run, seed=seed, estimator=est, group="all", stratum="all")
+            sel = select_rows(rows, run=run, seed=seed, estimator=est, group="all", stratum="all")
             if not sel:
                 continue
             steps = [r["step"] for r in sel]
@@ -112,7 +112,7 @@ def plot_bias_variance(rows: List[Dict[str, Any]], path: Path, title: str) -> No
         # a checkpoint whose reference was too noisy to scale by has NaN statistics: left out
         sel = [
             r
-            for r in _select(rows, estimator=est, group="all", stratum="all")
+            for r in select_rows(rows, estimator=est, group="all", stratum="all")
             if isinstance(r["rel_var"], float) and math.isfinite(r["rel_var"]) and r["rel_var"] > 0 and math.isfinite(r["rel_bias"])
         ]
         plotted += len(sel)
@@ -158,19 +158,21 @@ def summary_table(rows: List[Dict[str, Any]]) -> List[str]:
         "|" + "---|" * (5 + len(pathwise) + 2 * len(estimators) + 1),
     ]
     for run, seed, step in sorted({(r["run"], r["seed"], r["step"]) for r in rows}):
-        sel = {r["estimator"]: r for r in _select(rows, run=run, seed=seed, step=step, group="all", stratum="all")}
-        push = {r["estimator"]: r for r in _select(rows, run=run, seed=seed, step=step, group="log_std", stratum="all")}
+        sel = {r["estimator"]: r for r in select_rows(rows, run=run, seed=seed, step=step, group="all", stratum="all")}
+        push = {r["estimator"]: r for r in select_rows(rows, run=run, seed=seed, step=step, group="log_std", stratum="all")}
         if not sel:
             continue
         first = next(iter(sel.values()))
-        cells = [run.split("__")[-1], str(seed), str(step), _fmt(first["std"]), _fmt(first["lam_mean"])]
-        cells += [_fmt(sel[e]["lam_mse"]) if e in sel else "—" for e in pathwise]
-        cells += [_fmt(sel[e]["cos_single_corrected"]) if e in sel else "—" for e in estimators]
+        cells = [run.split("__")[-1], str(seed), str(step), fmt_number(first["std"]), fmt_number(first["lam_mean"])]
+        cells += [fmt_number(sel[e]["lam_mse"]) if e in sel else "—" for e in pathwise]
+        cells += [fmt_number(sel[e]["cos_single_corrected"]) if e in sel else "—" for e in estimators]
         for e in estimators:
             r = push.get(e)
-            ok = r is not None and _finite(r.get("push_diff"))
-            cells.append(f"{_fmt(r['push_diff'], 3)} [{_fmt(r['push_diff_lo'], 3)}, {_fmt(r['push_diff_hi'], 3)}]" if ok else "—")
-        cells.append(_fmt(first["ref_reliability"]))
+            ok = r is not None and is_finite(r.get("push_diff"))
+            cells.append(
+                f"{fmt_number(r['push_diff'], 3)} [{fmt_number(r['push_diff_lo'], 3)}, {fmt_number(r['push_diff_hi'], 3)}]" if ok else "—"
+            )
+        cells.append(fmt_number(first["ref_reliability"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -200,14 +202,14 @@ def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
             "| step | std | lam (mean, log_std) | estimator | group | cos | bias [CI] | proj | var | lam_mse | ref rel |",
             "|" + "---|" * 11,
         ]
-        for r in _select(rows, run=run, seed=seed, stratum="all"):
+        for r in select_rows(rows, run=run, seed=seed, stratum="all"):
             lines.append(
-                f"| {r['step']} | {_fmt(r['std'])} | {_fmt(r['lam_mean'])}, {_fmt(r['lam_log_std'])} | {r['estimator']} | {r['group']} | "
-                f"{_fmt(r['cos_single_corrected'])} | {_fmt(r['rel_bias'])} [{_fmt(r['rel_bias_lo'])}, {_fmt(r['rel_bias_hi'])}] | "
-                f"{_fmt(r['proj'])} | {_fmt(r['rel_var'], 1)} | {_fmt(r['lam_mse'])} | {_fmt(r['ref_reliability'])} |"
+                f"| {r['step']} | {fmt_number(r['std'])} | {fmt_number(r['lam_mean'])}, {fmt_number(r['lam_log_std'])} | {r['estimator']} | {r['group']} | "
+                f"{fmt_number(r['cos_single_corrected'])} | {fmt_number(r['rel_bias'])} [{fmt_number(r['rel_bias_lo'])}, {fmt_number(r['rel_bias_hi'])}] | "
+                f"{fmt_number(r['proj'])} | {fmt_number(r['rel_var'], 1)} | {fmt_number(r['lam_mse'])} | {fmt_number(r['ref_reliability'])} |"
             )
         lines.append("")
-        strata = sorted({r["stratum"] for r in _select(rows, run=run, seed=seed)} - {"all"})
+        strata = sorted({r["stratum"] for r in select_rows(rows, run=run, seed=seed)} - {"all"})
         if strata:
             lines += [
                 "Contacts (group all): relative bias by stratum",
@@ -215,18 +217,20 @@ def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
                 "| step | estimator | " + " | ".join(strata) + " |",
                 "|" + "---|" * (2 + len(strata)),
             ]
-            for step in sorted({r["step"] for r in _select(rows, run=run, seed=seed)}):
+            for step in sorted({r["step"] for r in select_rows(rows, run=run, seed=seed)}):
                 for est in ESTIMATOR_NAMES:
                     cells = []
                     for s in strata:
-                        sel = _select(rows, run=run, seed=seed, step=step, estimator=est, stratum=s, group="all")
+                        sel = select_rows(rows, run=run, seed=seed, step=step, estimator=est, stratum=s, group="all")
                         cells.append(
-                            f"{_fmt(sel[0]['rel_bias'])} [{_fmt(sel[0]['rel_bias_lo'])}, {_fmt(sel[0]['rel_bias_hi'])}]" if sel else "—"
+                            f"{fmt_number(sel[0]['rel_bias'])} [{fmt_number(sel[0]['rel_bias_lo'])}, {fmt_number(sel[0]['rel_bias_hi'])}]"
+                            if sel
+                            else "—"
                         )
                     if any(c != "—" for c in cells):
                         lines.append(f"| {step} | {est} | " + " | ".join(cells) + " |")
             lines.append("")
-        pushes = [r for r in _select(rows, run=run, seed=seed, stratum="all", group="log_std") if "push" in r and _finite(r["push"])]
+        pushes = [r for r in select_rows(rows, run=run, seed=seed, stratum="all", group="log_std") if "push" in r and is_finite(r["push"])]
         if pushes:
             lines += [
                 "The push on the policy's spread: the sum of each estimator's log_std components (negative shrinks sigma), "
@@ -237,11 +241,11 @@ def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
             ]
             for r in pushes:
                 lines.append(
-                    f"| {r['step']} | {r['estimator']} | {_fmt(r['push'], 3)} | {_fmt(r['push_ref'], 3)} [{_fmt(r['push_ref_lo'], 3)}, "
-                    f"{_fmt(r['push_ref_hi'], 3)}] | {_fmt(r['push_diff'], 3)} [{_fmt(r['push_diff_lo'], 3)}, {_fmt(r['push_diff_hi'], 3)}] |"
+                    f"| {r['step']} | {r['estimator']} | {fmt_number(r['push'], 3)} | {fmt_number(r['push_ref'], 3)} [{fmt_number(r['push_ref_lo'], 3)}, "
+                    f"{fmt_number(r['push_ref_hi'], 3)}] | {fmt_number(r['push_diff'], 3)} [{fmt_number(r['push_diff_lo'], 3)}, {fmt_number(r['push_diff_hi'], 3)}] |"
                 )
             lines.append("")
-        checks = _select(rows, run=run, seed=seed, stratum="all", group="all", estimator="score")
+        checks = select_rows(rows, run=run, seed=seed, stratum="all", group="all", estimator="score")
         if checks:
             lines += [
                 "Critics at the reference states (value error relative to the spread of Monte Carlo values; advantage head vs Monte Carlo differences)",
@@ -253,8 +257,8 @@ def markdown(rows: List[Dict[str, Any]], config: AuditConfig) -> str:
             ]
             for r in checks:
                 lines.append(
-                    f"| {r['step']} | {_fmt(r['value_rmse_rel'])} | {_fmt(r['value_bias_rel'])} | {_fmt(r.get('adv_head_corr', float('nan')))} | "
-                    f"{_fmt(r.get('adv_head_slope', float('nan')))} | {_fmt(r['seconds'], 0)} | {r['env_steps']} |"
+                    f"| {r['step']} | {fmt_number(r['value_rmse_rel'])} | {fmt_number(r['value_bias_rel'])} | {fmt_number(r.get('adv_head_corr', float('nan')))} | "
+                    f"{fmt_number(r.get('adv_head_slope', float('nan')))} | {fmt_number(r['seconds'], 0)} | {r['env_steps']} |"
                 )
             lines.append("")
     return "\n".join(lines) + "\n"
@@ -278,7 +282,7 @@ def signal_table(rows: List[Dict[str, Any]], signals: Dict[tuple, Dict[str, floa
     lines = []
     targets = [("lam_mse", "MSE-optimal lam"), ("rel_bias", "pathwise relative bias"), ("cos_single_corrected", "pathwise cosine")]
     joined = []
-    for r in _select(rows, estimator="pathwise", group="all", stratum="all"):
+    for r in select_rows(rows, estimator="pathwise", group="all", stratum="all"):
         sig = signals.get((r["run"], int(r["seed"]), int(r["step"])))
         if sig is not None:
             joined.append((r, sig))
@@ -307,7 +311,7 @@ def signal_table(rows: List[Dict[str, Any]], signals: Dict[tuple, Dict[str, floa
         "|" + "---|" * (1 + len(targets)),
     ]
     # the head's checks say something about the pathwise gradient only where the head is its source
-    pathwise = [r for r in _select(rows, estimator="pathwise", group="all", stratum="all") if own_source(r) == "critic"]
+    pathwise = [r for r in select_rows(rows, estimator="pathwise", group="all", stratum="all") if own_source(r) == "critic"]
     for key in CRITIC_KEYS:
         lines.append(
             f"| {key} | " + " | ".join(_rank_cell([(r.get(key, math.nan), r[target]) for r in pathwise]) for target, _ in targets) + " |"
@@ -328,15 +332,24 @@ def own_source(row: Dict[str, Any]) -> str:
     return "mujoco" if "mujoco" in str(row["run"]) else "critic"
 
 
-def _rank_cell(pairs: Sequence[Tuple[Any, Any]]) -> str:
-    """Spearman's rho of finite pairs, its p-value and n ("—" below 4 pairs)."""
+def spearman_of_finite(pairs: Iterable[Tuple[Any, Any]]) -> Tuple[float, float, int]:
+    """(Spearman's rho, its p-value, n) over the pairs whose two values are finite floats; rho and p
+    are NaN below 4 such pairs, or where one side has no spread (as scipy gives, without its warning)."""
     from scipy import stats
 
     kept = [(a, b) for a, b in pairs if isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b)]
-    if len(kept) < 4:
-        return "—"
+    if len(kept) < 4 or len({a for a, _ in kept}) < 2 or len({b for _, b in kept}) < 2:
+        return math.nan, math.nan, len(kept)
     rho, p = stats.spearmanr([a for a, _ in kept], [b for _, b in kept])
-    return f"{rho:+.2f} (p {p:.2f}, n {len(kept)})"
+    return float(rho), float(p), len(kept)
+
+
+def _rank_cell(pairs: Sequence[Tuple[Any, Any]]) -> str:
+    """Spearman's rho of finite pairs, its p-value and n ("—" below 4 pairs)."""
+    rho, p, n = spearman_of_finite(pairs)
+    if n < 4:
+        return "—"
+    return f"{rho:+.2f} (p {p:.2f}, n {n})"
 
 
 RUN_EVALUATIONS = "run_evaluations.csv"
@@ -387,8 +400,8 @@ def evaluations_table(out: Path, steps: Sequence[int]) -> List[str]:
     return lines + [""]
 
 
-def _median(values: Sequence[Any]) -> float:
-    finite = [float(v) for v in values if _finite(v)]
+def median_of_finite(values: Sequence[Any]) -> float:
+    finite = [float(v) for v in values if is_finite(v)]
     return float(np.median(finite)) if finite else math.nan
 
 
@@ -420,9 +433,9 @@ def contrast_table(rows: List[Dict[str, Any]], other: List[Dict[str, Any]], othe
     lines: List[str] = []
     for run in sorted({r["run"] for r in rows}):
         pairs = []
-        for seed, step in sorted({(r["seed"], r["step"]) for r in _select(rows, run=run)}):
-            mine = {r["estimator"]: r for r in _select(rows, run=run, seed=seed, step=step, group="all", stratum="all")}
-            theirs = {r["estimator"]: r for r in _select(other, run=other_run, seed=seed, step=step, group="all", stratum="all")}
+        for seed, step in sorted({(r["seed"], r["step"]) for r in select_rows(rows, run=run)}):
+            mine = {r["estimator"]: r for r in select_rows(rows, run=run, seed=seed, step=step, group="all", stratum="all")}
+            theirs = {r["estimator"]: r for r in select_rows(other, run=other_run, seed=seed, step=step, group="all", stratum="all")}
             if "pathwise" in mine and "pathwise" in theirs and "score" in mine and "score" in theirs:
                 pairs.append((seed, step, mine, theirs))
         if not pairs:
@@ -440,12 +453,18 @@ def contrast_table(rows: List[Dict[str, Any]], other: List[Dict[str, Any]], othe
             "|" + "---|" * (3 + len(CONTRAST_COLUMNS)),
         ]
         for seed, step, mine, theirs in pairs:
-            cells = [str(seed), str(step), f"{_fmt(mine['score']['ref_reliability'])} / {_fmt(theirs['score']['ref_reliability'])}"]
-            cells += [f"{_fmt(_cell(mine, est, key))} / {_fmt(_cell(theirs, est, key))}" for _, key, est in CONTRAST_COLUMNS]
+            cells = [
+                str(seed),
+                str(step),
+                f"{fmt_number(mine['score']['ref_reliability'])} / {fmt_number(theirs['score']['ref_reliability'])}",
+            ]
+            cells += [f"{fmt_number(_cell(mine, est, key))} / {fmt_number(_cell(theirs, est, key))}" for _, key, est in CONTRAST_COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
-        both = [p for p in pairs if _finite(p[2]["pathwise"]["cos_single_corrected"]) and _finite(p[3]["pathwise"]["cos_single_corrected"])]
+        both = [
+            p for p in pairs if is_finite(p[2]["pathwise"]["cos_single_corrected"]) and is_finite(p[3]["pathwise"]["cos_single_corrected"])
+        ]
         medians = [
-            f"{title} {_fmt(_median([_cell(m, est, key) for _, _, m, _ in both]))} / {_fmt(_median([_cell(t, est, key) for _, _, _, t in both]))}"
+            f"{title} {fmt_number(median_of_finite([_cell(m, est, key) for _, _, m, _ in both]))} / {fmt_number(median_of_finite([_cell(t, est, key) for _, _, _, t in both]))}"
             for title, key, est in CONTRAST_COLUMNS
         ]
         lower_bias = sum(m["pathwise"]["rel_bias"] < t["pathwise"]["rel_bias"] for _, _, m, t in both)
@@ -486,7 +505,7 @@ def lam_mse_table(rows: List[Dict[str, Any]]) -> Dict[str, float]:
     """Median MSE-optimal lam per estimator (group all, stratum all): a one-line summary."""
     out = {}
     for est in ESTIMATOR_NAMES:
-        values = [r["lam_mse"] for r in _select(rows, estimator=est, group="all", stratum="all") if not math.isnan(r["lam_mse"])]
+        values = [r["lam_mse"] for r in select_rows(rows, estimator=est, group="all", stratum="all") if not math.isnan(r["lam_mse"])]
         if values:
             out[est] = float(np.median(values))
     return out
