@@ -34,14 +34,10 @@ def main() -> None:
         if name in audits:
             parser.error(f"--audit names {name!r} twice")
         audits[name] = Path(folder)
+    from hybrid_pg.experiments.cli import write_or_usage_error
     from hybrid_pg.experiments.critic_accuracy import write
 
-    try:
-        paths = write(audits, Path(args.out))
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    for path in paths:
-        print(f"wrote {path}")
+    write_or_usage_error(parser, lambda: write(audits, Path(args.out)))
 
 
 if __name__ == "__main__":

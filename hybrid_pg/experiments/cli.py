@@ -61,7 +61,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from hybrid_pg.experiments.config import ConfigError, load_config, run_name
 from hybrid_pg.experiments.figure_io import FIGURE_FORMATS, figure_path
@@ -246,6 +246,18 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 # parser and entry point
 # ------------------------------------------------------------------------------------------------
+
+
+def write_or_usage_error(parser: argparse.ArgumentParser, write: Callable[[], Sequence[Path]]) -> None:
+    """Run a report writer for an example script: a missing folder or nothing to report
+    (FileNotFoundError, ValueError) becomes the parser's usage error (exit status 2, nothing
+    written); else print each written path."""
+    try:
+        paths = write()
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
