@@ -77,10 +77,14 @@ import math
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from hybrid_pg.experiments.config import MAX_TIMESTEPS, ConfigError, check_env, read_config_file, resolve_config, sanitise, suggest
 from hybrid_pg.experiments.runner import check_buildable
+
+if TYPE_CHECKING:  # the report modules are imported only where reports are written
+    from hybrid_pg.experiments.baseline_goals import GoalThresholds
+    from hybrid_pg.experiments.fallback_goals import GridPlan
 
 __all__ = [
     "Ablation",
@@ -92,6 +96,7 @@ __all__ = [
     "load_ablation",
     "parse_ablation",
     "run_ablation",
+    "goal_settings",
     "validate_cells",
 ]
 
@@ -626,6 +631,21 @@ def finished_results(ablation: Ablation, runs_dir: Union[str, Path]) -> Dict[str
     return per_env
 
 
+def goal_settings(ablation: Ablation) -> Tuple["GoalThresholds", "GridPlan"]:
+    """(GoalThresholds, GridPlan) of a grid with a ``baseline`` section: how many envs each goal needs,
+    and which envs and how many seeds every cell is set to run (no goal is called before they finish)."""
+    from hybrid_pg.experiments.baseline_goals import GoalThresholds
+    from hybrid_pg.experiments.fallback_goals import GridPlan
+
+    if ablation.baseline is None:
+        raise ValueError(f"{ablation.name}: the grid has no baseline section, so it states no goals")
+    b = ablation.baseline
+    planned: Dict[str, Tuple[str, ...]] = {}
+    for cell in ablation.cells:
+        planned[cell.estimator.name] = (*planned.get(cell.estimator.name, ()), cell.env.name)
+    return GoalThresholds(b.poi_envs, b.faster_envs, b.wins_envs), GridPlan(planned, len(ablation.report_seeds or ablation.seeds))
+
+
 def warn_if_uncommitted(n_runs: int) -> None:
     """Each run imports the package when it starts: from a checkout with edits in progress, runs of
     one grid can run different code. Say so once at the start (each run records its own state in
@@ -705,13 +725,10 @@ def run_ablation(
         )
     written += write_summary(out, per_env, ablation.reference, figure_format=figure_format)
     if ablation.baseline is not None and per_env:
-        from hybrid_pg.experiments.baseline_goals import GoalThresholds, write_goals
-        from hybrid_pg.experiments.fallback_goals import GridPlan
+        from hybrid_pg.experiments.baseline_goals import write_goals
 
         b = ablation.baseline
-        planned: Dict[str, Tuple[str, ...]] = {}
-        for cell in ablation.cells:
-            planned[cell.estimator.name] = (*planned.get(cell.estimator.name, ()), cell.env.name)
+        thresholds, plan = goal_settings(ablation)
         written.append(
             write_goals(
                 out,
@@ -722,8 +739,8 @@ def run_ablation(
                 ablation.skip_updates,
                 title=ablation.name,
                 total_timesteps=ablation.total_timesteps,
-                thresholds=GoalThresholds(b.poi_envs, b.faster_envs, b.wins_envs),
-                plan=GridPlan(planned, len(ablation.report_seeds or ablation.seeds)),
+                thresholds=thresholds,
+                plan=plan,
             )
         )
     if ablation.optimum_floor is not None and per_env:

@@ -304,6 +304,27 @@ def glance_table(
     return lines
 
 
+def all_verdicts(
+    per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    per_env: Mapping[str, Results],
+    estimators: Sequence[str],
+    baseline: str,
+    floor: Optional[str],
+    at_steps: Optional[float],
+    thresholds: GoalThresholds,
+    plan: Optional[GridPlan],
+) -> Tuple[Dict[str, List[Tuple[str, str]]], Dict[str, Any], Dict[str, List[Tuple[str, str]]]]:
+    """(the goals against the baseline per estimator, the paired rows against the floor, the goals
+    against the floor per estimator): every verdict the report states, computed once for the report
+    and for readers that combine grids (:mod:`hybrid_pg.experiments.rule_decision`)."""
+    verdicts = {est: goal_verdicts(per_env_rows, est, baseline, thresholds, plan) for est in estimators}
+    vs_floor = fallback_rows(per_env, floor, at_steps, skip=(baseline,)) if floor is not None else {}
+    floor_verdicts = {
+        est: fallback_verdicts(vs_floor, est, floor, thresholds.wins_envs, plan) for est in estimators if floor is not None and est != floor
+    }
+    return verdicts, vs_floor, floor_verdicts
+
+
 def markdown(
     per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]],
     per_env: Mapping[str, Results],
@@ -333,11 +354,7 @@ def markdown(
     estimators = [
         e for e in dict.fromkeys(name for rows in per_env_rows.values() for name in (r["estimator"] for r in rows)) if e != baseline
     ]
-    verdicts = {est: goal_verdicts(per_env_rows, est, baseline, thresholds, plan) for est in estimators}
-    vs_floor = fallback_rows(per_env, floor, at_steps, skip=(baseline,)) if floor is not None else {}
-    floor_verdicts = {
-        est: fallback_verdicts(vs_floor, est, floor, thresholds.wins_envs, plan) for est in estimators if floor is not None and est != floor
-    }
+    verdicts, vs_floor, floor_verdicts = all_verdicts(per_env_rows, per_env, estimators, baseline, floor, at_steps, thresholds, plan)
     lines += glance_table(verdicts, floor_verdicts, baseline, floor, thresholds)
     for env, rows in per_env_rows.items():
         lines += ["", f"## {env}", ""]

@@ -35,7 +35,7 @@ import numpy as np
 
 from hybrid_pg.experiments.aggregate import Interval, mean
 from hybrid_pg.experiments.baseline_goals import MIN_RUNS, Results, evaluation_curve, seed_interval
-from hybrid_pg.experiments.results import policy_std, update_series
+from hybrid_pg.experiments.results import policy_std, run_seed, update_series
 
 #: the weight a HybridPG run applied per update
 LAMBDA_KEY = "hybrid/lambda"
@@ -86,7 +86,7 @@ def fallback_share(result: Mapping[str, Any], after_step: float) -> float:
 
 def _by_seed(runs: Sequence[Mapping[str, Any]], values: Sequence[float]) -> Dict[int, float]:
     """seed -> value for the runs whose value is finite (run order kept)."""
-    return {r["spec"]["seed"]: v for r, v in zip(runs, values) if math.isfinite(v)}
+    return {run_seed(r): v for r, v in zip(runs, values) if math.isfinite(v)}
 
 
 def _paired_difference(own: Mapping[int, float], floor: Mapping[int, float]) -> Optional[Interval]:
