@@ -100,6 +100,20 @@ def test_decision_needs_every_deciding_goal(tmp_path):
     assert rd.decision([]) == "open"
 
 
+def test_the_fallback_row_keeps_the_goals_places_and_decides_nothing(tmp_path):
+    per_env = _benchmark(tmp_path)
+    thresholds = GoalThresholds(poi_envs=1, faster_envs=1, wins_envs=2)
+    goals = rd.benchmark_verdicts(per_env, ["hybrid", "reinforce"], "ppo", "reinforce", 100, thresholds)
+    assert [g for g, _ in goals["reinforce"]] == [g for g, _ in goals["hybrid"]]
+    assert [rd.verdict_kind(v) for _, v in goals["reinforce"][:2]] == ["—", "—"]
+    opt = rd.optimum_verdicts(_optimum(tmp_path), ["ip"], ["hybrid", "reinforce"], "reinforce")
+    assert opt["reinforce"] == [("stays at the optimum on ip", "met")]  # the hold clause alone
+    combined = {c: [*goals[c], *opt[c]] for c in ("hybrid", "reinforce")}
+    text = rd.markdown(combined, ["a.yaml", "b.yaml"], "hybrid", reference="reinforce")
+    assert "| reinforce (the fallback, for scale) | — | — | met |" in text and text.count("**yes**") == 1
+    assert "the fallback itself, for scale" in text
+
+
 @pytest.mark.parametrize(
     "verdict, kind",
     [
@@ -111,6 +125,7 @@ def test_decision_needs_every_deciding_goal(tmp_path):
         ("too few seeds (2 < 5)", "open"),
         ("open: held on every seed; the std against reinforce's needs 5 paired seeds (3)", "open"),
         ("not run", "open"),
+        ("n/a: the fallback itself", "—"),
     ],
 )
 def test_verdict_kinds(verdict, kind):

@@ -42,10 +42,14 @@ Goals = Dict[str, List[Tuple[str, str]]]
 
 #: the benchmark report's reading that is shown and does not decide (module docstring)
 INFORMATIVE_PREFIX = "no seed below"
+#: the verdict of a goal that does not apply to a cell (the fallback against itself)
+NOT_APPLICABLE = "n/a"
 
 
 def verdict_kind(verdict: str) -> str:
-    """met, not met or open, from a verdict of either report."""
+    """met, not met or open, from a verdict of either report ("—" where the goal does not apply)."""
+    if verdict.startswith(NOT_APPLICABLE):
+        return "—"
     if verdict.startswith(("not met", "never reached")):
         return "not met"
     if verdict == "met" or verdict.startswith("met:"):
@@ -70,7 +74,9 @@ def benchmark_verdicts(
 
     per_env_rows = {env: env_rows(results, baseline, floor, at_steps, skip_updates, total_timesteps) for env, results in per_env.items()}
     verdicts, _, floor_verdicts = all_verdicts(per_env_rows, per_env, estimators, baseline, floor, at_steps, thresholds, plan)
-    return {est: [*floor_verdicts.get(est, []), *verdicts[est]] for est in estimators}
+    # the floor itself has no goals against itself: its row keeps their places, read "n/a"
+    own = [(goal, f"{NOT_APPLICABLE}: the fallback itself") for goal, _ in next(iter(floor_verdicts.values()), [])]
+    return {est: [*floor_verdicts.get(est, own), *verdicts[est]] for est in estimators}
 
 
 def optimum_verdicts(per_env: Mapping[str, Results], envs: Sequence[str], estimators: Sequence[str], floor: str) -> Goals:
@@ -88,7 +94,7 @@ def optimum_verdicts(per_env: Mapping[str, Results], envs: Sequence[str], estima
 
 def benchmark_goals(config: Path, runs_dir: Optional[Path] = None) -> Goals:
     """:func:`benchmark_verdicts` of a benchmark grid's file (it needs a ``baseline`` section with a
-    floor), every estimator but the baseline and the floor."""
+    floor), every estimator but the baseline."""
     from hybrid_pg.experiments.ablate import finished_results, goal_settings, load_ablation
 
     ablation = load_ablation(config)
@@ -97,7 +103,7 @@ def benchmark_goals(config: Path, runs_dir: Optional[Path] = None) -> Goals:
         raise ValueError(f"{config}: the benchmark grid needs a baseline section with a floor (its goals)")
     thresholds, plan = goal_settings(ablation)
     per_env = finished_results(ablation, Path(runs_dir) if runs_dir else Path(ablation.output_dir) / "runs")
-    estimators = [e.name for e in ablation.estimators if e.name not in (b.name, b.floor)]
+    estimators = [e.name for e in ablation.estimators if e.name != b.name]
     return benchmark_verdicts(
         per_env, estimators, b.name, b.floor, b.floor_at_steps, thresholds, plan, ablation.skip_updates, ablation.total_timesteps
     )
@@ -105,14 +111,14 @@ def benchmark_goals(config: Path, runs_dir: Optional[Path] = None) -> Goals:
 
 def optimum_goals(config: Path, runs_dir: Optional[Path] = None) -> Goals:
     """:func:`optimum_verdicts` of an optimum grid's file (it needs an ``optimum_floor``), every
-    estimator but the floor."""
+    estimator (the floor's own verdict reads the hold clause alone)."""
     from hybrid_pg.experiments.ablate import finished_results, load_ablation
 
     ablation = load_ablation(config)
     if ablation.optimum_floor is None:
         raise ValueError(f"{config}: the optimum grid needs an optimum_floor (its goal's std clause)")
     per_env = finished_results(ablation, Path(runs_dir) if runs_dir else Path(ablation.output_dir) / "runs")
-    estimators = [e.name for e in ablation.estimators if e.name != ablation.optimum_floor]
+    estimators = [e.name for e in ablation.estimators]
     return optimum_verdicts(per_env, [e.name for e in ablation.envs], estimators, ablation.optimum_floor)
 
 
@@ -128,14 +134,23 @@ def _short(goal: str) -> str:
     return goal.replace("with a CI excluding 0.5 ", "").replace("(improvement over", "(impr. over")
 
 
-def markdown(combined: Mapping[str, Sequence[Tuple[str, str]]], sources: Sequence[str], default: str) -> str:
+def markdown(
+    combined: Mapping[str, Sequence[Tuple[str, str]]], sources: Sequence[str], default: str, reference: Optional[str] = None
+) -> str:
+    """The table (one row per candidate, then the ``reference`` cell's for scale) and every reading."""
     goals = [goal for goal, _ in next(iter(combined.values()))]
     lines = [
         "# Which weight rule becomes the default?",
         "",
         "Every goal of " + " and ".join(f"`{s}`" for s in sources) + ", per candidate (a cell both grids run), computed by "
         "the functions that write those grids' reports. The default changes only for a candidate that meets every goal; "
-        f"`{default}` is today's default. *Shown, not deciding*: the reading that no seed falls below the baseline's worst.",
+        f"`{default}` is today's default. *Shown, not deciding*: the reading that no seed falls below the baseline's worst."
+        + (
+            f" The last row is `{reference}`, the fallback itself, for scale: a goal it does not meet either asks more than "
+            "falling back could give."
+            if reference in combined
+            else ""
+        ),
         "",
         "| candidate | "
         + " | ".join(_short(g) + (" *(shown, not deciding)*" if g.startswith(INFORMATIVE_PREFIX) else "") for g in goals)
@@ -143,8 +158,9 @@ def markdown(combined: Mapping[str, Sequence[Tuple[str, str]]], sources: Sequenc
         "|---|" + "---|" * (len(goals) + 1),
     ]
     for cand, readings in combined.items():
-        label = f"{cand} (today's default)" if cand == default else cand
-        lines.append(f"| {label} | " + " | ".join(verdict_kind(v) for _, v in readings) + f" | **{decision(readings)}** |")
+        label = f"{cand} (today's default)" if cand == default else (f"{cand} (the fallback, for scale)" if cand == reference else cand)
+        verdict = "—" if cand == reference else f"**{decision(readings)}**"
+        lines.append(f"| {label} | " + " | ".join(verdict_kind(v) for _, v in readings) + f" | {verdict} |")
     lines += ["", "## The readings", ""]
     for cand, readings in combined.items():
         lines.append(f"### {cand}")
@@ -160,21 +176,23 @@ def write(
     out: Path,
     candidates: Optional[Sequence[str]] = None,
     default: str = "hybrid",
+    reference: Optional[str] = "reinforce",
 ) -> Path:
     """Write the decision table to ``out`` (.md) and return its path. ``candidates``: default, every
-    cell the two grids share."""
+    cell the two grids share but ``reference`` (the fallback, whose row follows for scale)."""
     from hybrid_pg.experiments.run_files import write_atomically
 
     bench, opt = benchmark_goals(benchmark), optimum_goals(optimum)
-    shared = [c for c in bench if c in opt]
+    shared = [c for c in bench if c in opt and c != reference]
     chosen = list(candidates) if candidates else shared
     missing = [c for c in chosen if c not in shared]
     if missing:
         raise ValueError(f"not a cell of both grids: {', '.join(missing)} (both run: {', '.join(shared) or 'none'})")
     if not chosen:
         raise ValueError(f"{benchmark} and {optimum} share no cell: nothing to decide")
-    combined = {c: [*bench[c], *opt[c]] for c in chosen}
+    rows = [*chosen, *([reference] if reference is not None and reference in bench and reference in opt else [])]
+    combined = {c: [*bench[c], *opt[c]] for c in rows}
     out = out.with_suffix(".md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out, markdown(combined, [str(benchmark), str(optimum)], default))
+    write_atomically(out, markdown(combined, [str(benchmark), str(optimum)], default, reference))
     return out
