@@ -93,10 +93,10 @@ __all__ = [
     "EnvEntry",
     "EstimatorEntry",
     "TOP_LEVEL_KEYS",
+    "goal_settings",
     "load_ablation",
     "parse_ablation",
     "run_ablation",
-    "goal_settings",
     "validate_cells",
 ]
 
