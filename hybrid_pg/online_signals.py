@@ -29,6 +29,9 @@ import torch as th
 from hybrid_pg.estimator import BatchMoments
 
 SIGNAL_KEYS = ("sign_agreement", "advantage_corr", "path_score_cos", "path_score_cos_debiased")
+#: the signals of a window of rollouts rather than of one: the direction check's statistics
+#: (:func:`hybrid_pg.weight_rule.direction_test`), logged as ``hybrid/direction_cos`` and ``hybrid/direction_t``
+WINDOW_SIGNAL_KEYS = ("direction_cos", "direction_t")
 
 
 @th.no_grad()

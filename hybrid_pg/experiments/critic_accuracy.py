@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from hybrid_pg.experiments.gradient_audit import WINDOW_SIGNAL_KEYS
 from hybrid_pg.experiments.gradient_audit_report import (
     fmt_number,
     is_finite,
@@ -35,7 +34,7 @@ from hybrid_pg.experiments.gradient_audit_report import (
     select_rows,
     spearman_of_finite,
 )
-from hybrid_pg.online_signals import SIGNAL_KEYS
+from hybrid_pg.online_signals import SIGNAL_KEYS, WINDOW_SIGNAL_KEYS
 
 #: the pathwise gradient's quality measures (CSV column, title, which way is better)
 QUALITY = (

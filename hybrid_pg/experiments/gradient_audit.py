@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hybrid_pg.experiments.config import section_error
 from hybrid_pg.experiments.run_files import write_atomically
+from hybrid_pg.online_signals import WINDOW_SIGNAL_KEYS
 from hybrid_pg.reference_gradient import (
     GROUPS,
     Normalisation,
@@ -626,10 +627,6 @@ def checkpoint_signals(model: Any, rollouts: int, seed: int) -> Dict[str, float]
     test = direction_test(window)
     out.update(direction_cos=math.nan if test is None else test.cos, direction_t=math.nan if test is None else test.t)
     return out
-
-
-#: the signals of a window of rollouts rather than of one (see :func:`checkpoint_signals`)
-WINDOW_SIGNAL_KEYS = ("direction_cos", "direction_t")
 
 
 def signals_path(out: Path, key: str, step: int) -> Path:

@@ -10,8 +10,8 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from hybrid_pg.experiments.gradient_audit import AUDIT_DIR, WINDOW_SIGNAL_KEYS, AuditConfig
-from hybrid_pg.online_signals import SIGNAL_KEYS
+from hybrid_pg.experiments.gradient_audit import AUDIT_DIR, AuditConfig
+from hybrid_pg.online_signals import SIGNAL_KEYS, WINDOW_SIGNAL_KEYS
 
 ESTIMATOR_NAMES = {
     "score": "score (GAE advantages)",

@@ -34,9 +34,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy.stats import rankdata
 
-from hybrid_pg.experiments.gradient_audit import WINDOW_SIGNAL_KEYS
 from hybrid_pg.experiments.results import learning_curve, policy_std, run_seed, update_series, variance_ratio_key
-from hybrid_pg.online_signals import SIGNAL_KEYS
+from hybrid_pg.online_signals import SIGNAL_KEYS, WINDOW_SIGNAL_KEYS
 
 __all__ = [
     "EARLY_STEP",
