@@ -97,6 +97,7 @@ __all__ = [
     "load_ablation",
     "parse_ablation",
     "run_ablation",
+    "runs_folder",
     "validate_cells",
 ]
 
@@ -629,6 +630,12 @@ def finished_results(ablation: Ablation, runs_dir: Union[str, Path]) -> Dict[str
                 continue
             per_env.setdefault(cell.env.name, {}).setdefault(cell.estimator.name, []).append(result)
     return per_env
+
+
+def runs_folder(ablation: Ablation, runs_dir: Union[str, Path, None] = None) -> Path:
+    """Where a grid's run directories are: ``runs_dir`` where given, else the file's output folder's
+    ``runs/`` (where ``hybrid-pg ablate`` writes them without ``--out``)."""
+    return Path(runs_dir) if runs_dir is not None else Path(ablation.output_dir) / RUNS_SUBDIR
 
 
 def goal_settings(ablation: Ablation) -> Tuple["GoalThresholds", "GridPlan"]:

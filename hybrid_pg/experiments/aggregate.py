@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from typing import Callable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -45,6 +45,7 @@ __all__ = [
     "BelowMinimum",
     "below_minimum_test",
     "bootstrap_difference_ci",
+    "cluster_bootstrap",
     "compare",
     "curve_mean_ci",
     "iqm",
@@ -145,6 +146,26 @@ def _resample(strata: Sequence[np.ndarray], reps: int, rng: np.random.Generator)
     """(reps, total runs): each row resamples every stratum with replacement, then concatenates."""
     parts = [s[rng.integers(0, s.size, size=(reps, s.size))] for s in strata]
     return np.concatenate(parts, axis=1)
+
+
+def cluster_bootstrap(
+    strata: Sequence[Sequence[Sequence[Any]]], statistic: Callable[[List[Any]], float], reps: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The finite values of ``statistic`` over ``reps`` resamples that draw whole clusters with
+    replacement, independently within each stratum (``strata``: per stratum, its clusters, each a
+    list of records that move together: the checkpoints of one run, the cells of one seed). Records
+    of one cluster are not independent, so they are never split; a resample whose statistic is not
+    finite is left out (the caller decides how many must remain for an interval)."""
+    draws = []
+    for _ in range(reps):
+        picked: List[Any] = []
+        for clusters in strata:
+            for i in rng.integers(0, len(clusters), len(clusters)):
+                picked.extend(clusters[i])
+        value = statistic(picked)
+        if math.isfinite(value):
+            draws.append(value)
+    return np.array(draws, dtype=float)
 
 
 def stratified_bootstrap_ci(

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from hybrid_pg.experiments.aggregate import cluster_bootstrap
 from hybrid_pg.experiments.gradient_audit_report import (
     fmt_number,
     is_finite,
@@ -83,14 +84,13 @@ def cluster_bootstrap_rho(
     names = sorted(clusters)
     if len(names) < 3 or not math.isfinite(rho):
         return rho, math.nan, math.nan, len(usable), len(names)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        picked = [r for i in rng.integers(0, len(names), len(names)) for r in clusters[names[i]]]
-        value = spearman([r[x_key] for r in picked], [r[y_key] for r in picked])
-        if math.isfinite(value):
-            draws.append(value)
-    if not draws:
+    draws = cluster_bootstrap(
+        [[clusters[name] for name in names]],
+        lambda picked: spearman([r[x_key] for r in picked], [r[y_key] for r in picked]),
+        resamples,
+        np.random.default_rng(seed),
+    )
+    if not draws.size:
         return rho, math.nan, math.nan, len(usable), len(names)
     low, high = np.percentile(draws, [2.5, 97.5])
     return rho, float(low), float(high), len(usable), len(names)

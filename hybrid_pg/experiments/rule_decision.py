@@ -95,14 +95,14 @@ def optimum_verdicts(per_env: Mapping[str, Results], envs: Sequence[str], estima
 def benchmark_goals(config: Path, runs_dir: Optional[Path] = None) -> Goals:
     """:func:`benchmark_verdicts` of a benchmark grid's file (it needs a ``baseline`` section with a
     floor), every estimator but the baseline."""
-    from hybrid_pg.experiments.ablate import finished_results, goal_settings, load_ablation
+    from hybrid_pg.experiments.ablate import finished_results, goal_settings, load_ablation, runs_folder
 
     ablation = load_ablation(config)
     b = ablation.baseline
     if b is None or b.floor is None:
         raise ValueError(f"{config}: the benchmark grid needs a baseline section with a floor (its goals)")
     thresholds, plan = goal_settings(ablation)
-    per_env = finished_results(ablation, Path(runs_dir) if runs_dir else Path(ablation.output_dir) / "runs")
+    per_env = finished_results(ablation, runs_folder(ablation, runs_dir))
     estimators = [e.name for e in ablation.estimators if e.name != b.name]
     return benchmark_verdicts(
         per_env, estimators, b.name, b.floor, b.floor_at_steps, thresholds, plan, ablation.skip_updates, ablation.total_timesteps
@@ -112,12 +112,12 @@ def benchmark_goals(config: Path, runs_dir: Optional[Path] = None) -> Goals:
 def optimum_goals(config: Path, runs_dir: Optional[Path] = None) -> Goals:
     """:func:`optimum_verdicts` of an optimum grid's file (it needs an ``optimum_floor``), every
     estimator (the floor's own verdict reads the hold clause alone)."""
-    from hybrid_pg.experiments.ablate import finished_results, load_ablation
+    from hybrid_pg.experiments.ablate import finished_results, load_ablation, runs_folder
 
     ablation = load_ablation(config)
     if ablation.optimum_floor is None:
         raise ValueError(f"{config}: the optimum grid needs an optimum_floor (its goal's std clause)")
-    per_env = finished_results(ablation, Path(runs_dir) if runs_dir else Path(ablation.output_dir) / "runs")
+    per_env = finished_results(ablation, runs_folder(ablation, runs_dir))
     estimators = [e.name for e in ablation.estimators]
     return optimum_verdicts(per_env, [e.name for e in ablation.envs], estimators, ablation.optimum_floor)
 

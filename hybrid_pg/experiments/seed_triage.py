@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy.stats import rankdata
 
+from hybrid_pg.experiments.aggregate import cluster_bootstrap
 from hybrid_pg.experiments.results import learning_curve, policy_std, run_seed, update_series, variance_ratio_key
 from hybrid_pg.online_signals import SIGNAL_KEYS, WINDOW_SIGNAL_KEYS
 
@@ -188,18 +189,13 @@ def seed_bootstrap(
     by_env_seed: Dict[str, Dict[int, List[Mapping[str, Any]]]] = {}
     for r in records:
         by_env_seed.setdefault(r["env"], {}).setdefault(int(r["seed"]), []).append(r)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        picked: List[Mapping[str, Any]] = []
-        for seeds in by_env_seed.values():
-            names = sorted(seeds)
-            for i in rng.integers(0, len(names), len(names)):
-                picked.extend(seeds[names[i]])
-        value = pooled_rank_correlation(picked, x, y, given)[0]
-        if math.isfinite(value):
-            draws.append(value)
-    if len(draws) < resamples // 2:  # most resamples lost the groups' spread: no honest interval
+    draws = cluster_bootstrap(
+        [[seeds[s] for s in sorted(seeds)] for seeds in by_env_seed.values()],
+        lambda picked: pooled_rank_correlation(picked, x, y, given)[0],
+        resamples,
+        np.random.default_rng(seed),
+    )
+    if draws.size < resamples // 2:  # most resamples lost the groups' spread: no honest interval
         return rho, math.nan, math.nan, runs, groups
     low, high = np.percentile(draws, [2.5, 97.5])
     return rho, float(low), float(high), runs, groups
@@ -384,10 +380,10 @@ def write_report(
 def write(config: Path, out: Path, runs_dir: Optional[Path] = None, early_step: float = EARLY_STEP, resamples: int = 2000) -> List[Path]:
     """Read the finished runs of the grid ``config`` (every estimator but its reference, floor and
     baseline is a hybrid cell) and write the report (:func:`write_report`)."""
-    from hybrid_pg.experiments.ablate import finished_results, load_ablation
+    from hybrid_pg.experiments.ablate import finished_results, load_ablation, runs_folder
 
     ablation = load_ablation(config)
-    runs_dir = Path(runs_dir) if runs_dir is not None else Path(ablation.output_dir) / "runs"
+    runs_dir = runs_folder(ablation, runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no such runs folder (run the grid first: hybrid-pg ablate {config})")
     floor = ablation.baseline.floor if ablation.baseline is not None else None
