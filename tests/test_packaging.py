@@ -102,6 +102,9 @@ def test_the_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
     where = run(str(python), "-c", "import hybrid_pg, hybrid_pg_envs; print(hybrid_pg.__file__); print(hybrid_pg_envs.__file__)")
     for path in where.split():
         assert Path(path).resolve().is_relative_to(env_dir.resolve()), where
+    # the metadata's version is the one the package carries (pyproject reads hybrid_pg.__version__)
+    versions = run(str(python), "-c", "import importlib.metadata as m, hybrid_pg; print(m.version('hybrid-pg'), hybrid_pg.__version__)")
+    assert versions.split() == [hybrid_pg.__version__] * 2, versions
     assert "train" in run(str(bin_dir / "hybrid-pg"), "--help")
     run_dir = tmp_path / "run"
     printed = run(
