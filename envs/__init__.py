@@ -35,6 +35,8 @@ for the LQR ground truth and :mod:`hybrid_pg_envs.coupled_bandit` for the bandit
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import gymnasium as gym
 
 from .adapters import AttributeAdapter, LQRAdapter, MujocoAdapter, ParameterAdapter, PendulumAdapter, make_adapter
@@ -58,7 +60,7 @@ COUPLED_BANDIT_ID = "hybrid_pg/CoupledBandit-v0"
 DRIFTING_COUPLED_BANDIT_ID = "hybrid_pg/DriftingCoupledBandit-v0"
 
 # String entry points resolve at make time, so SubprocVecEnv workers and importlib.reload work.
-_REGISTRATIONS = {
+_REGISTRATIONS: Dict[str, Dict[str, Any]] = {
     PENDULUM_ID: dict(entry_point="hybrid_pg_envs.pendulum:DiffPendulumEnv", max_episode_steps=200),
     # LQREnv terminates itself after `horizon` steps; a TimeLimit would cut gym.make(..., horizon=50) short
     LQR_ID: dict(entry_point="hybrid_pg_envs.lqr:LQREnv"),

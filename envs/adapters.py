@@ -127,14 +127,15 @@ class LQRAdapter(ParameterAdapter):
         self.original = {k: getattr(self.env, k).copy() for k in self._MATRICES}
         self.scales = {f"{k}_scale": 1.0 for k in self._MATRICES}
 
+    # noise_std by name, like the matrices: any env with these attributes is accepted (see __init__), not only an LQREnv
     def _get(self, name: str) -> float:
         if name == "noise_std":
-            return float(self.env.noise_std)
+            return float(getattr(self.env, name))
         return self.scales[name]
 
     def _set(self, name: str, value: float) -> None:
         if name == "noise_std":
-            self.env.noise_std = value
+            setattr(self.env, name, value)
             return
         self.scales[name] = value
         matrix = name[: -len("_scale")]
@@ -177,7 +178,8 @@ class MujocoAdapter(ParameterAdapter):
         ``MjModel`` without entering it in the memo, so a stored reference in a copied env (the oracle's
         copy of the training env) would point at an orphan model and every parameter change would miss
         the model that copy simulates."""
-        return self.env.model
+        env: Any = self.env  # a gymnasium MujocoEnv: its model is not on gym.Env's type
+        return env.model
 
     def _get(self, name: str) -> float:
         if name == "gravity":

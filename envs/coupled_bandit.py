@@ -86,6 +86,11 @@ class CoupledBanditModel(DifferentiableModel):
 
     max_episode_steps = 1  # Q~ = r: no value bootstrap, so the pathwise gradient is exact
 
+    # buffers registered in __init__, declared so the type checker sees tensors (not Tensor | Module)
+    m: th.Tensor
+    c: th.Tensor
+    action_bound: th.Tensor
+
     def __init__(self, m: float = 0.0, c: float = 1.0, action_bound: float = DEFAULT_ACTION_BOUND):
         super().__init__()
         for name, value in dict(m=m, c=c, action_bound=action_bound).items():

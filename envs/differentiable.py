@@ -47,8 +47,9 @@ class DifferentiableModel(nn.Module):
         """1.0 where ``next_obs`` ends the episode (its value must not be bootstrapped), else 0.0."""
         return th.zeros(next_obs.shape[0], dtype=next_obs.dtype, device=next_obs.device)
 
-    def parameters_dict(self) -> Dict[str, float]:
-        """The physical parameters as plain numbers (for logs and drift checks)."""
+    def parameters_dict(self) -> Dict[str, Any]:
+        """The physical parameters as plain numbers (for logs and drift checks): a float per scalar
+        buffer, nested lists for a vector or matrix one (the LQR model's A, B, Q, R)."""
         return {name: buf.tolist() for name, buf in self.named_buffers()}
 
     def set_parameters(self, **values: Any) -> None:

@@ -113,6 +113,14 @@ class LQRModel(DifferentiableModel):
     obs ``(..., n + 1)`` (state then t / T), action ``(..., m)`` -> ``(..., n + 1)``, ``(...)``.
     """
 
+    # buffers registered in __init__, declared so the type checker sees tensors (not Tensor | Module)
+    A: th.Tensor
+    B: th.Tensor
+    Q: th.Tensor
+    R: th.Tensor
+    horizon: th.Tensor
+    action_bound: th.Tensor
+
     def __init__(self, A: Any, B: Any, Q: Any, R: Any, horizon: int, action_bound: float, noise_std: float = 0.0):
         super().__init__()
         for name, value in dict(A=A, B=B, Q=Q, R=R, horizon=horizon, action_bound=action_bound).items():

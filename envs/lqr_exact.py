@@ -23,7 +23,7 @@ Everything is float64 torch; policy tensors that require grad keep their graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 import torch as th
 from torch import nn
@@ -152,7 +152,7 @@ def exact_policy_gradient(
     value = expected_return(A, B, Q, R, x0_mean, x0_std, noise_std, horizon, gamma, W, w_t, b, log_std)
     leaves = [p for p in (W, w_t, b, log_std) if p is not None]
     grads = th.autograd.grad(value, leaves)
-    return PolicyGradient(value.detach(), *grads[:3], log_std=grads[3] if log_std is not None else None)
+    return PolicyGradient(value.detach(), grads[0], grads[1], grads[2], log_std=grads[3] if log_std is not None else None)
 
 
 def linear_policy_params(policy: nn.Module) -> Dict[str, th.Tensor]:
@@ -169,4 +169,6 @@ def linear_policy_params(policy: nn.Module) -> Dict[str, th.Tensor]:
         raise ValueError("the policy is not linear in the observation: build it with net_arch=dict(pi=[], vf=[...])")
     if getattr(policy, "squash_output", False) or getattr(policy, "use_sde", False):
         raise ValueError("squashed or gSDE policies are not linear Gaussian")
-    return {"W": action_net.weight.to(_F64), "b": action_net.bias.to(_F64), "log_std": policy.log_std.to(_F64)}
+    # SB3's nn.Parameter; through nn.Module's typing an attribute is only Tensor | Module
+    log_std = cast(th.Tensor, policy.log_std)
+    return {"W": action_net.weight.to(_F64), "b": action_net.bias.to(_F64), "log_std": log_std.to(_F64)}

@@ -209,7 +209,8 @@ class MujocoStepModel(DifferentiableModel):
         """The model of ``env`` (wrapped or not) with the unwrapped env's own kwargs; ``options``:
         ``jacobian``, ``fd_eps``, ``fd_centered``, ``nthread``."""
         spec = _env_spec(env)
-        base = env.unwrapped
+        # a gymnasium MujocoEnv subclass: its model, frame_skip and reward weights are not on gym.Env's type
+        base: Any = env.unwrapped
         if not getattr(base, "_exclude_current_positions_from_observation", True):
             spec = _EnvSpec(skipped=0, qvel_clip=spec.qvel_clip)
         return cls(
@@ -520,7 +521,7 @@ class _SimulatorStep(th.autograd.Function):
     """(obs, action) -> (next_obs, dx): the simulator forward, its Jacobians backward."""
 
     @staticmethod
-    def forward(ctx, obs: th.Tensor, action: th.Tensor, model: MujocoStepModel):  # type: ignore[override]
+    def forward(ctx, obs: th.Tensor, action: th.Tensor, model: MujocoStepModel):
         wrt_obs, wrt_act = ctx.needs_input_grad[:2]
         out = model.simulate(obs.detach().cpu().numpy(), action.detach().cpu().numpy(), jacobian=wrt_obs or wrt_act, wrt_obs=wrt_obs)
         as_t = lambda a: th.as_tensor(a, device=obs.device).to(obs.dtype)  # noqa: E731
@@ -530,7 +531,7 @@ class _SimulatorStep(th.autograd.Function):
         return as_t(out["next_obs"]), as_t(out["dx"])
 
     @staticmethod
-    def backward(ctx, grad_next: th.Tensor, grad_dx: th.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_next: th.Tensor, grad_dx: th.Tensor):
         jac_obs, jac_act = ctx.saved_tensors
         g = th.cat([grad_next, grad_dx[:, None]], dim=1)  # (B, obs_dim + 1)
         grad_obs = None if jac_obs is None else th.einsum("bo,boi->bi", g, jac_obs)

@@ -269,7 +269,7 @@ class NonStationaryWrapper(gym.Wrapper):
         model = self._live_model
         if model is None:
             return
-        base = self.env.unwrapped
+        base: Any = self.env.unwrapped  # any env: the mirrored attributes (and noise_std) are found by name
         if self._mirrored is None:  # slow path: rebuild and copy every buffer
             fresh = self._base_model()
             model.set_parameters(**dict(fresh.named_buffers()))
@@ -294,7 +294,7 @@ class NonStationaryWrapper(gym.Wrapper):
         for every env in this package: then a step costs a few microseconds, not a model rebuild)."""
         model = self._base_model()
         base = self.env.unwrapped
-        mirrored: Optional[List[Any]] = []
+        mirrored: List[Any] = []
         for name, buf in model.named_buffers():
             value = getattr(base, name, None)
             try:
@@ -302,10 +302,11 @@ class NonStationaryWrapper(gym.Wrapper):
             except (TypeError, ValueError):
                 arr = None
             if arr is None or arr.shape != tuple(buf.shape) or not np.array_equal(arr, buf.detach().cpu().numpy()):
-                mirrored = None
+                self._mirrored = None
                 break
             mirrored.append((name, buf, float(arr) if arr.ndim == 0 else arr.copy()))
-        self._mirrored = mirrored
+        else:
+            self._mirrored = mirrored
         noise = getattr(base, "noise_std", None)
         self._mirror_noise = isinstance(noise, (int, float)) and float(noise) == float(model.noise_std)
         return model

@@ -117,7 +117,9 @@ NS_KWARGS = ("change_notification", "delta_change_notification", "scalar_reward"
 
 def _require_ns_gym():
     try:
-        import ns_gym  # noqa: F401
+        # ns_gym is an optional extra without stubs, so type checking runs without it; mypy reports a missing
+        # module once, at its first import in the file, so only the first import of each ns_gym module is marked
+        import ns_gym  # type: ignore[import-not-found]  # noqa: F401
     except ImportError as exc:  # pragma: no cover - exercised without the extra
         raise ImportError('NS-Gym is not installed: pip install -e ".[nsgym]" (or pip install ns-gym)') from exc
     return ns_gym
@@ -125,7 +127,7 @@ def _require_ns_gym():
 
 def find_ns_wrapper(env: gym.Env) -> Any:
     """The NS-Gym wrapper (``ns_gym.base.NSWrapper``) in ``env``'s wrapper stack, or None."""
-    from ns_gym.base import NSWrapper
+    from ns_gym.base import NSWrapper  # type: ignore[import-not-found]
 
     while isinstance(env, gym.Wrapper):
         if isinstance(env, NSWrapper):
@@ -318,7 +320,8 @@ class NSGymAdapter(gym.Wrapper):
         self._tape = _ScheduleTape(fns, initial, self._check, self.checkpoint_every)
         self.param_names: List[str] = list(fns)
 
-        space = ns.env.observation_space if env is ns else env.observation_space
+        ns_env = ns.env  # the env NS-Gym's wrapper wraps; read before `env is ns` narrows ns to a plain gym.Env
+        space = ns_env.observation_space if env is ns else env.observation_space
         if env is not ns:
             if not isinstance(space, gym.spaces.Dict) or OBS_KEY not in space.spaces:
                 raise ValueError(f"expected NS-Gym's observation dict with a {OBS_KEY!r} entry, got {space}")
@@ -354,12 +357,13 @@ class NSGymAdapter(gym.Wrapper):
             **{key: getattr(ns, key) for key in NS_KWARGS if hasattr(ns, key)},
         }
 
+    # mypy compares with Env.spec, a plain attribute; gymnasium's own Wrapper.spec is the same read-only property
     @property
-    def spec(self) -> Optional[EnvSpec]:
+    def spec(self) -> Optional[EnvSpec]:  # type: ignore[override]
         if self._cached_spec is not None:
             return self._cached_spec
         if self._spec_kwargs is None:
-            return gym.Wrapper.spec.fget(self)
+            return super().spec
         base: EnvSpec = self._spec_kwargs["env_id"]
         self._cached_spec = EnvSpec(
             id=f"hybrid_pg/NSGym-{base.name}-v{base.version or 0}",
@@ -490,10 +494,12 @@ class NSGymAdapter(gym.Wrapper):
         for name in self.param_names:
             moved = previous is not None and not _same(used[name], previous[name])
             change[name] = int(moved)
-            try:
-                delta[name] = float(np.sum(np.asarray(used[name], dtype=float) - np.asarray(previous[name], dtype=float))) if moved else 0.0
-            except (TypeError, ValueError):
-                delta[name] = float("nan")
+            delta[name] = 0.0
+            if previous is not None and moved:
+                try:
+                    delta[name] = float(np.sum(np.asarray(used[name], dtype=float) - np.asarray(previous[name], dtype=float)))
+                except (TypeError, ValueError):
+                    delta[name] = float("nan")
         info[ENV_CHANGE_INFO], info[DELTA_CHANGE_INFO] = change, delta
         self._last_used = used
         return self._state(obs), reward, terminated, truncated, info
@@ -627,7 +633,7 @@ def scheduler_events(rule: Mapping[str, Any], stop: int) -> Optional[List[int]]:
 def _ns_wrap(env: gym.Env, fns: Dict[str, Any], ns_kwargs: Mapping[str, Any]) -> Any:
     """NS-Gym's wrapper for ``env``'s kind (classic control or MuJoCo) around ``env``, driving ``fns``."""
     from ns_gym.base import MUJOCO_GETTERS, TUNABLE_PARAMS
-    from ns_gym.wrappers import MujocoWrapper, NSClassicControlWrapper
+    from ns_gym.wrappers import MujocoWrapper, NSClassicControlWrapper  # type: ignore[import-not-found]
 
     cls_name = env.unwrapped.__class__.__name__
     if cls_name in MUJOCO_GETTERS:
@@ -725,8 +731,10 @@ def make_nsgym_env(
     make_kwargs = dict(make_kwargs or {})
     if render_mode is not None:
         make_kwargs["render_mode"] = render_mode
-    made = isinstance(env_id, (str, EnvSpec))
-    base = gym.make(env_id, **make_kwargs) if made else env_id
+    if isinstance(env_id, (str, EnvSpec)):
+        base, made = gym.make(env_id, **make_kwargs), True
+    else:
+        base, made = env_id, False
     try:
         return NSGymWrapper(base, tunable_params, **kwargs)
     except Exception:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, TypeGuard, Union
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class ScheduleError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_number(raw: Any) -> bool:
+def _is_number(raw: Any) -> TypeGuard[Union[int, float, np.integer, np.floating]]:
     """A real number of any numeric type; bool is not a number here."""
     return not isinstance(raw, bool) and isinstance(raw, (int, float, np.integer, np.floating))
 
@@ -282,9 +282,11 @@ class Linear(Schedule):
         t = max(step - self.delay, 0)
         if self.rate is not None:
             return self.start + self.rate * t
-        if t >= self.duration:
-            return self.end
-        return self.start + (self.end - self.start) * (t / self.duration)
+        end, duration = self.end, self.duration
+        assert end is not None and duration is not None, "a linear schedule needs a rate, or an end and a duration"
+        if t >= duration:
+            return end
+        return self.start + (end - self.start) * (t / duration)
 
     def to_config(self) -> Dict[str, Any]:
         cfg: Dict[str, Any] = {"kind": self.kind, "start": self.start}
@@ -327,6 +329,7 @@ class Switch(Schedule):
         t = step - self.delay
         if t < 0:
             return self.values_[0]
+        assert self.every is not None, "a switch schedule needs 'at' or 'every'"
         return self.values_[(t // self.every) % len(self.values_)]
 
     def to_config(self) -> Dict[str, Any]:
@@ -363,8 +366,10 @@ class RandomSwitch(Schedule):
             self._moves = _Stream(seed, 1, lambda rng, size: rng.integers(1, n, size=size).astype(np.float64))
             self._first = self.values_.index(start) if start is not None else int(np.random.default_rng([seed, 0]).integers(n))
         else:
+            assert low is not None and high is not None, "a random_switch schedule needs values, or low and high"
             self._draws = _Stream(seed, 1, lambda rng, size: rng.uniform(low, high, size=size))
         if every is None:
+            assert min_every is not None and max_every is not None, "a random_switch schedule needs every, or min_every and max_every"
             lo, hi = min_every, max_every
             self._dwell = _Stream(seed, 2, lambda rng, size: rng.integers(lo, hi + 1, size=size).astype(np.float64))
 
@@ -505,7 +510,7 @@ def _build_random_switch(f: _Fields) -> Schedule:
     if start is not None:
         if values is not None and start not in values:
             raise f.error("start", f"must be one of values {values}, got {start}")
-        if low is not None and not low <= start <= high:
+        if low is not None and high is not None and not low <= start <= high:
             raise f.error("start", f"must lie in [low, high] = [{low}, {high}], got {start}")
     return RandomSwitch(seed, values, low, high, every, min_every, max_every, start, delay)
 

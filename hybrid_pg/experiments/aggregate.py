@@ -360,15 +360,17 @@ def compare(
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     if a.size == 0 or b.size == 0:
         raise ValueError("both samples need at least one score")
-    paired = False
+    b_order: Optional[List[int]] = None  # b's scores in a's seed order, when the seeds pair them
     if seeds_a is not None and seeds_b is not None:
-        seeds_a, seeds_b = list(seeds_a), list(seeds_b)
-        if len(seeds_a) != a.size or len(seeds_b) != b.size:
+        sa, sb = list(seeds_a), list(seeds_b)
+        if len(sa) != a.size or len(sb) != b.size:
             raise ValueError("one seed per score is needed")
-        paired = len(set(seeds_a)) == a.size and set(seeds_a) == set(seeds_b)
-    if paired:
-        order_b = {s: i for i, s in enumerate(seeds_b)}
-        b = b[[order_b[s] for s in seeds_a]]
+        if len(set(sa)) == a.size and set(sa) == set(sb):
+            position_in_b = {s: i for i, s in enumerate(sb)}
+            b_order = [position_in_b[s] for s in sa]
+    paired = b_order is not None
+    if b_order is not None:
+        b = b[b_order]
         diff = bootstrap_difference_ci(a, b, reps=reps, confidence=confidence, seed=seed, paired=True)
         p, test = wilcoxon_p_value(a, b), "wilcoxon"
     else:

@@ -51,6 +51,7 @@ from hybrid_pg.experiments.aggregate import (
 )
 from hybrid_pg.experiments.fallback_goals import (
     GridPlan,
+    estimator_rows,
     fallback_markdown,
     fallback_rows,
     fallback_verdicts,
@@ -200,8 +201,7 @@ def goal_verdicts(
     runs on both sides: all the plan's seeds, at least MIN_RUNS; otherwise the reading says what is
     missing."""
     thresholds = thresholds or GoalThresholds()
-    rows = {env: next((r for r in rs if r["estimator"] == estimator), None) for env, rs in per_env_rows.items()}
-    rows = {env: r for env, r in rows.items() if r is not None}
+    rows = estimator_rows(per_env_rows, estimator)
     planned = tuple(plan.envs.get(estimator, ())) if plan is not None else tuple(per_env_rows)
     need = plan.required_runs() if plan is not None else MIN_RUNS
     counts = {env: (min(r["runs"], r["baseline_runs"]), f"{r['runs']}/{r['baseline_runs']}") for env, r in rows.items()}
@@ -211,10 +211,15 @@ def goal_verdicts(
         # the IQM where it is defined (>= 4 runs), else the mean, so "so far" readings exist early
         return None if row is None else (row["iqm"] or row["mean"])
 
-    base_iqm = {env: centre(next((r for r in per_env_rows[env] if r["estimator"] == baseline), None)) for env in rows}
+    baseline_rows = estimator_rows(per_env_rows, baseline)
+    base_iqm = {env: centre(baseline_rows.get(env)) for env in rows}
     out: List[Tuple[str, str]] = []
 
-    above = {env: centre(r) is not None and base_iqm[env] is not None and centre(r).point > base_iqm[env].point for env, r in rows.items()}
+    def is_above(env: str, row: Mapping[str, Any]) -> bool:
+        mine, theirs = centre(row), base_iqm[env]
+        return mine is not None and theirs is not None and mine.point > theirs.point
+
+    above = {env: is_above(env, r) for env, r in rows.items()}
     out.append(
         (
             f"IQM final return above {baseline}'s on every env",

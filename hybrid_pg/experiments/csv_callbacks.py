@@ -146,7 +146,7 @@ class RolloutProgressBar(BaseCallback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.pbar = None
+        self.pbar: Optional[Any] = None  # tqdm.rich.tqdm, imported when training starts
         self.total = 0
         self.shown = 0
 
@@ -166,7 +166,7 @@ class RolloutProgressBar(BaseCallback):
 
     def _on_step(self) -> bool:
         done = min(int(self.num_timesteps) - self._start, self.total)
-        if done > self.shown:
+        if done > self.shown and self.pbar is not None:
             self.pbar.update(done - self.shown)
             self.shown = done
         return True
@@ -336,7 +336,7 @@ class EvalCSVCallback(BaseCallback):
             self.model, self.eval_env, n_eval_episodes=self.n_eval_episodes, deterministic=True, return_episode_rewards=True
         )
         self.eval_seconds += time.perf_counter() - t0
-        self.last_returns = [float(r) for r in returns]
+        self.last_returns = [float(r) for r in np.atleast_1d(returns)]  # one per episode (return_episode_rewards)
         mean, std = float(np.mean(returns)), float(np.std(returns))
         step = int(self.num_timesteps)
         self._last_eval_step = step

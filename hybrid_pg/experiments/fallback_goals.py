@@ -36,7 +36,17 @@ from hybrid_pg.experiments.aggregate import (
 )
 from hybrid_pg.experiments.results import Results, learning_curve, normalized_auc, return_at, run_seed
 
-__all__ = ["GridPlan", "fallback_rows", "fallback_verdicts", "fallback_markdown", "floor_test", "reading", "verdict_word", "why_undecided"]
+__all__ = [
+    "GridPlan",
+    "estimator_rows",
+    "fallback_rows",
+    "fallback_verdicts",
+    "fallback_markdown",
+    "floor_test",
+    "reading",
+    "verdict_word",
+    "why_undecided",
+]
 
 #: paired seeds per env before a goal can be called met (the project's rule against 2-3-seed verdicts)
 MIN_RUNS: int = MIN_RUNS_FOR_SIGNIFICANCE
@@ -133,6 +143,16 @@ def fallback_rows(
     return out
 
 
+def estimator_rows(per_env_rows: Mapping[str, Sequence[Mapping[str, Any]]], estimator: str) -> Dict[str, Mapping[str, Any]]:
+    """The row of ``estimator`` in each env's report rows, for the envs that have one."""
+    out: Dict[str, Mapping[str, Any]] = {}
+    for env, rows in per_env_rows.items():
+        row = next((r for r in rows if r["estimator"] == estimator), None)
+        if row is not None:
+            out[env] = row
+    return out
+
+
 def _no_loss(row: Mapping[str, Any]) -> bool:
     """No loss beyond noise on this env: both paired CIs reach above 0, and the floor test passes."""
     ok = all(row[m] is not None and row[m].diff.high > 0 for m in ("auc", "final"))
@@ -155,8 +175,7 @@ def fallback_verdicts(
     """The two goals of the module docstring for one estimator, over the envs it is set to run on
     (``plan``; without one, those it ran on); each as (goal, reading), the reading "met" / "not met"
     only with every planned env paired on all the plan's seeds (at least MIN_RUNS)."""
-    mine = {env: next((r for r in rs if r["estimator"] == estimator), None) for env, rs in rows.items()}
-    mine = {env: r for env, r in mine.items() if r is not None}
+    mine = estimator_rows(rows, estimator)
     planned = tuple(plan.envs.get(estimator, ())) if plan is not None else ()
     if not mine and not planned:
         return []

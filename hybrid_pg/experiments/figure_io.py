@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import textwrap
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import matplotlib
 from matplotlib.axes import Axes
@@ -46,7 +46,9 @@ def new_figure(width: float, height: float) -> Figure:
 def legend_outside(ax: Axes, handles: Optional[Sequence[Any]] = None, title: Optional[str] = None, **kwargs: Any) -> Legend:
     """The axes' legend to the right of its plotting area, top-aligned (constrained layout narrows
     the axes to make room), so it covers no data."""
-    options = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small", title_fontsize="small")
+    options: Dict[str, Any] = dict(
+        loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small", title_fontsize="small"
+    )
     options.update(kwargs)
     if handles is not None:
         return ax.legend(handles=list(handles), title=title, **options)

@@ -408,10 +408,10 @@ def audit_rollout(model: Any, venv: Any, settings: ReferenceSettings, seed: int,
     actions = sample_actions(policy, obs_t, settings.actions, generator, antithetic=settings.antithetic)
     returns = monte_carlo_returns(policy, snapshots, actions.numpy(), norm, float(model.gamma), rng, settings.tail_weight)
     per_state = score_contributions(policy, obs_t, actions, returns.values, antithetic=settings.antithetic)
-    snap_index = np.asarray(snap_index)
+    snap_rows = np.asarray(snap_index)
     reference = {}
     for stratum, mask in masks.items():
-        keep = mask[snap_index]
+        keep = mask[snap_rows]
         if keep.any():
             units = np.zeros(int(keep.sum()), dtype=int)
             idx = th.as_tensor(np.flatnonzero(keep))

@@ -6,13 +6,15 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Literal, Sequence, Tuple
 
 import numpy as np
 
 from hybrid_pg.experiments.gradient_audit import AUDIT_DIR, AuditConfig
 from hybrid_pg.online_signals import SIGNAL_KEYS, WINDOW_SIGNAL_KEYS
 
+#: one line style per audited run in the figures (up to four runs)
+RUN_LINE_STYLES: Tuple[Literal["-", "--", ":", "-."], ...] = ("-", "--", ":", "-.")
 ESTIMATOR_NAMES = {
     "score": "score (GAE advantages)",
     "pathwise": "pathwise (the run's source)",
@@ -93,7 +95,7 @@ def plot_cosines(rows: List[Dict[str, Any]], path: Path, title: str) -> None:
     handles = [plt.Line2D([], [], color=colours[c % len(colours)], label=ESTIMATOR_NAMES[e]) for c, e in enumerate(estimators)]
     handles += [
         plt.Line2D([], [], color="black", linestyle=s, label=f"{run.split('__')[1]} seed {seed}")
-        for (run, seed), s in zip(runs, ["-", "--", ":", "-."])
+        for (run, seed), s in zip(runs, RUN_LINE_STYLES)
     ]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(title)
@@ -168,10 +170,10 @@ def summary_table(rows: List[Dict[str, Any]]) -> List[str]:
         cells += [fmt_number(sel[e]["cos_single_corrected"]) if e in sel else "—" for e in estimators]
         for e in estimators:
             r = push.get(e)
-            ok = r is not None and is_finite(r.get("push_diff"))
-            cells.append(
-                f"{fmt_number(r['push_diff'], 3)} [{fmt_number(r['push_diff_lo'], 3)}, {fmt_number(r['push_diff_hi'], 3)}]" if ok else "—"
-            )
+            if r is not None and is_finite(r.get("push_diff")):
+                cells.append(f"{fmt_number(r['push_diff'], 3)} [{fmt_number(r['push_diff_lo'], 3)}, {fmt_number(r['push_diff_hi'], 3)}]")
+            else:
+                cells.append("—")
         cells.append(fmt_number(first["ref_reliability"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]

@@ -21,7 +21,7 @@ pair update ``k`` with the step at which its rollout ended):
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -98,7 +98,7 @@ def reference_noise(result: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
     return steps, np.array(se, dtype=float)
 
 
-def _post_switch(steps: Sequence[float], switches: Sequence[float]) -> List[List[int]]:
+def _post_switch(steps: Union[Sequence[float], np.ndarray], switches: Sequence[float]) -> List[List[int]]:
     """Per switch, the indices of the updates on post-switch rollouts before the next switch (or the
     end): an update's rollout ended at ``steps[i]``, so it is post-switch when it ended after it."""
     bounds = list(switches[1:]) + [math.inf]

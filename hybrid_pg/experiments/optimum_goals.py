@@ -102,6 +102,8 @@ def cell_rows(
     at_optimum = {name: [seed_at_optimum(r, optimum, tolerance, last) for r in runs] for name, runs in results.items()}
     stds = {name: _by_seed(runs, [policy_std(r) for r in runs]) for name, runs in results.items()}
     kept = {name: _by_seed(runs, [s["kept"] for s in at_optimum[name]]) for name, runs in results.items()}
+    floor_stds = {} if floor is None else stds.get(floor, {})
+    floor_kept = {} if floor is None else kept.get(floor, {})
     rows = []
     for name, runs in results.items():
         seeds = at_optimum[name]
@@ -111,9 +113,9 @@ def cell_rows(
         shares = [fallback_share(r, s["reached_step"]) for r, s in zip(runs, seeds) if s["reached"]]
         shares = [x for x in shares if math.isfinite(x)]
         paired = floor is not None and name != floor
-        std_diff = _paired_difference(stds[name], stds.get(floor, {})) if paired else None
-        kept_diff = _paired_difference(kept[name], kept.get(floor, {})) if paired else None
-        paired_seeds = len(set(stds[name]) & set(stds.get(floor, {}))) if paired else 0
+        std_diff = _paired_difference(stds[name], floor_stds) if paired else None
+        kept_diff = _paired_difference(kept[name], floor_kept) if paired else None
+        paired_seeds = len(set(stds[name]) & set(floor_stds)) if paired else 0
         verdict = _verdict(len(runs), reached, held, std_diff if paired else None, paired_seeds, floor if paired else None)
         rows.append(
             {

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 
 from hybrid_pg.experiments.compressed import stored
@@ -165,7 +166,7 @@ def plot_returns(
         _mark_empty(ax, "episode returns")
     else:
         key = "C0" if len(dirs) == 1 else "0.35"  # one run: its colour; several: a neutral key for the styles
-        handles = []
+        handles: List[Artist] = []
         if drawn["train"]:
             handles.append(Line2D([], [], color=key, lw=1.6, label=TRAIN_LABEL))
         if drawn["eval"]:

@@ -107,8 +107,8 @@ def interrupts_deferred() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in held:
-            signal.raise_signal(signum)
+        for held_signal in held:
+            signal.raise_signal(held_signal)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -93,11 +93,12 @@ def update_series(result: Mapping[str, Any], key: str) -> Tuple[np.ndarray, np.n
     return np.array(steps, dtype=float), np.array(values, dtype=float)
 
 
-def learning_curve(result: Dict[str, Any], key: str = "rollout/ep_rew_mean") -> Tuple[np.ndarray, np.ndarray]:
+def learning_curve(result: Mapping[str, Any], key: str = "rollout/ep_rew_mean") -> Tuple[np.ndarray, np.ndarray]:
     """(steps, training return): ``key`` (SB3's mean return of the last 100 finished episodes)
     after each rollout, at the env step the rollout ended; rollouts before the first finished
     episode are left out."""
-    steps, values = [], []
+    steps: List[float] = []
+    values: List[float] = []
     for row in result["rows"]:
         value, step = row.get(key), row.get("time/total_timesteps")
         if value is not None and step is not None and math.isfinite(value):
