@@ -201,12 +201,13 @@ def test_ablation_sizes_are_bounded_with_a_clear_message(tmp_path, change, messa
 # ------------------------------------------------------------------------------------------------
 
 
-def test_plot_of_a_garbage_diagnostics_csv_exits_2_naming_the_file(tmp_path):
+@pytest.mark.parametrize("name, content", [("diagnostics.csv", bytes(range(256)) * 4), ("diagnostics.csv.gz", b"plain text, not gzip")])
+def test_plot_of_a_garbage_diagnostics_csv_exits_2_naming_the_file(tmp_path, name, content):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "diagnostics.csv").write_bytes(bytes(range(256)) * 4)
+    (run_dir / name).write_bytes(content)
     status, _, err = _run(["plot", str(run_dir)])
-    assert status == 2 and f"{run_dir / 'diagnostics.csv'} is not a CSV file" in err, err
+    assert status == 2 and f"{run_dir / name} is not a CSV file" in err, err
     assert not (run_dir / "returns.png").exists()
 
 

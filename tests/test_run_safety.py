@@ -5,10 +5,12 @@ writes, and adoption of another grid's runs by their content."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -191,6 +193,42 @@ def test_dry_run_counts_a_corrupt_result_as_unfinished_and_reports_do_not_crash(
     assert status == 0, err
     assert any(f"{other / runner.CONFIG_FILE} cannot be read" in str(w.message) for w in caught)
     assert (out / "runs" / key / RESULT_FILE).read_text() == "{}"  # a report moves nothing
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("progress.csv", b"time/total_timesteps,rollout/ep_rew_mean\n64,\xff\xfe-1.0\n"),  # not UTF-8
+        ("progress.csv.gz", gzip.compress(b"time/total_timesteps\n64\n")[:-6]),  # a truncated gzip
+        ("evaluations.csv", b"timesteps,mean,std\n64,not a number,0\n"),
+        ("evaluations.csv", b"steps,mean\n64,-1.0\n"),  # not the evaluations' columns
+        ("evaluations.csv.gz", b"plain text, not gzip"),
+    ],
+)
+def test_a_finished_run_with_an_unreadable_log_is_named_and_left_out_of_the_reports(tmp_path, tiny, grid, name, content):
+    """A log the reports read (progress.csv, evaluations.csv, plain or compacted) that cannot be read
+    back leaves its run out of the reports with a warning naming the file; the other runs are
+    reported and nothing is changed on disk."""
+    out = tmp_path / "out"
+    good, bad = (out / "runs" / run_key(*grid[i]) for i in (0, 1))
+    for (_label, cfg), run_dir in zip(grid[:2], (good, bad)):
+        run_dir.mkdir(parents=True)
+        (run_dir / RESULT_FILE).write_text(json.dumps(_result(cfg)))
+        dump_config(cfg, run_dir / runner.CONFIG_FILE)
+        (run_dir / "evaluations.csv").write_text("timesteps,mean,std\n64,-1000.0,0.0\n")
+    (bad / "evaluations.csv").unlink()
+    (bad / name).write_bytes(content)
+    with pytest.raises(runner.CorruptRunError, match=re.escape(str(bad / name)) + " cannot be read"):
+        runner.load_result(bad)
+    assert runner.load_result(good)["evaluations"][1].tolist() == [-1000.0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, _, err = _cli(["ablate", str(tiny), "--out", str(out), "--report-only", "--quiet"])
+    assert status == 0, err
+    assert any(f"{bad / name} cannot be read" in str(w.message) and "left out of the reports" in str(w.message) for w in caught)
+    table = (out / "table_Pendulum-v1.md").read_text()
+    assert "| hybrid | 1 |" in table  # the readable run of the two
+    assert (bad / name).read_bytes() == content
 
 
 def test_results_are_written_durably(tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ def _read(run_dir: Path, name: str) -> Columns:
         return {}
     try:
         return read_csv_columns(path)
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except (UnicodeDecodeError, csv.Error, EOFError, OSError) as exc:  # OSError: also a gzip that is not one
         raise ValueError(f"{path} is not a CSV file this package wrote: {type(exc).__name__}: {exc}") from None
 
 

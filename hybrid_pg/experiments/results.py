@@ -35,6 +35,7 @@ __all__ = [
     "SeedMedian",
     "column",
     "evaluation_curve",
+    "read_evaluations",
     "learning_curve",
     "median_over_updates",
     "normalized_auc",
@@ -276,16 +277,28 @@ Results = Dict[str, List[Dict[str, Any]]]
 EVALUATIONS_FILE = "evaluations.csv"
 
 
-def evaluation_curve(result: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
-    """(steps, mean return) of a run's deterministic evaluations (``evaluations.csv``, or
-    ``evaluations.csv.gz``); empty arrays when the run has none."""
-    path = Path(result["run_dir"]) / EVALUATIONS_FILE
-    if stored(path) is None:
+def read_evaluations(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """(steps, mean return) from a run's ``evaluations.csv`` (or ``.csv.gz``), in step order; empty
+    arrays without the file. Raises ValueError naming the file when it is not that CSV (undecodable,
+    a truncated gzip, a missing column or a cell that is not a number)."""
+    found = stored(path)
+    if found is None:
         return np.empty(0), np.empty(0)
-    with open_text(path) as fh:
-        rows = [(float(r["timesteps"]), float(r["mean"])) for r in csv.DictReader(fh)]
+    try:
+        with open_text(path) as fh:
+            rows = [(float(r["timesteps"]), float(r["mean"])) for r in csv.DictReader(fh)]
+    except (OSError, EOFError, csv.Error, KeyError, TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{found} cannot be read: {type(exc).__name__}: {exc}") from None
     rows.sort()
     return np.array([s for s, _ in rows]), np.array([v for _, v in rows])
+
+
+def evaluation_curve(result: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """(steps, mean return) of a run's deterministic evaluations: as :func:`~hybrid_pg.experiments.runner.load_result`
+    read them (``evaluations``), else from the run's ``evaluations.csv``; empty arrays when it has none."""
+    if "evaluations" in result:
+        return result["evaluations"]
+    return read_evaluations(Path(result["run_dir"]) / EVALUATIONS_FILE)
 
 
 def return_at(result: Mapping[str, Any], step: float) -> float:

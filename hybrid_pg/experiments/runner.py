@@ -60,6 +60,7 @@ from hybrid_pg.experiments.config import (
     sanitise,
 )
 from hybrid_pg.experiments.processes import Interrupted, WorkerPool, signal_of
+from hybrid_pg.experiments.results import EVALUATIONS_FILE, read_evaluations
 
 __all__ = [
     "CONFIG_FILE",
@@ -320,7 +321,6 @@ def run(
 
     from hybrid_pg.experiments.csv_callbacks import (
         DIAGNOSTICS_FILE,
-        EVALUATIONS_FILE,
         DiagnosticsCallback,
         EvalCSVCallback,
         RolloutProgressBar,
@@ -491,20 +491,24 @@ def set_aside(run_dir: Union[str, Path], why: str) -> Path:
 def _progress_rows(path: Path) -> List[Dict[str, float]]:
     """SB3's progress.csv (or progress.csv.gz) as one dict per dump, holding only the keys that dump
     logged (numbers)."""
-    if stored(path) is None:
+    found = stored(path)
+    if found is None:
         return []
     rows = []
-    with open_text(path) as fh:
-        for raw in csv.DictReader(fh):
-            row = {}
-            for key, text in raw.items():
-                if key is None or text in (None, ""):
-                    continue
-                try:
-                    row[key] = float(text)
-                except ValueError:
-                    continue
-            rows.append(row)
+    try:
+        with open_text(path) as fh:
+            for raw in csv.DictReader(fh):
+                row = {}
+                for key, text in raw.items():
+                    if key is None or not isinstance(text, str) or text == "":
+                        continue
+                    try:
+                        row[key] = float(text)
+                    except ValueError:
+                        continue
+                rows.append(row)
+    except (OSError, EOFError, csv.Error, UnicodeDecodeError) as exc:
+        raise CorruptRunError(f"{found} cannot be read: {type(exc).__name__}: {exc}") from None
     return rows
 
 
@@ -521,11 +525,16 @@ def load_result(run_dir: Union[str, Path], label: Optional[str] = None) -> Dict[
         config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise CorruptRunError(f"{run_dir / CONFIG_FILE} cannot be read: {exc}") from None
+    try:
+        evaluations = read_evaluations(run_dir / EVALUATIONS_FILE)
+    except ValueError as exc:
+        raise CorruptRunError(str(exc)) from None
     result.update(
         run_dir=str(run_dir),
         key=run_dir.name,
         config=config,
         rows=_progress_rows(run_dir / PROGRESS_FILE),
+        evaluations=evaluations,
         spec={"label": label or run_dir.name, "seed": result["seed"], "algo": result["algorithm"], "env_id": result["env_id"]},
     )
     return result
