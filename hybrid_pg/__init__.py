@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # what type checkers see of the lazy names below (py.typed)
     from hybrid_pg.policies import HybridActorCriticCnnPolicy, HybridActorCriticPolicy, HybridMultiInputActorCriticPolicy
     from hybrid_pg.settings import HybridPGSettings
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 #: names loaded on first access (they import Stable-Baselines3 or pydantic), and the module of each
 _LAZY = {
