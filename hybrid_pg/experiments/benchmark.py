@@ -153,21 +153,17 @@ class SpeedSettings:
 def speed_configs(settings: SpeedSettings, regime: str, seed: int, steps: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(baseline, HybridPG) configs of one regime and seed; ``steps`` overrides the budget (warm-up)."""
     baseline, base_kwargs, hybrid_kwargs = SPEED_REGIMES[regime]
+    common: Dict[str, Any] = dict(
+        env_id=settings.env_id,
+        seed=seed,
+        total_timesteps=steps or settings.steps,
+        n_envs=settings.n_envs,
+        eval_episodes=settings.eval_episodes,
+    )
     shared = dict(n_steps=settings.n_steps, gamma=settings.gamma)
-
-    def config(algorithm: str, algo: Mapping[str, Any]) -> Dict[str, Any]:
-        return run_config(
-            algorithm,
-            env_id=settings.env_id,
-            seed=seed,
-            total_timesteps=steps or settings.steps,
-            algo=algo,
-            n_envs=settings.n_envs,
-            eval_episodes=settings.eval_episodes,
-        )
-
-    return config(baseline, dict(shared, **base_kwargs)), config(
-        "hybrid_pg", dict(shared, pathwise_source=settings.pathwise_source, **hybrid_kwargs)
+    return (
+        run_config(baseline, algo=dict(shared, **base_kwargs), **common),
+        run_config("hybrid_pg", algo=dict(shared, pathwise_source=settings.pathwise_source, **hybrid_kwargs), **common),
     )
 
 

@@ -9,6 +9,7 @@ and no file name in the gzip header, a fixed level), so recompressing changes no
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import os
@@ -17,9 +18,13 @@ import uuid
 from pathlib import Path
 from typing import Optional, TextIO, Union
 
-__all__ = ["GZIP_SUFFIX", "gzip_file", "open_text", "stored"]
+__all__ = ["DAMAGED_FILE_ERRORS", "GZIP_SUFFIX", "gzip_file", "open_text", "stored"]
 
 GZIP_SUFFIX = ".gz"
+#: what reading a stored CSV back through :func:`open_text` raises when the file is damaged: not
+#: UTF-8 (UnicodeDecodeError), a truncated gzip (EOFError), a ``.gz`` that is not gzip
+#: (gzip.BadGzipFile, an OSError), a CSV the csv module cannot parse (csv.Error)
+DAMAGED_FILE_ERRORS = (OSError, EOFError, UnicodeDecodeError, csv.Error)
 PathLike = Union[str, Path]
 
 

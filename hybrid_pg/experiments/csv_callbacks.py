@@ -43,6 +43,7 @@ from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from hybrid_pg.experiments.compressed import open_text
 from hybrid_pg.experiments.processes import interrupts_deferred
+from hybrid_pg.experiments.results import EVALUATIONS_FILE
 from hybrid_pg_envs.clock import env_clock, has_clock, sync_clock
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
 ]
 
 DIAGNOSTICS_FILE = "diagnostics.csv"
-EVALUATIONS_FILE = "evaluations.csv"
 BASE_COLUMNS = ("update", "timesteps", "time/elapsed", "rollout/ep_rew_mean")
 
 

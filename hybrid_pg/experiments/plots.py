@@ -15,7 +15,6 @@ raises :class:`FileNotFoundError` (``hybrid-pg plot`` turns it into a usage erro
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -23,7 +22,7 @@ import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 
-from hybrid_pg.experiments.compressed import stored
+from hybrid_pg.experiments.compressed import DAMAGED_FILE_ERRORS, stored
 from hybrid_pg.experiments.csv_callbacks import DIAGNOSTICS_FILE, EVALUATIONS_FILE, read_csv_columns
 from hybrid_pg.experiments.figure_io import footnote, legend_outside, new_figure, save_figure
 from hybrid_pg.experiments.lambda_figure import plot_lambda_columns
@@ -42,7 +41,7 @@ def _read(run_dir: Path, name: str) -> Columns:
         return {}
     try:
         return read_csv_columns(path)
-    except (UnicodeDecodeError, csv.Error, EOFError, OSError) as exc:  # OSError: also a gzip that is not one
+    except DAMAGED_FILE_ERRORS as exc:
         raise ValueError(f"{path} is not a CSV file this package wrote: {type(exc).__name__}: {exc}") from None
 
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hybrid_pg.experiments.compressed import open_text, stored
+from hybrid_pg.experiments.compressed import DAMAGED_FILE_ERRORS, open_text, stored
 
 __all__ = [
     "POLICY_STD_KEY",
@@ -273,7 +273,7 @@ def signal_summary(runs: Sequence[Mapping[str, Any]], key: str, skip_updates: in
 #: estimator -> its finished runs (:func:`hybrid_pg.experiments.runner.load_result` dicts)
 Results = Dict[str, List[Dict[str, Any]]]
 
-#: a run's deterministic evaluations (hybrid_pg.experiments.csv_callbacks.EVALUATIONS_FILE)
+#: a run's deterministic evaluations, as :class:`~hybrid_pg.experiments.csv_callbacks.EvalCSVCallback` writes them
 EVALUATIONS_FILE = "evaluations.csv"
 
 
@@ -287,7 +287,7 @@ def read_evaluations(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     try:
         with open_text(path) as fh:
             rows = [(float(r["timesteps"]), float(r["mean"])) for r in csv.DictReader(fh)]
-    except (OSError, EOFError, csv.Error, KeyError, TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+    except (*DAMAGED_FILE_ERRORS, KeyError, TypeError, ValueError) as exc:  # and a missing column or a non-number
         raise ValueError(f"{found} cannot be read: {type(exc).__name__}: {exc}") from None
     rows.sort()
     return np.array([s for s, _ in rows]), np.array([v for _, v in rows])

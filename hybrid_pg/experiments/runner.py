@@ -48,7 +48,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import gymnasium as gym
 
 from hybrid_pg.experiments import run_files
-from hybrid_pg.experiments.compressed import open_text, stored
+from hybrid_pg.experiments.compressed import DAMAGED_FILE_ERRORS, open_text, stored
 from hybrid_pg.experiments.config import (
     PROVENANCE_KEY,
     ConfigError,
@@ -507,7 +507,7 @@ def _progress_rows(path: Path) -> List[Dict[str, float]]:
                     except ValueError:
                         continue
                 rows.append(row)
-    except (OSError, EOFError, csv.Error, UnicodeDecodeError) as exc:
+    except DAMAGED_FILE_ERRORS as exc:
         raise CorruptRunError(f"{found} cannot be read: {type(exc).__name__}: {exc}") from None
     return rows
 
